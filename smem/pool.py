@@ -1,0 +1,501 @@
+"""`MemoryPool`: memories, their vectors and Hebbian state, and soft retrieval over them.
+
+Retrieval is built to be re-run every few generated tokens: candidates come from the
+vector index, are widened until the score bound (multiplier < 2) proves nothing outside
+them could win, and only those are scored and selected.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from smem import scoring
+from smem.embedder import Embedder, embed_documents, embedder_by_name
+from smem.index import VectorIndex
+from smem.learning import LearningState
+from smem.lexical import LexicalIndex
+from smem.memory import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
+from smem.scoring import ScoringWeights
+from smem.selection import Candidates, select
+from smem.store import PoolFileError, read_pool_file, write_pool_file
+
+Query = Union[str, np.ndarray]
+Moment = Union[datetime, float, None]
+
+MIN_CANDIDATES = 64
+
+
+def to_epoch(moment: Moment) -> float:
+    if moment is None:
+        return time.time()
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    return float(moment)
+
+
+def _unit_rows(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (n, {dim}), got {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{what} contain an all-zero vector")
+    return np.ascontiguousarray(vectors / norms)
+
+
+class MemoryPool:
+    """A pool of memories with Streaming Memory scoring, selection and Hebbian learning.
+
+    Not thread-safe: give each visitor or session its own pool (`copy()` is cheap for
+    memory sets of app size) or guard it with a lock.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        softmax_temperature: float = 0.15,
+        diversity_weight: float = 0.5,
+        association_weight: float = 0.5,
+        seed: Optional[int] = None,
+        *,
+        lexical_weight: float = 0.2,
+        weights: ScoringWeights = ScoringWeights(),
+        ann_threshold: int = 20_000,
+    ) -> None:
+        if softmax_temperature <= 0:
+            raise ValueError("softmax_temperature must be > 0")
+        if not 0.0 <= diversity_weight <= 1.0:
+            raise ValueError("diversity_weight must be within [0, 1]")
+        if association_weight < 0:
+            raise ValueError("association_weight must be >= 0")
+        if not 0.0 <= lexical_weight < 1.0:
+            raise ValueError("lexical_weight must be within [0, 1)")
+        self._embedder: Optional[Embedder] = embedder
+        self.embedder_name = embedder.name
+        self.dim = int(embedder.dim)
+        self.softmax_temperature = float(softmax_temperature)
+        self.diversity_weight = float(diversity_weight)
+        self.association_weight = float(association_weight)
+        self.lexical_weight = float(lexical_weight)
+        self.weights = weights
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._memories: list[Memory] = []
+        self._position: dict[str, int] = {}
+        self._index = VectorIndex(self.dim, ann_threshold=ann_threshold)
+        self._lexical = LexicalIndex()
+        self._tokens = np.zeros(0, dtype=np.int32)
+        self._created = np.zeros(0, dtype=np.float64)
+        self._emotion = np.zeros(0, dtype=np.float32)
+        self.learning = LearningState.empty(0, self.dim)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = embedder_by_name(self.embedder_name)
+        return self._embedder
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_embedder"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._memories)
+
+    def __iter__(self) -> Iterator[Memory]:
+        return iter(self._memories)
+
+    def __contains__(self, memory_id: object) -> bool:
+        return memory_id in self._position
+
+    @property
+    def memories(self) -> list[Memory]:
+        return list(self._memories)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self._tokens.sum())
+
+    def get(self, memory_id: str) -> Memory:
+        return self._memories[self._position[memory_id]]
+
+    def position(self, memory_id: str) -> int:
+        return self._position[memory_id]
+
+    def retrieval_count(self, memory_id: str) -> int:
+        return int(self.learning.counts[self._position[memory_id]])
+
+    def links(self) -> list[tuple[str, str, float]]:
+        """Co-retrieval links as (id, id, weight), each pair once."""
+        ids = self._memories
+        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges()]
+
+    # -- adding -----------------------------------------------------------------------
+
+    def add(
+        self,
+        content: str,
+        *,
+        id: Optional[str] = None,
+        type: Optional[str] = None,
+        subject: Optional[str] = None,
+        emotional_intensity: float = 0.5,
+        created_at: Optional[datetime] = None,
+    ) -> Memory:
+        record = validate_record(
+            {
+                "content": content,
+                "id": id,
+                "type": type,
+                "subject": subject,
+                "emotional_intensity": emotional_intensity,
+                "created_at": created_at,
+            }
+        )
+        return self.add_many([record])[0]
+
+    def add_many(
+        self,
+        records: Iterable[Union[MemoryRecord, Mapping[str, Any]]],
+        embeddings: Optional[np.ndarray] = None,
+    ) -> list[Memory]:
+        """Validate, embed (batched, disk-cached) and add; all or nothing."""
+        parsed = parse_records([r.model_dump() if isinstance(r, MemoryRecord) else r for r in records])
+        ids = self._assign_ids(parsed)
+        if embeddings is None:
+            vectors = embed_documents(self.embedder, [record.content for record in parsed])
+        else:
+            vectors = embeddings
+        vectors = _unit_rows(vectors, self.dim, "embeddings")
+        if len(vectors) != len(parsed):
+            raise ValueError(f"got {len(vectors)} embeddings for {len(parsed)} records")
+        counter = self.embedder.count_tokens
+        now = time.time()
+        added = [
+            Memory(
+                id=memory_id,
+                content=record.content,
+                type=record.type.value if record.type else None,
+                subject=record.subject,
+                emotional_intensity=record.emotional_intensity,
+                created_at=record.created_at or datetime.fromtimestamp(now, timezone.utc),
+                tokens=counter(record.content),
+            )
+            for memory_id, record in zip(ids, parsed)
+        ]
+        start = len(self._memories)
+        self._memories.extend(added)
+        self._position.update({memory.id: start + offset for offset, memory in enumerate(added)})
+        self._index.add(vectors)
+        self._lexical.add([memory.content for memory in added])
+        self._tokens = np.concatenate([self._tokens, np.array([m.tokens for m in added], dtype=np.int32)])
+        self._created = np.concatenate([self._created, np.array([m.created_at.timestamp() for m in added])])
+        self._emotion = np.concatenate(
+            [self._emotion, np.array([m.emotional_intensity for m in added], dtype=np.float32)]
+        )
+        self.learning.grow(len(added))
+        return added
+
+    def _assign_ids(self, records: Sequence[MemoryRecord]) -> list[str]:
+        ids: list[str] = []
+        taken = set(self._position)
+        next_number = len(self._memories)
+        for index, record in enumerate(records):
+            if record.id is not None:
+                if record.id in taken:
+                    raise MemoryFileError(f"record {index}, field 'id': id {record.id!r} is already in the pool")
+                memory_id = record.id
+            else:
+                while f"m{next_number}" in taken:
+                    next_number += 1
+                memory_id = f"m{next_number}"
+            taken.add(memory_id)
+            ids.append(memory_id)
+        return ids
+
+    # -- retrieval ----------------------------------------------------------------------
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embedder.encode([text])[0]
+
+    def _query_vector(self, query: Query) -> np.ndarray:
+        if isinstance(query, str):
+            return self.embed_query(query)
+        return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
+
+    def _boost(self, index: np.ndarray, query: np.ndarray, now: float) -> np.ndarray:
+        """Boost terms that do not depend on other picks (links are added during selection)."""
+        w, state = self.weights, self.learning
+        last = state.last_retrieved[index]
+        reference = np.where(np.isnan(last), self._created[index], last)
+        boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
+        boost += w.emotion * self._emotion[index]
+        sums, counts, squares = state.query_rows(index)
+        if counts.any():
+            specificity = scoring.specificity(sums, counts, squares)
+            confidence = counts / (counts + w.confidence_queries)
+            learned = w.frequency * scoring.frequency(state.counts[index], state.mean_active_count())
+            learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
+            boost += specificity * learned
+        return boost
+
+    def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
+        if lexical is None:
+            return cosine.astype(np.float64)
+        weight = self.lexical_weight
+        return (1.0 - weight) * cosine + weight * lexical[index]
+
+    def _candidates(
+        self, query: np.ndarray, lexical: Optional[np.ndarray], max_memories: int, now: float, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate positions, similarities and boosts, widened until the bound is met.
+
+        A memory outside the candidates has cosine ≤ the lowest dense candidate's and BM25
+        ≤ the lowest lexical candidate's, so its score is < 2·gate(that similarity); once
+        that is below the k-th best candidate score, it cannot be among the top k.
+        """
+        size = len(self)
+        want = size if exact else max(4 * max_memories, MIN_CANDIDATES)
+        while True:
+            index, cosine = self._index.nearest(query, want, exact=want >= size)
+            outside_cosine = -np.inf if len(index) >= size else float(cosine[-1])
+            outside = outside_cosine
+            if lexical is not None:
+                lexical_top = np.argpartition(-lexical, want - 1)[:want] if want < size else np.arange(size)
+                extra = np.setdiff1d(lexical_top, index)
+                index = np.concatenate([index, extra])
+                cosine = np.concatenate([cosine, self._index.vectors[extra] @ query])
+                outside_lexical = 0.0 if want >= size else float(lexical[lexical_top].min())
+                outside = (1.0 - self.lexical_weight) * outside_cosine + self.lexical_weight * outside_lexical
+            sims = self._similarity(index, cosine, lexical)
+            boost = self._boost(index, query, now)
+            if outside == -np.inf or len(index) >= size:
+                return index, sims, boost
+            scores = scoring.gate(sims) * scoring.multiplier(boost)
+            kth = np.partition(scores, len(scores) - max_memories)[len(scores) - max_memories]
+            if 2.0 * scoring.gate(np.array([outside]))[0] < kth:
+                return index, sims, boost
+            want = size if want * 4 >= size // 2 else want * 4
+
+    def retrieve(
+        self,
+        query: Query,
+        max_memories: int = 5,
+        token_budget: Optional[int] = None,
+        now: Moment = None,
+        sample: bool = False,
+        learn: bool = True,
+        *,
+        incumbents: Collection[str] = (),
+        incumbent_margin: float = 0.0,
+        exact: bool = False,
+        query_vector: Optional[np.ndarray] = None,
+    ) -> list[Hit]:
+        """Select up to `max_memories` for `query` (text or a vector).
+
+        A text query is matched by the hybrid similarity (cosine mixed with BM25); a bare
+        vector by cosine alone. `query_vector` is the text's embedding, if already known.
+
+        `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
+        so a streaming answer does not swap memories on a near-tie. `exact` scores every
+        memory: the reference the fast path is benchmarked against.
+        """
+        if max_memories < 0:
+            raise ValueError("max_memories must be >= 0")
+        if token_budget is not None and token_budget < 0:
+            raise ValueError("token_budget must be >= 0")
+        if not len(self) or max_memories == 0:
+            return []
+        if query_vector is not None:
+            vector = self._query_vector(query_vector)
+        else:
+            vector = self._query_vector(query)
+        lexical = None
+        if isinstance(query, str) and self.lexical_weight > 0:
+            lexical = self._lexical.scores(query)
+        moment = to_epoch(now)
+        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact)
+        favour = np.ones(len(index))
+        kept = [self._position[i] for i in incumbents if i in self._position]
+        if kept:
+            missing = np.setdiff1d(np.asarray(kept, dtype=np.int64), index)
+            if len(missing):
+                index = np.concatenate([index, missing])
+                sims = np.concatenate([sims, self._similarity(missing, self._index.vectors[missing] @ vector, lexical)])
+                boost = np.concatenate([boost, self._boost(missing, vector, moment)])
+                favour = np.ones(len(index))
+            favour[np.isin(index, kept)] = 1.0 + incumbent_margin
+        candidates = Candidates(
+            index=index,
+            vectors=self._index.vectors[index],
+            similarity=sims,
+            boost=boost,
+            tokens=self._tokens[index],
+            favour=favour,
+        )
+        picks = select(
+            candidates,
+            max_memories=max_memories,
+            token_budget=token_budget,
+            links=self.learning.neighbours,
+            link_weight=self.association_weight * self.weights.links,
+            diversity_weight=self.diversity_weight,
+            temperature=self.softmax_temperature,
+            rng=self._rng if sample else None,
+        )
+        hits = [
+            Hit(
+                memory=self._memories[int(index[pick.position])],
+                score=pick.score,
+                similarity=pick.similarity,
+                multiplier=pick.multiplier,
+                rank=rank,
+            )
+            for rank, pick in enumerate(picks)
+        ]
+        if learn and hits:
+            top = max(pick.score for pick in picks)
+            self.learning.reinforce(
+                [int(index[pick.position]) for pick in picks],
+                query=vector,
+                now=moment,
+                activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
+            )
+        return hits
+
+    # -- learning -----------------------------------------------------------------------
+
+    def reinforce(
+        self,
+        ids: Sequence[str],
+        query: Optional[Query] = None,
+        now: Moment = None,
+        link_strength: float = 1.0,
+        count: bool = True,
+        activity: Optional[Sequence[float]] = None,
+    ) -> None:
+        """One Hebbian event for memories that were in context together.
+
+        Used by the streaming engine, which retrieves with `learn=False` while it generates
+        and learns once per response.
+        """
+        unknown = [memory_id for memory_id in ids if memory_id not in self._position]
+        if unknown:
+            raise KeyError(f"unknown memory id(s): {', '.join(map(repr, unknown[:5]))}")
+        vector = None if query is None else self._query_vector(query)
+        self.learning.reinforce(
+            [self._position[i] for i in ids],
+            query=vector,
+            now=to_epoch(now),
+            activity=activity,
+            link_strength=link_strength,
+            count=count,
+        )
+
+    def learning_state(self) -> LearningState:
+        return self.learning.copy()
+
+    def set_learning_state(self, state: LearningState) -> None:
+        if len(state) != len(self):
+            raise ValueError(f"learning state covers {len(state)} memories, the pool has {len(self)}")
+        if state.query_sum.shape[1] != self.dim:
+            raise ValueError(f"learning state has query vectors of dim {state.query_sum.shape[1]}, the pool {self.dim}")
+        self.learning = state.copy()
+
+    def reset_learning(self) -> None:
+        self.learning = LearningState.empty(len(self), self.dim)
+
+    def copy(self) -> "MemoryPool":
+        """An independent pool sharing only the (read-only) embedder."""
+        clone = MemoryPool.__new__(MemoryPool)
+        clone.__dict__.update(self.__dict__)
+        clone._memories = list(self._memories)
+        clone._position = dict(self._position)
+        clone._index = VectorIndex(self.dim, ann_threshold=self._index.ann_threshold, nprobe=self._index.nprobe)
+        clone._index.add(self._index.vectors)
+        clone._lexical = self._lexical.copy()
+        clone._tokens = self._tokens.copy()
+        clone._created = self._created.copy()
+        clone._emotion = self._emotion.copy()
+        clone.learning = self.learning.copy()
+        clone._rng = np.random.default_rng(self.seed)
+        return clone
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+        arrays = {"vectors": self._index.vectors, **self.learning.to_arrays()}
+        meta = {
+            "embedder": self.embedder_name,
+            "dim": self.dim,
+            "params": {
+                "softmax_temperature": self.softmax_temperature,
+                "diversity_weight": self.diversity_weight,
+                "association_weight": self.association_weight,
+                "lexical_weight": self.lexical_weight,
+                "seed": self.seed,
+                "ann_threshold": self._index.ann_threshold,
+                "weights": self.weights.__dict__,
+            },
+            "events": self.learning.events,
+            "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
+        }
+        write_pool_file(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], embedder: Embedder) -> "MemoryPool":
+        arrays, meta = read_pool_file(path)
+        if meta.get("embedder") != embedder.name or int(meta.get("dim", -1)) != embedder.dim:
+            raise PoolFileError(
+                f"{Path(path).name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
+                f"the embedder given is {embedder.name!r} (dim {embedder.dim})"
+            )
+        try:
+            params = dict(meta["params"])
+            weights = ScoringWeights(**params.pop("weights"))
+            ann_threshold = params.pop("ann_threshold")
+            pool = cls(embedder, **params, weights=weights, ann_threshold=ann_threshold)
+            records = meta["memories"]
+            vectors = arrays["vectors"]
+            if len(vectors) != len(records):
+                raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
+            pool._restore(records, vectors)
+            pool.learning = LearningState.from_arrays(arrays, int(meta.get("events", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, PoolFileError):
+                raise
+            raise PoolFileError(f"{Path(path).name} is damaged: {exc}") from None
+        if len(pool.learning) != len(pool):
+            raise PoolFileError(f"{Path(path).name}: learning state does not match its memories")
+        return pool
+
+    def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        self._memories = [
+            Memory(
+                id=r["id"],
+                content=r["content"],
+                type=r["type"],
+                subject=r["subject"],
+                emotional_intensity=float(r["emotional_intensity"]),
+                created_at=datetime.fromisoformat(r["created_at"]),
+                tokens=int(r["tokens"]),
+            )
+            for r in records
+        ]
+        self._position = {memory.id: i for i, memory in enumerate(self._memories)}
+        self._index.add(vectors)
+        self._lexical.add([memory.content for memory in self._memories])
+        self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
+        self._created = np.array([m.created_at.timestamp() for m in self._memories])
+        self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)

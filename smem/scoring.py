@@ -1,0 +1,93 @@
+"""The Streaming Memory score, vectorised over candidate memories.
+
+    score = max(cos, 0)² × (1 + tanh(recency + frequency + emotion + associations))
+
+The squared cosine is a multiplicative gate: nothing irrelevant gets in on boosts alone.
+Every boost term is ≥ 0, so the multiplier lies in [1, 2); the candidate search relies on
+that bound (a memory whose gate is below half the k-th best score cannot be selected).
+
+The learned terms (frequency and query association) are scaled by *query specificity*:
+the mean pairwise similarity of the queries that retrieved a memory before. A "generalist"
+memory reached by many unrelated queries gets little learned boost — that is what keeps
+self-reinforcement from crowding relevant memories out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class ScoringWeights:
+    """Weights of the boost terms (tuned on the LoCoMo dev conversations, see docs/benchmarks.md)."""
+
+    recency: float = 0.02
+    recency_half_life_days: float = 30.0
+    frequency: float = 0.02
+    emotion: float = 0.1
+    association_threshold: float = 0.8
+    links: float = 0.1
+    """Co-retrieval link term, relative to the pool's `association_weight`."""
+    confidence_queries: float = 2.0
+    """How many past queries make a learned association fully trusted (n / (n + this))."""
+
+
+def gate(similarity: np.ndarray) -> np.ndarray:
+    positive = np.maximum(similarity, 0.0)
+    return positive * positive
+
+
+def recency(elapsed_seconds: np.ndarray, half_life_days: float) -> np.ndarray:
+    """1 just after a retrieval (or creation), halving every `half_life_days`."""
+    elapsed = np.maximum(elapsed_seconds, 0.0) / (half_life_days * SECONDS_PER_DAY)
+    return np.exp(-math.log(2.0) * elapsed)
+
+
+def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray) -> np.ndarray:
+    """Mean pairwise cosine of past queries, from their running (weighted) sum alone.
+
+    With unit queries q_a of weight w_a, |Σ w_a q_a|² = Σ w_a² + Σ_{a≠b} w_a w_b q_a·q_b, so
+    the weighted mean over pairs is (|s|² − Σw²) / ((Σw)² − Σw²). A single query counts as
+    fully specific; no query gives 0.
+    """
+    norm2 = np.einsum("ij,ij->i", query_sum, query_sum, dtype=np.float64)
+    total = weight.astype(np.float64)
+    pairs = total * total - weight_sq
+    mean_pair = np.divide(norm2 - weight_sq, pairs, out=np.ones_like(total), where=pairs > 1e-9)
+    return np.where(total > 0, np.clip(mean_pair, 0.0, 1.0), 0.0)
+
+
+def query_alignment(query: np.ndarray, query_sum: np.ndarray, threshold: float) -> np.ndarray:
+    """How far this query points along the mean direction of past queries, past `threshold`.
+
+    Loosely related queries share a cosine of 0.3–0.5 with any embedder; only a query that
+    truly resembles the earlier ones (cos above the threshold) earns the association.
+    """
+    norms = np.linalg.norm(query_sum, axis=1)
+    cos = np.divide(query_sum @ query, norms, out=np.zeros_like(norms), where=norms > 0)
+    return np.clip((cos - threshold) / (1.0 - threshold), 0.0, 1.0)
+
+
+def frequency(counts: np.ndarray, mean_active_count: float) -> np.ndarray:
+    """Retrieval count relative to the average memory that has been retrieved at all.
+
+    Normalising by the active average (not the whole pool) keeps the term meaningful in a
+    1M-memory pool where almost every count is zero.
+    """
+    if mean_active_count <= 0:
+        return np.zeros_like(counts, dtype=np.float64)
+    return np.log1p(counts / mean_active_count)
+
+
+def link_strength(weights: np.ndarray) -> np.ndarray:
+    """Saturating: many weak co-retrievals never outweigh the similarity gate."""
+    return weights / (weights + 1.0)
+
+
+def multiplier(boost: np.ndarray) -> np.ndarray:
+    return 1.0 + np.tanh(boost)
