@@ -1,0 +1,57 @@
+"""What one serving process shares: the model, its tokenizer, the embedder, the memory
+sets and the queue that serialises generation. The Gradio app and the HTTP API are two
+front ends over one `Runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from smem import models
+from smem.embedder import Embedder, default_embedder
+from smem.engine import StreamingEngine
+from smem.memory_sets import MemorySets
+from smem.pool import MemoryPool
+from smem.queueing import GenerationQueue
+
+log = logging.getLogger("smem")
+
+
+@dataclass
+class Runtime:
+    model: Any
+    tokenizer: Any
+    embedder: Embedder
+    sets: MemorySets
+    model_name: str
+    queue: GenerationQueue = field(default_factory=GenerationQueue)
+
+    @classmethod
+    def load(
+        cls,
+        model_id: Optional[str] = None,
+        *,
+        device: Optional[str] = None,
+        embedder: Optional[Embedder] = None,
+        memory_dir: Optional[Path] = None,
+    ) -> "Runtime":
+        """Load model and embedder (the offline packaged defaults unless named)."""
+        started = time.perf_counter()
+        model, tokenizer = models.load(model_id, device=device)
+        embedder = embedder or default_embedder()
+        runtime = cls(
+            model=model,
+            tokenizer=tokenizer,
+            embedder=embedder,
+            sets=MemorySets(embedder, memory_dir),
+            model_name=str(getattr(model.config, "_name_or_path", "") or model_id or "model"),
+        )
+        log.info("runtime ready in %.1fs: model %s, embedder %s", time.perf_counter() - started, runtime.model_name, embedder.name)
+        return runtime
+
+    def engine(self, pool: MemoryPool) -> StreamingEngine:
+        return StreamingEngine(self.model, self.tokenizer, pool)
