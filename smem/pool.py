@@ -225,6 +225,10 @@ class MemoryPool:
 
     # -- retrieval ----------------------------------------------------------------------
 
+    def build_index(self) -> Optional[float]:
+        """Build the approximate index now rather than on the first large query; seconds taken."""
+        return self._index.build()
+
     def embed_query(self, text: str) -> np.ndarray:
         return self.embedder.encode([text])[0]
 
