@@ -69,7 +69,7 @@ class MemoryPool:
         *,
         lexical_weight: float = 0.2,
         weights: ScoringWeights = ScoringWeights(),
-        ann_threshold: int = 20_000,
+        quantized_threshold: int = 20_000,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
@@ -91,7 +91,7 @@ class MemoryPool:
         self._rng = np.random.default_rng(seed)
         self._memories: list[Memory] = []
         self._position: dict[str, int] = {}
-        self._index = VectorIndex(self.dim, ann_threshold=ann_threshold)
+        self._index = VectorIndex(self.dim, quantized_threshold=quantized_threshold)
         self._lexical = LexicalIndex()
         self._tokens = np.zeros(0, dtype=np.int32)
         self._created = np.zeros(0, dtype=np.float64)
@@ -271,8 +271,7 @@ class MemoryPool:
         size = len(self)
         want = size if exact else max(4 * max_memories, MIN_CANDIDATES)
         while True:
-            index, cosine = self._index.nearest(query, want, exact=want >= size)
-            outside_cosine = -np.inf if len(index) >= size else float(cosine[-1])
+            index, cosine, outside_cosine = self._index.nearest(query, want, exact=want >= size)
             outside = outside_cosine
             if lexical is not None:
                 lexical_top = np.argpartition(-lexical, want - 1)[:want] if want < size else np.arange(size)
@@ -425,7 +424,7 @@ class MemoryPool:
         clone.__dict__.update(self.__dict__)
         clone._memories = list(self._memories)
         clone._position = dict(self._position)
-        clone._index = VectorIndex(self.dim, ann_threshold=self._index.ann_threshold, nprobe=self._index.nprobe)
+        clone._index = VectorIndex(self.dim, quantized_threshold=self._index.quantized_threshold)
         clone._index.add(self._index.vectors)
         clone._lexical = self._lexical.copy()
         clone._tokens = self._tokens.copy()
@@ -449,7 +448,7 @@ class MemoryPool:
                 "association_weight": self.association_weight,
                 "lexical_weight": self.lexical_weight,
                 "seed": self.seed,
-                "ann_threshold": self._index.ann_threshold,
+                "quantized_threshold": self._index.quantized_threshold,
                 "weights": self.weights.__dict__,
             },
             "events": self.learning.events,
@@ -468,8 +467,8 @@ class MemoryPool:
         try:
             params = dict(meta["params"])
             weights = ScoringWeights(**params.pop("weights"))
-            ann_threshold = params.pop("ann_threshold")
-            pool = cls(embedder, **params, weights=weights, ann_threshold=ann_threshold)
+            quantized_threshold = params.pop("quantized_threshold")
+            pool = cls(embedder, **params, weights=weights, quantized_threshold=quantized_threshold)
             records = meta["memories"]
             vectors = arrays["vectors"]
             if len(vectors) != len(records):

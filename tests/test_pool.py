@@ -256,7 +256,7 @@ def test_fast_path_matches_exact_scoring_in_an_ann_pool(keyed):
     dim, size = 32, 6000
     centres = rng.standard_normal((60, dim)).astype(np.float32)
     vectors = centres[rng.integers(0, 60, size)] + 0.6 * rng.standard_normal((size, dim)).astype(np.float32)
-    pool = MemoryPool(keyed(dim=dim), ann_threshold=1000, seed=0)
+    pool = MemoryPool(keyed(dim=dim), quantized_threshold=1000, seed=0)
     pool.add_many([{"content": f"m {i}"} for i in range(size)], embeddings=vectors)
     queries = centres[rng.integers(0, 60, 60)] + 0.6 * rng.standard_normal((60, dim)).astype(np.float32)
     same = 0
