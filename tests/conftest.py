@@ -53,3 +53,117 @@ def minilm():
     from smem.embedder import default_embedder
 
     return default_embedder()
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime(minilm):
+    """A serving runtime on the tiny in-process model: what the HTTP API tests run against."""
+    from smem import tiny
+    from smem.memory_sets import MemorySets
+    from smem.runtime import Runtime
+
+    model, tokenizer = tiny.build(seed=0)
+    return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=MemorySets(minilm), model_name="tiny")
+
+
+# -- the app (app.py) as a subprocess: tests/test_app.py, test_browser.py ------------------------
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[AppServer]:
+    """Start `python app.py` on a free loopback port (tiny model unless `SMEM_MODEL` is given),
+    wait until it serves, and always stop it (its own process group, by id)."""
+    port = free_port()
+    log = log_dir / f"app-{port}.log"
+    environment = {
+        **os.environ,
+        "SMEM_MODEL": "tiny",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = AppServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                with urllib.request.urlopen(server.url + "/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not serve within {timeout_s:.0f} s:\n{server.log_tail()}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> Iterator[AppServer]:
+    """One app on the tiny model, shared by the gradio_client and browser tests (each test
+    is its own visitor, so they do not see each other's state)."""
+    with run_app(tmp_path_factory.mktemp("app")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def test_output() -> Path:
+    """Screenshots and other artefacts a person may want to look at after a run."""
+    folder = REPO / "test-output"
+    folder.mkdir(exist_ok=True)
+    return folder

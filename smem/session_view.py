@@ -1,0 +1,331 @@
+"""One answer as a visitor sees it: the engine's event stream reduced into view state.
+
+The UI must not redraw everything on every token, so `AnswerView.apply` reports which parts
+of the view an event changed (the chat text, the memory set, the context numbers, the end),
+and the front end re-sends only those. After the answer ends the view keeps enough history
+(the memory set of every stretch of tokens, and text positions at known token indices) to
+answer "which memories were in context at token t?" for the timeline.
+
+Nothing here imports Gradio: the app, tests and notebooks share it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from enum import Flag, auto
+from typing import Any, Mapping, Optional, Sequence
+
+from smem.events import ContextStats, Done, DoneStats, Event, Memories, MemoryUpdate, Thinking, Token
+from smem.memory import Hit
+
+THINKING_TITLE = "💭 Thinking"
+
+ADDED, KEPT, REMOVED = "added", "kept", "removed"
+
+
+class Changed(Flag):
+    """Which parts of the view an event touched."""
+
+    NOTHING = 0
+    CHAT = auto()
+    MEMORIES = auto()
+    CONTEXT = auto()
+    DONE = auto()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """From generated token `start` on (until the next segment), `hits` were in context."""
+
+    start: int
+    hits: tuple[Hit, ...]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(hit.id for hit in self.hits)
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """A line of the "memories in context" table."""
+
+    hit: Hit
+    status: str
+    entered_at: int
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A stretch of tokens `[start, end)` during which one memory stayed in context."""
+
+    hit: Hit
+    start: int
+    end: int
+
+
+@dataclass
+class AnswerView:
+    """Reducer state of one streamed answer; feed it events with `apply`."""
+
+    thinking: str = ""
+    answer: str = ""
+    current: tuple[Hit, ...] = ()
+    just_added: frozenset[str] = frozenset()
+    just_removed: tuple[Hit, ...] = ()
+    entered: dict[str, int] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+    context: list[ContextStats] = field(default_factory=list)
+    anchors: list[tuple[int, int]] = field(default_factory=list)
+    """(generated tokens, characters of thinking + answer) at moments both are known."""
+    generated: int = 0
+    done: Optional[DoneStats] = None
+    learned: Any = None
+
+    def apply(self, event: Event) -> Changed:
+        if isinstance(event, Token):
+            self.answer += event.text
+            return Changed.CHAT
+        if isinstance(event, Thinking):
+            self.thinking += event.text
+            return Changed.CHAT
+        if isinstance(event, MemoryUpdate):
+            self._anchor(event.at_token)
+            self._set_memories(event.memories, event.at_token, removed=event.removed)
+            return Changed.MEMORIES
+        if isinstance(event, ContextStats):
+            self.context.append(event)
+            self._anchor(event.generated_tokens)
+            return Changed.CONTEXT
+        if isinstance(event, Memories):
+            self._set_memories(event.memories, 0, removed=())
+            return Changed.MEMORIES
+        if isinstance(event, Done):
+            self.done = event.stats
+            self.learned = event.learned
+            self._anchor(event.stats.tokens)
+            return Changed.DONE | Changed.CHAT
+        raise TypeError(f"unknown event {type(event).__name__}")
+
+    def _anchor(self, tokens: int) -> None:
+        self.generated = max(self.generated, tokens)
+        position = len(self.thinking) + len(self.answer)
+        if self.anchors and self.anchors[-1][0] >= tokens:
+            self.anchors[-1] = (self.anchors[-1][0], position)
+        else:
+            self.anchors.append((tokens, position))
+
+    def _set_memories(self, hits: Sequence[Hit], at_token: int, removed: Sequence[Hit]) -> None:
+        before = {hit.id for hit in self.current}
+        self.current = tuple(hits)
+        self.just_added = frozenset(hit.id for hit in hits if hit.id not in before)
+        self.just_removed = tuple(removed)
+        for memory_id in self.just_added:
+            self.entered[memory_id] = at_token
+        self.segments.append(Segment(at_token, self.current))
+
+    def take_learned(self) -> Any:
+        """The learned Hebbian state, handed over once: the view is kept for the timeline and
+        need not hold a second copy of the pool's state."""
+        learned, self.learned = self.learned, None
+        return learned
+
+    # -- what the panels show ----------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.done is not None
+
+    @property
+    def current_ids(self) -> tuple[str, ...]:
+        return tuple(hit.id for hit in self.current)
+
+    def rows(self) -> list[MemoryRow]:
+        """Memories in context now (added or kept), then the ones the last swap removed."""
+        rows = [
+            MemoryRow(hit, ADDED if hit.id in self.just_added else KEPT, self.entered.get(hit.id, 0))
+            for hit in self.current
+        ]
+        rows += [MemoryRow(hit, REMOVED, self.entered.get(hit.id, 0)) for hit in self.just_removed]
+        return rows
+
+    def swap_tokens(self) -> list[int]:
+        """Token indices where the memory set changed (the first set is not a swap)."""
+        return [segment.start for segment in self.segments[1:]]
+
+    # -- the timeline ------------------------------------------------------------------------
+
+    def segment_at(self, token: int) -> Optional[Segment]:
+        """The memory set in context while token `token` (0-based) was generated.
+
+        A swap at `at_token=n` happens after n tokens exist, so it governs token n onwards.
+        """
+        if not self.segments:
+            return None
+        starts = [segment.start for segment in self.segments]
+        return self.segments[max(bisect.bisect_right(starts, token) - 1, 0)]
+
+    def rows_at(self, token: int) -> list[MemoryRow]:
+        """The table as it stood at token `token`: added there, or kept from before."""
+        segment = self.segment_at(token)
+        if segment is None:
+            return []
+        index = self.segments.index(segment)
+        before = set(self.segments[index - 1].ids) if index else set()
+        rows = []
+        for hit in segment.hits:
+            entered = self._entered_before(hit.id, index)
+            rows.append(MemoryRow(hit, ADDED if hit.id not in before else KEPT, entered))
+        return rows
+
+    def _entered_before(self, memory_id: str, index: int) -> int:
+        entered = self.segments[index].start
+        for earlier in reversed(self.segments[:index]):
+            if memory_id not in earlier.ids:
+                break
+            entered = earlier.start
+        return entered
+
+    def intervals(self) -> list[Interval]:
+        """Each memory's unbroken stretches in context, memories in order of first appearance."""
+        end_of_answer = max(self.generated, self.segments[-1].start if self.segments else 0)
+        first_seen: dict[str, int] = {}
+        open_since: dict[str, tuple[Hit, int]] = {}
+        closed: list[Interval] = []
+        for segment in self.segments:
+            ids = set(segment.ids)
+            for memory_id in [m for m in open_since if m not in ids]:
+                hit, start = open_since.pop(memory_id)
+                closed.append(Interval(hit, start, segment.start))
+            for hit in segment.hits:
+                first_seen.setdefault(hit.id, len(first_seen))
+                open_since.setdefault(hit.id, (hit, segment.start))
+        closed += [Interval(hit, start, end_of_answer) for hit, start in open_since.values()]
+        return sorted(closed, key=lambda interval: (first_seen[interval.hit.id], interval.start))
+
+    def together(self) -> dict[tuple[str, str], float]:
+        """Share of the answer so far during which each pair of memories shared the context:
+        the co-retrieval links this answer is forming (the engine learns them at the end)."""
+        total = max(self.generated, 1)
+        shares: dict[tuple[str, str], float] = {}
+        for index, segment in enumerate(self.segments):
+            end = self.segments[index + 1].start if index + 1 < len(self.segments) else self.generated
+            span = max(end - segment.start, 0)
+            ids = sorted(segment.ids)
+            for a_index, a in enumerate(ids):
+                for b in ids[a_index + 1 :]:
+                    shares[(a, b)] = shares.get((a, b), 0.0) + span / total
+        return shares
+
+    def position_at(self, token: int) -> int:
+        """Characters of thinking + answer written by token `token`, interpolated between the
+        token indices where both are known (swaps and context reports)."""
+        if not self.anchors:
+            return 0
+        tokens = [anchor[0] for anchor in self.anchors]
+        index = bisect.bisect_right(tokens, token)
+        if index == 0:
+            first_tokens, first_chars = self.anchors[0]
+            return round(first_chars * token / first_tokens) if first_tokens else 0
+        if index == len(self.anchors):
+            return self.anchors[-1][1]
+        (t0, c0), (t1, c1) = self.anchors[index - 1], self.anchors[index]
+        return round(c0 + (c1 - c0) * (token - t0) / (t1 - t0))
+
+    def excerpt_at(self, token: int, width: int = 160) -> str:
+        """The last `width` characters written by token `token` (thinking, then the answer)."""
+        text = self.thinking + self.answer
+        end = self.position_at(token)
+        start = max(end - width, 0)
+        return ("…" if start else "") + text[start:end]
+
+
+# -- the chat -----------------------------------------------------------------------------------
+
+
+def message_text(content: Any) -> str:
+    """Text of a chat message's content: a string, or Gradio 6's list of typed blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, Sequence):
+        return "".join(message_text(part) for part in content)
+    return ""
+
+
+def model_history(chat: Optional[Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
+    """What the model should read of past turns: user and assistant text, without the
+    collapsible thinking messages (the chat template drops past reasoning anyway)."""
+    history: list[dict[str, str]] = []
+    for message in chat or ():
+        metadata = message.get("metadata") or {}
+        if metadata.get("title"):
+            continue
+        role = message.get("role")
+        text = message_text(message.get("content")).strip()
+        if role in ("user", "assistant") and text:
+            history.append({"role": role, "content": text})
+    return history
+
+
+def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], message: str, view: AnswerView) -> list[dict[str, Any]]:
+    """The chat as it should look now: past turns, the question, then the answer so far,
+    its thinking in a collapsible message above it."""
+    messages: list[dict[str, Any]] = [dict(item) for item in chat or ()]
+    messages.append({"role": "user", "content": message})
+    if view.thinking:
+        status = "done" if view.answer or view.finished else "pending"
+        messages.append(
+            {"role": "assistant", "content": view.thinking, "metadata": {"title": THINKING_TITLE, "status": status}}
+        )
+    if view.answer:
+        messages.append({"role": "assistant", "content": view.answer})
+    return messages
+
+
+def summary(stats: DoneStats) -> str:
+    """One line of what the answer cost, for the status bar."""
+    stops = {"eos": "the model finished", "max_tokens": "max new tokens reached", "cancelled": "stopped"}
+    return (
+        f"{stats.tokens} tokens in {stats.total_s:.1f} s · "
+        f"{stats.swaps} memory swaps ({stats.retrievals} retrievals) · {stats.tokens_per_s:.1f} tokens/s · "
+        f"first token after {stats.ttft_s:.2f} s · "
+        f"{stops.get(stats.stop_reason, stats.stop_reason)}"
+    )
+
+
+class Throttle:
+    """Decides what to redraw now, so the browser never falls behind a fast model.
+
+    Chat text may redraw every `chat_interval_s`; the table, network and charts (heavier to
+    send and draw) at most every `panel_interval_s`. Changes that arrive in between are
+    remembered and go out with the next redraw; the end of the answer flushes everything.
+    Every redraw carries the chat text, so text is never more than one interval stale.
+    """
+
+    def __init__(self, chat_interval_s: float = 0.05, panel_interval_s: float = 0.25) -> None:
+        self.chat_interval_s = chat_interval_s
+        self.panel_interval_s = panel_interval_s
+        self._pending = Changed.NOTHING
+        self._last_chat = float("-inf")
+        self._last_panels = float("-inf")
+
+    def push(self, changed: Changed, now: Optional[float] = None) -> Changed:
+        """Record `changed`; return the parts to redraw now (NOTHING to skip this event)."""
+        now = time.monotonic() if now is None else now
+        self._pending |= changed
+        if self._pending & Changed.DONE:
+            out, self._pending = self._pending | Changed.CHAT, Changed.NOTHING
+            return out
+        out = Changed.NOTHING
+        panels = self._pending & (Changed.MEMORIES | Changed.CONTEXT)
+        if panels and now - self._last_panels >= self.panel_interval_s:
+            out |= panels
+            self._last_panels = now
+        if out or (self._pending & Changed.CHAT and now - self._last_chat >= self.chat_interval_s):
+            out |= Changed.CHAT
+            self._last_chat = now
+        self._pending &= ~out
+        return out

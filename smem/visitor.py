@@ -1,0 +1,194 @@
+"""What one visitor of the app owns and does: a private pool, generation settings, one
+answer run as a generator of events, and the memory-set actions (switch, upload, add,
+reset, save).
+
+The answer run is the ZeroGPU boundary. On a ZeroGPU Space it executes in a forked worker
+whose arguments and yields are pickled, so it takes the visitor's pool as an argument and
+everything it learns leaves through what it yields (`Done.learned`); the caller applies that
+to the visitor's own pool with `apply_learned`. Pool actions return a new pool instead of
+mutating the old one, so an answer still streaming from the old pool is never disturbed.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from smem.events import Done, Event
+from smem.memory import MemoryFileError, MemoryType
+from smem.memory_sets import MemorySets
+from smem.pool import MemoryPool
+
+GPU_TOKENS_PER_S = 20.0
+"""A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
+GPU_OVERHEAD_S = 15.0
+"""Moving the weights onto the GPU for the first call, prefill and swaps."""
+GPU_MAX_S = 240
+
+MEMORY_TYPES = tuple(member.value for member in MemoryType)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A knob's range and default; the UI builds its slider from this."""
+
+    minimum: float
+    maximum: float
+    default: float
+    step: float
+    label: str
+    info: str = ""
+
+
+SETTINGS: dict[str, Setting] = {
+    "update_every_n": Setting(1, 20, 5, 1, "Update every N tokens", "How often memories are re-retrieved"),
+    "max_memories": Setting(1, 15, 5, 1, "Max memories", "Memories in context at once"),
+    "softmax_temperature": Setting(0.01, 1.0, 0.15, 0.01, "Softmax temperature", "Lower = sharper selection"),
+    "diversity_weight": Setting(0.0, 1.0, 0.5, 0.05, "Diversity weight", "Penalty for near-duplicate memories"),
+    "association_weight": Setting(0.0, 2.0, 0.5, 0.05, "Association weight", "Pull of learned co-retrieval links"),
+    "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
+    "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
+    "max_new_tokens": Setting(16, 2048, 512, 16, "Max new tokens"),
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every knob of one answer; validated so the app's API endpoint rejects bad values
+    with the knob's name rather than failing deep inside the engine."""
+
+    update_every_n: int = 5
+    max_memories: int = 5
+    softmax_temperature: float = 0.15
+    diversity_weight: float = 0.5
+    association_weight: float = 0.5
+    lookback_tokens: int = 60
+    temperature: float = 0.7
+    max_new_tokens: int = 512
+    enable_thinking: bool = True
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "enable_thinking":
+                object.__setattr__(self, item.name, bool(value))
+                continue
+            setting = SETTINGS[item.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{setting.label} ({item.name}) must be a number, got {value!r}")
+            if not setting.minimum <= value <= setting.maximum:
+                raise ValueError(
+                    f"{setting.label} ({item.name}) must be between {setting.minimum:g} and "
+                    f"{setting.maximum:g}, got {value!r}"
+                )
+            if item.type in (int, "int"):
+                object.__setattr__(self, item.name, int(round(value)))
+            else:
+                object.__setattr__(self, item.name, float(value))
+
+    def apply_to(self, pool: MemoryPool) -> None:
+        """The retrieval knobs live on the pool (its scoring reads them on every retrieve)."""
+        pool.softmax_temperature = self.softmax_temperature
+        pool.diversity_weight = self.diversity_weight
+        pool.association_weight = self.association_weight
+
+    def stream_kwargs(self) -> dict[str, Any]:
+        return {
+            "update_every_n": self.update_every_n,
+            "max_memories": self.max_memories,
+            "lookback_tokens": self.lookback_tokens,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "enable_thinking": self.enable_thinking,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gpu_seconds(pool: Any, message: Any, history: Any, settings: GenerationSettings, *_: Any) -> int:
+    """How long to reserve a ZeroGPU slice for one answer (spaces.GPU's dynamic duration,
+    called with the generation function's arguments): longer answers need longer slots,
+    and a short one should not queue behind a needlessly long reservation."""
+    return min(GPU_MAX_S, math.ceil(GPU_OVERHEAD_S + settings.max_new_tokens / GPU_TOKENS_PER_S))
+
+
+def answer(engine: Any, message: str, history: Sequence[Any], settings: GenerationSettings) -> Iterator[Event]:
+    """Stream one answer from `engine` (over the pool it was built with), returning the
+    learned Hebbian state in the final `Done` so it survives a process boundary."""
+    settings.apply_to(engine.pool)
+    yield from engine.stream(message, list(history), return_learned=True, **settings.stream_kwargs())
+
+
+def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
+    """Take the state an answer learned (possibly in another process) into the visitor's pool.
+
+    Skipped when the pool changed shape meanwhile (the visitor added a memory or switched
+    sets while the answer streamed): that learning belongs to a pool they no longer use.
+    """
+    learned = getattr(done, "learned", done)
+    if learned is None or len(learned) != len(pool):
+        return False
+    pool.set_learning_state(learned)
+    return True
+
+
+# -- memory-set actions -------------------------------------------------------------------------
+
+
+def upload(sets: MemorySets, raw: bytes | str | None) -> MemoryPool:
+    """A private pool from an uploaded file; MemoryFileError names the bad record and field."""
+    if raw is None:
+        raise MemoryFileError("no file was uploaded")
+    return sets.from_upload(raw)
+
+
+def add_memory(pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float) -> MemoryPool:
+    """A copy of `pool` with one more memory (validated like a file record)."""
+    updated = pool.copy()
+    updated.add(content, type=memory_type or None, emotional_intensity=emotional_intensity)
+    return updated
+
+
+def reset_learning(pool: MemoryPool) -> MemoryPool:
+    updated = pool.copy()
+    updated.reset_learning()
+    return updated
+
+
+DOWNLOAD_TTL_S = 3600
+
+
+def save_learned(pool: MemoryPool, label: str, directory: Optional[Path] = None) -> Path:
+    """Write the pool with its learned state for download; files older than an hour are
+    removed on the way, so a long-running Space does not fill its disk."""
+    directory = Path(directory or Path(tempfile.gettempdir()) / "smem-downloads")
+    directory.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in directory.glob("*.npz"):
+        try:
+            if now - old.stat().st_mtime > DOWNLOAD_TTL_S:
+                old.unlink()
+        except OSError:
+            continue
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "memories"
+    handle, name = tempfile.mkstemp(prefix=f"smem-{slug}-learned-", suffix=".npz", dir=directory)
+    os.close(handle)
+    path = Path(name)
+    pool.save(path)
+    return path
+
+
+def describe(pool: MemoryPool, label: str) -> str:
+    """A Markdown status line about the visitor's pool; `label` may be an uploaded file's
+    name, so it is escaped."""
+    return (
+        f"**{html.escape(label)}** · {len(pool)} memories · {len(pool.links())} learned links · "
+        f"{pool.learning.events} Hebbian updates"
+    )

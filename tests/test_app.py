@@ -1,0 +1,272 @@
+"""The Gradio app through its API with gradio_client: streaming, per-visitor state, memory-set
+actions. The app runs as a subprocess on the tiny model (`app_server` in conftest)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from smem.embedder import default_embedder
+from smem.pool import MemoryPool
+
+from conftest import REPO, run_app
+
+CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, MESSAGE, TOKEN, STATUS, SET_STATUS, TOKEN_TABLE, TOKEN_TEXT = range(11)
+QUESTION = "How can I help Alex with fractions before his quiz?"
+
+
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+def is_skip(output: Any) -> bool:
+    return isinstance(output, dict) and output.get("__type__") == "update"
+
+
+def chat_text(chat: list[dict]) -> str:
+    """Everything the assistant wrote in the latest turn (thinking and answer)."""
+    turn = chat[max(i for i, m in enumerate(chat) if m["role"] == "user") + 1 :]
+    return "".join(block.get("text", "") for message in turn for block in message["content"])
+
+
+def rows(table: dict) -> list[list]:
+    return table["data"]
+
+
+def figure(plot: dict) -> dict:
+    assert plot["type"] == "plotly"
+    return json.loads(plot["plot"])
+
+
+def trace(plot: dict, name: str) -> dict:
+    return next(t for t in figure(plot)["data"] if t.get("name") == name)
+
+
+def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps([{"content": c, "type": "insight"} for c in contents]))
+    return path
+
+
+def ask(c: Client, message: str = QUESTION, **settings: Any) -> tuple[list, tuple]:
+    """Send a message; return every streamed output and the final one."""
+    settings = {"max_new_tokens": 60, "update_every_n": 3, **settings}
+    job = c.submit(message, api_name="/chat", **settings)
+    frames = list(job)
+    return frames, job.result()
+
+
+def test_chat_streams_growing_text_with_memories_graph_and_chart(app_server):
+    frames, final = ask(client(app_server), max_new_tokens=120)
+    lengths = [len(chat_text(frame[CHAT])) for frame in frames]
+    assert lengths == sorted(lengths), "the streamed answer never shrinks"
+    assert len(set(lengths)) >= 3, f"the answer arrived in too few steps: {lengths}"
+    tables = [frame[TABLE] for frame in frames if not is_skip(frame[TABLE])]
+    assert tables and rows(tables[0]), "the memories in context arrive while streaming"
+    statuses = {row[0] for table in tables for row in rows(table)}
+    assert "🟢 added" in statuses
+    graphs = [frame[NETWORK] for frame in frames if not is_skip(frame[NETWORK])]
+    assert graphs and trace(graphs[0], "in context now")["x"], "the network highlights the memories in context"
+    assert len(graphs) < len(frames), "the network is not re-sent on every token"
+    streaming = trace(final[CONTEXT], "streaming memory")
+    assert streaming["x"][-1] >= 100
+    assert "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
+    assert final[TOKEN]["maximum"] >= 100 and final[TOKEN]["interactive"] is True
+    assert rows(final[TOKEN_TABLE]) and final[TOKEN_TEXT]
+
+
+def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
+    c = client(app_server)
+    _, first = ask(c)
+    assert re.search(r"\*\*tutor\*\* · 151 memories · [1-9]\d* learned links", first[SET_STATUS])
+    links_after_first = int(re.search(r"(\d+) learned links", first[SET_STATUS]).group(1))
+    sizes = [
+        size
+        for t in figure(first[NETWORK])["data"]
+        if t.get("name") != "in context now" and isinstance(t.get("marker", {}).get("size"), list)
+        for size in t["marker"]["size"]
+    ]
+    assert max(sizes) > min(sizes), "retrieved memories grow in the network"
+
+    _, second = ask(c, "And what about his reading?", chat=first[CHAT])
+    assert [m["role"] for m in second[CHAT]][:2] == ["user", "assistant"], "the second turn keeps the first"
+    assert int(re.search(r"(\d+) learned links", second[SET_STATUS]).group(1)) >= links_after_first
+
+    saved = c.predict(api_name="/save_learned")
+    pool = MemoryPool.load(saved, default_embedder())
+    assert len(pool) == 151 and len(pool.links()) >= links_after_first
+
+    status, network, *_ = c.predict(api_name="/reset_learning")
+    assert "· 0 learned links · 0 Hebbian updates" in status
+    assert not any(t["mode"] == "lines" for t in figure(network)["data"]), "no links are left"
+
+
+def test_timeline_shows_the_memories_of_any_token(app_server):
+    c = client(app_server)
+    _, final = ask(c, max_new_tokens=80)
+    plot, table, text = c.predict(token=1, api_name="/timeline")
+    assert rows(table), "some memories were in context at token 1"
+    assert len(text) <= len(final[TOKEN_TEXT]) + 1
+    cursor = figure(plot)["layout"]["shapes"]
+    assert cursor and cursor[0]["x0"] == 1
+
+
+def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
+    mine, theirs = client(app_server), client(app_server)
+    private = memory_file(tmp_path, [f"ZEBRAQUOKKA private note {i}" for i in range(3)])
+    status, *_ = mine.predict(handle_file(str(private)), api_name="/upload_set")
+    assert "3 memories" in status
+
+    results: dict[str, tuple] = {}
+
+    def run(name: str, visitor: Client) -> None:
+        results[name] = ask(visitor, max_new_tokens=40)[1]
+
+    threads = [threading.Thread(target=run, args=item) for item in (("mine", mine), ("theirs", theirs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert set(results) == {"mine", "theirs"}
+    assert all("ZEBRAQUOKKA" in row[1] for row in rows(results["mine"][TABLE]))
+    assert not any("ZEBRAQUOKKA" in row[1] for row in rows(results["theirs"][TABLE]))
+    assert "ZEBRAQUOKKA" not in results["theirs"][NETWORK]["plot"]
+    assert "**tutor** · 151 memories" in results["theirs"][SET_STATUS]
+
+    newcomer = MemoryPool.load(client(app_server).predict(api_name="/save_learned"), default_embedder())
+    assert len(newcomer) == 151 and newcomer.links() == [], "a new visitor starts fresh: learning is never shared"
+
+
+def test_choosing_a_set_swaps_pool_and_example_prompts(app_server):
+    c = client(app_server)
+    status, network, table, examples = c.predict("family", api_name="/choose_set")
+    assert status.startswith("**family** · ") and "0 learned links" in status
+    assert rows(table) == [] and len(figure(network)["data"]) >= 2
+    expected = (REPO / "memories" / "family.examples.txt").read_text(encoding="utf-8").split("\n")[0].strip()
+    assert examples["samples"][0] == [expected]
+    _, final = ask(c, "What should I pack for Maya's sleepover?", max_new_tokens=16)
+    assert "**family**" in final[SET_STATUS]
+
+
+def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_path):
+    c = client(app_server)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"content": "fine"}, {"type": "insight"}]))
+    status, network, table, _ = c.predict(handle_file(str(bad)), api_name="/upload_set")
+    assert "record 1" in status and "content" in status and "unchanged" in status
+    assert is_skip(network) and is_skip(table)
+    _, final = ask(c, max_new_tokens=20)
+    assert "**tutor** · 151 memories" in final[SET_STATUS]
+
+    not_json = tmp_path / "notes.json"
+    not_json.write_bytes(b"\xff\xfe not json")
+    status, *_ = c.predict(handle_file(str(not_json)), api_name="/upload_set")
+    assert "UTF-8" in status or "JSON" in status
+
+
+def test_add_memory_is_validated(app_server):
+    c = client(app_server)
+    status, *_ = c.predict("   ", "insight", 0.5, api_name="/add_memory")
+    assert "content" in status and "Memory not added" in status
+    status, network, *_ = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_memory")
+    assert "152 memories" in status
+    hovers = [text for t in figure(network)["data"] for text in t.get("hovertext") or []]
+    assert any("Alex &lt;b&gt;loves&lt;/b&gt; chess puzzles" in text for text in hovers), "shown escaped"
+    assert not any("<b>loves" in text for text in hovers)
+
+
+def test_out_of_range_settings_and_empty_messages_are_refused(app_server):
+    with pytest.raises(AppError, match="less than minimum value 1"):
+        ask(client(app_server), update_every_n=0)
+    with pytest.raises(AppError, match="greater than maximum value 15"):
+        ask(client(app_server), max_memories=16)
+    with pytest.raises(AppError, match="message"):
+        ask(client(app_server), message="   ")
+
+
+def test_stream_keeps_up_with_a_long_answer(app_server):
+    """Redraws are throttled, so the last output follows the end of generation closely even
+    when the (tiny) model writes hundreds of tokens a second."""
+    started = time.monotonic()
+    frames, final = ask(client(app_server), max_new_tokens=600, update_every_n=2)
+    wall = time.monotonic() - started
+    generation_s = float(re.search(r"in ([\d.]+) s", final[STATUS]).group(1))
+    assert wall < 1.25 * generation_s + 4.0, f"UI lagged: {wall:.1f} s wall for {generation_s:.1f} s of generation"
+    tokens = int(re.match(r"(\d+) tokens", final[STATUS]).group(1))
+    assert len(frames) < tokens, "frames are coalesced, not one per token"
+
+
+def test_stop_releases_the_model(app_server):
+    c = client(app_server)
+    job = c.submit(QUESTION, api_name="/chat", max_new_tokens=2048, update_every_n=1)
+    for frame in job:
+        if len(chat_text(frame[CHAT])) > 20:
+            break
+    job.cancel()
+    started = time.monotonic()
+    _, final = ask(c, max_new_tokens=16)
+    assert "tokens" in final[STATUS]
+    assert time.monotonic() - started < 15, "the cancelled answer let go of the model"
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+def stream_api(url: str) -> list[str]:
+    body = json.dumps({"message": "hi", "memory_set": "tutor", "max_new_tokens": 4}).encode()
+    request = urllib.request.Request(url + "/chat/stream", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return [
+            json.loads(line[6:])["type"] for line in response.read().decode().splitlines() if line.startswith("data: ")
+        ]
+
+
+def test_one_process_serves_the_ui_and_the_http_api(app_server):
+    assert get_json(app_server.url + "/health")["status"] == "ok"
+    assert get_json(app_server.url + "/openapi.json")["info"]["title"] == "Streaming Memory API"
+    assert stream_api(app_server.url)[-1] == "done"
+
+
+def test_app_waits_for_the_model_while_the_api_streams(app_server):
+    """The chat and the HTTP API share one generation queue: the model never runs twice at once."""
+    body = json.dumps({"message": "hi", "memory_set": "tutor", "max_new_tokens": 2048, "update_every_n": 1}).encode()
+    request = urllib.request.Request(app_server.url + "/chat/stream", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as api_stream:
+        while b'"type":"token"' not in api_stream.readline():
+            pass
+        job = client(app_server).submit(QUESTION, api_name="/chat", max_new_tokens=16)
+        first = next(iter(job))
+        assert "Waiting for the model" in first[STATUS]
+    final = job.result(timeout=60)
+    assert "tokens" in final[STATUS]
+
+
+def test_spaces_mode_launches_gradio_and_serves_the_api(tmp_path):
+    """On a Space (SPACE_ID set) the app uses demo.launch(), which ZeroGPU needs, with the
+    HTTP API mounted on the app Gradio serves."""
+    with run_app(tmp_path, SPACE_ID="local/streaming-memory") as server:
+        assert get_json(server.url + "/health")["status"] == "ok"
+        assert get_json(server.url + "/openapi.json")["info"]["title"] == "Streaming Memory API"
+        assert stream_api(server.url)[-1] == "done"
+        _, final = ask(client(server), max_new_tokens=16)
+        assert "tokens" in final[STATUS]
+
+
+@pytest.mark.slow
+def test_packaged_default_model_answers(tmp_path):
+    with run_app(tmp_path, timeout_s=300, SMEM_MODEL="") as server:
+        _, final = ask(client(server), "Say hello to Alex in one short sentence.", max_new_tokens=16)
+    assert chat_text(final[CHAT]).strip()
+    assert "tokens" in final[STATUS]

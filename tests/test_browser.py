@@ -1,0 +1,193 @@
+"""The app in a real browser: Debian's chromium driven by Python playwright (playwright's own
+browser download does not work here). The app runs on the tiny model (`app_server`)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import REPO, free_port
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS = '<img src=x onerror="window.__smem_xss=1">Alex <script>window.__smem_xss=2</script> fractions'
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: None if local(request.url) else outside.append(request.url))
+    page.goto(app_server.url + "/")
+    page.wait_for_selector("#message textarea", timeout=30_000)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"the page reached outside this machine: {outside}"
+
+
+def local(url: str) -> bool:
+    """Requests that stay on this machine (the app works offline)."""
+    return url.startswith(("http://127.0.0.1", "data:", "blob:", "about:"))
+
+
+def send(page, message: str) -> None:
+    page.fill("#message textarea", message)
+    page.click("#send")
+
+
+def wait_for_answer(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('tokens in')", timeout=timeout_ms
+    )
+
+
+def upload(page, path: Path) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.click("#upload")
+    chooser.value.set_files(str(path))
+
+
+def plot_traces(page, elem_id: str) -> int:
+    return page.locator(
+        f"#{elem_id} .js-plotly-plot .scatterlayer .trace, #{elem_id} .js-plotly-plot .barlayer .trace"
+    ).count()
+
+
+def test_a_message_streams_and_fills_table_graph_and_chart(page, test_output):
+    page.evaluate(
+        """() => {
+            window.__lengths = [];
+            new MutationObserver(() => {
+                const written = [...document.querySelectorAll('#chat .bot:not(.pending)')].map(e => e.innerText.length);
+                window.__lengths.push(written.reduce((a, b) => a + b, 0));
+            }).observe(document.querySelector('#chat'), {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    wait_for_answer(page)
+    lengths = page.evaluate("() => window.__lengths")
+    growth = sorted(set(lengths))
+    assert len(growth) >= 4, f"tokens did not stream into the chat: {growth}"
+    assert lengths == sorted(lengths), "the answer only grows while it streams"
+
+    table = page.inner_text("#memories")
+    assert "added" in table or "kept" in table, "the memories-in-context table filled"
+    assert plot_traces(page, "network") >= 2, "the Hebbian network rendered"
+    assert plot_traces(page, "context") >= 3, "the context chart rendered its three lines"
+    assert plot_traces(page, "timeline") >= 1, "the timeline rendered"
+    assert "learned links" in page.inner_text("#set-status")
+    page.screenshot(path=str(test_output / "browser-chat.png"), full_page=True)
+
+
+def test_a_bad_memory_file_shows_which_record_and_field(page, tmp_path, test_output):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"content": "fine"}, {"content": "also fine"}, {"content": 42, "type": "insight"}]))
+    upload(page, bad)
+    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('record 2')", timeout=20_000)
+    status = page.inner_text("#set-status")
+    assert "field 'content'" in status and "unchanged" in status
+    page.screenshot(path=str(test_output / "browser-bad-upload.png"))
+    send(page, "Hello")
+    wait_for_answer(page)
+    assert "tutor · 151 memories" in page.inner_text("#set-status"), "the visitor's pool was left as it was"
+
+
+def test_html_in_memories_is_shown_as_text_in_table_graph_and_timeline(page, tmp_path):
+    memories = tmp_path / "html.json"
+    memories.write_text(
+        json.dumps(
+            [
+                {"content": XSS, "type": "insight"},
+                {"content": "Alex likes soccer and fractions", "type": "relationship"},
+                {"content": "Pizza slices helped with fractions"},
+            ]
+        )
+    )
+    upload(page, memories)
+    page.wait_for_function(
+        "() => document.querySelector('#set-status').innerText.includes('3 memories')", timeout=20_000
+    )
+    send(page, "Help Alex with fractions")
+    wait_for_answer(page)
+
+    assert '<img src=x onerror="window.__smem_xss=1">' in page.inner_text("#memories")
+    # The memory with the markup is the set's only "insight": hover its node in the network.
+    trace = page.evaluate(
+        "() => document.querySelector('#network .js-plotly-plot').data.findIndex(t => t.name === 'insight')"
+    )
+    page.locator("#network .scatterlayer .trace").nth(trace).locator("path.point").first.hover(force=True)
+    page.wait_for_function("() => document.querySelector('#network .hoverlayer').textContent.includes('<img src=x')")
+    hover = page.evaluate("() => document.querySelector('#network .hoverlayer').textContent")
+    assert '<img src=x onerror="window.__smem_xss=1">' in hover and "<script>" in hover, hover
+    ticks = page.evaluate("() => [...document.querySelectorAll('#timeline .ytick text')].map(e => e.textContent)")
+    assert any(tick.startswith("m0 · <img src=x") for tick in ticks), ticks
+    injected = page.evaluate("() => [document.querySelectorAll('img[src=\"x\"]').length, window.__smem_xss ?? null]")
+    assert injected == [0, None], "nothing from a memory was parsed as HTML or run"
+
+
+@pytest.fixture
+def assets_server() -> Iterator[str]:
+    port = free_port()
+    handler = functools.partial(QuietHandler, directory=str(REPO / "assets"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+def test_the_static_embed_page_shows_the_running_app(browser, app_server, assets_server, test_output):
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{assets_server}/embed.html?app={app_server.url}")
+        page.wait_for_selector("gradio-app #message textarea", timeout=30_000)
+        assert page.locator("#component-error").is_hidden()
+        frame = page.frame_locator("#frame")
+        frame.locator("#message textarea").wait_for(timeout=30_000)
+        component = page.locator("gradio-app")
+        component.locator("#message textarea").fill("Hi from a blog post")
+        component.locator("#send").click()
+        page.wait_for_function(
+            "() => document.querySelector('gradio-app #status').innerText.includes('tokens in')", timeout=60_000
+        )
+        page.screenshot(path=str(test_output / "browser-embed.png"))
+    finally:
+        context.close()

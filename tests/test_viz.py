@@ -1,0 +1,340 @@
+"""View logic without Gradio: the event reducer (smem.session_view), the figures and table rows
+(smem.viz) and the visitor's actions (smem.visitor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from smem import session_view, visitor, viz
+from smem.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
+from smem.memory import Hit, Memory, MemoryFileError
+from smem.memory_sets import MemorySets
+from smem.pool import MemoryPool
+from smem.session_view import AnswerView, Changed, Throttle
+
+XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+
+
+def hit(memory_id: str, content: str = "", memory_type: str | None = "insight", score: float = 0.5) -> Hit:
+    memory = Memory(
+        id=memory_id,
+        content=content or f"memory {memory_id}",
+        type=memory_type,
+        subject=None,
+        emotional_intensity=0.5,
+        created_at=datetime(2025, 1, 1, tzinfo=timezone.utc),
+        tokens=5,
+    )
+    return Hit(memory=memory, score=score, similarity=score, multiplier=1.0, rank=0)
+
+
+def stats(generated: int, memory: int = 20, rag: int = 20) -> ContextStats:
+    return ContextStats(
+        prompt_tokens=100,
+        memory_tokens=memory,
+        generated_tokens=generated,
+        swaps=0,
+        rag_memory_tokens=rag,
+        all_memory_tokens=500,
+    )
+
+
+def done(tokens: int, learned=None) -> Done:
+    return Done(
+        stats=DoneStats(
+            tokens=tokens,
+            thinking_tokens=0,
+            swaps=1,
+            retrievals=3,
+            stop_reason="eos",
+            ttft_s=0.1,
+            total_s=1.25,
+            tokens_per_s=20.0,
+            retrieval_ms=1.0,
+            swap_ms=1.0,
+        ),
+        learned=learned,
+    )
+
+
+A, B, C, D = hit("a"), hit("b"), hit("c"), hit("d")
+
+
+def streamed_view() -> AnswerView:
+    """Memories a, b; at token 4 b is swapped for c; at token 8 a for d; 10 tokens in all."""
+    view = AnswerView()
+    events = [
+        Memories([A, B]),
+        stats(0),
+        Thinking("Let me think."),
+        Token("One "),
+        Token("two "),
+        MemoryUpdate(memories=[A, C], added=[C], removed=[B], at_token=4),
+        stats(4),
+        Token("three "),
+        Token("four "),
+        MemoryUpdate(memories=[C, D], added=[D], removed=[A], at_token=8),
+        stats(8),
+        Token("five."),
+        stats(10),
+        done(10),
+    ]
+    for event in events:
+        view.apply(event)
+    return view
+
+
+# -- the reducer ---------------------------------------------------------------------------------
+
+
+def test_each_event_reports_what_it_changed():
+    view = AnswerView()
+    assert view.apply(Memories([A])) == Changed.MEMORIES
+    assert view.apply(Token("x")) == Changed.CHAT
+    assert view.apply(Thinking("y")) == Changed.CHAT
+    assert view.apply(stats(1)) == Changed.CONTEXT
+    assert view.apply(MemoryUpdate([B], [B], [A], 1)) == Changed.MEMORIES
+    assert view.apply(done(1)) == Changed.DONE | Changed.CHAT
+    with pytest.raises(TypeError):
+        view.apply("not an event")
+
+
+def test_table_marks_added_kept_and_just_removed_with_entry_token():
+    view = AnswerView()
+    view.apply(Memories([A, B]))
+    assert [(r.hit.id, r.status, r.entered_at) for r in view.rows()] == [("a", "added", 0), ("b", "added", 0)]
+    view.apply(MemoryUpdate(memories=[A, C], added=[C], removed=[B], at_token=6))
+    assert [(r.hit.id, r.status, r.entered_at) for r in view.rows()] == [
+        ("a", "kept", 0),
+        ("c", "added", 6),
+        ("b", "removed", 0),
+    ]
+    assert viz.memory_rows(view.rows())[1] == ["🟢 added", "memory c", "insight", 0.5, 6]
+    assert [row[0] for row in viz.memory_rows(view.rows())] == ["⚪ kept", "🟢 added", "🔴 removed"]
+
+
+def test_timeline_answers_which_memories_were_in_context_at_any_token():
+    view = streamed_view()
+    assert [h.id for h in view.segment_at(0).hits] == ["a", "b"]
+    assert [h.id for h in view.segment_at(3).hits] == ["a", "b"]
+    assert [h.id for h in view.segment_at(4).hits] == ["a", "c"]
+    assert [h.id for h in view.segment_at(9).hits] == ["c", "d"]
+    assert [(r.hit.id, r.status, r.entered_at) for r in view.rows_at(5)] == [("a", "kept", 0), ("c", "added", 4)]
+    assert [(r.hit.id, r.status, r.entered_at) for r in view.rows_at(9)] == [("c", "kept", 4), ("d", "added", 8)]
+    assert view.swap_tokens() == [4, 8]
+    assert [(i.hit.id, i.start, i.end) for i in view.intervals()] == [
+        ("a", 0, 8),
+        ("b", 0, 4),
+        ("c", 4, 10),
+        ("d", 8, 10),
+    ]
+
+
+def test_links_forming_are_the_shares_of_the_answer_memories_spent_together():
+    shares = streamed_view().together()
+    assert shares == pytest.approx({("a", "b"): 0.4, ("a", "c"): 0.4, ("c", "d"): 0.2})
+
+
+def test_excerpt_follows_the_text_written_by_a_token():
+    view = streamed_view()
+    full = "Let me think.One two three four five."
+    assert view.excerpt_at(10) == full
+    assert view.excerpt_at(4) == "Let me think.One two "
+    assert view.excerpt_at(8).endswith("four ")
+    assert view.excerpt_at(10, width=5) == "…five."
+    assert len(view.excerpt_at(2)) <= len(view.excerpt_at(4))
+
+
+def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
+    view = AnswerView()
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "earlier thoughts"}],
+            "metadata": {"title": "💭 Thinking"},
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}], "metadata": None},
+    ]
+    view.apply(Thinking("Hmm"))
+    messages = session_view.chat_messages(history, "Next?", view)
+    assert messages[-2:] == [
+        {"role": "user", "content": "Next?"},
+        {
+            "role": "assistant",
+            "content": "Hmm",
+            "metadata": {"title": session_view.THINKING_TITLE, "status": "pending"},
+        },
+    ]
+    view.apply(Token("Answer"))
+    messages = session_view.chat_messages(history, "Next?", view)
+    assert messages[-2]["metadata"]["status"] == "done" and messages[-1] == {"role": "assistant", "content": "Answer"}
+    assert session_view.model_history(history) == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ], "Gradio 6 content blocks are flattened and thinking is left out"
+
+
+def test_summary_reads_like_a_status_line():
+    line = session_view.summary(done(10).stats)
+    assert line.startswith("10 tokens in 1.2 s · 1 memory swaps") and "the model finished" in line
+
+
+def test_throttle_coalesces_chat_and_panels_and_flushes_at_the_end():
+    throttle = Throttle(chat_interval_s=0.05, panel_interval_s=0.25)
+    assert throttle.push(Changed.MEMORIES, now=0.0) == Changed.MEMORIES | Changed.CHAT
+    assert throttle.push(Changed.CHAT, now=0.01) == Changed.NOTHING
+    assert throttle.push(Changed.MEMORIES, now=0.02) == Changed.NOTHING
+    assert throttle.push(Changed.CHAT, now=0.06) == Changed.CHAT
+    assert throttle.push(Changed.CONTEXT, now=0.3) == Changed.MEMORIES | Changed.CONTEXT | Changed.CHAT
+    assert throttle.push(Changed.MEMORIES, now=0.31) == Changed.NOTHING
+    assert throttle.push(Changed.DONE | Changed.CHAT, now=0.32) == Changed.DONE | Changed.MEMORIES | Changed.CHAT
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool(minilm) -> MemoryPool:
+    pool = MemoryPool(minilm, seed=0)
+    pool.add_many(
+        [
+            {"id": "x", "content": XSS, "type": "behavior"},
+            {"id": "y", "content": "Alex likes soccer", "type": "relationship"},
+            {"id": "z", "content": "Fractions with pizza slices worked", "type": "what_works"},
+            {"id": "w", "content": "No type here"},
+        ]
+    )
+    pool.reinforce(["x", "y"], link_strength=1.0)
+    pool.reinforce(["y", "z"], link_strength=0.2)
+    pool.reinforce(["y"])
+    return pool
+
+
+def traces(figure) -> dict[str, dict]:
+    return {trace.name: trace.to_plotly_json() for trace in figure.data if trace.name}
+
+
+def test_network_nodes_sized_by_count_coloured_by_type_and_ringed_in_context(pool):
+    figure = viz.network_figure(pool, in_context=["y", "z"], forming={("y", "z"): 0.5})
+    by_name = traces(figure)
+    assert {"behavior", "relationship", "what works", "untyped", "in context now", "forming now"} <= set(by_name)
+    assert by_name["relationship"]["marker"]["color"] == viz.TYPE_COLOURS["relationship"]
+    assert by_name["untyped"]["marker"]["color"] == viz.UNTYPED_COLOUR
+    assert by_name["relationship"]["marker"]["size"][0] > by_name["what works"]["marker"]["size"][0]
+    assert len(by_name["in context now"]["x"]) == 2
+    widths = sorted(t.line.width for t in figure.data if t.mode == "lines" and t.name != "forming now")
+    assert len(widths) == 2 and widths[0] < widths[1], "a stronger link is drawn wider"
+    link_hover = next(t for t in figure.data if t.name == "links").hovertext
+    assert any("x ↔ y" in text for text in link_hover)
+
+
+def test_memory_text_is_escaped_everywhere_in_figures(pool):
+    network = viz.network_figure(pool, in_context=["x"])
+    hovers = [text for trace in network.data if trace.hovertext for text in trace.hovertext]
+    assert any('&lt;img src=x onerror="alert(1)"&gt;&lt;script&gt;' in text for text in hovers)
+    assert not any("<img" in text or "<script" in text for text in hovers)
+    view = AnswerView()
+    view.apply(Memories([Hit(memory=pool.get("x"), score=0.9, similarity=0.9, multiplier=1.0, rank=0)]))
+    view.apply(done(3))
+    timeline = json.loads(viz.timeline_figure(view, at_token=1).to_json())
+    labels = [label for trace in timeline["data"] for label in trace["y"]]
+    assert labels and all("<img" not in label and "&lt;img" in label for label in labels)
+    assert all("<script" not in text for trace in timeline["data"] for text in trace["hovertext"])
+    assert viz.memory_rows(view.rows())[0][1] == XSS, "table cells stay plain text; the table shows them as text"
+
+
+def test_layout_is_stable_while_links_do_not_change(pool):
+    first = viz.network_figure(pool, in_context=["x"])
+    second = viz.network_figure(pool, in_context=["y"], forming={("x", "y"): 1.0})
+    assert traces(first)["behavior"]["x"] == traces(second)["behavior"]["x"]
+
+
+def test_context_chart_compares_streaming_rag_and_all_memories():
+    figure = viz.context_figure([stats(0), stats(4, memory=25, rag=45), stats(8, memory=20, rag=60)], swaps=[4])
+    by_name = traces(figure)
+    assert by_name["streaming memory"]["y"] == [120, 129, 128]
+    assert by_name["classic RAG (all retrieved so far)"]["y"] == [120, 149, 168]
+    assert by_name["all memories"]["y"] == [600, 604, 608]
+    assert by_name["memory swap"]["x"] == [4] and by_name["memory swap"]["y"] == [129]
+    assert viz.context_figure([]).layout.annotations, "an empty chart says what will appear"
+
+
+def test_timeline_draws_a_bar_per_stretch_and_the_cursor():
+    view = streamed_view()
+    figure = viz.timeline_figure(view, at_token=6)
+    bars = [(base, width) for trace in figure.data for base, width in zip(trace.base, trace.x, strict=True)]
+    assert sorted(bars) == [(0, 4), (0, 8), (4, 6), (8, 2)]
+    assert figure.layout.shapes[0].x0 == 6
+
+
+# -- the visitor's actions -------------------------------------------------------------------------
+
+
+def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
+    with pytest.raises(ValueError, match="update_every_n"):
+        visitor.GenerationSettings(update_every_n=0)
+    with pytest.raises(ValueError, match="max_memories"):
+        visitor.GenerationSettings(max_memories=16)
+    with pytest.raises(ValueError, match="temperature"):
+        visitor.GenerationSettings(temperature=float("nan"))
+    settings = visitor.GenerationSettings(update_every_n=7.0, diversity_weight=0.25, enable_thinking=0)
+    assert settings.update_every_n == 7 and isinstance(settings.update_every_n, int)
+    assert settings.enable_thinking is False
+    assert settings.stream_kwargs()["update_every_n"] == 7
+    target = pool.copy()
+    settings.apply_to(target)
+    assert target.diversity_weight == 0.25
+
+
+def test_actions_return_new_pools_and_leave_the_old_one_alone(pool):
+    added = visitor.add_memory(pool, "Alex started chess club", "insight", 0.4)
+    assert len(added) == len(pool) + 1 and added is not pool
+    with pytest.raises(MemoryFileError, match="content"):
+        visitor.add_memory(pool, "   ", None, 0.5)
+    with pytest.raises(MemoryFileError, match="type"):
+        visitor.add_memory(pool, "ok", "not-a-type", 0.5)
+    reset = visitor.reset_learning(pool)
+    assert reset.links() == [] and pool.links() != []
+
+
+def test_learned_state_is_applied_only_to_a_pool_of_the_same_shape(pool):
+    learned = pool.learning_state()
+    target = pool.copy()
+    target.reset_learning()
+    assert visitor.apply_learned(target, done(1, learned)) and target.links() == pool.links()
+    view = AnswerView()
+    view.apply(done(1, learned))
+    assert view.take_learned() is learned and view.learned is None
+    assert not visitor.apply_learned(visitor.add_memory(pool, "new", None, 0.5), done(1, learned))
+    assert not visitor.apply_learned(target, done(1, None))
+
+
+def test_upload_errors_name_the_record_and_field(minilm):
+    sets = MemorySets(minilm)
+    with pytest.raises(MemoryFileError, match="record 1, field 'content'"):
+        visitor.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode())
+    with pytest.raises(MemoryFileError, match="no file"):
+        visitor.upload(sets, None)
+    assert len(visitor.upload(sets, json.dumps([{"content": "ok"}]))) == 1
+
+
+def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minilm, tmp_path):
+    stale = tmp_path / "old.npz"
+    stale.write_bytes(b"x")
+    old = time.time() - visitor.DOWNLOAD_TTL_S - 10
+    os.utime(stale, (old, old))
+    path = visitor.save_learned(pool, "my set/../x", directory=tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("smem-my-set----x-learned-")
+    assert not stale.exists()
+    assert MemoryPool.load(path, minilm).links() == pool.links()
+
+
+def test_status_line_escapes_the_label(pool):
+    line = visitor.describe(pool, "<b>mine</b>")
+    assert "&lt;b&gt;mine&lt;/b&gt;" in line and "4 memories" in line and "2 learned links" in line
