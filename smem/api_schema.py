@@ -1,0 +1,329 @@
+"""What the HTTP API accepts and returns: its limits, the request body, the JSON responses,
+the events of the stream and the one error shape, as pydantic models.
+
+The OpenAPI document is generated from these, so it states exactly what the server
+enforces and sends; schemathesis checks the server against it, every stream event included.
+The event models mirror `smem.events` `to_sse()` payloads; they allow extra fields so the
+engine can add a statistic without breaking the stream.
+"""
+
+import os
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+CHAT_PATH = "/chat/stream"
+SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+JSON_ESCAPE_BYTES = 12
+"""Most bytes one character can take in a JSON body: an emoji sent as a `\\u` surrogate pair."""
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits of one deployment; each is overridable as `SMEM_API_<NAME>` (e.g.
+    `SMEM_API_MAX_SESSIONS=1000`). The request schema is built from them, so the OpenAPI
+    document always states the limits the server enforces."""
+
+    max_sessions: int = 256
+    max_new_tokens: int = 2048
+    default_max_new_tokens: Optional[int] = None
+    """Used when a request names none; unset, 512 or `max_new_tokens` if lower."""
+    max_message_chars: int = 8000
+    max_history_messages: int = 50
+    max_history_chars: int = 32000
+    max_queue: int = 32
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Bodies beyond this are refused (413) before they are read into memory. Well above
+    any valid body, so that an oversized field (a 1 MB message pasted by mistake) is still
+    answered with a 422 naming the field."""
+
+    def __post_init__(self) -> None:
+        if self.default_max_new_tokens is None:
+            object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
+        for item in fields(self):
+            if getattr(self, item.name) <= 0:
+                raise ValueError(f"ApiSettings.{item.name} must be positive")
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
+        if self.max_body_bytes < self.largest_valid_body:
+            raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ApiSettings":
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = environ.get(f"SMEM_API_{item.name.upper()}")
+            if raw is not None:
+                values[item.name] = int(raw)
+        return cls(**values)
+
+    @property
+    def largest_valid_body(self) -> int:
+        """Bytes of the largest body the limits allow, every character escaped, with room for formatting."""
+        return JSON_ESCAPE_BYTES * (self.max_message_chars + self.max_history_chars) + 64 * 1024
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    field: Optional[str] = Field(
+        description="Offending input as a dotted path (`history.2.content`); `body` for the body as a whole; "
+        "null when no input is at fault."
+    )
+    message: str
+
+
+class ErrorBody(ErrorDetail):
+    status: int = Field(description="The HTTP status, repeated for clients that only keep the body.")
+    details: list[ErrorDetail] = Field(description="Every problem found; the first is repeated in `field`/`message`.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- request and response models -------------------------------------------------------------
+
+
+def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
+    """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
+    found at startup) in its schema; a set is checked against those present now.
+
+    Strict, as JSON Schema reads types: `"5"` is not a number and `1` is not `true`; and
+    unknown fields are refused, so a typo in a knob's name is an error, not a silent default.
+    """
+
+    class HistoryMessage(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid", title="HistoryMessage")
+
+        role: Literal["user", "assistant"]
+        content: str = Field(max_length=settings.max_message_chars)
+
+    class ChatRequest(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, title="ChatRequest")
+
+        message: str = Field(
+            min_length=1,
+            max_length=settings.max_message_chars,
+            description="The user's new message; must contain non-whitespace text.",
+            examples=["Can you help me with fractions?"],
+        )
+        history: list[HistoryMessage] = Field(
+            default_factory=list,
+            max_length=settings.max_history_messages,
+            description=f"Earlier turns, oldest first. At most {settings.max_history_chars} characters of content in all; "
+            f"each message at most {settings.max_message_chars}.",
+        )
+        memory_set: str = Field(
+            description="Which memory set to draw from (see `GET /health`).",
+            json_schema_extra={"enum": memory_sets()},
+            examples=memory_sets()[:1],
+        )
+        session: Optional[str] = Field(
+            default=None,
+            pattern=SESSION_PATTERN,
+            description="Keep this session's Hebbian state between requests (one state per session and memory set). "
+            "Omit it to start from the memory set's initial state and keep nothing.",
+        )
+        update_every_n: JsonInt = Field(default=10, ge=1, le=20, description="Re-retrieve memories every N generated tokens.")
+        max_memories: JsonInt = Field(default=5, ge=1, le=15, description="Memories in context at once.")
+        lookback_tokens: JsonInt = Field(default=60, ge=1, le=1024, description="Generated tokens that make up each re-retrieval query.")
+        max_new_tokens: JsonInt = Field(default=settings.default_max_new_tokens, ge=1, le=settings.max_new_tokens)
+        temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+        seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)]] = Field(
+            default=None, description="Sampling seed, for repeatable answers."
+        )
+        enable_thinking: bool = Field(default=True, description="Let a thinking model think first (streamed as `thinking` events).")
+
+        @field_validator("message")
+        @classmethod
+        def _not_blank(cls, value: str) -> str:
+            if not value.strip():
+                raise PydanticCustomError("blank", "must contain non-whitespace text")
+            return value
+
+        @field_validator("memory_set")
+        @classmethod
+        def _known_set(cls, value: str) -> str:
+            available = memory_sets()
+            if value not in available:
+                raise PydanticCustomError(
+                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": value, "available": ", ".join(available)}
+                )
+            return value
+
+        @field_validator("history")
+        @classmethod
+        def _history_size(cls, value: list[HistoryMessage]) -> list[HistoryMessage]:
+            total = sum(len(message.content) for message in value)
+            if total > settings.max_history_chars:
+                raise PydanticCustomError(
+                    "too_long", "holds {total} characters of content; at most {limit} are accepted", {"total": total, "limit": settings.max_history_chars}
+                )
+            return value
+
+    return ChatRequest
+
+
+class MemoryState(BaseModel):
+    id: str
+    content: str
+    type: Optional[str]
+    subject: Optional[str]
+    emotional_intensity: float
+    created_at: str
+    tokens: int
+    retrieval_count: float = Field(description="Answers this memory was in context for (this session's, if one is named).")
+    last_retrieved: Optional[str] = Field(description="When it was last in context (ISO 8601, UTC); null if never.")
+
+
+class Link(BaseModel):
+    source: str
+    target: str
+    weight: float = Field(description="Co-retrieval strength: grows by the share of an answer both memories spent in context together.")
+
+
+class MemoriesResponse(BaseModel):
+    memory_set: str
+    session: Optional[str]
+    answers: int = Field(description="Answers this session has learned from (0 without a session).")
+    memories: list[MemoryState]
+    links: list[Link]
+
+
+class QueueState(BaseModel):
+    mode: Literal["serialised"] = Field(description="Answers are generated one at a time, first come first served.")
+    length: int = Field(description="Answers generating or waiting now.")
+    limit: int = Field(description="Queue length past which new answers get 503.")
+
+
+class SessionStats(BaseModel):
+    active: int
+    limit: int
+    evicted: int
+
+
+class Limits(BaseModel):
+    max_new_tokens: int
+    max_message_chars: int
+    max_history_messages: int
+    max_history_chars: int
+    max_body_bytes: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    embedder: str
+    memory_sets: list[str]
+    queue: QueueState
+    sessions: SessionStats
+    limits: Limits
+
+
+# -- stream events --------------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class MemoryHit(Event):
+    """A memory in context, with why it was chosen."""
+
+    id: str
+    content: str
+    type: Optional[str] = None
+    subject: Optional[str] = None
+    score: float = Field(description="Selection score: similarity times the Hebbian multiplier, after diversity.")
+    similarity: Optional[float] = None
+    multiplier: Optional[float] = Field(default=None, description="Hebbian boost from past use and links.")
+    tokens: Optional[int] = Field(default=None, description="The memory's length in embedder tokens.")
+
+
+class QueuedEvent(Event):
+    """Sent while the answer waits for the model, whenever its place changes."""
+
+    type: Literal["queued"]
+    position: int = Field(ge=1, description="Answers ahead of this one (1: next).")
+
+
+class MemoriesEvent(Event):
+    """The memories retrieved for the message, before the first token."""
+
+    type: Literal["memories"]
+    memories: list[MemoryHit]
+
+
+class ContextEvent(Event):
+    """Context size now: this answer's memory block against classic RAG (every memory retrieved
+    so far kept) and against the whole pool."""
+
+    type: Literal["context"]
+    prompt_tokens: int
+    memory_tokens: int
+    generated_tokens: int
+    swaps: int
+    rag_memory_tokens: int
+    all_memory_tokens: int
+
+
+class ThinkingEvent(Event):
+    type: Literal["thinking"]
+    t: str = Field(description="Thinking text, to append.")
+
+
+class TokenEvent(Event):
+    type: Literal["token"]
+    t: str = Field(description="Answer text, to append.")
+
+
+class MemoryUpdateEvent(Event):
+    """The selected memories changed at generated token `at_token`; the model reads the new set from there on."""
+
+    type: Literal["memory_update"]
+    memories: list[MemoryHit]
+    added: list[MemoryHit]
+    removed: list[MemoryHit]
+    at_token: int
+
+
+class DoneEvent(Event):
+    """The answer ended; its statistics."""
+
+    type: Literal["done"]
+    tokens: int
+    thinking_tokens: int
+    swaps: int
+    retrievals: int
+    stop_reason: Literal["eos", "max_tokens", "cancelled"]
+    ttft_s: float
+    total_s: float
+    tokens_per_s: float
+    retrieval_ms: float
+    swap_ms: float
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorEvent(Event):
+    """The answer failed after the stream began (the status was already 200); nothing follows."""
+
+    type: Literal["error"]
+    error: ErrorBody
+
+
+StreamEvent = Annotated[
+    Union[QueuedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
+    Field(discriminator="type"),
+]
