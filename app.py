@@ -61,6 +61,12 @@ def generate(
     yield from visitor.answer(RUNTIME.engine(pool), message, history, settings)
 
 
+@spaces.GPU(duration=visitor.api_gpu_seconds)
+def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
+    """The HTTP API's answers, on the GPU the same way (see smem.api.Generate)."""
+    yield from RUNTIME.engine(pool).stream(**kwargs, return_learned=True)
+
+
 HEADER = """
 # 🧠 Streaming Memory
 A Hebbian memory for LLMs: while the model writes, the last tokens are re-embedded every few
@@ -391,12 +397,12 @@ def main() -> None:
             prevent_thread_lock=True,
             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None},
         )
-        demo.app.mount("/", create_api(RUNTIME))
+        demo.app.mount("/", create_api(RUNTIME, generate=generate_for_api))
         demo.block_thread()
         return
     import uvicorn
 
-    app = gr.mount_gradio_app(create_api(RUNTIME), demo, path="/", theme=THEME, css=CSS, ssr_mode=False)
+    app = gr.mount_gradio_app(create_api(RUNTIME, generate=generate_for_api), demo, path="/", theme=THEME, css=CSS, ssr_mode=False)
     # Streaming connections never finish by themselves; do not let them hold a restart for long.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 

@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +52,8 @@ from smem.api_schema import (
     StreamEvent,
     chat_request_model,
 )
+from smem.events import Done, Event
+from smem.pool import MemoryPool
 from smem.queueing import Cancelled
 from smem.runtime import Runtime
 from smem.sessions import SessionPools
@@ -192,11 +194,27 @@ def _iso(epoch: float) -> Optional[str]:
     return None if epoch != epoch else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
 
 
-def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None) -> FastAPI:
+Generate = Callable[[MemoryPool, dict[str, Any]], Iterator[Event]]
+"""Runs `StreamingEngine.stream(**kwargs)` over a pool wherever the model lives, ending with a
+`Done` that carries the learned state. On ZeroGPU that is a `@spaces.GPU` function in a forked
+worker, so the pool travels pickled and comes back only through `Done.learned`."""
+
+
+def generate_here(runtime: Runtime) -> Generate:
+    """The model in this process: stream over the pool directly."""
+
+    def generate(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
+        return runtime.engine(pool).stream(**kwargs, return_learned=True)
+
+    return generate
+
+
+def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generate: Optional[Generate] = None) -> FastAPI:
     """The API over `runtime` (limits from `settings`, else from `SMEM_API_*` variables).
     Sessions live in the returned app; the generation queue is the runtime's, shared with any
-    UI mounted on the same app."""
+    UI mounted on the same app. `generate` is where answers run (default: this process)."""
     settings = settings or ApiSettings.from_env()
+    generate_answer = generate or generate_here(runtime)
     sessions = SessionPools(runtime.sets, limit=settings.max_sessions)
     ChatRequest = chat_request_model(settings, lambda: runtime.sets.names)
 
@@ -217,20 +235,29 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None) -> Fast
         and the pools' allocations on one thread lets the allocator reuse one arena instead of
         growing one per request thread (measured: RSS settles instead of creeping)."""
         with sessions.checkout(request.memory_set, request.session) as pool:
-            stream = runtime.engine(pool).stream(
-                request.message,
-                [message.model_dump() for message in request.history],
-                update_every_n=request.update_every_n,
-                max_memories=request.max_memories,
-                lookback_tokens=request.lookback_tokens,
-                max_new_tokens=request.max_new_tokens,
-                temperature=request.temperature,
-                seed=request.seed,
-                enable_thinking=request.enable_thinking,
-                cancel=cancel,
+            stream = generate_answer(
+                pool,
+                {
+                    "message": request.message,
+                    "history": [message.model_dump() for message in request.history],
+                    "update_every_n": request.update_every_n,
+                    "max_memories": request.max_memories,
+                    "lookback_tokens": request.lookback_tokens,
+                    "max_new_tokens": request.max_new_tokens,
+                    "temperature": request.temperature,
+                    "seed": request.seed,
+                    "enable_thinking": request.enable_thinking,
+                },
             )
-            for event in stream:
-                emit(event.to_sse())
+            try:
+                for event in stream:
+                    if cancel.is_set():
+                        break
+                    if isinstance(event, Done) and event.learned is not None and len(event.learned) == len(pool):
+                        pool.set_learning_state(event.learned)
+                    emit(event.to_sse())
+            finally:
+                stream.close()
 
     def generate(request: Any, emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
         """One answer, from its request's thread: wait for the model, then have the model thread

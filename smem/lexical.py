@@ -7,6 +7,7 @@ catches them. On the LoCoMo dev conversations mixing the two lifts recall@10 fro
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Optional, Sequence
 
@@ -15,6 +16,8 @@ import numpy as np
 import Stemmer
 
 _STEMMER = Stemmer.Stemmer("english")
+# bm25s sets its own logger to DEBUG on import and logs every index build.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -45,10 +48,19 @@ class LexicalIndex:
             self._bm25 = None
 
     def copy(self) -> "LexicalIndex":
+        """Shares the built index: it is read-only until the next `add`, which replaces it."""
         clone = LexicalIndex()
-        clone._texts = self._texts
-        clone._bm25 = self._bm25
+        with self._lock:
+            clone._texts = self._texts
+            clone._bm25 = self._built()
         return clone
+
+    def _built(self) -> Optional[bm25s.BM25]:
+        if self._bm25 is None and self._texts:
+            index = bm25s.BM25()
+            index.index(tokenize(self._texts), show_progress=False)
+            self._bm25 = index
+        return self._bm25
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 of every memory for `query`, scaled so the best match is 1 (all 0 if none)."""
@@ -56,10 +68,6 @@ class LexicalIndex:
         if not terms or not self._texts:
             return np.zeros(len(self._texts), dtype=np.float32)
         with self._lock:
-            if self._bm25 is None:
-                index = bm25s.BM25()
-                index.index(tokenize(self._texts), show_progress=False)
-                self._bm25 = index
-            raw = self._bm25.get_scores(terms)
+            raw = self._built().get_scores(terms)
         top = float(raw.max()) if len(raw) else 0.0
         return (raw / top).astype(np.float32) if top > 0 else np.zeros(len(raw), dtype=np.float32)

@@ -112,11 +112,20 @@ class GenerationSettings:
         return asdict(self)
 
 
-def gpu_seconds(pool: Any, message: Any, history: Any, settings: GenerationSettings, *_: Any) -> int:
-    """How long to reserve a ZeroGPU slice for one answer (spaces.GPU's dynamic duration,
-    called with the generation function's arguments): longer answers need longer slots,
+def gpu_seconds_for(max_new_tokens: int) -> int:
+    """How long to reserve a ZeroGPU slice for one answer: longer answers need longer slots,
     and a short one should not queue behind a needlessly long reservation."""
-    return min(GPU_MAX_S, math.ceil(GPU_OVERHEAD_S + settings.max_new_tokens / GPU_TOKENS_PER_S))
+    return min(GPU_MAX_S, math.ceil(GPU_OVERHEAD_S + max_new_tokens / GPU_TOKENS_PER_S))
+
+
+def gpu_seconds(pool: Any, message: Any, history: Any, settings: GenerationSettings, *_: Any) -> int:
+    """spaces.GPU's dynamic duration for the app's answers (called with their arguments)."""
+    return gpu_seconds_for(settings.max_new_tokens)
+
+
+def api_gpu_seconds(pool: Any, kwargs: dict[str, Any], *_: Any) -> int:
+    """spaces.GPU's dynamic duration for the HTTP API's answers (see smem.api.Generate)."""
+    return gpu_seconds_for(int(kwargs["max_new_tokens"]))
 
 
 def answer(engine: Any, message: str, history: Sequence[Any], settings: GenerationSettings) -> Iterator[Event]:

@@ -309,3 +309,29 @@ def test_a_client_that_leaves_while_queued_gives_up_its_place(
     wait_until_idle(live, tiny_runtime)
     response = httpx.post(f"{live}/chat/stream", json=body, timeout=30)
     assert [e["type"] for e in sse.decode(response.text.split("\n"))][0] == "memories"
+
+
+def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Runtime) -> None:
+    """ZeroGPU runs generation in a forked worker: the pool arrives pickled and the session's
+    state can only come back through `Done.learned`. Simulate that boundary with pickle."""
+    import pickle
+
+    from smem.api import generate_here
+
+    here = generate_here(tiny_runtime)
+    seen: list[int] = []
+
+    def elsewhere(pool, kwargs):
+        copy = pickle.loads(pickle.dumps(pool))
+        seen.append(id(copy))
+        for event in here(copy, kwargs):
+            yield pickle.loads(pickle.dumps(event))
+
+    app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8), generate=elsewhere)
+    with TestClient(app) as remote:
+        events = chat(remote, session="zero")
+        assert events[-1]["type"] == "done" and seen
+        learned = counts(remote, "tutor", "zero")
+        assert set(learned) == in_context(events)
+        chat(remote, session="zero")
+        assert sum(counts(remote, "tutor", "zero").values()) > sum(learned.values())
