@@ -57,8 +57,11 @@ class LexicalIndex:
 
     def _built(self) -> Optional[bm25s.BM25]:
         if self._bm25 is None and self._texts:
+            tokens = tokenize(self._texts)
+            if not any(tokens):
+                return None
             index = bm25s.BM25()
-            index.index(tokenize(self._texts), show_progress=False)
+            index.index(tokens, show_progress=False)
             self._bm25 = index
         return self._bm25
 
@@ -68,6 +71,9 @@ class LexicalIndex:
         if not terms or not self._texts:
             return np.zeros(len(self._texts), dtype=np.float32)
         with self._lock:
-            raw = self._built().get_scores(terms)
+            index = self._built()
+            if index is None:
+                return np.zeros(len(self._texts), dtype=np.float32)
+            raw = index.get_scores(terms)
         top = float(raw.max()) if len(raw) else 0.0
         return (raw / top).astype(np.float32) if top > 0 else np.zeros(len(raw), dtype=np.float32)

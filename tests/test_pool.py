@@ -309,3 +309,11 @@ def test_copy_and_pickle_are_independent(minilm):
         h.id for h in clone.retrieve("soccer", 2, now=NOW, learn=False)
     ]
     assert revived.links() == clone.links()
+
+
+def test_stopword_only_memories_and_queries(minilm):
+    pool = MemoryPool(minilm)
+    pool.add_many([{"content": "the of a"}, {"content": "and so it was"}])
+    assert len(pool.copy().retrieve("the", max_memories=2, learn=False)) == 2
+    pool.add("Alex loves soccer")
+    assert pool.retrieve("soccer", max_memories=1, learn=False)[0].content == "Alex loves soccer"
