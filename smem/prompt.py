@@ -1,0 +1,159 @@
+"""The chat prompt, split so that memory swaps never touch the conversation's KV cache.
+
+The memory block goes late: a system message after the latest user turn, just before the
+assistant header. Everything before it (system prompt, history, user message) is the *prefix*
+and keeps its cache across swaps; a swap re-reads only memory block + header + generated text.
+Qwen2.5's and Qwen3's templates render a non-first system message in place. For a template
+that refuses one (or mangles it), the block is appended to the user turn instead, which keeps
+the same split.
+
+The template is rendered once with a sentinel in place of the memory text and cut at the
+sentinel, so the model's own template decides every byte and a swap only tokenises the new
+block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from smem.memory import Hit, Memory
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant with a long-term memory of the person you are talking to. "
+    "Relevant memories are shown to you as you answer; use them when they help, and answer naturally."
+)
+MEMORY_INTRO = "Memories relevant to this conversation (they update as you answer; use them where they help):"
+_SENTINEL = "\u2063SMEM-MEMORY-BLOCK\u2063"
+
+HistoryItem = Union[Mapping[str, Any], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids in three parts; `ids` is what the model reads."""
+
+    prefix: list[int]
+    memory: list[int]
+    header: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prefix, *self.memory, *self.header]
+
+
+def normalize_history(history: Optional[Sequence[HistoryItem]]) -> list[dict[str, str]]:
+    """Accept role/content dicts (OpenAI, Gradio "messages") or (user, assistant) pairs."""
+    messages: list[dict[str, str]] = []
+    for item in history or ():
+        if isinstance(item, Mapping):
+            role = str(item.get("role", ""))
+            if role not in ("user", "assistant", "system"):
+                raise ValueError(f"history message has unknown role {role!r}")
+            messages.append({"role": role, "content": str(item.get("content") or "")})
+        else:
+            user, assistant = item
+            if user:
+                messages.append({"role": "user", "content": str(user)})
+            if assistant:
+                messages.append({"role": "assistant", "content": str(assistant)})
+    return messages
+
+
+def memory_line(memory: Union[Hit, Memory]) -> str:
+    """One memory as the model sees it; type and subject help it weigh the note."""
+    tags = [tag for tag in (memory.type, memory.subject) if tag]
+    label = f"[{', '.join(tags)}] " if tags else ""
+    return f"- {label}{memory.content}"
+
+
+def memory_text(memories: Sequence[Union[Hit, Memory]]) -> str:
+    return "\n".join([MEMORY_INTRO, *(memory_line(m) for m in memories)])
+
+
+class PromptBuilder:
+    """Renders one turn's prompt and re-renders its memory block on every swap."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        message: str,
+        history: Optional[Sequence[HistoryItem]] = None,
+        *,
+        system_prompt: Optional[str] = DEFAULT_SYSTEM_PROMPT,
+        enable_thinking: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.enable_thinking = enable_thinking
+        base = normalize_history(history)
+        if system_prompt and not (base and base[0]["role"] == "system"):
+            base.insert(0, {"role": "system", "content": system_prompt})
+        self._base = [*base, {"role": "user", "content": message}]
+        late = self._split_late_system()
+        self.late_system = late is not None
+        prefix_text, self._block_before, self._block_after, header_text = late or self._split_user_suffix()
+        self.prefix = self.encode(prefix_text)
+        self.header = self.encode(header_text)
+        self._overhead: Optional[int] = None
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            enable_thinking=self.enable_thinking,
+        )
+
+    def _split_late_system(self) -> Optional[tuple[str, str, str, str]]:
+        """Memory as a system message after the user turn, if the template renders it verbatim
+        and leaves everything around it unchanged."""
+        memory = [*self._base, {"role": "system", "content": _SENTINEL}]
+        try:
+            before = self._render(self._base, generation_prompt=False)
+            plain = self._render(self._base, generation_prompt=True)
+            with_memory = self._render(memory, generation_prompt=False)
+            full = self._render(memory, generation_prompt=True)
+        except Exception:  # jinja raises its own errors for "roles must alternate" and the like
+            return None
+        if not (with_memory.startswith(before) and full.startswith(with_memory) and plain.startswith(before)):
+            return None
+        block = with_memory[len(before) :]
+        header = full[len(with_memory) :]
+        if block.count(_SENTINEL) != 1 or plain[len(before) :] != header:
+            return None
+        block_before, block_after = block.split(_SENTINEL)
+        return before, block_before, block_after, header
+
+    def _split_user_suffix(self) -> tuple[str, str, str, str]:
+        """Fallback: memory text appended to the user's message, cut at the message's end."""
+        messages = [*self._base[:-1], {"role": "user", "content": self._base[-1]["content"] + _SENTINEL}]
+        full = self._render(messages, generation_prompt=True)
+        if full.count(_SENTINEL) != 1:
+            raise ValueError("the chat template does not render message content verbatim; cannot place memories")
+        prefix, header = full.split(_SENTINEL)
+        return prefix, "\n\n", "", header
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def memory_block(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
+        """Token ids of the block holding `memories`; no memories, no block."""
+        if not memories:
+            return []
+        return self.encode(self._block_before + memory_text(memories) + self._block_after)
+
+    def build(self, memories: Sequence[Union[Hit, Memory]]) -> Prompt:
+        return Prompt(prefix=self.prefix, memory=self.memory_block(memories), header=self.header)
+
+    def block_overhead(self) -> int:
+        """Tokens a non-empty block costs beyond its memory lines (wrapper, intro)."""
+        if self._overhead is None:
+            self._overhead = len(self.encode(self._block_before + MEMORY_INTRO + "\n" + self._block_after))
+        return self._overhead
+
+    def line_tokens(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
+        """Per-memory token cost in the block, batched (used for the context-size chart)."""
+        if not memories:
+            return []
+        encoded = self.tokenizer([memory_line(m) + "\n" for m in memories], add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]

@@ -1,0 +1,460 @@
+"""The streaming engine on a tiny in-process Qwen3 (fp32) with the real pool and embedder."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from smem import MemoryPool, load_memories, tiny
+from smem.embedder import default_embedder
+from smem.engine import CPU_SWAP_BUDGET, IncrementalDecoder, StreamingEngine
+from smem.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
+from smem.learning import LearningState
+from smem.prompt import PromptBuilder
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGE = "How should I help Alex stop dropping minus signs before his algebra quiz?"
+HISTORY = [
+    {"role": "user", "content": "Alex had a rough week at school."},
+    {"role": "assistant", "content": "I'm sorry to hear that. What happened?"},
+]
+
+
+@pytest.fixture(scope="session")
+def base_pool() -> MemoryPool:
+    pool = MemoryPool(embedder=default_embedder(), seed=0)
+    pool.add_many(load_memories(ROOT / "memories" / "tutor.json"))
+    return pool
+
+
+@pytest.fixture
+def pool(base_pool: MemoryPool) -> MemoryPool:
+    return base_pool.copy()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return tiny.build(seed=0)
+
+
+class Recorder:
+    """Records every forward pass: cache length before it, ids fed, next-token logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls: list[tuple[int, list[int], torch.Tensor]] = []
+        self._pending: tuple[int, list[int]] | None = None
+        self._handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, with_kwargs=True),
+        ]
+
+    def _before(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        self._pending = (cache.get_seq_length() if cache is not None else 0, kwargs["input_ids"][0].tolist())
+
+    def _after(self, module, args, kwargs, output):
+        past, ids = self._pending
+        self.calls.append((past, ids, output.logits[0, -1].detach().clone()))
+
+    def sequences(self) -> list[list[int]]:
+        """The full token sequence the model had read after each call."""
+        seq: list[int] = []
+        out = []
+        for past, ids, _ in self.calls:
+            seq = seq[:past] + ids
+            out.append(list(seq))
+        return out
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def run(engine: StreamingEngine, **kwargs) -> list:
+    args = dict(update_every_n=1, max_new_tokens=40, temperature=0.0, incumbent_margin=0.0)
+    args.update(kwargs)
+    return list(engine.stream(kwargs.pop("message", MESSAGE), kwargs.pop("history", HISTORY), **args))
+
+
+def done(events: list) -> Done:
+    assert isinstance(events[-1], Done)
+    return events[-1]
+
+
+def fresh_logits(model, seq: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([seq])).logits[0, -1]
+
+
+def test_swap_logits_equal_a_fresh_forward(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None))
+    finally:
+        recorder.remove()
+    assert done(events).stats.swaps >= 2
+    swap_calls = 0
+    for (past, ids, logits), seq in zip(recorder.calls, recorder.sequences()):
+        swap_calls += past > 0 and len(ids) > 1
+        torch.testing.assert_close(logits, fresh_logits(model, seq), atol=1e-4, rtol=1e-4)
+    assert swap_calls == done(events).stats.swaps
+
+
+def test_greedy_with_swaps_equals_greedy_from_scratch(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=30)
+    finally:
+        recorder.remove()
+    updates = [e for e in events if isinstance(e, MemoryUpdate)]
+    assert updates, "the test needs at least one swap"
+    final = recorder.sequences()[-1]
+    builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
+    context = builder.build(updates[-1].memories).ids
+    at = updates[-1].at_token
+    assert final[: len(context)] == context
+    generated = final[len(context) :]
+    # The engine stops without feeding its last token: the answer is everything fed plus it.
+    answer = generated + [int(torch.argmax(recorder.calls[-1][2]))]
+    assert len(answer) == done(events).stats.tokens == 30
+    start = torch.tensor([context + answer[:at]])
+    scratch = model.generate(
+        start, attention_mask=torch.ones_like(start), max_new_tokens=30 - at, do_sample=False, pad_token_id=0
+    )
+    assert scratch[0, start.shape[1] :].tolist() == answer[at:]
+
+
+def test_prefix_is_read_once(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
+    finally:
+        recorder.remove()
+    prefix = PromptBuilder(tokenizer, MESSAGE, HISTORY).prefix
+    first_past, first_ids, _ = recorder.calls[0]
+    assert first_past == 0 and first_ids[: len(prefix)] == prefix
+    kept_block_tokens = []
+    for past, ids, _ in recorder.calls[1:]:
+        assert past >= len(prefix), "the prefix was re-read"
+        if len(ids) > 1:
+            kept_block_tokens.append(past - len(prefix))
+    assert len(kept_block_tokens) == done(events).stats.swaps > 0
+    # Memories that stay lead the new block, so their cache entries survive the swap too.
+    assert max(kept_block_tokens) > 0
+    block_and_header = len(first_ids) - len(prefix)
+    assert sum(len(ids) for _, ids, _ in recorder.calls[1:]) < (block_and_header + 40) * len(kept_block_tokens) + 40
+
+
+def test_swap_budget_rations_reread_tokens(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=20.0), max_new_tokens=60)
+    finally:
+        recorder.remove()
+    stats = done(events).stats
+    reread = sum(len(ids) for past, ids, _ in recorder.calls[1:] if len(ids) > 1)
+    assert reread == stats.extra["swap_tokens_reread"] <= 20.0 * 60
+    assert stats.swaps > 0 and stats.extra["deferred_swaps"] > 0
+    unlimited = done(run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=60)).stats
+    assert unlimited.swaps > stats.swaps and unlimited.extra["deferred_swaps"] == 0
+    assert StreamingEngine(model, tokenizer, pool).swap_budget == CPU_SWAP_BUDGET  # the tiny model runs on CPU
+
+
+def test_no_update_means_one_token_per_step(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), update_every_n=0, max_new_tokens=12)
+    finally:
+        recorder.remove()
+    assert [len(ids) for _, ids, _ in recorder.calls[1:]] == [1] * 11
+    assert done(events).stats.swaps == 0 and done(events).stats.retrievals == 1
+
+
+def test_incumbent_margin_prevents_thrashing(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    loose = done(run(engine, incumbent_margin=0.0, max_new_tokens=40, learn=False)).stats.swaps
+    sticky = done(run(engine, incumbent_margin=0.5, max_new_tokens=40, learn=False)).stats.swaps
+    assert sticky < loose
+
+
+@pytest.mark.parametrize("text", ["Zürich café naïve", "😀🎉 👨‍👩‍👧 ❤️", "日本語のテキスト、中文文本", "a — b … c"])
+def test_incremental_decoding_keeps_multibyte_characters(tiny_model, text):
+    _, tokenizer = tiny_model
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # really split inside characters
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(i) for i in ids]
+    pieces.append(decoder.flush())
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+class Scripted(torch.nn.Module):
+    """The tiny model (so the cache is real) with its next token dictated by a script."""
+
+    def __init__(self, model: torch.nn.Module, script: list[int]) -> None:
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+        self.script = script
+        self.calls = 0
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        forced = torch.full_like(out.logits, -1e4)
+        forced[..., self.script[min(self.calls, len(self.script) - 1)]] = 0.0
+        self.calls += 1
+        out.logits = forced
+        return out
+
+
+def scripted_engine(tiny_model, pool, text_parts: list) -> StreamingEngine:
+    model, tokenizer = tiny_model
+    script: list[int] = []
+    for part in text_parts:
+        script += [part] if isinstance(part, int) else tokenizer(part, add_special_tokens=False)["input_ids"]
+    return StreamingEngine(Scripted(model, script), tokenizer, pool, swap_budget=None)
+
+
+def ids(tokenizer, *tokens: str) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+def test_thinking_streams_separately(tiny_model, pool):
+    _, tokenizer = tiny_model
+    think, end_think, im_end = ids(tokenizer, "<think>", "</think>", "<|im_end|>")
+    engine = scripted_engine(
+        tiny_model, pool, [think, "\nLet me recall what works.\n", end_think, "\n\nUse pizza 🍕 slices.", im_end]
+    )
+    events = run(engine, update_every_n=0)
+    thinking = "".join(e.text for e in events if isinstance(e, Thinking))
+    answer = "".join(e.text for e in events if isinstance(e, Token))
+    assert thinking == "Let me recall what works."
+    assert answer == "Use pizza 🍕 slices."
+    stats = done(events).stats
+    assert stats.stop_reason == "eos"
+    assert stats.thinking_tokens == 1 + len(tokenizer("\nLet me recall what works.\n")["input_ids"]) + 1
+    assert events.index(next(e for e in events if isinstance(e, Token))) > events.index(
+        next(e for e in events if isinstance(e, Thinking))
+    )
+
+
+def test_enable_thinking_false_prefills_an_empty_think_block(tiny_model, pool):
+    _, tokenizer = tiny_model
+    off = PromptBuilder(tokenizer, MESSAGE, HISTORY, enable_thinking=False)
+    on = PromptBuilder(tokenizer, MESSAGE, HISTORY, enable_thinking=True)
+    assert tokenizer.decode(off.header) == "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert tokenizer.decode(on.header) == "<|im_start|>assistant\n"
+    engine = scripted_engine(tiny_model, pool, ["Plain answer.", ids(tokenizer, "<|im_end|>")[0]])
+    events = run(engine, update_every_n=0, enable_thinking=False)
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "Plain answer."
+    assert not any(isinstance(e, Thinking) for e in events)
+
+
+def test_model_without_thinking_streams_everything_as_tokens(tiny_model, pool):
+    _, tokenizer = tiny_model
+    engine = scripted_engine(tiny_model, pool, ["Just an answer, no think tags.", ids(tokenizer, "<|im_end|>")[0]])
+    engine.think_ids = None  # what the engine finds for a vocabulary without <think> (Qwen2.5)
+    events = run(engine, update_every_n=0)
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "Just an answer, no think tags."
+    assert done(events).stats.thinking_tokens == 0
+
+
+def test_stop_reasons(tiny_model, pool):
+    model, tokenizer = tiny_model
+    eos = scripted_engine(tiny_model, pool, ["One two three", ids(tokenizer, "<|endoftext|>")[0]])
+    stats = done(run(eos, update_every_n=0)).stats
+    assert stats.stop_reason == "eos" and stats.tokens == len(tokenizer("One two three")["input_ids"])
+    stats = done(run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=7)).stats
+    assert stats.stop_reason == "max_tokens" and stats.tokens == 7
+
+
+def test_cancel_event_stops_promptly_and_still_learns(tiny_model, pool):
+    model, tokenizer = tiny_model
+    cancel = threading.Event()
+    events = []
+    for event in StreamingEngine(model, tokenizer, pool, swap_budget=None).stream(
+        MESSAGE, HISTORY, max_new_tokens=500, temperature=0.0, cancel=cancel
+    ):
+        events.append(event)
+        if sum(isinstance(e, (Token, Thinking)) for e in events) == 3:
+            cancel.set()
+    stats = done(events).stats
+    assert stats.stop_reason == "cancelled"
+    assert stats.tokens <= 5
+    first = events[0].memories[0].id
+    assert pool.retrieval_count(first) == 1
+
+
+def test_closing_the_generator_stops_and_learns_nothing(tiny_model, pool):
+    model, tokenizer = tiny_model
+    recorder = Recorder(model)
+    try:
+        stream = StreamingEngine(model, tokenizer, pool, swap_budget=None).stream(
+            MESSAGE, HISTORY, max_new_tokens=500, temperature=0.0
+        )
+        first = next(stream)
+        next(stream)
+        stream.close()
+    finally:
+        recorder.remove()
+    assert len(recorder.calls) <= 2
+    assert all(pool.retrieval_count(hit.id) == 0 for hit in first.memories)
+
+
+def test_learning_counts_each_memory_once_per_answer(tiny_model, pool, monkeypatch):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    real = engine._retrieve
+    first: list = []
+
+    def sticky(query, incumbents, margin, **kwargs):
+        # The real re-retrieval runs (and must not learn); its winner is then held in context.
+        hits = real(query, incumbents, margin, **kwargs)
+        first.extend([] if first else hits)
+        return first
+
+    monkeypatch.setattr(engine, "_retrieve", sticky)
+    events = run(engine, max_new_tokens=50)
+    stats = done(events).stats
+    assert stats.retrievals == 50 and stats.swaps == 0
+    kept = [hit.id for hit in events[0].memories]
+    assert len(kept) == 5
+    assert all(pool.retrieval_count(i) == 1 for i in kept)
+    links = {frozenset((a, b)): w for a, b, w in pool.links()}
+    assert len(links) == 10 and all(w == pytest.approx(1.0) for w in links.values())
+    assert sum(pool.retrieval_count(m.id) for m in pool.memories) == 5
+
+
+def test_learning_with_swaps_weights_links_by_shared_tokens(tiny_model, pool):
+    model, tokenizer = tiny_model
+    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
+    assert done(events).stats.swaps > 0
+    spans: dict[str, list[int]] = {}
+    current, start = [h.id for h in events[0].memories], 0
+    for update in [e for e in events if isinstance(e, MemoryUpdate)] + [None]:
+        end = update.at_token if update else 40
+        for i in current:
+            spans.setdefault(i, []).extend(range(start, end))
+        if update:
+            current, start = [h.id for h in update.memories], update.at_token
+    assert {m.id for m in pool.memories if pool.retrieval_count(m.id)} == set(spans)
+    assert all(pool.retrieval_count(i) == 1 for i in spans)
+    for a, b, weight in pool.links():
+        shared = len(set(spans[a]) & set(spans[b]))
+        assert weight == pytest.approx(shared / 40)
+
+
+def test_learn_false_and_return_learned(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    before = pool.learning_state()
+    run(engine, learn=False, max_new_tokens=10)
+    assert pool.learning_state().counts.tolist() == before.counts.tolist()
+    learned = done(run(engine, max_new_tokens=10, return_learned=True)).learned
+    assert isinstance(learned, LearningState)
+    assert learned.counts.tolist() == pool.learning_state().counts.tolist()
+    assert done(run(engine, max_new_tokens=3)).learned is None
+
+
+def test_events_convert_to_the_sse_shapes(tiny_model, pool):
+    model, tokenizer = tiny_model
+    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=30)
+    seen = set()
+    for event in events:
+        payload = json.loads(json.dumps(event.to_sse()))
+        seen.add(payload["type"])
+        if payload["type"] == "memories":
+            assert {"id", "content", "score", "similarity", "type", "subject"} <= set(payload["memories"][0])
+        elif payload["type"] in ("token", "thinking"):
+            assert set(payload) == {"type", "t"} and payload["t"]
+        elif payload["type"] == "memory_update":
+            assert {"memories", "added", "removed", "at_token"} <= set(payload)
+            assert payload["added"] and payload["removed"]
+        elif payload["type"] == "context":
+            assert {
+                "prompt_tokens",
+                "memory_tokens",
+                "generated_tokens",
+                "swaps",
+                "rag_memory_tokens",
+                "all_memory_tokens",
+            } <= set(payload)
+        elif payload["type"] == "done":
+            assert {"tokens", "swaps", "stop_reason", "ttft_s", "tokens_per_s", "retrieval_ms", "swap_ms"} <= set(
+                payload
+            )
+    assert {"memories", "token", "memory_update", "context", "done"} <= seen
+    assert isinstance(events[0], Memories)
+
+
+def test_context_stats_track_the_chart_lines(tiny_model, pool):
+    model, tokenizer = tiny_model
+    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
+    stats = [e for e in events if isinstance(e, ContextStats)]
+    builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
+    first = stats[0]
+    assert first.prompt_tokens == len(builder.prefix) + len(builder.header)
+    assert first.memory_tokens == len(builder.memory_block(events[0].memories))
+    assert first.generated_tokens == 0
+    last = stats[-1]
+    assert last.generated_tokens == 40 and last.swaps == done(events).stats.swaps
+    for s in stats:
+        assert s.memory_tokens <= s.rag_memory_tokens + 2 <= s.all_memory_tokens + 2
+    assert last.rag_memory_tokens > first.rag_memory_tokens
+    assert len(stats) >= 2 + done(events).stats.swaps
+
+
+def test_seeded_sampling_is_reproducible(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+
+    def text(seed):
+        events = run(engine, temperature=1.0, top_p=0.9, seed=seed, learn=False, max_new_tokens=20, update_every_n=5)
+        return "".join(e.text for e in events if isinstance(e, Token))
+
+    assert text(1) == text(1)
+    assert text(1) != text(2)
+
+
+def test_engine_runs_in_background_threads(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    expected = "".join(
+        e.text for e in run(engine, learn=False, max_new_tokens=25, update_every_n=3) if isinstance(e, Token)
+    )
+    results: queue.Queue = queue.Queue()
+
+    def worker():
+        events = run(engine, learn=False, max_new_tokens=25, update_every_n=3)
+        results.put("".join(e.text for e in events if isinstance(e, Token)))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [results.get_nowait() for _ in threads] == [expected] * 3
+
+
+def test_bad_arguments_are_refused_before_any_work(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool)
+    for bad in ({"lookback_tokens": 0}, {"update_every_n": -1}, {"max_new_tokens": -5}):
+        with pytest.raises(ValueError):
+            next(engine.stream(MESSAGE, **bad))

