@@ -261,22 +261,28 @@ class StreamingEngine:
 
     # -- memories ---------------------------------------------------------------------------
 
-    def _first_query(self, message: str, history: Sequence[HistoryItem]) -> np.ndarray:
-        """The user's message, nudged towards the last exchange so follow-ups ("and then?") work."""
+    def _first_query(self, message: str, history: Sequence[HistoryItem]) -> tuple[str, np.ndarray]:
+        """The user's message (its text for the lexical half of the similarity), with its vector
+        nudged towards the last exchange so follow-ups ("and then?") work."""
         with self._pool_lock:
             query = self.pool.embed_query(message)
             recent = [m["content"] for m in normalize_history(history)[-2:] if m["role"] != "system"]
             recent_text = "\n".join(text.split("</think>")[-1].strip()[-500:] for text in recent).strip()
             if not recent_text:
-                return query
+                return message, query
             mixed = (1 - HISTORY_QUERY_WEIGHT) * query + HISTORY_QUERY_WEIGHT * self.pool.embed_query(recent_text)
-        return (mixed / np.linalg.norm(mixed)).astype(np.float32)
+        return message, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
-    def _retrieve(self, query: Any, incumbents: Collection[str], margin: float, **kwargs: Any) -> list[Hit]:
+    def _retrieve(
+        self, query: tuple[str, np.ndarray], incumbents: Collection[str], margin: float, **kwargs: Any
+    ) -> list[Hit]:
+        text, vector = query
         with self._pool_lock:
-            return self.pool.retrieve(query, learn=False, incumbents=incumbents, incumbent_margin=margin, **kwargs)
+            return self.pool.retrieve(
+                text, query_vector=vector, learn=False, incumbents=incumbents, incumbent_margin=margin, **kwargs
+            )
 
-    def _window_query(self, generated: list[int], lookback: int, first: np.ndarray) -> Optional[np.ndarray]:
+    def _window_query(self, generated: list[int], lookback: int, first: np.ndarray) -> Optional[tuple[str, np.ndarray]]:
         """The last `lookback` generated tokens, embedded, blended with the first query while
         the answer is shorter than the window: three tokens of "### Plan" alone would retrieve
         noise and swap the whole block at the start of every answer."""
@@ -288,7 +294,7 @@ class StreamingEngine:
             vector = self.pool.embed_query(text)
         weight = min(1.0, len(answer) / lookback)
         mixed = weight * vector + (1.0 - weight) * first
-        return (mixed / np.linalg.norm(mixed)).astype(np.float32)
+        return text, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
     def _memory_tokens(self, builder: PromptBuilder, ids: Collection[str]) -> int:
         """Block tokens the memories `ids` would take (for the RAG comparison line)."""
@@ -376,8 +382,9 @@ class StreamingEngine:
                 generator.manual_seed(seed)
 
         tick = time.perf_counter()
-        query = self._first_query(message, history)
-        hits = self._retrieve(query, (), 0.0, **retrieve_args) if max_memories > 0 else []
+        first = self._first_query(message, history)
+        query = first[1]
+        hits = self._retrieve(first, (), 0.0, **retrieve_args) if max_memories > 0 else []
         retrieval_s = time.perf_counter() - tick
         retrievals = 1
         yield Memories(hits)

@@ -303,15 +303,7 @@ def context_figure(stats: Sequence[ContextStats], swaps: Sequence[int] = ()) -> 
                 )
             )
     else:
-        figure.add_annotation(
-            text="Send a message to see the context grow",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-            font={"color": "#6b7280"},
-        )
+        _placeholder(figure, "Send a message to see the context grow")
     figure.update_layout(
         title={"text": "Tokens in context", "x": 0.01},
         xaxis={"title": "generated tokens", "rangemode": "tozero"},
@@ -355,15 +347,7 @@ def timeline_figure(view: AnswerView, at_token: Optional[int] = None) -> go.Figu
     if at_token is not None:
         figure.add_vline(x=at_token, line={"width": 2, "color": "#111827"})
     if not intervals:
-        figure.add_annotation(
-            text="The memories of each stretch of the answer appear here",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-            font={"color": "#6b7280"},
-        )
+        _placeholder(figure, "The memories of each stretch of the answer appear here")
     rows = len(labels)
     figure.update_layout(
         title={"text": "Memory timeline", "x": 0.01},
@@ -377,3 +361,10 @@ def timeline_figure(view: AnswerView, at_token: Optional[int] = None) -> go.Figu
         paper_bgcolor="rgba(0,0,0,0)",
     )
     return figure
+
+
+def _placeholder(figure: go.Figure, text: str) -> None:
+    """A grey hint in the middle of a figure that has nothing to show yet."""
+    figure.add_annotation(
+        text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"color": "#6b7280"}
+    )
