@@ -20,6 +20,7 @@ import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import
 
 import html  # noqa: E402
 import logging  # noqa: E402
+import threading  # noqa: E402
 from typing import Any, Iterator, Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -62,9 +63,22 @@ def generate(
 
 
 @spaces.GPU(duration=visitor.api_gpu_seconds)
-def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
-    """The HTTP API's answers, on the GPU the same way (see smem.api.Generate)."""
+def _answer_for_api(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
     yield from RUNTIME.engine(pool).stream(**kwargs, return_learned=True)
+
+
+def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[Event]:
+    """The HTTP API's answers on a ZeroGPU Space (see smem.api.Generate). The worker cannot see
+    `cancel`, so a client that leaves stops the answer by closing the worker's stream; such an
+    abandoned answer learns nothing."""
+    stream = _answer_for_api(pool, kwargs)
+    try:
+        for event in stream:
+            yield event
+            if cancel.is_set():
+                return
+    finally:
+        stream.close()
 
 
 HEADER = """

@@ -194,17 +194,19 @@ def _iso(epoch: float) -> Optional[str]:
     return None if epoch != epoch else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
 
 
-Generate = Callable[[MemoryPool, dict[str, Any]], Iterator[Event]]
+Generate = Callable[[MemoryPool, dict[str, Any], threading.Event], Iterator[Event]]
 """Runs `StreamingEngine.stream(**kwargs)` over a pool wherever the model lives, ending with a
-`Done` that carries the learned state. On ZeroGPU that is a `@spaces.GPU` function in a forked
-worker, so the pool travels pickled and comes back only through `Done.learned`."""
+`Done` that carries the learned state, and stops soon after the event is set. On ZeroGPU that
+is a `@spaces.GPU` function in a forked worker, so the pool travels pickled and comes back only
+through `Done.learned`, and the event cannot cross into the worker."""
 
 
 def generate_here(runtime: Runtime) -> Generate:
-    """The model in this process: stream over the pool directly."""
+    """The model in this process: stream over the pool directly; a cancelled answer ends with
+    `Done(stop_reason="cancelled")` and learns from what it generated."""
 
-    def generate(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
-        return runtime.engine(pool).stream(**kwargs, return_learned=True)
+    def generate(pool: MemoryPool, kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[Event]:
+        return runtime.engine(pool).stream(**kwargs, cancel=cancel, return_learned=True)
 
     return generate
 
@@ -248,11 +250,10 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
                     "seed": request.seed,
                     "enable_thinking": request.enable_thinking,
                 },
+                cancel,
             )
             try:
                 for event in stream:
-                    if cancel.is_set():
-                        break
                     if isinstance(event, Done) and event.learned is not None and len(event.learned) == len(pool):
                         pool.set_learning_state(event.learned)
                     emit(event.to_sse())

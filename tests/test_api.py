@@ -321,10 +321,10 @@ def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Ru
     here = generate_here(tiny_runtime)
     seen: list[int] = []
 
-    def elsewhere(pool, kwargs):
+    def elsewhere(pool, kwargs, cancel):
         copy = pickle.loads(pickle.dumps(pool))
         seen.append(id(copy))
-        for event in here(copy, kwargs):
+        for event in here(copy, kwargs, cancel):
             yield pickle.loads(pickle.dumps(event))
 
     app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8), generate=elsewhere)
