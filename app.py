@@ -402,6 +402,7 @@ def main() -> None:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
         # Blocks.launch, so a Space must launch; the API then joins the app Gradio serves,
         # behind Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
+        api = create_api(RUNTIME, generate=generate_for_api)  # built first: mounted the moment Gradio serves
         demo.launch(
             server_name=host,
             server_port=port,
@@ -411,12 +412,12 @@ def main() -> None:
             prevent_thread_lock=True,
             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None},
         )
-        demo.app.mount("/", create_api(RUNTIME, generate=generate_for_api))
+        demo.app.mount("/", api)
         demo.block_thread()
         return
     import uvicorn
 
-    app = gr.mount_gradio_app(create_api(RUNTIME, generate=generate_for_api), demo, path="/", theme=THEME, css=CSS, ssr_mode=False)
+    app = gr.mount_gradio_app(create_api(RUNTIME), demo, path="/", theme=THEME, css=CSS, ssr_mode=False)
     # Streaming connections never finish by themselves; do not let them hold a restart for long.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
