@@ -122,10 +122,6 @@ class MemoryPool:
     def memories(self) -> list[Memory]:
         return list(self._memories)
 
-    @property
-    def total_tokens(self) -> int:
-        return int(self._tokens.sum())
-
     def get(self, memory_id: str) -> Memory:
         return self._memories[self._position[memory_id]]
 

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -107,10 +107,6 @@ class GenerationSettings:
             "temperature": self.temperature,
             "enable_thinking": self.enable_thinking,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def gpu_seconds_for(max_new_tokens: int) -> int:
     """How long to reserve a ZeroGPU slice for one answer: longer answers need longer slots,
