@@ -1,8 +1,8 @@
 """Streaming Memory — the Gradio Space: a chat whose memories change while it answers.
 
-This file only wires widgets to `smem`: per-visitor actions live in `smem.visitor`, the event
-stream's reduction into view state in `smem.session_view`, figures and table rows in
-`smem.viz`. The HTTP API (`smem.api`) is served by the same process.
+This file only wires widgets to `smem`: per-visitor actions live in `smem.ui.visitor`, the event
+stream's reduction into view state in `smem.ui.session_view`, figures and table rows in
+`smem.ui.viz`. The HTTP API (`smem.serving.api`) is served by the same process.
 
 How it starts: locally (`python app.py`) the API app is served by uvicorn on 127.0.0.1:7860
 with the Gradio UI mounted at `/`. On a Space it calls `demo.launch()` (ZeroGPU hooks its
@@ -26,13 +26,14 @@ from typing import Any, Iterator, Optional  # noqa: E402
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from smem import models, session_view, visitor, viz  # noqa: E402
-from smem.api import create_api  # noqa: E402
-from smem.events import Event  # noqa: E402
-from smem.memory import MemoryFileError  # noqa: E402
-from smem.pool import MemoryPool  # noqa: E402
-from smem.runtime import Runtime  # noqa: E402
-from smem.session_view import AnswerView, Changed  # noqa: E402
+from smem.generation import models  # noqa: E402
+from smem.ui import session_view, visitor, viz  # noqa: E402
+from smem.serving.api import create_api  # noqa: E402
+from smem.generation.events import Event  # noqa: E402
+from smem.memory.records import MemoryFileError  # noqa: E402
+from smem.memory.pool import MemoryPool  # noqa: E402
+from smem.serving.runtime import Runtime  # noqa: E402
+from smem.ui.session_view import AnswerView, Changed  # noqa: E402
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -68,7 +69,7 @@ def _answer_for_api(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]
 
 
 def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[Event]:
-    """The HTTP API's answers on a ZeroGPU Space (see smem.api.Generate). The worker cannot see
+    """The HTTP API's answers on a ZeroGPU Space (see smem.serving.api.Generate). The worker cannot see
     `cancel`, so a client that leaves stops the answer by closing the worker's stream; such an
     abandoned answer learns nothing."""
     stream = _answer_for_api(pool, kwargs)

@@ -33,11 +33,11 @@ import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from smem import MemoryPool, load_memories
-from smem.embedder import default_embedder
-from smem.engine import StreamingEngine
-from smem.events import Done, MemoryUpdate, Thinking, Token
-from smem.models import configure_threads, load
-from smem.prompt import PromptBuilder
+from smem.memory.embedder import default_embedder
+from smem.generation.engine import StreamingEngine
+from smem.generation.events import Done, MemoryUpdate, Thinking, Token
+from smem.generation.models import configure_threads, load
+from smem.generation.prompt import PromptBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = (
@@ -90,7 +90,7 @@ def random_qwen3_8b(layers: int, device: str):
     tiny in-process tokenizer, whose ids the engine keeps the padded 151936-row head within."""
     from transformers import AutoModelForCausalLM
 
-    from smem import tiny
+    from smem.generation import tiny
 
     tokenizer = tiny.build_tokenizer()
     config = tiny.tiny_config(tokenizer, vocab_size=151936)
@@ -279,7 +279,7 @@ def time_swap(model, builder: PromptBuilder, events: list, repeats: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", default=None, help="hub id, local path, 'packaged' or 'tiny' (default: smem.models.load's choice)"
+        "--model", default=None, help="hub id, local path, 'packaged' or 'tiny' (default: smem.generation.models.load's choice)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--random-qwen3-8b", action="store_true", help="Qwen3-8B-shaped model, random bf16 weights")

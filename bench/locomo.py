@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from smem import MemoryPool, ScoringWeights  # noqa: E402
-from smem.embedder import default_embedder, embed_documents  # noqa: E402
+from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
 
 KS = (5, 10, 25)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}

@@ -50,7 +50,7 @@ def keyed() -> type[KeyedEmbedder]:
 @pytest.fixture(scope="session")
 def minilm():
     """The packaged offline all-MiniLM-L6-v2 (loads in a few seconds, once per session)."""
-    from smem.embedder import default_embedder
+    from smem.memory.embedder import default_embedder
 
     return default_embedder()
 
@@ -58,9 +58,9 @@ def minilm():
 @pytest.fixture(scope="session")
 def tiny_runtime(minilm):
     """A serving runtime on the tiny in-process model: what the HTTP API tests run against."""
-    from smem import tiny
-    from smem.memory_sets import MemorySets
-    from smem.runtime import Runtime
+    from smem.generation import tiny
+    from smem.memory.memory_sets import MemorySets
+    from smem.serving.runtime import Runtime
 
     model, tokenizer = tiny.build(seed=0)
     return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=MemorySets(minilm), model_name="tiny")

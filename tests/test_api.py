@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from smem import sse
-from smem.api import create_api
-from smem.api_schema import ApiSettings
-from smem.runtime import Runtime
+from smem.serving import sse
+from smem.serving.api import create_api
+from smem.serving.api_schema import ApiSettings
+from smem.serving.runtime import Runtime
 
 FAST = {"max_new_tokens": 8, "update_every_n": 2, "temperature": 0.8, "seed": 3}
 MESSAGE = "Can you help me with fractions?"
@@ -299,7 +299,7 @@ def test_a_client_that_leaves_while_queued_gives_up_its_place(
     live: str, tiny_runtime: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     body = {"message": MESSAGE, "memory_set": "tutor", **FAST}
-    with caplog.at_level(logging.INFO, logger="smem.api"), holding_the_model(tiny_runtime):
+    with caplog.at_level(logging.INFO, logger="smem.serving.api"), holding_the_model(tiny_runtime):
         with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=30) as response:
             assert next(sse.decode(response.iter_lines()))["type"] == "queued"
         deadline = time.monotonic() + 3
@@ -316,7 +316,7 @@ def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Ru
     state can only come back through `Done.learned`. Simulate that boundary with pickle."""
     import pickle
 
-    from smem.api import generate_here
+    from smem.serving.api import generate_here
 
     here = generate_here(tiny_runtime)
     seen: list[int] = []

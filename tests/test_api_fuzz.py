@@ -12,10 +12,10 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from smem import sse
-from smem.api import create_api
-from smem.api_schema import ApiSettings
-from smem.runtime import Runtime
+from smem.serving import sse
+from smem.serving.api import create_api
+from smem.serving.api_schema import ApiSettings
+from smem.serving.runtime import Runtime
 
 LIMITS = ApiSettings(
     max_sessions=16,

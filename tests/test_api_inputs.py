@@ -10,11 +10,11 @@ from typing import Any, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from smem import sse
-from smem.api import create_api
-from smem.api_schema import ApiSettings
-from smem.memory_sets import MemorySets
-from smem.runtime import Runtime
+from smem.serving import sse
+from smem.serving.api import create_api
+from smem.serving.api_schema import ApiSettings
+from smem.memory.memory_sets import MemorySets
+from smem.serving.runtime import Runtime
 
 GOOD = {"message": "Can you help me with fractions?", "memory_set": "tutor", "max_new_tokens": 6, "update_every_n": 2, "seed": 5}
 SESSION = "hard-inputs"

@@ -1,4 +1,4 @@
-"""A bounded load test on loopback: the API alone (`python -m smem.api --model tiny`) in a
+"""A bounded load test on loopback: the API alone (`python -m smem.serving.api --model tiny`) in a
 subprocess, 8 concurrent SSE clients × 3 answers, each client its own session.
 
 Checks: every stream ends with exactly one `done`; no event strays across sessions (every
@@ -25,7 +25,7 @@ import httpx
 import psutil
 import pytest
 
-from smem import sse
+from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 8
@@ -58,7 +58,7 @@ def server() -> Iterator[tuple[str, psutil.Process]]:
     # One torch thread: the tiny model gains nothing from two, and the serving path, not the
     # model, is under test here; it also keeps the figures steadier on a shared machine.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "SMEM_THREADS": "1"}
-    command = [sys.executable, "-m", "smem.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -15,8 +15,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from smem.embedder import default_embedder
-from smem.pool import MemoryPool
+from smem.memory.embedder import default_embedder
+from smem.memory.pool import MemoryPool
 
 from conftest import REPO, run_app
 

@@ -13,12 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from smem import MemoryPool, load_memories, tiny
-from smem.embedder import default_embedder
-from smem.engine import CPU_SWAP_BUDGET, IncrementalDecoder, StreamingEngine
-from smem.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
-from smem.learning import LearningState
-from smem.prompt import PromptBuilder
+from smem import MemoryPool, load_memories
+from smem.generation import tiny
+from smem.memory.embedder import default_embedder
+from smem.generation.engine import CPU_SWAP_BUDGET, IncrementalDecoder, StreamingEngine
+from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
+from smem.memory.learning import LearningState
+from smem.generation.prompt import PromptBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = "How should I help Alex stop dropping minus signs before his algebra quiz?"

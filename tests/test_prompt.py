@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from smem import tiny
-from smem.memory import Hit, Memory
-from smem.prompt import MEMORY_INTRO, PromptBuilder, memory_line, memory_text, normalize_history
+from smem.generation import tiny
+from smem.memory.records import Hit, Memory
+from smem.generation.prompt import MEMORY_INTRO, PromptBuilder, memory_line, memory_text, normalize_history
 
 HISTORY = [
     {"role": "user", "content": "Hi, I'm planning Alex's next session."},

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from smem import MemoryFileError, MemoryPool, load_memories
-from smem.embedder import EmbeddingCache, embed_documents
-from smem.store import PoolFileError
+from smem.memory.embedder import EmbeddingCache, embed_documents
+from smem.memory.store import PoolFileError
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 REPO = Path(__file__).resolve().parents[1]

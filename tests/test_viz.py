@@ -1,5 +1,5 @@
-"""View logic without Gradio: the event reducer (smem.session_view), the figures and table rows
-(smem.viz) and the visitor's actions (smem.visitor)."""
+"""View logic without Gradio: the event reducer (smem.ui.session_view), the figures and table rows
+(smem.ui.viz) and the visitor's actions (smem.ui.visitor)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smem import session_view, visitor, viz
-from smem.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
-from smem.memory import Hit, Memory, MemoryFileError
-from smem.memory_sets import MemorySets
-from smem.pool import MemoryPool
-from smem.session_view import AnswerView, Changed, Throttle
+from smem.ui import session_view, visitor, viz
+from smem.generation.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
+from smem.memory.records import Hit, Memory, MemoryFileError
+from smem.memory.memory_sets import MemorySets
+from smem.memory.pool import MemoryPool
+from smem.ui.session_view import AnswerView, Changed, Throttle
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 

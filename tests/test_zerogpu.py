@@ -14,9 +14,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from smem import visitor
-from smem.events import Done
-from smem.memory_sets import MemorySets
+from smem.ui import visitor
+from smem.generation.events import Done
+from smem.memory.memory_sets import MemorySets
 
 from conftest import REPO
 
@@ -26,7 +26,7 @@ WORKER_RUN = textwrap.dedent(
     """
     import json, multiprocessing
     import app
-    from smem import visitor
+    from smem.ui import visitor
 
     def worker(args_queue, results_queue):
         args = args_queue.get()

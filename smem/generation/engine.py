@@ -1,6 +1,6 @@
 """The streaming engine: decode token by token while the memory block changes underneath.
 
-Why it is cheap: the prompt is prefix | memory block | assistant header (see `smem.prompt`).
+Why it is cheap: the prompt is prefix | memory block | assistant header (see `smem.generation.prompt`).
 Decoding runs one token per forward pass on a `DynamicCache`. Every `update_every_n` tokens
 the last `lookback_tokens` of generated text are embedded and the pool re-queried; only when
 the selected *set* changes does the engine crop the cache and read the new block + header +
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from smem.events import (
+from smem.generation.events import (
     ContextStats,
     Done,
     DoneStats,
@@ -56,8 +56,8 @@ from smem.events import (
     Thinking,
     Token,
 )
-from smem.memory import Hit
-from smem.prompt import DEFAULT_SYSTEM_PROMPT, HistoryItem, PromptBuilder, normalize_history
+from smem.memory.records import Hit
+from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, HistoryItem, PromptBuilder, normalize_history
 
 DEFAULT_INCUMBENT_MARGIN = 0.15
 """Relative score bonus of memories already in context during re-retrieval. A challenger must

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from smem.memory import Hit
+from smem.memory.records import Hit
 
 StopReason = Literal["eos", "max_tokens", "cancelled"]
 

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-from smem.store import cache_root
+from smem.memory.store import cache_root
 
 logger = logging.getLogger("smem")
 
@@ -195,7 +195,7 @@ def load(model_id: Optional[str] = None, device: Optional[Union[str, torch.devic
         logger.info("using %d CPU thread(s)", configure_threads())
     start = time.perf_counter()
     if name == TINY:
-        from smem import tiny
+        from smem.generation import tiny
 
         with _stage("building the tiny in-process model"):
             model, tokenizer = tiny.build(device=device)

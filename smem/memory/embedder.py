@@ -18,7 +18,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from smem.store import atomic_write, cache_root
+from smem.memory.store import atomic_write, cache_root
 
 log = logging.getLogger("smem")
 

@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from smem.embedder import Embedder
-from smem.memory import MemoryFileError, load_memories, parse_memory_json
-from smem.pool import MemoryPool
+from smem.memory.embedder import Embedder
+from smem.memory.records import MemoryFileError, load_memories, parse_memory_json
+from smem.memory.pool import MemoryPool
 
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[1] / "memories"
+DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "memories"
 
 
 def memory_directory() -> Path:

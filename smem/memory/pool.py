@@ -14,15 +14,15 @@ from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Seque
 
 import numpy as np
 
-from smem import scoring
-from smem.embedder import Embedder, embed_documents, embedder_by_name
-from smem.index import VectorIndex
-from smem.learning import LearningState
-from smem.lexical import LexicalIndex
-from smem.memory import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
-from smem.scoring import ScoringWeights
-from smem.selection import Candidates, select
-from smem.store import PoolFileError, read_pool_file, write_pool_file
+from smem.memory import scoring
+from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
+from smem.memory.index import VectorIndex
+from smem.memory.learning import LearningState
+from smem.memory.lexical import LexicalIndex
+from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
+from smem.memory.scoring import ScoringWeights
+from smem.memory.selection import Candidates, select
+from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
 Moment = Union[datetime, float, None]

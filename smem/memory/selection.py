@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from smem import scoring
+from smem.memory import scoring
 
 
 @dataclass(frozen=True)

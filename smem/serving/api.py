@@ -16,7 +16,7 @@ queue moves on.
 Every error, whatever raised it, has one shape, `{"error": {"status", "field", "message",
 "details"}}`, with `field` naming the offending input (docs/api.md).
 
-`python -m smem.api` serves the API alone (no UI) with uvicorn.
+`python -m smem.serving.api` serves the API alone (no UI) with uvicorn.
 """
 
 import argparse
@@ -35,7 +35,7 @@ from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from smem.api_schema import (
+from smem.serving.api_schema import (
     CHAT_PATH,
     SESSION_PATTERN,
     ApiSettings,
@@ -52,13 +52,13 @@ from smem.api_schema import (
     StreamEvent,
     chat_request_model,
 )
-from smem.events import Done, Event
-from smem.pool import MemoryPool
-from smem.queueing import Cancelled
-from smem.runtime import Runtime
-from smem.sessions import SessionPools
+from smem.generation.events import Done, Event
+from smem.memory.pool import MemoryPool
+from smem.serving.queueing import Cancelled
+from smem.serving.runtime import Runtime
+from smem.serving.sessions import SessionPools
 
-log = logging.getLogger("smem.api")
+log = logging.getLogger("smem.serving.api")
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Serve the API alone (no UI): `python -m smem.api --port 8000 [--model tiny]`."""
+    """Serve the API alone (no UI): `python -m smem.serving.api --port 8000 [--model tiny]`."""
     parser = argparse.ArgumentParser(description="Serve the Streaming Memory HTTP API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

@@ -3,7 +3,7 @@ the events of the stream and the one error shape, as pydantic models.
 
 The OpenAPI document is generated from these, so it states exactly what the server
 enforces and sends; schemathesis checks the server against it, every stream event included.
-The event models mirror `smem.events` `to_sse()` payloads; they allow extra fields so the
+The event models mirror `smem.generation.events` `to_sse()` payloads; they allow extra fields so the
 engine can add a statistic without breaking the stream.
 """
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from smem import models
-from smem.embedder import Embedder, default_embedder
-from smem.engine import StreamingEngine
-from smem.memory_sets import MemorySets
-from smem.pool import MemoryPool
-from smem.queueing import GenerationQueue
+from smem.generation import models
+from smem.memory.embedder import Embedder, default_embedder
+from smem.generation.engine import StreamingEngine
+from smem.memory.memory_sets import MemorySets
+from smem.memory.pool import MemoryPool
+from smem.serving.queueing import GenerationQueue
 
 log = logging.getLogger("smem")
 

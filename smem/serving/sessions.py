@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from smem.learning import LearningState
-from smem.memory_sets import MemorySets
-from smem.pool import MemoryPool
+from smem.memory.learning import LearningState
+from smem.memory.memory_sets import MemorySets
+from smem.memory.pool import MemoryPool
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import Flag, auto
 from typing import Any, Mapping, Optional, Sequence
 
-from smem.events import ContextStats, Done, DoneStats, Event, Memories, MemoryUpdate, Thinking, Token
-from smem.memory import Hit
+from smem.generation.events import ContextStats, Done, DoneStats, Event, Memories, MemoryUpdate, Thinking, Token
+from smem.memory.records import Hit
 
 THINKING_TITLE = "💭 Thinking"
 

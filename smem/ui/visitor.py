@@ -20,10 +20,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from smem.events import Done, Event
-from smem.memory import MemoryFileError, MemoryType
-from smem.memory_sets import MemorySets
-from smem.pool import MemoryPool
+from smem.generation.events import Done, Event
+from smem.memory.records import MemoryFileError, MemoryType
+from smem.memory.memory_sets import MemorySets
+from smem.memory.pool import MemoryPool
 
 GPU_TOKENS_PER_S = 20.0
 """A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
@@ -120,7 +120,7 @@ def gpu_seconds(pool: Any, message: Any, history: Any, settings: GenerationSetti
 
 
 def api_gpu_seconds(pool: Any, kwargs: dict[str, Any], *_: Any) -> int:
-    """spaces.GPU's dynamic duration for the HTTP API's answers (see smem.api.Generate)."""
+    """spaces.GPU's dynamic duration for the HTTP API's answers (see smem.serving.api.Generate)."""
     return gpu_seconds_for(int(kwargs["max_new_tokens"]))
 
 

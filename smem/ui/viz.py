@@ -18,10 +18,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 import networkx as nx
 import plotly.graph_objects as go
 
-from smem.events import ContextStats
-from smem.memory import Memory
-from smem.pool import MemoryPool
-from smem.session_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
+from smem.generation.events import ContextStats
+from smem.memory.records import Memory
+from smem.memory.pool import MemoryPool
+from smem.ui.session_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
 
 TYPE_COLOURS: dict[str, str] = {
     "current_state": "#1f77b4",
