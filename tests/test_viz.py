@@ -287,6 +287,11 @@ def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
     assert settings.update_every_n == 7 and isinstance(settings.update_every_n, int)
     assert settings.enable_thinking is False
     assert settings.stream_kwargs()["update_every_n"] == 7
+    with pytest.raises(ValueError, match="swap"):
+        visitor.GenerationSettings(swap="fast")
+    assert settings.stream_kwargs()["swap"] is None  # auto: the engine decides by hardware
+    assert visitor.GenerationSettings(swap="slots").stream_kwargs()["swap"] == "slots"
+    assert settings.stream_kwargs()["sample_memories"] is True
     target = pool.copy()
     settings.apply_to(target)
     assert target.diversity_weight == 0.25

@@ -42,12 +42,17 @@ class Token:
 
 @dataclass(frozen=True)
 class MemoryUpdate:
-    """The selected set changed at generated token `at_token`; the context was rebuilt."""
+    """The selected set changed at generated token `at_token`; the context was rebuilt.
+
+    `exact` says how: True for a crop-and-reread (the model's view is exactly a fresh read of
+    the new block), False for a slot rewrite (only the changed memories were re-read; the
+    text generated so far keeps the cache it had; see `smem.generation.swap`)."""
 
     memories: list[Hit]
     added: list[Hit]
     removed: list[Hit]
     at_token: int
+    exact: bool = True
 
     def to_sse(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class MemoryUpdate:
             "added": [hit.to_dict() for hit in self.added],
             "removed": [hit.to_dict() for hit in self.removed],
             "at_token": self.at_token,
+            "exact": self.exact,
         }
 
 

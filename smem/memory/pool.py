@@ -21,7 +21,7 @@ from smem.memory.learning import LearningState
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
-from smem.memory.selection import Candidates, select
+from smem.memory.selection import Candidates, gumbel_noise, select
 from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
@@ -299,6 +299,7 @@ class MemoryPool:
         incumbent_margin: float = 0.0,
         exact: bool = False,
         query_vector: Optional[np.ndarray] = None,
+        sample_seed: Optional[int] = None,
     ) -> list[Hit]:
         """Select up to `max_memories` for `query` (text or a vector).
 
@@ -307,7 +308,10 @@ class MemoryPool:
 
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
-        memory: the reference the fast path is benchmarked against.
+        memory: the reference the fast path is benchmarked against. `sample` draws from the
+        softmax (Gumbel-max); with `sample_seed` the noise is fixed per (seed, memory), so a
+        streaming answer's re-retrievals are reproducible and change the set only where the
+        scores moved; without it the pool's own random stream rolls fresh noise.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
@@ -350,7 +354,7 @@ class MemoryPool:
             link_weight=self.association_weight * self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
-            rng=self._rng if sample else None,
+            noise=self._noise(index, sample_seed) if sample else None,
         )
         hits = [
             Hit(
@@ -371,6 +375,12 @@ class MemoryPool:
                 activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
             )
         return hits
+
+    def _noise(self, index: np.ndarray, seed: Optional[int]) -> np.ndarray:
+        """Gumbel noise for the candidates at pool positions `index`."""
+        if seed is None:
+            return self._rng.gumbel(size=len(index))
+        return gumbel_noise(seed, index)
 
     # -- learning -----------------------------------------------------------------------
 

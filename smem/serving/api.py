@@ -249,6 +249,8 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
                     "temperature": request.temperature,
                     "seed": request.seed,
                     "enable_thinking": request.enable_thinking,
+                    "sample_memories": request.sample_memories,
+                    "swap": None if request.swap == "auto" else request.swap,
                 },
                 cancel,
             )

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from smem.generation.swap import SwapChoice
+
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 JSON_ESCAPE_BYTES = 12
@@ -145,6 +147,18 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             default=None, description="Sampling seed, for repeatable answers."
         )
         enable_thinking: bool = Field(default=True, description="Let a thinking model think first (streamed as `thinking` events).")
+        sample_memories: bool = Field(
+            default=True,
+            description="Draw the memories from the softmax over their scores (the memory set's temperature), as the "
+            "app does; false takes the top scores. Draws follow `seed`; the seed used is in `done.extra.seed`.",
+        )
+        swap: SwapChoice = Field(
+            default="auto",
+            description="How a memory swap edits the model's cache: `exact` re-reads the new memories, the header and "
+            "everything generated so far (exact; cost grows with the answer); `slots` rewrites only the changed "
+            "memory's fixed-size slot (approximate; cost independent of the answer's length). `auto`: exact on a "
+            "GPU, slots on a CPU.",
+        )
 
         @field_validator("message")
         @classmethod
@@ -297,6 +311,10 @@ class MemoryUpdateEvent(Event):
     added: list[MemoryHit]
     removed: list[MemoryHit]
     at_token: int
+    exact: bool = Field(
+        description="True: the context was re-read exactly (`swap: exact`); false: only the changed memory slots "
+        "were rewritten and the text written so far kept its cache (`swap: slots`)."
+    )
 
 
 class DoneEvent(Event):
