@@ -382,7 +382,7 @@ class MemoryPool:
             max_memories=max_memories,
             token_budget=token_budget,
             links=_row_lookup(graph),
-            link_weight=self.association_weight * self.weights.links,
+            link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
             rng=self._rng if sample else None,

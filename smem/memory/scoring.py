@@ -42,7 +42,7 @@ class ScoringWeights:
     emotion: float = 0.1
     association_threshold: float = 0.8
     links: float = 0.1
-    """Link term lent by each pick to its linked memories, relative to the pool's `association_weight`."""
+    """Weight of the link term each pick lends to the memories linked to it (saturating, see `link_strength`)."""
     encoding: float = 0.0
     """Strength of an encoding link (adjacent memories of one day) against learned links."""
     encoding_window: int = 0
