@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
 import html  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 from typing import Any, Iterator, Optional  # noqa: E402
@@ -33,6 +34,7 @@ from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
+from smem.serving.settings import Settings  # noqa: E402
 from smem.ui.session_view import AnswerView, Changed  # noqa: E402
 
 
@@ -396,8 +398,9 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 
 def main() -> None:
-    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    settings = Settings.from_cli()
+    logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
+    host, port = settings.server.host, settings.server.port
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
