@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 from smem import MemoryPool, ScoringWeights  # noqa: E402
 from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
@@ -321,6 +322,7 @@ def main() -> None:
     parser.add_argument("--sweep", nargs="*", default=[], help="knob=v1,v2 ... (one knob at a time)")
     parser.add_argument("--skip-main", action="store_true", help="only the extra tables")
     args = parser.parse_args()
+    print_run_config(args)
 
     conversations = load(args.data)
     embedder = default_embedder(args.embedder)
