@@ -1,8 +1,8 @@
 """`MemoryPool`: memories, their vectors and Hebbian state, and soft retrieval over them.
 
 Retrieval is built to be re-run every few generated tokens: candidates come from the
-vector index, are widened until the score bound (multiplier < 2) proves nothing outside
-them could win, and only those are scored and selected.
+vector index and are widened until the selection over them is proven to be the one that
+scoring every memory would give (`exact=True`), pick by pick; only they are scored.
 """
 
 from __future__ import annotations
@@ -16,18 +16,28 @@ import numpy as np
 
 from smem.memory import scoring
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
-from smem.memory.index import VectorIndex
+from smem.memory.index import Scan, VectorIndex
 from smem.memory.learning import LearningState
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
-from smem.memory.selection import Candidates, select
+from smem.memory.selection import Candidates, Selection, select
 from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
 Moment = Union[datetime, float, None]
 
 MIN_CANDIDATES = 64
+CANDIDATES_PER_PICK = 4
+"""First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
+WIDENING_HEADROOM = 0.97
+"""Widen 3% below the similarity the failing pick needs, so that picks sinking a little
+under new neighbours' damping still prove in one more round."""
+MAX_WIDENINGS = 4
+LEARNED_EXACT_FRACTION = 8
+"""Memories with learning state are bounded one by one while they are ≤ 1/8 of the pool
+(an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
+"""After this many unproven rounds, score every memory (never reached in the benchmark)."""
 
 
 def to_epoch(moment: Moment) -> float:
@@ -234,20 +244,55 @@ class MemoryPool:
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
     def _boost(self, index: np.ndarray, query: np.ndarray, now: float) -> np.ndarray:
-        """Boost terms that do not depend on other picks (links are added during selection)."""
+        """Boost terms that do not depend on other picks (links are added during selection).
+
+        Keep `_boost_bound` in step: it must stay above every term added here.
+        """
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
-        sums, counts, squares = state.query_rows(index)
-        if counts.any():
+        # Learned terms exist only for memories some query retrieved: gather those rows
+        # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
+        known = np.flatnonzero(state.query_slot[index] >= 0)
+        if len(known):
+            rows = index[known]
+            sums, counts, squares = state.query_rows(rows)
             specificity = scoring.specificity(sums, counts, squares)
             confidence = counts / (counts + w.confidence_queries)
-            learned = w.frequency * scoring.frequency(state.counts[index], state.mean_active_count())
+            learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
-            boost += specificity * learned
+            boost[known] += specificity * learned
         return boost
+
+    def _boost_bound(self, *, learned: bool) -> float:
+        """An upper bound on the boost of any memory, link term included; with
+        `learned=False`, of any memory with no learning state (see `_learned`).
+
+        Each term of `_boost` at its largest: recency ≤ 1, emotion ≤ the pool's largest;
+        specificity, confidence and query alignment ≤ 1, frequency at the largest count,
+        link strength < 1, and these only for memories some retrieval touched. O(N)
+        maxima, a fraction of a millisecond at 1M; a fresh pool's multiplier bound is
+        1 + tanh(0.12) ≈ 1.12 instead of 2.
+        """
+        w, state = self.weights, self.learning
+        bound = max(w.recency, 0.0) + max(w.emotion, 0.0) * float(self._emotion.max())
+        if not learned:
+            return bound
+        if state.slots_used:
+            frequency = float(scoring.frequency(state.counts.max(keepdims=True), state.mean_active_count())[0])
+            bound += max(max(w.frequency, 0.0) * frequency + max(self.association_weight, 0.0), 0.0)
+        return bound + max(self.association_weight * w.links, 0.0)
+
+    def _learned(self) -> np.ndarray:
+        """Positions with any learning state: a query association, a count or a link.
+        Every other memory's boost is recency and emotion alone."""
+        state = self.learning
+        learned = np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
+        if state.links:
+            learned = np.union1d(learned, np.fromiter(state.links.keys(), dtype=np.int64, count=len(state.links)))
+        return learned
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:
@@ -255,36 +300,113 @@ class MemoryPool:
         weight = self.lexical_weight
         return (1.0 - weight) * cosine + weight * lexical[index]
 
-    def _candidates(
-        self, query: np.ndarray, lexical: Optional[np.ndarray], max_memories: int, now: float, exact: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate positions, similarities and boosts, widened until the bound is met.
+    def _select(
+        self,
+        index: np.ndarray,
+        scan: Scan,
+        lexical: Optional[np.ndarray],
+        now: float,
+        favoured: np.ndarray,
+        favour: float,
+        *,
+        ceiling: float,
+        sample: bool,
+        max_memories: int,
+        token_budget: Optional[int],
+    ) -> tuple[np.ndarray, Selection]:
+        """Score the candidates at `index` (sorted pool positions) and select among them."""
+        everything = len(index) == len(self)
+        candidates = Candidates(
+            index=index,
+            vectors=self._index.vectors if everything else self._index.vectors[index],
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), lexical),
+            boost=self._boost(index, scan.query, now),
+            tokens=self._tokens[index],
+            favour=np.where(np.isin(index, favoured), 1.0 + favour, 1.0),
+        )
+        selection = select(
+            candidates,
+            max_memories=max_memories,
+            token_budget=token_budget,
+            links=self.learning.neighbours,
+            link_weight=self.association_weight * self.weights.links,
+            diversity_weight=self.diversity_weight,
+            temperature=self.softmax_temperature,
+            rng=self._rng if sample else None,
+            ceiling=0.0 if everything else ceiling,
+            fewest_outside_tokens=int(self._tokens.min()),
+        )
+        return index, selection
 
-        A memory outside the candidates has cosine ≤ the lowest dense candidate's and BM25
-        ≤ the lowest lexical candidate's, so its score is < 2·gate(that similarity); once
-        that is below the k-th best candidate score, it cannot be among the top k.
+    def _choose(
+        self,
+        scan: Scan,
+        lexical: Optional[np.ndarray],
+        now: float,
+        favoured: np.ndarray,
+        favour: float,
+        *,
+        exact: bool,
+        sample: bool,
+        max_memories: int,
+        token_budget: Optional[int],
+    ) -> tuple[np.ndarray, Selection]:
+        """Select over the nearest candidates, widened until the selection is proven to be
+        the one every memory scored would give (see `selection`), or over every memory.
+
+        A memory left out has cosine ≤ the scan's bound and BM25 ≤ the lexical cut, so its
+        ranked score is ≤ gate(that similarity) × the multiplier bound (favour and damping
+        only lower it, or are 1 outside the incumbents, which are always candidates).
+        A softmax draw needs every memory's weight, so sampling always scores them all.
         """
         size = len(self)
-        want = size if exact else max(4 * max_memories, MIN_CANDIDATES)
-        while True:
-            index, cosine, outside_cosine = self._index.nearest(query, want, exact=want >= size)
-            outside = outside_cosine
+        settings = dict(sample=sample, max_memories=max_memories, token_budget=token_budget)
+        if exact or sample:
+            return self._select(np.arange(size), scan, lexical, now, favoured, favour, ceiling=0.0, **settings)
+        # Memories with learning state are bounded one by one (their exact boost, the
+        # largest link term, their exact similarity); the rest share the static bound.
+        # Past an eighth of the pool that costs too much and the closed form serves all.
+        learned = self._learned()
+        if len(learned) <= size // LEARNED_EXACT_FRACTION:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(learned=False)]))[0])
+            link_bound = max(self.association_weight * self.weights.links, 0.0)
+            reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
+            reach = reach * scoring.multiplier(self._boost(learned, scan.query, now) + link_bound)
+        else:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(learned=True)]))[0])
+            learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
+        count = max(CANDIDATES_PER_PICK * max_memories, MIN_CANDIDATES)
+        found, cosine_bound = scan.top(count)
+        lexical_bound = -np.inf
+        if lexical is not None and count < size:
+            lexical_top = np.argpartition(-lexical, count)
+            found = np.concatenate([found, lexical_top[:count]])
+            lexical_bound = float(lexical[lexical_top[count]])
+        for _ in range(MAX_WIDENINGS):
+            index = np.union1d(found, favoured)
+            if len(index) == size:
+                break
+            bound = cosine_bound
             if lexical is not None:
-                lexical_top = np.argpartition(-lexical, want - 1)[:want] if want < size else np.arange(size)
-                extra = np.setdiff1d(lexical_top, index)
-                index = np.concatenate([index, extra])
-                cosine = np.concatenate([cosine, self._index.vectors[extra] @ query])
-                outside_lexical = 0.0 if want >= size else float(lexical[lexical_top].min())
-                outside = (1.0 - self.lexical_weight) * outside_cosine + self.lexical_weight * outside_lexical
-            sims = self._similarity(index, cosine, lexical)
-            boost = self._boost(index, query, now)
-            if outside == -np.inf or len(index) >= size:
-                return index, sims, boost
-            scores = scoring.gate(sims) * scoring.multiplier(boost)
-            kth = np.partition(scores, len(scores) - max_memories)[len(scores) - max_memories]
-            if 2.0 * scoring.gate(np.array([outside]))[0] < kth:
-                return index, sims, boost
-            want = size if want * 4 >= size // 2 else want * 4
+                bound = (1.0 - self.lexical_weight) * cosine_bound + self.lexical_weight * max(lexical_bound, 0.0)
+            ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
+            left = reach[~np.isin(learned, index, assume_unique=True)]
+            if len(left):
+                ceiling = max(ceiling, float(left.max()))
+            # Float slack: the bound's tanh and products round like the scores they bound.
+            index, selection = self._select(index, scan, lexical, now, favoured, favour, ceiling=ceiling * (1.0 + 1e-9), **settings)
+            if selection.proven:
+                return index, selection
+            # Everything whose score could reach the weakest pick, with headroom.
+            target = np.sqrt(selection.weakest / multiplier) * WIDENING_HEADROOM
+            if target <= 0.0:
+                break
+            found, cosine_bound = scan.above(target)
+            found = np.concatenate([found, learned[reach >= selection.weakest * WIDENING_HEADROOM**2]])
+            if lexical is not None:
+                found = np.concatenate([found, np.flatnonzero(lexical > target)])
+                lexical_bound = target
+        return self._select(np.arange(size), scan, lexical, now, favoured, favour, ceiling=0.0, **settings)
 
     def retrieve(
         self,
@@ -307,12 +429,15 @@ class MemoryPool:
 
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
-        memory: the reference the fast path is benchmarked against.
+        memory: the fast path is proven to select the same memories with the same scores
+        (tests/test_retrieval_exact.py); `sample` always scores every memory.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
         if token_budget is not None and token_budget < 0:
             raise ValueError("token_budget must be >= 0")
+        if incumbent_margin < 0:
+            raise ValueError("incumbent_margin must be >= 0")
         if not len(self) or max_memories == 0:
             return []
         if query_vector is not None:
@@ -323,35 +448,19 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
-        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact)
-        favour = np.ones(len(index))
-        kept = [self._position[i] for i in incumbents if i in self._position]
-        if kept:
-            missing = np.setdiff1d(np.asarray(kept, dtype=np.int64), index)
-            if len(missing):
-                index = np.concatenate([index, missing])
-                sims = np.concatenate([sims, self._similarity(missing, self._index.vectors[missing] @ vector, lexical)])
-                boost = np.concatenate([boost, self._boost(missing, vector, moment)])
-                favour = np.ones(len(index))
-            favour[np.isin(index, kept)] = 1.0 + incumbent_margin
-        candidates = Candidates(
-            index=index,
-            vectors=self._index.vectors[index],
-            similarity=sims,
-            boost=boost,
-            tokens=self._tokens[index],
-            favour=favour,
-        )
-        picks = select(
-            candidates,
+        favoured = np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64))
+        index, selection = self._choose(
+            self._index.scan(vector),
+            lexical,
+            moment,
+            favoured,
+            incumbent_margin,
+            exact=exact,
+            sample=sample,
             max_memories=max_memories,
             token_budget=token_budget,
-            links=self.learning.neighbours,
-            link_weight=self.association_weight * self.weights.links,
-            diversity_weight=self.diversity_weight,
-            temperature=self.softmax_temperature,
-            rng=self._rng if sample else None,
         )
+        picks = selection.picks
         hits = [
             Hit(
                 memory=self._memories[int(index[pick.position])],
