@@ -34,8 +34,8 @@ import psutil
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from locomo import load as load_locomo  # noqa: E402
+from locomo import load as load_locomo  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
+from runlog import print_run_config  # noqa: E402
 
 from smem import MemoryPool  # noqa: E402
 from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
@@ -184,12 +184,12 @@ def measure(shape: str, size: int, config: dict) -> dict:
     }
 
 
-def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), platform.processor())
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    bf16 = "native bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no native bf16"
-    return f"{model}, {os.cpu_count()} cores, {simd}, {bf16}"
+def simd() -> str:
+    """The vector units a flat scan can use (the run config already names the bf16 kind)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split("flags")[1].split("\n")[0].split()) if cpuinfo.exists() else set()
+    model = next((line.split(":")[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line), "") if cpuinfo.exists() else ""
+    return f"{model or platform.processor()}, {os.cpu_count()} cores, " + ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
 
 
 def main() -> None:
@@ -203,8 +203,10 @@ def main() -> None:
     parser.add_argument("--quantized-threshold", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
-    config = vars(parser.parse_args())
-    print({**config, "cpu": cpu_kind(), "numpy": np.__version__, "load_average": os.getloadavg()})
+    args = parser.parse_args()
+    config = vars(args)
+    print_run_config(args)
+    print({"simd": simd(), "numpy": np.__version__, "load_average": os.getloadavg()})
     print(
         "\n| shape | memories | retrieve median (p95) | brute force median (p95) | retrieve / brute | identical to exact "
         "| candidates scored (median, max) | rounds | memory used | build (quantisation) |"

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smem import MemoryPool
-from smem.memory import scoring
+from smem.memory import timeref
+from smem.memory.scoring import ScoringWeights
 
 DIM = 24
 WORDS = [f"w{i}" for i in range(40)]
@@ -46,7 +47,7 @@ def build_pool(keyed, data, rng: np.random.Generator) -> tuple[MemoryPool, np.nd
         {
             "content": " ".join(rng.choice(WORDS, int(n))),
             "emotional_intensity": float(rng.uniform(0, 1)),
-            "created_at": f"2024-0{1 + i % 9}-1{i % 10}T00:00:00Z",
+            "created_at": f"2024-{1 + i // 200 % 9:02d}-{1 + i // 20 % 10:02d}T00:00:00Z",  # runs of 20 share a day
         }
         for i, n in enumerate(lengths)
     ]
@@ -56,6 +57,11 @@ def build_pool(keyed, data, rng: np.random.Generator) -> tuple[MemoryPool, np.nd
         diversity_weight=data.draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]), label="diversity"),
         association_weight=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="association"),
         quantized_threshold=threshold,
+        weights=ScoringWeights(
+            encoding=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="encoding links"),
+            encoding_window=data.draw(st.sampled_from([0, 2]), label="encoding window"),
+            time=data.draw(st.sampled_from([0.0, 0.3]), label="time match"),
+        ),
     )
     pool.add_many(records, embeddings=vectors)
     pool.build_index()
@@ -93,7 +99,8 @@ def test_fast_path_selects_exactly_what_exact_scoring_selects(keyed, data):
         }[target]
         vector = unit(base + data.draw(st.sampled_from([0.0, 0.05, 0.3]), label="query noise") * rng.standard_normal(DIM))
         text = data.draw(st.booleans(), label="text query")
-        query = " ".join(rng.choice(WORDS, 3)) if text else vector
+        when = data.draw(st.sampled_from(["", " in March 2024", " on 3 February 2024"]), label="names a time")
+        query = " ".join(rng.choice(WORDS, 3)) + when if text else vector
         kwargs = dict(
             max_memories=data.draw(st.integers(1, 12), label="k"),
             token_budget=data.draw(st.sampled_from([None, 0, 3, 10, 25, 80]), label="budget"),
@@ -118,16 +125,19 @@ def test_the_fast_path_scores_only_a_few_candidates_yet_matches(keyed):
     vectors = unit(centres[rng.integers(0, 40, 2000)] + 0.6 * rng.standard_normal((2000, DIM)) / np.sqrt(DIM))
     pool = MemoryPool(keyed(dim=DIM), seed=0, quantized_threshold=100)
     pool.add_many([{"content": f"memory {i}"} for i in range(2000)], embeddings=vectors)
-    scored = []
+    scored: list[int] = []
+    select = pool._select
+
+    def counting(index, *args, **kwargs):
+        scored.append(len(index))
+        return select(index, *args, **kwargs)
+
     for centre in centres[:10]:
         query = unit(centre + 0.2 * rng.standard_normal(DIM))
-        scan = pool._index.scan(query)
-        index, selection = pool._choose(
-            scan, None, 1.75e9, np.zeros(0, np.int64), 0.0, exact=False, sample=False, max_memories=5, token_budget=None
-        )
-        assert selection.proven
-        scored.append(len(index))
-        assert_same(pool.retrieve(query, now=1.75e9, learn=False), pool.retrieve(query, now=1.75e9, learn=False, exact=True))
+        exact = pool.retrieve(query, now=1.75e9, learn=False, exact=True)
+        pool._select = counting
+        assert_same(pool.retrieve(query, now=1.75e9, learn=False), exact)
+        del pool._select
     assert max(scored) < 400
 
 
@@ -155,20 +165,20 @@ def test_quantisation_error_bound_holds_for_late_shifted_vectors(keyed):
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):
     rng = np.random.default_rng(3)
-    pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0)
+    weights = ScoringWeights(time=0.3, encoding=0.5, encoding_window=2)
+    pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0, weights=weights)
     vectors = unit(rng.standard_normal((300, DIM)))
-    pool.add_many([{"content": f"m {i}", "emotional_intensity": float(rng.uniform())} for i in range(300)], embeddings=vectors)
+    records = [
+        {"content": f"m {i}", "emotional_intensity": float(rng.uniform()), "created_at": f"2023-05-{1 + i % 28:02d}T00:00:00Z"}
+        for i in range(300)
+    ]
+    pool.add_many(records, embeddings=vectors)
     for _ in range(30):
         pool.retrieve(unit(vectors[rng.integers(300)] + 0.1 * rng.standard_normal(DIM)), max_memories=8, learn=True)
-    bound = pool._boost_bound(learned=True)
-    link_weight = pool.association_weight * pool.weights.links
+    named = timeref.named_intervals("what happened in May 2023?")
+    assert named
     for query in unit(rng.standard_normal((5, DIM))):
-        boost = pool._boost(np.arange(300), query, 1.75e9)
-        links = np.zeros(300)
-        for position in range(300):
-            neighbours, weights = pool.learning.neighbours(position)
-            np.add.at(links, neighbours, weights)
-        assert (boost + link_weight * scoring.link_strength(links)).max() <= bound
+        boost = pool._boost(np.arange(300), query, 1.75e9, named)
+        assert boost.max() <= pool._boost_bound(named, learned=True)
         untouched = np.setdiff1d(np.arange(300), pool._learned())
-        assert len(untouched) and not links[untouched].any()
-        assert boost[untouched].max() <= pool._boost_bound(learned=False)
+        assert len(untouched) and boost[untouched].max() <= pool._boost_bound(named, learned=False)

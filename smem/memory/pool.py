@@ -8,20 +8,22 @@ scoring every memory would give (`exact=True`), pick by pick; only they are scor
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from smem.memory import scoring
+from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
 from smem.memory.index import Scan, VectorIndex
-from smem.memory.learning import LearningState
+from smem.memory.learning import ENCODING, LEARNED, LearningState
 from smem.memory.lexical import LexicalIndex
-from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
+from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, Selection, select
+from smem.memory.settings import DEFAULTS
 from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
@@ -31,13 +33,13 @@ MIN_CANDIDATES = 64
 CANDIDATES_PER_PICK = 4
 """First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
 WIDENING_HEADROOM = 0.97
-"""Widen 3% below the similarity the failing pick needs, so that picks sinking a little
+"""Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
 under new neighbours' damping still prove in one more round."""
 MAX_WIDENINGS = 4
+"""After this many unproven rounds, score every memory."""
 LEARNED_EXACT_FRACTION = 8
-"""Memories with learning state are bounded one by one while they are ≤ 1/8 of the pool
+"""Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
-"""After this many unproven rounds, score every memory (never reached in the benchmark)."""
 
 
 def to_epoch(moment: Moment) -> float:
@@ -72,14 +74,14 @@ class MemoryPool:
     def __init__(
         self,
         embedder: Embedder,
-        softmax_temperature: float = 0.15,
-        diversity_weight: float = 0.5,
-        association_weight: float = 0.5,
+        softmax_temperature: float = DEFAULTS.softmax_temperature,
+        diversity_weight: float = DEFAULTS.diversity_weight,
+        association_weight: float = DEFAULTS.association_weight,
         seed: Optional[int] = None,
         *,
-        lexical_weight: float = 0.2,
+        lexical_weight: float = DEFAULTS.lexical_weight,
         weights: ScoringWeights = ScoringWeights(),
-        quantized_threshold: int = 20_000,
+        quantized_threshold: int = DEFAULTS.quantized_threshold,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
@@ -141,10 +143,11 @@ class MemoryPool:
     def retrieval_count(self, memory_id: str) -> int:
         return int(self.learning.counts[self._position[memory_id]])
 
-    def links(self) -> list[tuple[str, str, float]]:
-        """Co-retrieval links as (id, id, weight), each pair once."""
+    def links(self, kind: str = LEARNED) -> list[tuple[str, str, float]]:
+        """Links of one kind as (id, id, raw weight), each pair once: "learned" (co-retrieval,
+        grown by use) or "encoding" (made when memories dated the same day were added together)."""
         ids = self._memories
-        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges()]
+        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges(kind)]
 
     # -- adding -----------------------------------------------------------------------
 
@@ -210,7 +213,22 @@ class MemoryPool:
             [self._emotion, np.array([m.emotional_intensity for m in added], dtype=np.float32)]
         )
         self.learning.grow(len(added))
+        self._encode_links(start, [record.created_at for record in parsed])
         return added
+
+    def _encode_links(self, start: int, dated: Sequence[Optional[datetime]]) -> None:
+        """Contiguity at encoding: each memory added in one batch is linked to its next
+        `encoding_window` neighbours when both carry a date and it is the same UTC day
+        (adjacent turns of one conversation session). Strength 1/distance. Undated memories
+        get no encoding links: their order in a file says nothing about when they happened."""
+        window = self.weights.encoding_window
+        if window <= 0 or len(dated) < 2:
+            return
+        day = np.array([np.nan if d is None else to_epoch(d) // scoring.SECONDS_PER_DAY for d in dated])
+        for distance in range(1, min(window, len(dated) - 1) + 1):
+            same = day[:-distance] == day[distance:]
+            first = np.flatnonzero(same)
+            self.learning.encode_links(start + first, start + first + distance, np.full(len(first), 1.0 / distance))
 
     def _assign_ids(self, records: Sequence[MemoryRecord]) -> list[str]:
         ids: list[str] = []
@@ -243,8 +261,11 @@ class MemoryPool:
             return self.embed_query(query)
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
-    def _boost(self, index: np.ndarray, query: np.ndarray, now: float) -> np.ndarray:
+    def _boost(
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+    ) -> np.ndarray:
         """Boost terms that do not depend on other picks (links are added during selection).
+        `named` are the time intervals the query text names (see `timeref`).
 
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
@@ -253,6 +274,8 @@ class MemoryPool:
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
+        if named and w.time > 0:
+            boost += w.time * timeref.inside(self._created[index], list(named))
         # Learned terms exist only for memories some query retrieved: gather those rows
         # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
         known = np.flatnonzero(state.query_slot[index] >= 0)
@@ -266,33 +289,29 @@ class MemoryPool:
             boost[known] += specificity * learned
         return boost
 
-    def _boost_bound(self, *, learned: bool) -> float:
-        """An upper bound on the boost of any memory, link term included; with
-        `learned=False`, of any memory with no learning state (see `_learned`).
+    def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
+        """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
+        outside `_learned()`. Links are not included: see `_choose`.
 
-        Each term of `_boost` at its largest: recency ≤ 1, emotion ≤ the pool's largest;
-        specificity, confidence and query alignment ≤ 1, frequency at the largest count,
-        link strength < 1, and these only for memories some retrieval touched. O(N)
-        maxima, a fraction of a millisecond at 1M; a fresh pool's multiplier bound is
-        1 + tanh(0.12) ≈ 1.12 instead of 2.
+        Each term at its largest: recency ≤ 1, emotion ≤ the pool's largest, the time match
+        ≤ 1; specificity, confidence and query alignment ≤ 1 and frequency at the largest
+        count, these only for memories some retrieval touched. O(N) maxima, a fraction of
+        a millisecond at 1M; a fresh pool's multiplier bound is 1 + tanh(0.12) ≈ 1.12, not 2.
         """
         w, state = self.weights, self.learning
         bound = max(w.recency, 0.0) + max(w.emotion, 0.0) * float(self._emotion.max())
-        if not learned:
-            return bound
-        if state.slots_used:
+        if named:
+            bound += max(w.time, 0.0)
+        if learned and state.slots_used:
             frequency = float(scoring.frequency(state.counts.max(keepdims=True), state.mean_active_count())[0])
             bound += max(max(w.frequency, 0.0) * frequency + max(self.association_weight, 0.0), 0.0)
-        return bound + max(self.association_weight * w.links, 0.0)
+        return bound
 
     def _learned(self) -> np.ndarray:
-        """Positions with any learning state: a query association, a count or a link.
-        Every other memory's boost is recency and emotion alone."""
+        """Positions with learned state (a query association or a count): every other
+        memory's boost is recency, emotion and the time match alone."""
         state = self.learning
-        learned = np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
-        if state.links:
-            learned = np.union1d(learned, np.fromiter(state.links.keys(), dtype=np.int64, count=len(state.links)))
-        return learned
+        return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:
@@ -300,90 +319,67 @@ class MemoryPool:
         weight = self.lexical_weight
         return (1.0 - weight) * cosine + weight * lexical[index]
 
-    def _select(
-        self,
-        index: np.ndarray,
-        scan: Scan,
-        lexical: Optional[np.ndarray],
-        now: float,
-        favoured: np.ndarray,
-        favour: float,
-        *,
-        ceiling: float,
-        sample: bool,
-        max_memories: int,
-        token_budget: Optional[int],
-    ) -> tuple[np.ndarray, Selection]:
+    def _select(self, index: np.ndarray, query: "_Query", *, ceiling: float) -> Selection:
         """Score the candidates at `index` (sorted pool positions) and select among them."""
         everything = len(index) == len(self)
+        scan = query.scan
         candidates = Candidates(
             index=index,
             vectors=self._index.vectors if everything else self._index.vectors[index],
-            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), lexical),
-            boost=self._boost(index, scan.query, now),
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
+            boost=self._boost(index, scan.query, query.now, query.named),
             tokens=self._tokens[index],
-            favour=np.where(np.isin(index, favoured), 1.0 + favour, 1.0),
+            favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
         )
-        selection = select(
+        return select(
             candidates,
-            max_memories=max_memories,
-            token_budget=token_budget,
-            links=self.learning.neighbours,
-            link_weight=self.association_weight * self.weights.links,
+            max_memories=query.max_memories,
+            token_budget=query.token_budget,
+            links=_row_lookup(query.graph),
+            link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
-            rng=self._rng if sample else None,
+            rng=self._rng if query.sample else None,
             ceiling=0.0 if everything else ceiling,
             fewest_outside_tokens=int(self._tokens.min()),
         )
-        return index, selection
 
-    def _choose(
-        self,
-        scan: Scan,
-        lexical: Optional[np.ndarray],
-        now: float,
-        favoured: np.ndarray,
-        favour: float,
-        *,
-        exact: bool,
-        sample: bool,
-        max_memories: int,
-        token_budget: Optional[int],
-    ) -> tuple[np.ndarray, Selection]:
+    def _choose(self, query: "_Query", exact: bool) -> tuple[np.ndarray, Selection]:
         """Select over the nearest candidates, widened until the selection is proven to be
-        the one every memory scored would give (see `selection`), or over every memory.
+        the one scoring every memory gives (`exact`), or over every memory.
 
-        A memory left out has cosine ≤ the scan's bound and BM25 ≤ the lexical cut, so its
-        ranked score is ≤ gate(that similarity) × the multiplier bound (favour and damping
-        only lower it, or are 1 outside the incumbents, which are always candidates).
-        A softmax draw needs every memory's weight, so sampling always scores them all.
+        A memory left out has cosine ≤ the scan's bound and BM25 ≤ the lexical cut. Links
+        are settled first: the memories linked to any pick join the candidates (spreading
+        activation) until no pick links outside, so a memory left out is never lent a link
+        and its ranked score is ≤ gate(similarity bound) × (1 + tanh(boost bound)); favour
+        and damping only lower it, and incumbents are always candidates. Memories with
+        learned state are bounded one by one (their exact similarity and boost), the rest
+        share the closed-form bound. A softmax draw weighs every memory, so sampling
+        scores them all.
         """
         size = len(self)
-        settings = dict(sample=sample, max_memories=max_memories, token_budget=token_budget)
-        if exact or sample:
-            return self._select(np.arange(size), scan, lexical, now, favoured, favour, ceiling=0.0, **settings)
-        # Memories with learning state are bounded one by one (their exact boost, the
-        # largest link term, their exact similarity); the rest share the static bound.
-        # Past an eighth of the pool that costs too much and the closed form serves all.
+        everything = np.arange(size)
+        if exact or query.sample:
+            return everything, self._select(everything, query, ceiling=0.0)
+        scan, lexical, named = query.scan, query.lexical, query.named
         learned = self._learned()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
-            multiplier = float(scoring.multiplier(np.array([self._boost_bound(learned=False)]))[0])
-            link_bound = max(self.association_weight * self.weights.links, 0.0)
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
             reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
-            reach = reach * scoring.multiplier(self._boost(learned, scan.query, now) + link_bound)
+            reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
         else:
-            multiplier = float(scoring.multiplier(np.array([self._boost_bound(learned=True)]))[0])
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
             learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
-        count = max(CANDIDATES_PER_PICK * max_memories, MIN_CANDIDATES)
+        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
         found, cosine_bound = scan.top(count)
         lexical_bound = -np.inf
         if lexical is not None and count < size:
             lexical_top = np.argpartition(-lexical, count)
             found = np.concatenate([found, lexical_top[:count]])
             lexical_bound = float(lexical[lexical_top[count]])
+        joined = query.favoured
         for _ in range(MAX_WIDENINGS):
-            index = np.union1d(found, favoured)
+            index = np.union1d(found, joined)
             if len(index) == size:
                 break
             bound = cosine_bound
@@ -394,7 +390,14 @@ class MemoryPool:
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
             # Float slack: the bound's tanh and products round like the scores they bound.
-            index, selection = self._select(index, scan, lexical, now, favoured, favour, ceiling=ceiling * (1.0 + 1e-9), **settings)
+            selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
+            linked = np.zeros(0, dtype=np.int64)
+            if query.graph is not None and selection.picks:
+                rows = query.graph[index[[pick.position for pick in selection.picks]]]
+                linked = np.setdiff1d(rows.indices[rows.data > 0], index)
+            if len(linked):
+                joined = np.union1d(joined, linked)
+                continue
             if selection.proven:
                 return index, selection
             # Everything whose score could reach the weakest pick, with headroom.
@@ -406,7 +409,7 @@ class MemoryPool:
             if lexical is not None:
                 found = np.concatenate([found, np.flatnonzero(lexical > target)])
                 lexical_bound = target
-        return self._select(np.arange(size), scan, lexical, now, favoured, favour, ceiling=0.0, **settings)
+        return everything, self._select(everything, query, ceiling=0.0)
 
     def retrieve(
         self,
@@ -429,8 +432,8 @@ class MemoryPool:
 
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
-        memory: the fast path is proven to select the same memories with the same scores
-        (tests/test_retrieval_exact.py); `sample` always scores every memory.
+        memory; the fast path is proven to select the same memories with the same scores
+        (tests/test_retrieval_exact.py). `sample` always scores every memory.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
@@ -448,28 +451,32 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
-        favoured = np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64))
-        index, selection = self._choose(
-            self._index.scan(vector),
-            lexical,
-            moment,
-            favoured,
-            incumbent_margin,
-            exact=exact,
+        asked = _Query(
+            scan=self._index.scan(vector),
+            lexical=lexical,
+            named=timeref.named_intervals(query) if isinstance(query, str) else [],
+            now=moment,
+            favoured=np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64)),
+            margin=incumbent_margin,
+            graph=self._link_graph(),
             sample=sample,
             max_memories=max_memories,
             token_budget=token_budget,
         )
+        index, selection = self._choose(asked, exact)
         picks = selection.picks
+        positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
+        pulls = self._pulls(positions) if asked.graph is not None else [()] * len(picks)
         hits = [
             Hit(
-                memory=self._memories[int(index[pick.position])],
+                memory=self._memories[position],
                 score=pick.score,
                 similarity=pick.similarity,
                 multiplier=pick.multiplier,
                 rank=rank,
+                pulled_by=pulled,
             )
-            for rank, pick in enumerate(picks)
+            for rank, (position, pick, pulled) in enumerate(zip(positions.tolist(), picks, pulls))
         ]
         if learn and hits:
             top = max(pick.score for pick in picks)
@@ -480,6 +487,28 @@ class MemoryPool:
                 activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
             )
         return hits
+
+    def _link_graph(self):
+        """Encoding + learned links as one CSR matrix, or None while the pool has no links
+        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
+        state = self.learning
+        if not (state.links_used or len(state.encoded_a)):
+            return None
+        return state.graph(self.weights.encoding)
+
+    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+        """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
+        encoding, learned = self.learning.graphs(self.weights.encoding)
+        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
+        result = []
+        for rank in range(len(positions)):
+            pulls = [
+                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
+                for kind, weights in by_kind
+                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
+            ]
+            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
+        return result
 
     # -- learning -----------------------------------------------------------------------
 
@@ -556,7 +585,8 @@ class MemoryPool:
                 "quantized_threshold": self._index.quantized_threshold,
                 "weights": self.weights.__dict__,
             },
-            "events": self.learning.events,
+            "updates": self.learning.updates,
+            "answers": self.learning.answers,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
         write_pool_file(path, arrays, meta)
@@ -579,7 +609,9 @@ class MemoryPool:
             if len(vectors) != len(records):
                 raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
             pool._restore(records, vectors)
-            pool.learning = LearningState.from_arrays(arrays, int(meta.get("events", 0)))
+            # "events" is what files saved before the updates/answers split called updates.
+            updates = int(meta.get("updates", meta.get("events", 0)))
+            pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, PoolFileError):
                 raise
@@ -607,3 +639,33 @@ class MemoryPool:
         self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
         self._created = np.array([m.created_at.timestamp() for m in self._memories])
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One retrieval's inputs, as the candidate rounds share them."""
+
+    scan: Scan
+    lexical: Optional[np.ndarray]
+    named: Sequence[tuple[float, float]]
+    now: float
+    favoured: np.ndarray
+    """Incumbents' pool positions (sorted)."""
+    margin: float
+    graph: Any
+    """Encoding + learned links (CSR), or None while the pool has none."""
+    sample: bool
+    max_memories: int
+    token_budget: Optional[int]
+
+
+def _row_lookup(graph):
+    """Pool position → (linked positions, weights), read straight from the CSR rows."""
+    if graph is None:
+        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = graph.indptr[position], graph.indptr[position + 1]
+        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
+
+    return lookup
