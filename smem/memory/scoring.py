@@ -3,10 +3,10 @@
     score = max(cos, 0)² × (1 + tanh(recency + frequency + emotion + associations))
 
 The squared cosine is a multiplicative gate: nothing irrelevant gets in on boosts alone.
-Every boost term is ≥ 0, so the multiplier lies in [1, MAX_MULTIPLIER = 2); the candidate
-search relies on that bound (a memory whose gate is below half the k-th best score cannot be
-selected). Every term added here, including the links lent during selection and the time
-match, keeps it: they only ever enter through `multiplier`.
+Every boost term is ≥ 0, so the multiplier lies in [1, MAX_MULTIPLIER = 2). Every term
+added here, including the links lent during selection and the time match, keeps it: they
+only ever enter through `multiplier`. The candidate search uses a tighter bound, each term
+at its largest (`MemoryPool._boost_bound`), which a new boost term must extend.
 
 The learned terms (frequency and query association) are scaled by *query specificity*:
 the mean pairwise similarity of the queries that retrieved a memory before. A "generalist"
@@ -24,7 +24,7 @@ import numpy as np
 SECONDS_PER_DAY = 86_400.0
 
 MAX_MULTIPLIER = 2.0
-"""Supremum of `multiplier` (1 + tanh of a non-negative boost): the bound candidate pruning uses."""
+"""Supremum of `multiplier` (1 + tanh of a non-negative boost), whatever the state."""
 
 
 def max_multiplier() -> float:
