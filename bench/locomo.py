@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,14 +31,22 @@ KS = (5, 10, 25)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
 
+class Question(NamedTuple):
+    text: str
+    evidence: list[str]
+    """Evidence ids present in the conversation."""
+    category: int
+    answer: str
+    """The gold answer as LoCoMo scores it (category 3: the part before the first ';')."""
+
+
 @dataclass
 class Conversation:
     sample_id: str
     ids: list[str]
     texts: list[str]
     created: list[datetime]
-    questions: list[tuple[str, list[str], int]]
-    """(question, evidence ids present in the conversation, category)."""
+    questions: list[Question]
     now: datetime
     skipped: int = 0
 
@@ -73,7 +82,10 @@ def load(path: Path) -> list[Conversation]:
             if not evidence:
                 skipped += 1
                 continue
-            questions.append((qa["question"], sorted(evidence), qa["category"]))
+            answer = str(qa.get("answer", ""))
+            if qa["category"] == 3:  # LoCoMo's evaluation.py scores open-domain answers on their first part
+                answer = answer.split(";")[0].strip()
+            questions.append(Question(qa["question"], sorted(evidence), qa["category"], answer))
         conversations.append(
             Conversation(sample["sample_id"], ids, texts, created, questions, max(created) + timedelta(days=1), skipped)
         )
@@ -99,7 +111,7 @@ def run_bm25(conv: Conversation, recall: Recall) -> None:
 
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(conv.texts, stopwords="en", show_progress=False), show_progress=False)
-    for question, evidence, category in conv.questions:
+    for question, evidence, category, _ in conv.questions:
         docs, _ = retriever.retrieve(
             bm25s.tokenize([question], stopwords="en", show_progress=False), k=max(KS), show_progress=False
         )
@@ -107,20 +119,26 @@ def run_bm25(conv: Conversation, recall: Recall) -> None:
 
 
 def run_cosine(conv: Conversation, vectors: np.ndarray, queries: np.ndarray, recall: Recall) -> None:
-    for (question, evidence, category), query in zip(conv.questions, queries):
+    for (_, evidence, category, _), query in zip(conv.questions, queries):
         order = np.argsort(-(vectors @ query))[: max(KS)]
         recall.add([conv.ids[i] for i in order], evidence, category)
 
 
-def run_pool(
-    conv: Conversation, embedder, vectors: np.ndarray, queries: np.ndarray, recall: Recall, learn: bool = True, **options
-) -> None:
+def build_pool(conv: Conversation, embedder, vectors: np.ndarray, **options) -> MemoryPool:
+    """The conversation's dialog turns as a pool: text and session date only, no labels."""
     pool = MemoryPool(embedder, **options)
     pool.add_many(
         [{"id": i, "content": t, "created_at": c} for i, t, c in zip(conv.ids, conv.texts, conv.created)],
         embeddings=vectors,
     )
-    for (question, evidence, category), query in zip(conv.questions, queries):
+    return pool
+
+
+def run_pool(
+    conv: Conversation, embedder, vectors: np.ndarray, queries: np.ndarray, recall: Recall, learn: bool = True, **options
+) -> None:
+    pool = build_pool(conv, embedder, vectors, **options)
+    for (question, evidence, category, _), query in zip(conv.questions, queries):
         hits = pool.retrieve(question, max_memories=max(KS), now=conv.now, learn=learn, query_vector=query)
         recall.add([hit.id for hit in hits], evidence, category)
 
@@ -150,7 +168,7 @@ def main() -> None:
     started = time.perf_counter()
     for conv in conversations:
         vectors = embed_documents(embedder, conv.texts)
-        queries = embedder.encode([q for q, _, _ in conv.questions])
+        queries = embedder.encode([q.text for q in conv.questions])
         run_bm25(conv, systems["BM25"])
         run_cosine(conv, vectors, queries, systems["cosine"])
         run_pool(conv, embedder, vectors, queries, systems["MemoryPool"], **options)
