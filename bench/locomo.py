@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 from smem import MemoryPool, ScoringWeights  # noqa: E402
 from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--association", type=float, default=None)
     parser.add_argument("--lexical", type=float, default=None)
     args = parser.parse_args()
+    print_run_config(args)
 
     conversations = load(args.data)
     embedder = default_embedder(args.embedder)

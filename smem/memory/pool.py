@@ -22,6 +22,7 @@ from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, select
+from smem.memory.settings import DEFAULTS
 from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
@@ -62,14 +63,14 @@ class MemoryPool:
     def __init__(
         self,
         embedder: Embedder,
-        softmax_temperature: float = 0.15,
-        diversity_weight: float = 0.5,
-        association_weight: float = 0.5,
+        softmax_temperature: float = DEFAULTS.softmax_temperature,
+        diversity_weight: float = DEFAULTS.diversity_weight,
+        association_weight: float = DEFAULTS.association_weight,
         seed: Optional[int] = None,
         *,
-        lexical_weight: float = 0.2,
+        lexical_weight: float = DEFAULTS.lexical_weight,
         weights: ScoringWeights = ScoringWeights(),
-        quantized_threshold: int = 20_000,
+        quantized_threshold: int = DEFAULTS.quantized_threshold,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
