@@ -34,7 +34,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import string
 import sys
 import time
@@ -45,13 +44,14 @@ from typing import Any, Optional, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo (smem) and bench/ (its sibling modules), also when imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from locomo import CATEGORIES, Conversation, Question, build_pool, load  # noqa: E402
 from nltk.stem import PorterStemmer  # noqa: E402
-
-from bench.locomo import CATEGORIES, Conversation, Question, build_pool, load  # noqa: E402
+from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
@@ -343,6 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
     args = parser.parse_args(argv)
+    config = print_run_config(args)
 
     from smem.generation.models import load as load_model
     from smem.memory.embedder import default_embedder, embed_documents
@@ -372,8 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "learn": False,
         "embedder": getattr(embedder, "name", type(embedder).__name__),
         "device": args.device or str(next(model.parameters()).device),
-        "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "machine": config["machine"],
+        "smem": config["settings"],
     }
     for key, value in settings.items():  # what this run used, nanoGPT style
         print(f"{key} = {value}")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from bench import answers
-from bench.locomo import CATEGORIES, build_pool, load
 from smem.generation import tiny
 from smem.generation.degenerate import degenerate
 from smem.generation.engine import StreamingEngine
@@ -77,7 +76,7 @@ def test_open_domain_gold_is_cut_at_its_first_semicolon(tmp_path):
     data = json.loads(path.read_text())
     data[0]["qa"].append({"question": "q", "answer": "likely yes; she said so", "evidence": ["D1:1"], "category": 3})
     path.write_text(json.dumps(data))
-    (question,) = load(path)[0].questions
+    (question,) = answers.load(path)[0].questions
     assert question.answer == "likely yes"
 
 
@@ -85,7 +84,7 @@ def test_open_domain_gold_is_cut_at_its_first_semicolon(tmp_path):
 
 
 def test_sample_spreads_evenly_and_is_seeded(tmp_path):
-    conversations = load(locomo_file(tmp_path / "d.json", conversations=3, questions=4))
+    conversations = answers.load(locomo_file(tmp_path / "d.json", conversations=3, questions=4))
     picks = answers.sample_questions(conversations, 7, seed=1)
     per_conv = [sum(1 for c, _ in picks if c == i) for i in range(3)]
     assert sorted(per_conv) == [2, 2, 3]
@@ -149,8 +148,8 @@ def tiny_model():
 
 def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm):
     model, tokenizer = tiny_model
-    conv = load(locomo_file(tmp_path / "d.json", conversations=1, questions=4))[0]
-    pool = build_pool(conv, minilm, minilm.encode(conv.texts))
+    conv = answers.load(locomo_file(tmp_path / "d.json", conversations=1, questions=2))[0]
+    pool = answers.build_pool(conv, minilm, minilm.encode(conv.texts))
     seen: list[list[int]] = []
     handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
     try:
@@ -158,29 +157,29 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
         for question in conv.questions:
             for every in (0, 1):
                 answers.ask(engine, answers.question_message(question), conv.now, update_every_n=every,
-                            max_memories=2, max_new_tokens=12, temperature=0.0)
+                            max_memories=2, max_new_tokens=6, temperature=0.0)
     finally:
         handle.remove()
     read = tokenizer.decode([i for ids in seen for i in ids]).lower()
     stored = " ".join(m.content for m in pool.memories).lower()
     assert "pixel" in read  # the hook saw memories at all
-    for label in ("zanzibar", "marmalade", "d1:1", "evidence", *CATEGORIES.values()):
+    for label in ("zanzibar", "marmalade", "d1:1", "evidence", *answers.CATEGORIES.values()):
         assert label not in read and label not in stored
 
 
 def test_cli_writes_the_contracted_json(tmp_path, minilm):
     out = tmp_path / "out.json"
     result = answers.main(
-        ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "3", "--seed", "0", "--json", str(out),
-         "--model", "tiny", "--max-new-tokens", "6", "--all"]
+        ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
+         "--model", "tiny", "--max-new-tokens", "4", "--all"]
     )
     written = json.loads(out.read_text())
-    assert written["model"] and written["settings"]["questions"] == 3
+    assert written["model"] and written["settings"]["questions"] == 2
     assert set(written["conditions"]) == {"none", "rag", "stream", "stream_n1", "rag_wide", "all"}
     for condition in written["conditions"].values():
         assert {"f1", "f1_ci", "evidence_at_answer", "evidence_any", "context_tokens", "seconds_per_answer",
                 "degenerate_rate", "per_category"} <= set(condition)
-        assert condition["n"] == 3 and set(condition["per_category"]) == set(CATEGORIES.values())
+        assert condition["n"] == 2 and set(condition["per_category"]) == set(answers.CATEGORIES.values())
     none, rag = written["conditions"]["none"], written["conditions"]["rag"]
     assert none["context_tokens"] == 0 and none["evidence_any"] == 0
     assert rag["evidence_at_answer"] == 1.0  # three turns, k=5: every turn is in context
