@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,7 +49,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo (smem) and bench/ (it
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from locomo import CATEGORIES, Conversation, Question, build_pool, load  # noqa: E402
+from locomo import CATEGORIES, Conversation, build_pool, load  # noqa: E402
 from nltk.stem import PorterStemmer  # noqa: E402
 from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
@@ -148,6 +148,20 @@ def bootstrap_ci(values: Sequence[float], seed: int, samples: int = BOOTSTRAP_SA
 
 
 # -- one answer ------------------------------------------------------------------------------
+
+
+class Question(NamedTuple):
+    """One sampled question with its labels; only `text` and `category` shape the message."""
+
+    text: str
+    evidence: list[str]
+    category: int
+    answer: str
+
+
+def question_at(conv: Conversation, index: int) -> Question:
+    text, evidence, category = conv.questions[index]
+    return Question(text, evidence, category, conv.answers[index])
 
 
 def question_message(question: Question) -> str:
@@ -393,7 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         engine = StreamingEngine(model, tokenizer, pool)
         all_fits = "all" in names and pool_tokens(engine, pool) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
-            question = conv.questions[q_index]
+            question = question_at(conv, q_index)
             message = question_message(question)
             answers: dict[str, Answer] = {}
             for condition in plan:

@@ -76,8 +76,8 @@ def test_open_domain_gold_is_cut_at_its_first_semicolon(tmp_path):
     data = json.loads(path.read_text())
     data[0]["qa"].append({"question": "q", "answer": "likely yes; she said so", "evidence": ["D1:1"], "category": 3})
     path.write_text(json.dumps(data))
-    (question,) = answers.load(path)[0].questions
-    assert question.answer == "likely yes"
+    conv = answers.load(path)[0]
+    assert answers.question_at(conv, 0).answer == "likely yes"
 
 
 # -- sampling and intervals ----------------------------------------------------------------
@@ -154,7 +154,8 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
     handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
     try:
         engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
-        for question in conv.questions:
+        for index in range(len(conv.questions)):
+            question = answers.question_at(conv, index)
             for every in (0, 1):
                 answers.ask(engine, answers.question_message(question), conv.now, update_every_n=every,
                             max_memories=2, max_new_tokens=6, temperature=0.0)

@@ -35,7 +35,7 @@ class MemorySettings(BaseSettings):
     diversity_weight: float = Field(
         0.5, ge=0, le=1, description="MMR penalty for memories similar to those already picked"
     )
-    association_weight: float = Field(0.5, ge=0, description="pull of learned associations and co-retrieval links")
+    association_weight: float = Field(0.5, ge=0, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
     lexical_weight: float = Field(
         0.2, ge=0, lt=1, description="share of normalised BM25 in the similarity (0.2: best recall@10 on LoCoMo dev)"
     )

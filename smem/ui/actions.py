@@ -202,5 +202,5 @@ def describe(pool: MemoryPool, label: str) -> str:
     name, so it is escaped."""
     return (
         f"**{html.escape(label)}** · {len(pool)} memories · {len(pool.links())} learned links · "
-        f"{pool.learning.events} Hebbian updates"
+        f"{pool.learning.answers} answers learned from"
     )
