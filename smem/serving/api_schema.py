@@ -7,17 +7,16 @@ The event models mirror `smem.generation.events` `to_sse()` payloads; they allow
 engine can add a statistic without breaking the stream.
 """
 
-import os
-from dataclasses import dataclass, fields
-from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
+import json
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from smem.serving.settings import ServingSettings
+
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-JSON_ESCAPE_BYTES = 12
-"""Most bytes one character can take in a JSON body: an emoji sent as a `\\u` surrogate pair."""
 
 
 def _integral(value: Any) -> Any:
@@ -26,51 +25,6 @@ def _integral(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """Limits of one deployment; each is overridable as `SMEM_API_<NAME>` (e.g.
-    `SMEM_API_MAX_SESSIONS=1000`). The request schema is built from them, so the OpenAPI
-    document always states the limits the server enforces."""
-
-    max_sessions: int = 256
-    max_new_tokens: int = 2048
-    default_max_new_tokens: Optional[int] = None
-    """Used when a request names none; unset, 512 or `max_new_tokens` if lower."""
-    max_message_chars: int = 8000
-    max_history_messages: int = 50
-    max_history_chars: int = 32000
-    max_queue: int = 32
-    max_body_bytes: int = 4 * 1024 * 1024
-    """Bodies beyond this are refused (413) before they are read into memory. Well above
-    any valid body, so that an oversized field (a 1 MB message pasted by mistake) is still
-    answered with a 422 naming the field."""
-
-    def __post_init__(self) -> None:
-        if self.default_max_new_tokens is None:
-            object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
-        for item in fields(self):
-            if getattr(self, item.name) <= 0:
-                raise ValueError(f"ApiSettings.{item.name} must be positive")
-        if self.default_max_new_tokens > self.max_new_tokens:
-            raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
-        if self.max_body_bytes < self.largest_valid_body:
-            raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ApiSettings":
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            raw = environ.get(f"SMEM_API_{item.name.upper()}")
-            if raw is not None:
-                values[item.name] = int(raw)
-        return cls(**values)
-
-    @property
-    def largest_valid_body(self) -> int:
-        """Bytes of the largest body the limits allow, every character escaped, with room for formatting."""
-        return JSON_ESCAPE_BYTES * (self.max_message_chars + self.max_history_chars) + 64 * 1024
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -96,7 +50,7 @@ class ErrorResponse(BaseModel):
 # -- request and response models -------------------------------------------------------------
 
 
-def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
+def chat_request_model(settings: ServingSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
     """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
     found at startup) in its schema; a set is checked against those present now.
 
@@ -111,7 +65,19 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
         content: str = Field(max_length=settings.max_message_chars)
 
     class ChatRequest(BaseModel):
-        model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, title="ChatRequest")
+        model_config = ConfigDict(
+            strict=True,
+            extra="forbid",
+            allow_inf_nan=False,
+            title="ChatRequest",
+            # memory_set or session, as a non-null string: without a session the set must be named.
+            json_schema_extra={
+                "anyOf": [
+                    {"required": ["memory_set"], "properties": {"memory_set": {"type": "string"}}},
+                    {"required": ["session"], "properties": {"session": {"type": "string"}}},
+                ]
+            },
+        )
 
         message: str = Field(
             min_length=1,
@@ -125,16 +91,18 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             description=f"Earlier turns, oldest first. At most {settings.max_history_chars} characters of content in all; "
             f"each message at most {settings.max_message_chars}.",
         )
-        memory_set: str = Field(
-            description="Which memory set to draw from (see `GET /health`).",
+        memory_set: Optional[str] = Field(
+            default=None,
+            description="Which memory set to draw from (see `GET /health`). Required without `session`; "
+            "with one, the session's own set is used and this may be omitted (if given, it must match).",
             json_schema_extra={"enum": memory_sets()},
             examples=memory_sets()[:1],
         )
         session: Optional[str] = Field(
             default=None,
             pattern=SESSION_PATTERN,
-            description="Keep this session's Hebbian state between requests (one state per session and memory set). "
-            "Omit it to start from the memory set's initial state and keep nothing.",
+            description="A session id from `POST /sessions`: the answer uses and teaches that session's Hebbian state. "
+            "An unknown or expired id is refused (404). Omit it to start from the memory set's initial state and keep nothing.",
         )
         update_every_n: JsonInt = Field(default=10, ge=1, le=20, description="Re-retrieve memories every N generated tokens.")
         max_memories: JsonInt = Field(default=5, ge=1, le=15, description="Memories in context at once.")
@@ -155,11 +123,13 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
 
         @field_validator("memory_set")
         @classmethod
-        def _known_set(cls, value: str) -> str:
+        def _known_set(cls, value: Optional[str]) -> Optional[str]:
             available = memory_sets()
-            if value not in available:
+            if value is not None and value not in available:
+                # Escaped: the name may hold a lone surrogate, which the error report cannot encode (issue 14: a 500).
+                name = json.dumps(value)[1:-1]
                 raise PydanticCustomError(
-                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": value, "available": ", ".join(available)}
+                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": name, "available": ", ".join(available)}
                 )
             return value
 
@@ -174,6 +144,34 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             return value
 
     return ChatRequest
+
+
+class SessionRequest(BaseModel):
+    """The body of `POST /sessions`: a memory set to start from, or memories of your own
+    (exactly one of the two; neither is nullable, so the schema can say so)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        title="SessionRequest",
+        json_schema_extra={"oneOf": [{"required": ["memory_set"]}, {"required": ["memories"]}]},
+    )
+
+    memory_set: str = Field(default=None, description="Start from this memory set's initial state.")  # type: ignore[assignment]
+    memories: list[Any] = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        description="Or start from these memories (records as in a memory-set file: `content`, optional `type`, "
+        "`subject`, `emotional_intensity`, `created_at`, `id`); at most `max_upload_records` of them.",
+    )
+    label: str = Field(default="uploaded", min_length=1, max_length=80, description="A name for `memories`.")
+
+
+class SessionCreated(BaseModel):
+    session: str = Field(description="The session's id: 192 random bits, to send as `session`. Keep it private.")
+    memory_set: str = Field(description="The memory set it started from (or the label of its own memories).")
+    memories: int
+    ttl_s: int = Field(description="The session is deleted after this many seconds without an answer.")
 
 
 class MemoryState(BaseModel):
@@ -195,7 +193,7 @@ class Link(BaseModel):
 
 
 class MemoriesResponse(BaseModel):
-    memory_set: str
+    memory_set: str = Field(description="The memory set (for a session: the set it started from, or its upload's label).")
     session: Optional[str]
     answers: int = Field(description="Answers this session has learned from (0 without a session).")
     memories: list[MemoryState]
@@ -209,17 +207,22 @@ class QueueState(BaseModel):
 
 
 class SessionStats(BaseModel):
-    active: int
-    limit: int
-    evicted: int
+    stored: int = Field(description="Sessions in the store (expired ones are swept hourly).")
+    ttl_s: int = Field(description="Seconds without an answer after which a session expires.")
 
 
 class Limits(BaseModel):
     max_new_tokens: int
     max_message_chars: int
+    max_message_tokens: int
     max_history_messages: int
     max_history_chars: int
+    max_prompt_tokens: int
+    max_queue_per_client: int
     max_body_bytes: int
+    max_upload_bytes: int
+    max_upload_records: int
+    max_pool_memories: int
 
 
 class HealthResponse(BaseModel):
@@ -316,6 +319,16 @@ class DoneEvent(Event):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class HistoryTrimmedEvent(Event):
+    """Sent before `memories` when the oldest history turns were dropped to fit the prompt budget."""
+
+    type: Literal["history_trimmed"]
+    dropped: int = Field(ge=1, description="History messages left out, oldest first.")
+    kept: int = Field(description="History messages the model reads.")
+    prompt_tokens: int = Field(description="Model tokens of the message and the kept history.")
+    budget: int = Field(description="The deployment's `max_prompt_tokens`.")
+
+
 class ErrorEvent(Event):
     """The answer failed after the stream began (the status was already 200); nothing follows."""
 
@@ -324,6 +337,6 @@ class ErrorEvent(Event):
 
 
 StreamEvent = Annotated[
-    Union[QueuedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
+    Union[QueuedEvent, HistoryTrimmedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
     Field(discriminator="type"),
 ]
