@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from smem.serving import sse
 from smem.serving.api import create_api
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 from smem.serving.queueing import Cancelled
 from smem.serving.runtime import Runtime
 
@@ -54,7 +54,7 @@ def counts(client: TestClient, memory_set: str | None, session: str | None = Non
 
 @pytest.fixture(scope="module")
 def client(tiny_runtime: Runtime) -> Iterator[TestClient]:
-    app = create_api(tiny_runtime, ServingSettings(max_new_tokens=64, default_max_new_tokens=8))
+    app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -79,7 +79,7 @@ def serve(app: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def live(tiny_runtime: Runtime) -> Iterator[str]:
-    with serve(create_api(tiny_runtime, ServingSettings(max_new_tokens=4000, default_max_new_tokens=8))) as url:
+    with serve(create_api(tiny_runtime, ApiSettings(max_new_tokens=4000, default_max_new_tokens=8))) as url:
         yield url
 
 
@@ -187,7 +187,7 @@ def test_sessions_expire_after_their_ttl(tiny_runtime: Runtime, tmp_path: Any, m
     from smem.serving.session_store import SQLiteSessionStore
 
     store = SQLiteSessionStore(tmp_path / "s.sqlite3", ttl_s=60)
-    with TestClient(create_api(tiny_runtime, ServingSettings(max_new_tokens=8), store=store)) as ttl_client:
+    with TestClient(create_api(tiny_runtime, ApiSettings(max_new_tokens=8), store=store)) as ttl_client:
         session = new_session(ttl_client)
         assert ttl_client.get(f"/sessions/{session}").status_code == 200
         monkeypatch.setattr(sessions, "time", SimpleNamespace(time=lambda: time.time() + 61))  # a minute passes unused
@@ -210,7 +210,7 @@ def test_export_and_import_carry_a_session_whole(client: TestClient) -> None:
 
 
 def test_a_session_over_your_own_memories_within_the_limits(tiny_runtime: Runtime) -> None:
-    limits = ServingSettings(max_new_tokens=8, max_upload_records=5)
+    limits = ApiSettings(max_new_tokens=8, max_upload_records=5)
     with TestClient(create_api(tiny_runtime, limits)) as small:
         mine = small.post("/sessions", json={"memories": [{"content": "Sam plays the cello"}, {"content": "Sam fears exams"}], "label": "sam"})
         assert mine.status_code == 201 and mine.json()["memories"] == 2 and mine.json()["memory_set"] == "sam"
@@ -282,14 +282,14 @@ def test_openapi_documents_bodies_limits_and_errors(client: TestClient) -> None:
 
 
 def test_settings_come_from_the_environment() -> None:
-    settings = ServingSettings.from_env({"SMEM_SESSION_TTL_S": "7", "SMEM_MAX_NEW_TOKENS": "100", "SMEM_MAX_QUEUE": "3"})
+    settings = ApiSettings.from_env({"SMEM_API_SESSION_TTL_S": "7", "SMEM_API_MAX_NEW_TOKENS": "100", "SMEM_API_MAX_QUEUE": "3"})
     assert (settings.session_ttl_s, settings.max_new_tokens, settings.default_max_new_tokens, settings.max_queue) == (7, 100, 100, 3)
     with pytest.raises(ValueError, match="max_body_bytes"):
-        ServingSettings(max_body_bytes=1000)
+        ApiSettings(max_body_bytes=1000)
 
 
 def test_a_full_queue_is_refused_with_503(tiny_runtime: Runtime) -> None:
-    client = TestClient(create_api(tiny_runtime, ServingSettings(max_queue=1)))
+    client = TestClient(create_api(tiny_runtime, ApiSettings(max_queue=1)))
     with holding_the_model(tiny_runtime):
         response = client.post("/chat/stream", json={"message": MESSAGE, "memory_set": "tutor"})
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
@@ -384,7 +384,7 @@ def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Ru
         for event in here(copy, kwargs, cancel):
             yield pickle.loads(pickle.dumps(event))
 
-    app = create_api(tiny_runtime, ServingSettings(max_new_tokens=64, default_max_new_tokens=8), generate=elsewhere)
+    app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8), generate=elsewhere)
     with TestClient(app) as remote:
         zero = new_session(remote)
         events = chat(remote, session=zero)
@@ -436,7 +436,7 @@ def test_a_caller_that_leaves_the_line_frees_its_place_at_once() -> None:
 
 
 def test_one_client_cannot_fill_the_queue(tiny_runtime: Runtime) -> None:
-    client = TestClient(create_api(tiny_runtime, ServingSettings(max_queue_per_client=1)))
+    client = TestClient(create_api(tiny_runtime, ApiSettings(max_queue_per_client=1)))
     session = new_session(client)
     leave = threading.Event()
 
@@ -457,7 +457,7 @@ def test_one_client_cannot_fill_the_queue(tiny_runtime: Runtime) -> None:
 
 
 def test_history_is_trimmed_to_the_token_budget_and_the_stream_says_so(tiny_runtime: Runtime) -> None:
-    limits = ServingSettings(max_new_tokens=8, max_message_tokens=64, max_prompt_tokens=200)
+    limits = ApiSettings(max_new_tokens=8, max_message_tokens=64, max_prompt_tokens=200)
     turn = "fractions and decimals " * 10
     history = [{"role": role, "content": turn} for _ in range(6) for role in ("user", "assistant")]
     with TestClient(create_api(tiny_runtime, limits)) as small:

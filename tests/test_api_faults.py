@@ -60,10 +60,10 @@ def api_server(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen, float]]
         "TOKENIZERS_PARALLELISM": "false",
         "SMEM_THREADS": "1",
         "SMEM_STATE_DIR": str(state_dir),
-        "SMEM_MAX_NEW_TOKENS": "4000",
+        "SMEM_API_MAX_NEW_TOKENS": "4000",
         # The ghosts all come from 127.0.0.1 without a session, so they count as one client:
         # raised past their number so that this test exercises the queue freeing their places.
-        "SMEM_MAX_QUEUE_PER_CLIENT": str(GHOSTS + 8),
+        "SMEM_API_MAX_QUEUE_PER_CLIENT": str(GHOSTS + 8),
     }
     command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
     started = time.perf_counter()

@@ -15,10 +15,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from smem.serving import sse
 from smem.serving.api import create_api
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 from smem.serving.runtime import Runtime
 
-LIMITS = ServingSettings(
+LIMITS = ApiSettings(
     max_new_tokens=4,
     max_message_chars=200,
     max_history_messages=4,

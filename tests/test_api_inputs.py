@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from smem.serving import sse
 from smem.serving.api import create_api
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 from smem.memory.memory_sets import MemorySets
 from smem.serving.runtime import Runtime
 
@@ -84,7 +84,7 @@ CASES: list[tuple[str, bytes, str, int, str]] = [
 
 @pytest.fixture(scope="module")
 def client(tiny_runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_api(tiny_runtime, ServingSettings(max_new_tokens=64, default_max_new_tokens=6))) as test_client:
+    with TestClient(create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=6))) as test_client:
         yield test_client
 
 
@@ -196,7 +196,7 @@ def odd_memories(tiny_runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
         sets=MemorySets(tiny_runtime.embedder, directory),
         model_name="tiny",
     )
-    with TestClient(create_api(runtime, ServingSettings(max_new_tokens=16))) as test_client:
+    with TestClient(create_api(runtime, ApiSettings(max_new_tokens=16))) as test_client:
         yield test_client
 
 

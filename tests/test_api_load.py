@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import httpx
 import psutil
 import pytest
 
+from conftest import free_port
 from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,6 @@ LEAK_TOLERANCE_BYTES = 16 * 2**20
 only. Anything a request leaked would grow it every round."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
@@ -65,7 +59,7 @@ def server() -> Iterator[tuple[str, psutil.Process]]:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "SMEM_THREADS": "1",
-        "SMEM_MAX_QUEUE_PER_CLIENT": str(CLIENTS),
+        "SMEM_API_MAX_QUEUE_PER_CLIENT": str(CLIENTS),
     }
     command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -23,6 +23,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from smem.generation.settings import ModelSettings
 from smem.memory.store import cache_root
 
 logger = logging.getLogger("smem")
@@ -52,8 +53,7 @@ def configure_threads() -> int:
     Oversubscribing a small CPU is costly: two processes sharing 2 cores made a decode step 4x
     slower, so honour the affinity mask rather than the machine's core count.
     """
-    wanted = os.environ.get("SMEM_THREADS")
-    threads = int(wanted) if wanted else max(1, len(os.sched_getaffinity(0)))
+    threads = ModelSettings().threads or max(1, len(os.sched_getaffinity(0)))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -176,7 +176,7 @@ def packaged_model_dir() -> Path:
 
 def resolve_model_id(model_id: Optional[str], device: str) -> str:
     """Argument, else $SMEM_MODEL, else Qwen3-8B on CUDA and the packaged model elsewhere."""
-    name = model_id or os.environ.get("SMEM_MODEL") or ""
+    name = model_id or ModelSettings().model or ""
     if name:
         return name
     return GPU_DEFAULT if device.startswith("cuda") else PACKAGED

@@ -10,6 +10,7 @@ counts, zero vectors, duplicate ids, a half-life of 0). Each check here names th
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Optional
 
@@ -37,17 +38,6 @@ class StoredMemory(_Strict):
     tokens: int = Field(ge=0)
 
 
-class StoredWeights(_Strict):
-    recency: float
-    recency_half_life_days: float = Field(gt=0.0)
-    frequency: float
-    emotion: float
-    association_threshold: float = Field(ge=-1.0, le=1.0)
-    links: float
-    confidence_queries: float = Field(gt=0.0)
-    """0 would make an unqueried memory's confidence 0/0."""
-
-
 class StoredParams(_Strict):
     softmax_temperature: float = Field(gt=0.0)
     diversity_weight: float = Field(ge=0.0, le=1.0)
@@ -55,13 +45,25 @@ class StoredParams(_Strict):
     lexical_weight: float = Field(ge=0.0, lt=1.0)
     seed: Optional[int] = Field(default=None, ge=0)
     quantized_threshold: int = Field(ge=1)
-    weights: StoredWeights
+    weights: dict[str, float]
+
+
+WEIGHT_BOUNDS: dict[str, tuple[float, float]] = {
+    "recency_half_life_days": (math.ulp(0.0), math.inf),
+    "confidence_queries": (math.ulp(0.0), math.inf),  # 0 would make an unqueried memory's confidence 0/0
+    "association_threshold": (-1.0, 1.0),
+    "encoding_window": (0.0, math.inf),
+}
+"""Weights that must lie in a range; every other weight need only be finite."""
 
 
 class StoredMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    updates: int = Field(default=0, ge=0)
+    answers: int = Field(default=0, ge=0)
     events: int = Field(default=0, ge=0)
+    """What files saved before the updates/answers split called updates."""
     params: StoredParams
     memories: list[StoredMemory]
 
@@ -106,8 +108,20 @@ def check_pool_file(
         raise PoolFileError(f"{name}: {exc}") from None
     records = [memory.model_dump(mode="json") for memory in parsed.memories]
     params = parsed.params.model_dump()
-    weights = ScoringWeights(**params.pop("weights"))
+    weights = _weights(params.pop("weights"), name)
     return records, params, weights
+
+
+def _weights(values: dict[str, float], name: str) -> ScoringWeights:
+    known = {item.name: item.type for item in fields(ScoringWeights)}
+    for key, value in values.items():
+        where = f"{name}: field 'params.weights.{key}'"
+        if key not in known:
+            raise PoolFileError(f"{where}: unknown weight")
+        low, high = WEIGHT_BOUNDS.get(key, (-math.inf, math.inf))
+        if not math.isfinite(value) or not low <= value <= high:
+            raise PoolFileError(f"{where}: {value!r} must be finite and within [{low:g}, {high:g}]")
+    return ScoringWeights(**{key: int(value) if known[key] in (int, "int") else value for key, value in values.items()})
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], meta: StoredMeta, dim: int) -> None:
@@ -142,12 +156,14 @@ def _check_arrays(arrays: dict[str, np.ndarray], meta: StoredMeta, dim: int) -> 
     used = query_slot[query_slot >= 0]
     _require(len(np.unique(used)) == len(used) == slots, "query_slot", f"must give each of the {slots} query rows to exactly one memory")
 
-    link_a = _array(arrays, "link_a", "i", (-1,))
-    links = len(link_a)
-    link_b = _array(arrays, "link_b", "i", (links,))
-    link_w = _array(arrays, "link_w", "f", (links,))
-    for key, ends in (("link_a", link_a), ("link_b", link_b)):
-        _require(((ends >= 0) & (ends < n)).all(), key, f"indices must be within [0, {n})")
-    _require((link_a != link_b).all(), "link_b", "a memory cannot be linked to itself")
-    _require(np.isfinite(link_w).all() and (link_w > 0).all(), "link_w", "weights must be finite and > 0")
+    for prefix, required in (("link", True), ("encoded", False)):
+        if not required and f"{prefix}_a" not in arrays:
+            continue  # saved before encoding links existed
+        first = _array(arrays, f"{prefix}_a", "i", (-1,))
+        second = _array(arrays, f"{prefix}_b", "i", (len(first),))
+        weight = _array(arrays, f"{prefix}_w", "f", (len(first),))
+        for key, ends in ((f"{prefix}_a", first), (f"{prefix}_b", second)):
+            _require(((ends >= 0) & (ends < n)).all(), key, f"indices must be within [0, {n})")
+        _require((first != second).all(), f"{prefix}_b", "a memory cannot be linked to itself")
+        _require(np.isfinite(weight).all() and (weight > 0).all(), f"{prefix}_w", "weights must be finite and > 0")
     _require(math.isfinite(float(counts.sum(dtype=np.float64))), "counts", "sum overflows")

@@ -64,7 +64,7 @@ from smem.serving.runtime import Runtime
 from smem.serving import prompt_budget, uploads
 from smem.serving.session_store import SessionStore, SQLiteSessionStore
 from smem.serving.sessions import SessionNotFound, Sessions
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 
 log = logging.getLogger("smem.serving.api")
 
@@ -241,7 +241,7 @@ SWEEP_EVERY_S = 3600
 
 def create_api(
     runtime: Runtime,
-    settings: Optional[ServingSettings] = None,
+    settings: Optional[ApiSettings] = None,
     generate: Optional[Generate] = None,
     store: Optional[SessionStore] = None,
 ) -> FastAPI:
@@ -249,7 +249,7 @@ def create_api(
     Sessions live in `store` (default: SQLite under `$SMEM_STATE_DIR`); the generation queue is
     the runtime's, shared with any UI mounted on the same app. `generate` is where answers run
     (default: this process)."""
-    settings = settings or ServingSettings.from_env()
+    settings = settings or ApiSettings.from_env()
     generate_answer = generate or generate_here(runtime)
     store = SQLiteSessionStore(ttl_s=settings.session_ttl_s) if store is None else store
     sessions = Sessions(store, runtime.embedder)

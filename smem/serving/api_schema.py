@@ -8,15 +8,17 @@ engine can add a statistic without breaking the stream.
 """
 
 import json
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+import os
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-
-from smem.serving.settings import ServingSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+JSON_ESCAPE_BYTES = 12
+"""Most bytes one character can take in a JSON body: an emoji sent as a `\\u` surrogate pair."""
 
 
 def _integral(value: Any) -> Any:
@@ -25,6 +27,80 @@ def _integral(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
+
+
+class ApiSettings(BaseSettings):
+    """Limits of one deployment, for the HTTP API and the Gradio app alike (so nothing the UI
+    accepts is refused by the API or the other way round); each is overridable as
+    `SMEM_API_<NAME>` (e.g. `SMEM_API_MAX_QUEUE=64`). The request schema is built from them,
+    so the OpenAPI document always states the limits the server enforces."""
+
+    model_config = SettingsConfigDict(env_prefix="SMEM_API_", frozen=True, extra="ignore")
+
+    session_ttl_s: int = Field(
+        30 * 24 * 3600, gt=0, description="a session unused this long (seconds) is deleted; requests naming it get 404"
+    )
+    """Thirty days: a person who comes back within a month finds what their assistant learned."""
+    max_new_tokens: int = Field(2048, gt=0, description="most new tokens one answer may ask for")
+    default_max_new_tokens: Optional[int] = Field(
+        None, gt=0, description="new tokens when a request names none; unset: 512, or max_new_tokens if lower"
+    )
+    max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters (checked before tokenizing)")
+    max_message_tokens: int = Field(2048, gt=0, description="longest user message, in model tokens")
+    """About the 8,000-character bound in English."""
+    max_history_messages: int = Field(50, gt=0, description="most history messages in one request (the UI keeps the newest)")
+    max_history_chars: int = Field(32000, gt=0, description="longest history, in characters")
+    max_prompt_tokens: int = Field(
+        4096, gt=0, description="message plus history, in model tokens; older history is dropped to fit and the stream says so"
+    )
+    """Prefill cost follows tokens: 8,000 + 32,000 characters (~10k tokens) took 438 s to the first
+    token on the packaged CPU model under load (issue 14). 4,096 keeps a GPU answer's prefill well
+    under a second and bounds the CPU fallback to a few minutes at worst."""
+    max_queue: int = Field(32, gt=0, description="answers that may wait for the model before new ones get 503")
+    max_queue_per_client: int = Field(
+        4, gt=0, description="answers one client (a session, else an address) may have generating or queued before 429"
+    )
+    """One browser tab rarely needs more than one; four leaves room for retries without letting
+    one client fill the queue."""
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="bodies beyond this are refused (413) before they are read; well above any valid body, so an "
+        "oversized field is still answered with a 422 naming it",
+    )
+    max_upload_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="largest uploaded or imported file (also Gradio's max_file_size)"
+    )
+    """A pool file of `max_pool_memories` memories with a full learned state is about 6.5 MB
+    (2 × 2000 × 384 float32 vectors plus metadata)."""
+    max_upload_records: int = Field(2000, gt=0, description="most records in an uploaded memory set")
+    """The embedder managed ~240 records/s on the shared CPU (100k records took 413 s, issue 14),
+    so 2,000 is under ten seconds of embedding."""
+    max_pool_memories: int = Field(2000, gt=0, description="most memories in one visitor's or session's pool")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ApiSettings":
+        if self.default_max_new_tokens is None:
+            object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
+        if self.max_message_tokens > self.max_prompt_tokens:
+            raise ValueError("ApiSettings.max_message_tokens must not exceed max_prompt_tokens")
+        if self.max_body_bytes < self.largest_valid_body:
+            raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ApiSettings":
+        """The limits as `environ` sets them (the process environment by default)."""
+        prefix = cls.model_config["env_prefix"]
+        names = {f"{prefix}{name}".upper(): name for name in cls.model_fields}
+        return cls(**{names[key.upper()]: value for key, value in environ.items() if key.upper() in names})
+
+    @property
+    def largest_valid_body(self) -> int:
+        """Bytes of the largest body the limits allow, every character escaped, with room for formatting."""
+        return JSON_ESCAPE_BYTES * (self.max_message_chars + self.max_history_chars) + 64 * 1024
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -50,7 +126,7 @@ class ErrorResponse(BaseModel):
 # -- request and response models -------------------------------------------------------------
 
 
-def chat_request_model(settings: ServingSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
+def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
     """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
     found at startup) in its schema; a set is checked against those present now.
 

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from smem.generation.events import HistoryTrimmed
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 
 
 class MessageTooLong(ValueError):
@@ -37,7 +37,7 @@ def _token_counts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     return np.array([len(ids) for ids in encoded], dtype=np.int64)
 
 
-def fit(tokenizer: Any, message: str, history: Sequence[dict[str, str]], settings: ServingSettings) -> FittedPrompt:
+def fit(tokenizer: Any, message: str, history: Sequence[dict[str, str]], settings: ApiSettings) -> FittedPrompt:
     """The history the model may read with `message`; raises `MessageTooLong`. Only the newest
     `max_history_messages` turns are even tokenized (the UI sends its whole chat)."""
     if len(message) > settings.max_message_chars:

@@ -17,19 +17,19 @@ from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.memory.records import MemoryFileError
 from smem.memory.store import PoolFileError
-from smem.serving.settings import ServingSettings
+from smem.serving.api_schema import ApiSettings
 
 ZIP_MAGIC = b"PK\x03\x04"
 """How a pool file (an .npz, i.e. a zip archive) begins; a JSON file never does."""
 
 
-def check_size(pool: MemoryPool, settings: ServingSettings, adding: int = 0) -> None:
+def check_size(pool: MemoryPool, settings: ApiSettings, adding: int = 0) -> None:
     """Refuse a pool that would hold more memories than one visitor or session may."""
     if len(pool) + adding > settings.max_pool_memories:
         raise MemoryFileError(f"a pool holds at most {settings.max_pool_memories} memories; this one would hold {len(pool) + adding}")
 
 
-def load_upload(sets: MemorySets, raw: bytes | str | None, settings: ServingSettings) -> MemoryPool:
+def load_upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> MemoryPool:
     """A private pool from an uploaded memory-set file or exported pool file; MemoryFileError
     names the bad record, field or limit."""
     if raw is None:
@@ -48,7 +48,7 @@ def load_upload(sets: MemorySets, raw: bytes | str | None, settings: ServingSett
     return pool
 
 
-def load_records(sets: MemorySets, records: list[Any], settings: ServingSettings) -> MemoryPool:
+def load_records(sets: MemorySets, records: list[Any], settings: ApiSettings) -> MemoryPool:
     """A private pool from records sent in a request body, within the same limits."""
     pool = sets.from_records(records, settings.max_upload_records)
     check_size(pool, settings)
