@@ -470,3 +470,21 @@ def test_history_is_trimmed_to_the_token_budget_and_the_stream_says_so(tiny_runt
         assert short[0]["type"] == "memories"
         long = small.post("/chat/stream", json={"message": "fractions " * 100, "memory_set": "tutor", **FAST})
         assert long.status_code == 422 and long.json()["error"]["field"] == "message" and "model tokens" in long.json()["error"]["message"]
+
+
+def test_a_visitor_state_is_kept_under_an_id_and_survives_a_new_process(tiny_runtime: Runtime, tmp_path: Any) -> None:
+    """What the UI needs to keep a visitor's pool across reloads: create, replace and reload it
+    through a fresh `Sessions` on the same database (as after a restart)."""
+    from smem.serving.session_store import SQLiteSessionStore
+    from smem.serving.sessions import Sessions
+
+    path = tmp_path / "visitors.sqlite3"
+    pool = tiny_runtime.sets.pool("tutor")
+    sessions = Sessions(SQLiteSessionStore(path), tiny_runtime.embedder)
+    visitor = sessions.create(pool, "tutor")
+    pool.add("Alex joined the chess club")
+    pool.reinforce([memory.id for memory in pool.memories[:3]])
+    sessions.replace(visitor, pool, "tutor")
+    reloaded, learned, answers, label = Sessions(SQLiteSessionStore(path), tiny_runtime.embedder).state(visitor)
+    assert reloaded.memories == pool.memories and reloaded.links() == pool.links() and reloaded.links()
+    assert (answers, label) == (0, "tutor")

@@ -144,63 +144,91 @@ def answer(url: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]], float]
     return events, time.perf_counter() - started
 
 
-def test_clients_that_queue_and_hang_up_do_not_lock_out_a_real_client(tmp_path: Path) -> None:
-    with api_server(tmp_path / "state") as (url, _, _):
-        limit = httpx.get(f"{url}/health").json()["queue"]["limit"]
-        assert GHOSTS > limit, "the ghosts must outnumber the queue for the test to mean anything"
-        holder = Holder(url, {"message": MESSAGE, "memory_set": "tutor", **LONG})
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            ghosts = list(pool.map(lambda _: ghost(url), range(GHOSTS)))
-        assert ghosts == [(200, "queued")] * GHOSTS, f"ghosts were refused or not queued: {sorted(set(ghosts))}"
-        wait_for(lambda: queue_length(url) == 1, "the ghosts' places to be freed")
-
-        positions: list[int] = []
-        result: dict[str, Any] = {}
-
-        def real_client() -> None:
-            started = time.perf_counter()
-            with httpx.stream("POST", f"{url}/chat/stream", json={"message": MESSAGE, "memory_set": "tutor", **SHORT}, timeout=120) as response:
-                result["status"] = response.status_code
-                for event in sse.decode(response.iter_lines()):
-                    if event["type"] == "queued":
-                        positions.append(event["position"])
-                    elif "first_event_s" not in result:
-                        result["first_event_s"] = time.perf_counter() - started
-                    result["last"] = event["type"]
-
-        real = threading.Thread(target=real_client)
-        real.start()
-        wait_for(lambda: bool(positions), "the real client to be queued")
-        released = time.perf_counter()
-        holder.leave()
-        real.join(60)
-        assert result["status"] == 200 and positions == [1] and result["last"] == "done"
-        FIGURES["ghosts"] = {
-            "ghosts": GHOSTS,
-            "queue_limit": limit,
-            "ghosts_admitted": sum(status == 200 for status, _ in ghosts),
-            "real_client_position": positions[0],
-            "real_client_first_event_after_holder_left_s": round(time.perf_counter() - released, 2),
-        }
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state")
 
 
-def test_a_session_survives_kill_9_and_restart_and_unknown_ids_are_refused(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    with api_server(state) as (url, process, _):
-        session = httpx.post(f"{url}/sessions", json={"memory_set": "family"}).json()["session"]
-        for seed in (1, 2):
-            events, _ = answer(url, {"message": MESSAGE, "session": session, "seed": seed, **SHORT})
-            assert events[-1]["type"] == "done"
-        before = httpx.get(f"{url}/sessions/{session}").json()
-        exported = httpx.get(f"{url}/sessions/{session}/export").content
-        assert before["answers"] == 2 and before["links"]
-        in_flight = Holder(url, {"message": MESSAGE, "session": session, **LONG})
-        os.kill(process.pid, signal.SIGKILL)  # mid-answer
-        process.wait(10)
-        in_flight.leave()
-        killed = time.perf_counter()
+@pytest.fixture(scope="module")
+def server(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """One server for the whole module (starting one takes most of this test's time); the
+    kill -9 test, last, kills it and starts its own successor on the same state."""
+    with api_server(state_dir) as (url, process, _):
+        yield url, process
 
-    with api_server(state) as (url, _, ready_s):
+
+def test_clients_that_queue_and_hang_up_do_not_lock_out_a_real_client(server: tuple[str, subprocess.Popen]) -> None:
+    url, _ = server
+    limit = httpx.get(f"{url}/health").json()["queue"]["limit"]
+    assert GHOSTS > limit, "the ghosts must outnumber the queue for the test to mean anything"
+    holder = Holder(url, {"message": MESSAGE, "memory_set": "tutor", **LONG})
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        ghosts = list(pool.map(lambda _: ghost(url), range(GHOSTS)))
+    assert ghosts == [(200, "queued")] * GHOSTS, f"ghosts were refused or not queued: {sorted(set(ghosts))}"
+    wait_for(lambda: queue_length(url) == 1, "the ghosts' places to be freed")
+
+    positions: list[int] = []
+    result: dict[str, Any] = {}
+
+    def real_client() -> None:
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{url}/chat/stream", json={"message": MESSAGE, "memory_set": "tutor", **SHORT}, timeout=120) as response:
+            result["status"] = response.status_code
+            for event in sse.decode(response.iter_lines()):
+                if event["type"] == "queued":
+                    positions.append(event["position"])
+                elif "first_event_s" not in result:
+                    result["first_event_s"] = time.perf_counter() - started
+                result["last"] = event["type"]
+
+    real = threading.Thread(target=real_client)
+    real.start()
+    wait_for(lambda: bool(positions), "the real client to be queued")
+    released = time.perf_counter()
+    holder.leave()
+    real.join(60)
+    assert result["status"] == 200 and positions == [1] and result["last"] == "done"
+    FIGURES["ghosts"] = {
+        "ghosts": GHOSTS,
+        "queue_limit": limit,
+        "ghosts_admitted": sum(status == 200 for status, _ in ghosts),
+        "real_client_position": positions[0],
+        "real_client_first_event_after_holder_left_s": round(time.perf_counter() - released, 2),
+    }
+
+
+def test_a_100k_record_upload_is_refused_and_the_server_stays_responsive(server: tuple[str, subprocess.Popen]) -> None:
+    url, _ = server
+    records = [{"content": f"memory number {index} about fractions"} for index in range(100_000)]
+    body = json.dumps({"memories": records}).encode()
+    stored = httpx.get(f"{url}/health").json()["sessions"]["stored"]
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/sessions", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    refused_s = time.perf_counter() - started
+    assert response.status_code == 422 and "100000 records" in response.json()["error"]["message"]
+    events, answered_s = answer(url, {"message": MESSAGE, "memory_set": "tutor", **SHORT})
+    assert events[-1]["type"] == "done"
+    assert queue_length(url) == 0 and httpx.get(f"{url}/health").json()["sessions"]["stored"] == stored
+    FIGURES["upload"] = {"records": len(records), "body_mib": round(len(body) / 2**20, 2), "refused_in_s": round(refused_s, 2), "next_answer_s": round(answered_s, 2)}
+
+
+def test_a_session_survives_kill_9_and_restart_and_unknown_ids_are_refused(server: tuple[str, subprocess.Popen], state_dir: Path) -> None:
+    """Last in the module: it kills the shared server."""
+    url, process = server
+    session = httpx.post(f"{url}/sessions", json={"memory_set": "family"}).json()["session"]
+    for seed in (1, 2):
+        events, _ = answer(url, {"message": MESSAGE, "session": session, "seed": seed, **SHORT})
+        assert events[-1]["type"] == "done"
+    before = httpx.get(f"{url}/sessions/{session}").json()
+    exported = httpx.get(f"{url}/sessions/{session}/export").content
+    assert before["answers"] == 2 and before["links"]
+    in_flight = Holder(url, {"message": MESSAGE, "session": session, **LONG})
+    os.kill(process.pid, signal.SIGKILL)  # mid-answer
+    process.wait(10)
+    in_flight.leave()
+    killed = time.perf_counter()
+
+    with api_server(state_dir) as (url, _, ready_s):
         after = httpx.get(f"{url}/sessions/{session}")
         recovered_s = time.perf_counter() - killed
         assert after.status_code == 200 and after.json() == before
@@ -213,18 +241,4 @@ def test_a_session_survives_kill_9_and_restart_and_unknown_ids_are_refused(tmp_p
         assert refused.status_code == 404 and refused.json()["error"]["field"] == "session"
         assert httpx.get(f"{url}/sessions/{unknown}").status_code == 404
         FIGURES["restart"] = {"health_after_restart_s": round(ready_s, 2), "session_readable_after_kill_s": round(recovered_s, 2)}
-
-
-def test_a_100k_record_upload_is_refused_and_the_server_stays_responsive(tmp_path: Path) -> None:
-    records = [{"content": f"memory number {index} about fractions"} for index in range(100_000)]
-    body = json.dumps({"memories": records}).encode()
-    with api_server(tmp_path / "state") as (url, _, _):
-        started = time.perf_counter()
-        response = httpx.post(f"{url}/sessions", content=body, headers={"Content-Type": "application/json"}, timeout=60)
-        refused_s = time.perf_counter() - started
-        assert response.status_code == 422 and "100000 records" in response.json()["error"]["message"]
-        events, answered_s = answer(url, {"message": MESSAGE, "memory_set": "tutor", **SHORT})
-        assert events[-1]["type"] == "done"
-        assert queue_length(url) == 0 and httpx.get(f"{url}/health").json()["sessions"]["stored"] == 0
-        FIGURES["upload"] = {"records": len(records), "body_mib": round(len(body) / 2**20, 2), "refused_in_s": round(refused_s, 2), "next_answer_s": round(answered_s, 2)}
     print("\nAPI fault figures:", json.dumps(FIGURES))

@@ -28,7 +28,8 @@ from conftest import free_port
 from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTS = 8
+CLIENTS = int(os.environ.get("SMEM_LOAD_CLIENTS", "8"))
+"""8 in the suite; docs/benchmarks.md also records a 16-client run (`SMEM_LOAD_CLIENTS=16`)."""
 ANSWERS = 3
 SETS = ("tutor", "family")
 BODY = {"max_new_tokens": 16, "update_every_n": 4, "temperature": 0.8}
@@ -37,9 +38,9 @@ MESSAGES = (
     "What should I remember about the family this week?",
     "How do I keep a student motivated before a test?",
 )
-SESSIONS_TOLERANCE_BYTES = 48 * 2**20
-"""What the first round may add over the warmed-up baseline: the 8 sessions it creates keep
-their learned pools by design (~1.5 MiB each for the sample sets) plus allocator slack."""
+SESSIONS_TOLERANCE_BYTES = (32 + 2 * CLIENTS) * 2**20
+"""What the first round may add over the warmed-up baseline: the sessions it creates stay
+loaded (~1.5 MiB each for the sample sets, up to `sessions.CACHE_LIMIT`) plus allocator slack."""
 LEAK_CHECK_ANSWERS = 1
 LEAK_TOLERANCE_BYTES = 16 * 2**20
 """What a second round (same sessions, 8 concurrent answers more) may add: allocator noise

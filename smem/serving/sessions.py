@@ -109,6 +109,18 @@ class Sessions:
             live.last_used = now
             live.published = live.pool.learning_state()
 
+    def replace(self, session_id: str, pool: MemoryPool, label: str) -> None:
+        """Store `pool` as the session's whole state (a UI visitor uploaded a set, added a memory
+        or reset learning; the store keyed by an id the browser keeps makes that survive a
+        reload). Waits for a running answer of the session; its answer count starts again."""
+        live = self._session(session_id)
+        with live.lock:
+            now = time.time()
+            if not self.store.replace(session_id, label, pool.to_bytes(), now):
+                raise SessionNotFound(f"no session {session_id!r} (never created, expired or deleted)")
+            live.pool, live.label, live.answers, live.last_used = pool.copy(), label, 0, now
+            live.published = live.pool.learning_state()
+
     def state(self, session_id: str) -> tuple[MemoryPool, LearningState, int, str]:
         """A session's pool, published learning state, answer count and label."""
         live = self._session(session_id)
