@@ -179,7 +179,7 @@ class SlotContext:
         """Write slot `index`'s ids into the layout and its visibility into the mask."""
         ids = self._builder.slot_line(hit, self.slot_tokens) if hit is not None else []
         span = self._span(index)
-        self.layout[span] = [*ids, *[0] * (self.slot_tokens - len(ids))]
+        self.layout[span] = [*ids, *[0] * (self.slot_tokens - len(ids))]  # padding id: masked, never read
         self.mask[0, span] = 0
         self.mask[0, span.start : span.start + len(ids)] = 1
         self.slots[index] = hit
@@ -216,7 +216,8 @@ class SlotContext:
         return changes
 
     def swap(self, hits: Sequence[Hit], fed: Sequence[int] = ()) -> int:
-        """Rewrite the slots that change; return the tokens read (slot length per new memory)."""
+        """Rewrite the slots that change; return the tokens read (slot length per new memory).
+        `fed` (the generated text in the cache) is not re-read: it keeps its entries."""
         read = 0
         for index, hit in self.assign(hits):
             ids = self._place(index, hit)
