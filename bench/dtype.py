@@ -6,7 +6,9 @@ prompt (the engine's real chat prompt with five memories, cut to `--prompt-token
 once into an empty cache (prefill), then `--new-tokens` tokens are decoded greedily one
 forward pass at a time, as the engine does. Both dtypes are loaded in one process and run
 interleaved for `--rounds` rounds; each keeps its fastest round (a neighbour's burst on a
-shared machine should not decide the comparison).
+shared machine should not decide the comparison). Besides wall time it records the process's
+CPU time (all threads), which a busy machine inflates far less than wall time: on a shared
+CPU compare the CPU-time ratio.
 
     nice -n 10 python bench/dtype.py                      # 300-token prompt, 16 new tokens, 2 rounds
 """
@@ -47,19 +49,25 @@ def prompt_ids(tokenizer, length: int) -> list[int]:
 
 
 def measure(model, ids: list[int], new_tokens: int) -> dict[str, float]:
-    """Prefill ms for `ids`, then greedy decode tokens/s over `new_tokens` single-token steps."""
+    """Prefill ms for `ids`, then greedy decode tokens/s over `new_tokens` single-token steps,
+    in wall time and in CPU time."""
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        prefill = time.perf_counter() - tick
+        prefill, prefill_cpu = time.perf_counter() - tick, time.process_time() - cpu
         token = int(out.logits[0, -1].argmax())
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         for _ in range(new_tokens):
             out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
             token = int(out.logits[0, -1].argmax())
-        decode = time.perf_counter() - tick
-    return {"prefill_ms": prefill * 1000, "tokens_per_s": new_tokens / decode}
+        decode, decode_cpu = time.perf_counter() - tick, time.process_time() - cpu
+    return {
+        "prefill_ms": prefill * 1000,
+        "tokens_per_s": new_tokens / decode,
+        "prefill_cpu_ms": prefill_cpu * 1000,
+        "decode_cpu_ms_per_token": decode_cpu * 1000 / new_tokens,
+    }
 
 
 def main() -> None:
@@ -97,14 +105,22 @@ def main() -> None:
         name: {
             "prefill_ms": min(r["prefill_ms"] for r in results),
             "tokens_per_s": max(r["tokens_per_s"] for r in results),
+            "prefill_cpu_ms": min(r["prefill_cpu_ms"] for r in results),
+            "decode_cpu_ms_per_token": min(r["decode_cpu_ms_per_token"] for r in results),
             "rounds": results,
         }
         for name, results in rounds.items()
     }
-    print(f"\n| dtype (native bf16: {native}) | prompt read ({args.prompt_tokens} tokens) | decode tokens/s |")
-    print("|---|---:|---:|")
+    print(
+        f"\n| dtype (native bf16: {native}) | prompt read ({args.prompt_tokens} tokens) | decode tokens/s "
+        "| prompt read, CPU time | decode, CPU ms/token |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for name, row in rows.items():
-        print(f"| {name} | {row['prefill_ms']:.0f} ms | {row['tokens_per_s']:.2f} |")
+        print(
+            f"| {name} | {row['prefill_ms']:.0f} ms | {row['tokens_per_s']:.2f} "
+            f"| {row['prefill_cpu_ms']:.0f} ms | {row['decode_cpu_ms_per_token']:.0f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
 
