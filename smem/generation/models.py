@@ -29,6 +29,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from smem.generation.settings import ModelSettings
 from smem.memory.store import cache_root
 
 logger = logging.getLogger("smem")
@@ -62,8 +63,7 @@ def configure_threads() -> int:
     Oversubscribing a small CPU is costly: two processes sharing 2 cores made a decode step 4x
     slower, so honour the affinity mask rather than the machine's core count.
     """
-    wanted = os.environ.get("SMEM_THREADS")
-    threads = int(wanted) if wanted else max(1, len(os.sched_getaffinity(0)))
+    threads = ModelSettings().threads or max(1, len(os.sched_getaffinity(0)))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -80,14 +80,15 @@ def cpu_has_native_bf16() -> bool:
 
 
 def choose_dtype(device: str, requested: Optional[str] = None) -> torch.dtype:
-    """The weight dtype for `device`: `requested`, else $SMEM_DTYPE, else what the hardware runs fastest.
+    """The weight dtype for `device`: `requested`, else $SMEM_DTYPE (`ModelSettings.dtype`), else
+    what the hardware runs fastest.
 
     GPUs get bf16 (fp16 on a GPU without bf16). CPUs get bf16 only with native bf16 units;
     elsewhere bf16 is emulated and float32 is ~4.8x faster to prefill and ~3x faster to decode
     (issue 8's AVX2 measurement), at twice the memory (2 GB for the 0.5B model). The choice
     and its reason are logged.
     """
-    wanted = (requested or os.environ.get("SMEM_DTYPE") or "auto").strip().lower()
+    wanted = (requested or ModelSettings().dtype).strip().lower()
     wanted = _ALIASES.get(wanted, wanted)
     if wanted != "auto":
         if wanted not in DTYPES:
@@ -225,7 +226,7 @@ def packaged_model_dir(dtype: torch.dtype = torch.bfloat16) -> Path:
 
 def resolve_model_id(model_id: Optional[str], device: str) -> str:
     """Argument, else $SMEM_MODEL, else Qwen3-8B on CUDA and the packaged model elsewhere."""
-    name = model_id or os.environ.get("SMEM_MODEL") or ""
+    name = model_id or ModelSettings().model or ""
     if name:
         return name
     return GPU_DEFAULT if device.startswith("cuda") else PACKAGED
