@@ -67,6 +67,18 @@ class SseEvent:
 
 
 @dataclass(frozen=True)
+class HistoryTrimmed(SseEvent):
+    """Sent before `memories` when the oldest history turns were dropped to fit the prompt
+    budget (the serving layer decides, before the engine runs)."""
+
+    sse_type: ClassVar[str] = "history_trimmed"
+    dropped: int = wire(doc="History messages left out, oldest first.")
+    kept: int = wire(doc="History messages the model reads.")
+    prompt_tokens: int = wire(doc="Model tokens of the message and the kept history.")
+    budget: int = wire(doc="The deployment's `max_prompt_tokens`.")
+
+
+@dataclass(frozen=True)
 class Memories(SseEvent):
     """The memories retrieved for the message, before the first token."""
 
@@ -142,5 +154,6 @@ class Done(SseEvent):
     (ZeroGPU: the pool mutated in the worker must travel back through the yield)."""
 
 
-Event = Union[Memories, Thinking, Token, MemoryUpdate, ContextStats, Done]
-ENGINE_EVENTS: tuple[type[SseEvent], ...] = (Memories, ContextStats, Thinking, Token, MemoryUpdate, Done)
+Event = Union[HistoryTrimmed, Memories, Thinking, Token, MemoryUpdate, ContextStats, Done]
+ENGINE_EVENTS: tuple[type[SseEvent], ...] = (HistoryTrimmed, Memories, ContextStats, Thinking, Token, MemoryUpdate, Done)
+"""Every event class, in the order the API schema lists them."""
