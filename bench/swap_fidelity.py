@@ -104,16 +104,14 @@ def main() -> None:
     configure_threads()
     model, tokenizer = load(args.model, "cpu")
     model = model.to(getattr(torch, args.dtype))
-    engine = StreamingEngine(model, tokenizer, MemoryPool(embedder=default_embedder()), swap="exact", swap_budget=None)
-    if args.slot_tokens:
-        engine.slot_tokens = args.slot_tokens
-    stop = torch.tensor(sorted(engine.stop_ids))
     results: dict[str, dict[str, list[float]]] = {}
     answers = []
     for name in args.sets:
         pool = MemoryPool(embedder=default_embedder(), seed=0)
         pool.add_many(load_memories(ROOT / "memories" / f"{name}.json"))
-        engine.pool = pool
+        slot_tokens = {"slot_tokens": args.slot_tokens} if args.slot_tokens else {}
+        engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None, **slot_tokens)
+        stop = torch.tensor(sorted(engine.stop_ids))
         for question in QUESTIONS[name][: args.questions]:
             tick = time.perf_counter()
             capture = Capture()
