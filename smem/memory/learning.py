@@ -27,6 +27,9 @@ from scipy import sparse
 
 ENCODING = "encoding"
 LEARNED = "learned"
+RECENT_ANSWERS = 64
+"""Answers the temporal context remembers: with a context half-life of up to 8 answers, an
+older answer would weigh under 2⁻⁸ of the last one."""
 
 
 @dataclass
@@ -44,6 +47,11 @@ class LearningState:
     query_count_sq: np.ndarray
     """Summed squared activity: with `query_count` it gives specificity for weighted queries.
     All three query arrays grow by doubling; rows past `slots_used` are spare capacity."""
+    recent_position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    recent_answer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    recent_activity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Memories in context during the last `RECENT_ANSWERS` answers: position, the answer's
+    number (`answers` after it) and activity. The temporal context the next query is read in."""
     slots_used: int = 0
     total_count: float = 0.0
     active_count: int = 0
@@ -62,8 +70,8 @@ class LearningState:
     """Uses learned from: one per counted reinforcement — an answer of the streaming engine,
     or a `retrieve(learn=True)`."""
     _slot: dict[tuple[int, int], int] = field(default_factory=dict, repr=False, compare=False)
-    _graph: Optional[tuple] = field(default=None, repr=False, compare=False)
-    """(encoding weight, encoding, learned, both) CSR matrices, built on demand."""
+    _graph: Optional["LinkGraph"] = field(default=None, repr=False, compare=False)
+    """Built on demand; reset by every update."""
 
     @classmethod
     def empty(cls, size: int, dim: int) -> "LearningState":
@@ -92,6 +100,9 @@ class LearningState:
             query_sum=self.query_sum.copy(),
             query_count=self.query_count.copy(),
             query_count_sq=self.query_count_sq.copy(),
+            recent_position=self.recent_position.copy(),
+            recent_answer=self.recent_answer.copy(),
+            recent_activity=self.recent_activity.copy(),
             slots_used=self.slots_used,
             total_count=self.total_count,
             active_count=self.active_count,
@@ -122,6 +133,10 @@ class LearningState:
         self.encoded_w = np.concatenate([self.encoded_w, np.asarray(strength, dtype=np.float64)])
         self._graph = None
 
+    def recent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, answers since each was in context, activity) of recently used memories."""
+        return self.recent_position, self.answers - self.recent_answer, self.recent_activity
+
     def mean_active_count(self) -> float:
         """Kept incrementally: scanning a 1M-entry count array would cost a millisecond per query."""
         return self.total_count / self.active_count if self.active_count else 0.0
@@ -134,22 +149,23 @@ class LearningState:
         scale = np.sqrt(np.maximum(self.counts[a].astype(np.float64) * self.counts[b], 1e-12))
         return w * np.minimum(w / scale, 1.0)
 
-    def graphs(self, encoding_weight: float) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        """(encoding, learned) symmetric link matrices, the encoding one scaled by
-        `encoding_weight`; cached until links or counts change."""
-        return self._graphs(encoding_weight)[:2]
-
-    def graph(self, encoding_weight: float) -> sparse.csr_matrix:
-        """Both kinds summed: the graph retrieval spreads over."""
-        return self._graphs(encoding_weight)[2]
-
-    def _graphs(self, encoding_weight: float) -> tuple[sparse.csr_matrix, sparse.csr_matrix, sparse.csr_matrix]:
-        if self._graph is None or self._graph[0] != encoding_weight:
-            size = len(self)
-            encoding = _symmetric(self.encoded_a, self.encoded_b, encoding_weight * self.encoded_w, size)
-            learned = _symmetric(self.link_a[: self.links_used], self.link_b[: self.links_used], self.learned_weights(), size)
-            self._graph = (encoding_weight, encoding, learned, (encoding + learned).tocsr())
-        return self._graph[1:]
+    def graph(self, learned_scale: float) -> Optional["LinkGraph"]:
+        """Both kinds of link over the memories that have any, the learned kind scaled by
+        `learned_scale`; None while there are none. Cached until links or counts change."""
+        if not (self.links_used or len(self.encoded_w)):
+            return None
+        key = (learned_scale, len(self), len(self.encoded_w))
+        if self._graph is None or self._graph.key != key:
+            self._graph = LinkGraph(
+                key,
+                self.encoded_a,
+                self.encoded_b,
+                self.encoded_w,
+                self.link_a[: self.links_used],
+                self.link_b[: self.links_used],
+                learned_scale * self.learned_weights(),
+            )
+        return self._graph
 
     def query_rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query sums, weights and squared weights for pool positions (zeros where never queried)."""
@@ -190,6 +206,10 @@ class LearningState:
         self._graph = None
         if count:
             self.answers += 1
+            keep = self.recent_answer > self.answers - RECENT_ANSWERS
+            self.recent_position = np.concatenate([self.recent_position[keep], positions])
+            self.recent_answer = np.concatenate([self.recent_answer[keep], np.full(len(positions), self.answers)])
+            self.recent_activity = np.concatenate([self.recent_activity[keep], weights])
             self.active_count += int(np.count_nonzero(self.counts[positions] == 0))
             self.total_count += float(weights.sum())
             self.counts[positions] += weights.astype(np.float32)
@@ -248,6 +268,9 @@ class LearningState:
             "counts": self.counts,
             "last_retrieved": self.last_retrieved,
             "query_slot": self.query_slot,
+            "recent_position": self.recent_position,
+            "recent_answer": self.recent_answer,
+            "recent_activity": self.recent_activity,
             "query_sum": self.query_sum[: self.slots_used],
             "query_count": self.query_count[: self.slots_used],
             "query_count_sq": self.query_count_sq[: self.slots_used],
@@ -272,6 +295,9 @@ class LearningState:
             query_sum=arrays["query_sum"].astype(np.float32),
             query_count=arrays["query_count"].astype(np.float32),
             query_count_sq=arrays["query_count_sq"].astype(np.float32),
+            recent_position=arrays.get("recent_position", empty_int).astype(np.int64),
+            recent_answer=arrays.get("recent_answer", empty_int).astype(np.int64),
+            recent_activity=arrays.get("recent_activity", empty_float).astype(np.float64),
             slots_used=len(arrays["query_count"]),
             total_count=float(counts.sum()),
             active_count=int(np.count_nonzero(counts)),
@@ -286,6 +312,53 @@ class LearningState:
             answers=answers,
             _slot={(a, b): slot for slot, (a, b) in enumerate(zip(link_a.tolist(), link_b.tolist()))},
         )
+
+
+class LinkGraph:
+    """The link graph restricted to memories that have a link, as CSR matrices.
+
+    Indexing by compact node number (not pool position) keeps every build O(links), never
+    O(pool size): a 1M-memory pool with a few hundred learned links rebuilds in microseconds.
+    """
+
+    def __init__(self, key, enc_a, enc_b, enc_w, learned_a, learned_b, learned_w) -> None:
+        self.key = key
+        self.nodes = np.unique(np.concatenate([enc_a, enc_b, learned_a, learned_b]))
+        size = len(self.nodes)
+        self.encoding = _symmetric(self._compact(enc_a), self._compact(enc_b), enc_w, size)
+        self.learned = _symmetric(self._compact(learned_a), self._compact(learned_b), learned_w, size)
+        self.both = (self.encoding + self.learned).tocsr()
+
+    def _compact(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.nodes, positions)
+
+    def _known(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(compact numbers, mask) of the positions that have links."""
+        found = np.minimum(self._compact(positions), max(len(self.nodes) - 1, 0))
+        known = self.nodes[found] == positions if len(self.nodes) else np.zeros(len(positions), dtype=bool)
+        return found, known
+
+    def neighbours(self, positions: np.ndarray) -> np.ndarray:
+        """Pool positions linked to any of `positions` (spreading activation's reach)."""
+        found, known = self._known(np.asarray(positions, dtype=np.int64))
+        return self.nodes[np.unique(self.both[found[known]].indices)]
+
+    def row(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """(linked pool positions, weights) of one memory, both kinds summed."""
+        found, known = self._known(np.array([position], dtype=np.int64))
+        if not known[0]:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        start, end = self.both.indptr[found[0]], self.both.indptr[found[0] + 1]
+        return self.nodes[self.both.indices[start:end]], self.both.data[start:end]
+
+    def block(self, positions: np.ndarray, kind: str) -> np.ndarray:
+        """Dense weights of one kind among `positions` (a handful of picks)."""
+        matrix = self.encoding if kind == ENCODING else self.learned
+        found, known = self._known(np.asarray(positions, dtype=np.int64))
+        dense = np.zeros((len(positions), len(positions)))
+        inner = np.flatnonzero(known)
+        dense[np.ix_(inner, inner)] = matrix[found[inner]][:, found[inner]].toarray()
+        return dense
 
 
 def _symmetric(a: np.ndarray, b: np.ndarray, w: np.ndarray, size: int) -> sparse.csr_matrix:

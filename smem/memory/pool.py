@@ -17,7 +17,7 @@ import numpy as np
 from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
 from smem.memory.index import VectorIndex
-from smem.memory.learning import ENCODING, LEARNED, LearningState
+from smem.memory.learning import ENCODING, LEARNED, LearningState, LinkGraph
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
@@ -262,6 +262,11 @@ class MemoryPool:
         boost += w.emotion * self._emotion[index]
         if named and w.time > 0:
             boost += w.time * timeref.inside(self._created[index], list(named))
+        if w.context > 0 and state.answers:
+            used, since, activity = state.recent()
+            boost += w.context * scoring.temporal_context(
+                self._days(index), self._days(used), since, activity, w.context_half_life
+            )
         sums, counts, squares = state.query_rows(index)
         if counts.any():
             specificity = scoring.specificity(sums, counts, squares)
@@ -270,6 +275,10 @@ class MemoryPool:
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
             boost += specificity * learned
         return boost
+
+    def _days(self, index: np.ndarray) -> np.ndarray:
+        """UTC calendar day of each memory's date (the unit of encoding and temporal context)."""
+        return self._created[index] // scoring.SECONDS_PER_DAY
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:
@@ -359,7 +368,7 @@ class MemoryPool:
             # Spreading activation: memories linked to the top candidates join the candidates,
             # so a pick can lend its links to them even when the query alone would not reach them.
             top = index[np.argsort(-(scoring.gate(sims) * scoring.multiplier(boost)))[:max_memories]]
-            extra.extend(np.unique(graph[top].indices).tolist())
+            extra.extend(graph.neighbours(top).tolist())
         if extra:
             missing = np.setdiff1d(np.asarray(extra, dtype=np.int64), index)
             if len(missing):
@@ -382,14 +391,14 @@ class MemoryPool:
             candidates,
             max_memories=max_memories,
             token_budget=token_budget,
-            links=_row_lookup(graph),
+            links=graph.row if graph is not None else _no_links,
             link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
             rng=self._rng if sample else None,
         )
         positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
-        pulls = self._pulls(positions) if graph is not None else [()] * len(picks)
+        pulls = self._pulls(graph, positions) if graph is not None else [()] * len(picks)
         hits = [
             Hit(
                 memory=self._memories[position],
@@ -411,18 +420,14 @@ class MemoryPool:
             )
         return hits
 
-    def _link_graph(self):
-        """Encoding + learned links as one CSR matrix, or None while the pool has no links
-        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
-        state = self.learning
-        if not (state.links_used or len(state.encoded_a)):
-            return None
-        return state.graph(self.weights.encoding)
+    def _link_graph(self) -> Optional[LinkGraph]:
+        """Encoding + learned links, or None while the pool has none (then retrieval skips
+        spreading entirely, as in a fresh 1M-memory pool)."""
+        return self.learning.graph(self.weights.learned_links)
 
-    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+    def _pulls(self, graph: LinkGraph, positions: np.ndarray) -> list[tuple[Pull, ...]]:
         """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
-        encoding, learned = self.learning.graphs(self.weights.encoding)
-        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
+        by_kind = [(kind, graph.block(positions, kind)) for kind in (ENCODING, LEARNED)]
         result = []
         for rank in range(len(positions)):
             pulls = [
@@ -564,13 +569,6 @@ class MemoryPool:
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
 
 
-def _row_lookup(graph):
-    """Pool position → (linked positions, weights), read straight from the CSR rows."""
-    if graph is None:
-        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
 
-    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
-        start, end = graph.indptr[position], graph.indptr[position + 1]
-        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
-
-    return lookup
+def _no_links(position: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0)
