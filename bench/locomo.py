@@ -230,7 +230,7 @@ def with_weights(setup: Setup, **changes: float) -> dict:
 
 def ablation(setup: Setup) -> None:
     """One row per Hebbian term removed from the full system (learning on)."""
-    zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0, context=0.0)
+    zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
     rows = {
         "hybrid similarity only (no boosts, no learning)": dict(learn=False, association_weight=0.0, **with_weights(setup, **zero)),
         "full system, learning off": dict(learn=False),
@@ -242,7 +242,6 @@ def ablation(setup: Setup) -> None:
         "− frequency": with_weights(setup, frequency=0.0),
         "− recency": with_weights(setup, recency=0.0),
         "− time named in the query": with_weights(setup, time=0.0),
-        "− temporal context": with_weights(setup, context=0.0),
         "− emotion": with_weights(setup, emotion=0.0),
     }
     print("\nAblation (dev):\n" + table_header("system"))

@@ -21,7 +21,7 @@ def unit(dim: int, *pairs: tuple[int, float]) -> np.ndarray:
 
 
 def weights(**overrides) -> ScoringWeights:
-    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0, context=0.0)
+    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
     return ScoringWeights(**{**base, **overrides})
 
 
@@ -86,7 +86,7 @@ def test_learned_links_are_reported_as_learned(keyed):
 
 
 def test_multiplier_stays_below_the_published_bound(keyed):
-    pool = session_pool(keyed, encoding_window=3, learned_links=50.0, links=50.0, time=50.0, context=50.0, recency=50.0, emotion=50.0)
+    pool = session_pool(keyed, encoding_window=3, learned_links=50.0, links=50.0, time=50.0, recency=50.0, emotion=50.0)
     for _ in range(20):
         pool.reinforce(["m0", "m1", "m2", "m4"], query=unit(8, (0, 1.0)), now=DAY)
     hits = pool.retrieve("turn 0 on 7 May 2023", max_memories=5, now=DAY, learn=False, query_vector=unit(8, (0, 1.0)))
@@ -137,23 +137,3 @@ def test_saved_pool_keeps_both_link_kinds(keyed, tmp_path):
     assert revived.links() == [("m0", "m4", 2.0)]
 
 
-
-def test_temporal_context_favours_the_day_the_last_answers_drew_on_and_fades(keyed):
-    dim = 4
-    pool = MemoryPool(keyed(dim=dim), weights=weights(context=0.5, context_half_life=2.0), diversity_weight=0.0)
-    same = unit(dim, (0, 1.0))
-    dates = [DAY, DAY + timedelta(days=3), DAY + timedelta(days=3, hours=2), DAY + timedelta(days=9)]
-    pool.add_many(
-        [{"content": c, "created_at": d} for c, d in zip("abcd", dates)],
-        embeddings=np.stack([same, same, unit(dim, (1, 1.0)), unit(dim, (2, 1.0))]),
-    )
-
-    def multipliers() -> dict[str, float]:
-        return {h.id: h.multiplier for h in pool.retrieve(same, max_memories=2, learn=False)}
-
-    assert multipliers() == {"m0": 1.0, "m1": 1.0}
-    pool.reinforce(["m2"])  # used in an answer: its day (m1's day too) is now the context
-    assert multipliers() == {"m0": 1.0, "m1": pytest.approx(1 + np.tanh(0.5))}
-    pool.reinforce(["m3"])
-    pool.reinforce(["m3"])  # two answers on, m2's day weighs 2^-1 against m3's 2^-0.5 + 1
-    assert multipliers()["m1"] == pytest.approx(1 + np.tanh(0.5 * 0.5 / (1 + 2**-0.5)))

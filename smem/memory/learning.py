@@ -27,9 +27,6 @@ from scipy import sparse
 
 ENCODING = "encoding"
 LEARNED = "learned"
-RECENT_ANSWERS = 64
-"""Answers the temporal context remembers: with a context half-life of up to 8 answers, an
-older answer would weigh under 2⁻⁸ of the last one."""
 
 
 @dataclass
@@ -47,11 +44,6 @@ class LearningState:
     query_count_sq: np.ndarray
     """Summed squared activity: with `query_count` it gives specificity for weighted queries.
     All three query arrays grow by doubling; rows past `slots_used` are spare capacity."""
-    recent_position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    recent_answer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    recent_activity: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    """Memories in context during the last `RECENT_ANSWERS` answers: position, the answer's
-    number (`answers` after it) and activity. The temporal context the next query is read in."""
     slots_used: int = 0
     total_count: float = 0.0
     active_count: int = 0
@@ -100,9 +92,6 @@ class LearningState:
             query_sum=self.query_sum.copy(),
             query_count=self.query_count.copy(),
             query_count_sq=self.query_count_sq.copy(),
-            recent_position=self.recent_position.copy(),
-            recent_answer=self.recent_answer.copy(),
-            recent_activity=self.recent_activity.copy(),
             slots_used=self.slots_used,
             total_count=self.total_count,
             active_count=self.active_count,
@@ -132,10 +121,6 @@ class LearningState:
         self.encoded_b = np.concatenate([self.encoded_b, high])
         self.encoded_w = np.concatenate([self.encoded_w, np.asarray(strength, dtype=np.float64)])
         self._graph = None
-
-    def recent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, answers since each was in context, activity) of recently used memories."""
-        return self.recent_position, self.answers - self.recent_answer, self.recent_activity
 
     def mean_active_count(self) -> float:
         """Kept incrementally: scanning a 1M-entry count array would cost a millisecond per query."""
@@ -206,10 +191,6 @@ class LearningState:
         self._graph = None
         if count:
             self.answers += 1
-            keep = self.recent_answer > self.answers - RECENT_ANSWERS
-            self.recent_position = np.concatenate([self.recent_position[keep], positions])
-            self.recent_answer = np.concatenate([self.recent_answer[keep], np.full(len(positions), self.answers)])
-            self.recent_activity = np.concatenate([self.recent_activity[keep], weights])
             self.active_count += int(np.count_nonzero(self.counts[positions] == 0))
             self.total_count += float(weights.sum())
             self.counts[positions] += weights.astype(np.float32)
@@ -268,9 +249,6 @@ class LearningState:
             "counts": self.counts,
             "last_retrieved": self.last_retrieved,
             "query_slot": self.query_slot,
-            "recent_position": self.recent_position,
-            "recent_answer": self.recent_answer,
-            "recent_activity": self.recent_activity,
             "query_sum": self.query_sum[: self.slots_used],
             "query_count": self.query_count[: self.slots_used],
             "query_count_sq": self.query_count_sq[: self.slots_used],
@@ -295,9 +273,6 @@ class LearningState:
             query_sum=arrays["query_sum"].astype(np.float32),
             query_count=arrays["query_count"].astype(np.float32),
             query_count_sq=arrays["query_count_sq"].astype(np.float32),
-            recent_position=arrays.get("recent_position", empty_int).astype(np.int64),
-            recent_answer=arrays.get("recent_answer", empty_int).astype(np.int64),
-            recent_activity=arrays.get("recent_activity", empty_float).astype(np.float64),
             slots_used=len(arrays["query_count"]),
             total_count=float(counts.sum()),
             active_count=int(np.count_nonzero(counts)),

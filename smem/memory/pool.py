@@ -262,11 +262,6 @@ class MemoryPool:
         boost += w.emotion * self._emotion[index]
         if named and w.time > 0:
             boost += w.time * timeref.inside(self._created[index], list(named))
-        if w.context > 0 and state.answers:
-            used, since, activity = state.recent()
-            boost += w.context * scoring.temporal_context(
-                self._days(index), self._days(used), since, activity, w.context_half_life
-            )
         sums, counts, squares = state.query_rows(index)
         if counts.any():
             specificity = scoring.specificity(sums, counts, squares)
@@ -275,10 +270,6 @@ class MemoryPool:
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
             boost += specificity * learned
         return boost
-
-    def _days(self, index: np.ndarray) -> np.ndarray:
-        """UTC calendar day of each memory's date (the unit of encoding and temporal context)."""
-        return self._created[index] // scoring.SECONDS_PER_DAY
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:

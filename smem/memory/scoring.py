@@ -41,18 +41,20 @@ class ScoringWeights:
     frequency: float = 0.02
     emotion: float = 0.1
     association_threshold: float = 0.8
-    links: float = 0.1
-    """Weight of the link term each pick lends to the memories linked to it (saturating, see `link_strength`)."""
-    learned_links: float = 1.0
-    """Scale of learned links against encoding links (an adjacent turn's encoding link is 1)."""
-    encoding_window: int = 0
-    """Memories added together and dated the same day are linked to this many neighbours each side."""
-    time: float = 0.0
-    """Boost for memories dated inside a time the query names ("in May 2023")."""
-    context: float = 0.0
-    """Boost for memories dated on a day that the last answers' memories came from (temporal context)."""
-    context_half_life: float = 5.0
-    """Answers after which a used memory's share of the temporal context has halved."""
+    links: float = 1.5
+    """Weight of the link term each pick lends to the memories linked to it (saturating, see
+    `link_strength`). LoCoMo dev recall@10, learning off: 0.676 at 0, 0.714/0.727/0.720 at
+    0.5/1.5/3 with encoding links (window 2); see docs/benchmarks.md, sensitivity."""
+    learned_links: float = 0.1
+    """Scale of learned links against encoding links (an adjacent turn's encoding link is 1).
+    Small on purpose: unlabelled co-retrieval is mostly noise on LoCoMo (at 1.0 learning cost
+    0.037 recall@10); 0.1 keeps a visible pull in the app for 0.006."""
+    encoding_window: int = 2
+    """Memories added together and dated the same day are linked to this many neighbours each
+    side (LoCoMo dev recall@10: window 1/2/3 → 0.714/0.727/0.730; 2 keeps the graph sparse)."""
+    time: float = 0.5
+    """Boost for memories dated inside a time the query names ("in May 2023"): +0.025
+    recall@10 on LoCoMo dev at 0.5 (sensitivity in docs/benchmarks.md)."""
     confidence_queries: float = 2.0
     """How many past queries make a learned association fully trusted (n / (n + this))."""
 
@@ -66,25 +68,6 @@ def recency(elapsed_seconds: np.ndarray, half_life_days: float) -> np.ndarray:
     """1 just after a retrieval (or creation), halving every `half_life_days`."""
     elapsed = np.maximum(elapsed_seconds, 0.0) / (half_life_days * SECONDS_PER_DAY)
     return np.exp(-math.log(2.0) * elapsed)
-
-
-def temporal_context(
-    candidate_days: np.ndarray, used_days: np.ndarray, answers_since: np.ndarray, activity: np.ndarray, half_life: float
-) -> np.ndarray:
-    """How much of the current temporal context lies on each candidate's day, 0..1.
-
-    Recalling a memory reinstates the context it was encoded in (Howard & Kahana's temporal
-    context model): the days of the memories used in the last answers, each weighted by its
-    activity and halving every `half_life` answers, normalised so the most active day is 1.
-    Measured in answers, not seconds: within one chat, answers come seconds apart.
-    """
-    if len(used_days) == 0:
-        return np.zeros(len(candidate_days))
-    days, inverse = np.unique(used_days, return_inverse=True)
-    weight = np.bincount(inverse, weights=activity * np.exp2(-answers_since / half_life), minlength=len(days))
-    weight /= max(weight.max(), 1e-12)
-    found = np.minimum(np.searchsorted(days, candidate_days), len(days) - 1)
-    return np.where(days[found] == candidate_days, weight[found], 0.0)
 
 
 def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray) -> np.ndarray:
