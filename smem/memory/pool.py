@@ -560,6 +560,5 @@ class MemoryPool:
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
 
 
-
 def _no_links(position: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, dtype=np.int64), np.zeros(0)
