@@ -22,8 +22,9 @@ from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, select
+from smem.memory.pool_file import check_pool_file
 from smem.memory.settings import DEFAULTS
-from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
+from smem.memory.store import PoolFileError, pool_file_bytes, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
 Moment = Union[datetime, float, None]
@@ -489,8 +490,7 @@ class MemoryPool:
 
     # -- persistence --------------------------------------------------------------------
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+    def _file_parts(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {"vectors": self._index.vectors, **self.learning.to_arrays()}
         meta = {
             "embedder": self.embedder_name,
@@ -508,35 +508,37 @@ class MemoryPool:
             "answers": self.learning.answers,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
-        write_pool_file(path, arrays, meta)
+        return arrays, meta
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+        write_pool_file(path, *self._file_parts())
+
+    def to_bytes(self) -> bytes:
+        """The content `save` writes, for a download or a database row."""
+        return pool_file_bytes(*self._file_parts())
 
     @classmethod
-    def load(cls, path: Union[str, Path], embedder: Embedder) -> "MemoryPool":
-        arrays, meta = read_pool_file(path)
-        if meta.get("embedder") != embedder.name or int(meta.get("dim", -1)) != embedder.dim:
+    def load(cls, source: Union[str, Path, bytes], embedder: Embedder) -> "MemoryPool":
+        """A pool from a file `save` wrote (a path, or its bytes). Every array and field is
+        checked first: an inconsistent file raises `PoolFileError` naming the field, never a
+        crash or a NaN score later at retrieve time."""
+        name = "the pool file" if isinstance(source, bytes) else Path(source).name
+        arrays, meta = read_pool_file(source)
+        if meta.get("embedder") != embedder.name or meta.get("dim") != embedder.dim:
             raise PoolFileError(
-                f"{Path(path).name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
+                f"{name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
                 f"the embedder given is {embedder.name!r} (dim {embedder.dim})"
             )
+        records, params, weights = check_pool_file(arrays, meta, int(embedder.dim), name)
         try:
-            params = dict(meta["params"])
-            weights = ScoringWeights(**params.pop("weights"))
-            quantized_threshold = params.pop("quantized_threshold")
-            pool = cls(embedder, **params, weights=weights, quantized_threshold=quantized_threshold)
-            records = meta["memories"]
-            vectors = arrays["vectors"]
-            if len(vectors) != len(records):
-                raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
-            pool._restore(records, vectors)
-            # "events" is what files saved before the updates/answers split called updates.
-            updates = int(meta.get("updates", meta.get("events", 0)))
-            pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, PoolFileError):
-                raise
-            raise PoolFileError(f"{Path(path).name} is damaged: {exc}") from None
-        if len(pool.learning) != len(pool):
-            raise PoolFileError(f"{Path(path).name}: learning state does not match its memories")
+            pool = cls(embedder, **params, weights=weights)
+        except (TypeError, ValueError) as exc:
+            raise PoolFileError(f"{name}: field 'params': {exc}") from None
+        pool._restore(records, arrays["vectors"])
+        # "events" is what files saved before the updates/answers split called updates.
+        updates = int(meta.get("updates", meta.get("events", 0)))
+        pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
         return pool
 
     def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:
