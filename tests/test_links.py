@@ -137,3 +137,31 @@ def test_saved_pool_keeps_both_link_kinds(keyed, tmp_path):
     assert revived.links() == [("m0", "m4", 2.0)]
 
 
+
+
+def test_link_graph_lookups_match_the_dense_matrix():
+    from smem.memory.learning import ENCODING, LEARNED, LinkGraph
+
+    rng = np.random.default_rng(3)
+    size = 200
+    enc_a, enc_b = rng.integers(0, size, 60), rng.integers(0, size, 60)
+    keep = enc_a != enc_b
+    enc_a, enc_b = enc_a[keep], enc_b[keep]
+    learned_a, learned_b = rng.integers(0, size, 40), rng.integers(0, size, 40)
+    keep = learned_a != learned_b
+    learned_a, learned_b = learned_a[keep], learned_b[keep]
+    enc_w, learned_w = rng.random(len(enc_a)), rng.random(len(learned_a))
+    graph = LinkGraph(None, enc_a, enc_b, enc_w, learned_a, learned_b, learned_w)
+    dense = {ENCODING: np.zeros((size, size)), LEARNED: np.zeros((size, size))}
+    for kind, (a, b, w) in ((ENCODING, (enc_a, enc_b, enc_w)), (LEARNED, (learned_a, learned_b, learned_w))):
+        np.add.at(dense[kind], (a, b), w)
+        np.add.at(dense[kind], (b, a), w)
+    both = dense[ENCODING] + dense[LEARNED]
+    picks = rng.choice(size, 25, replace=False)
+    for kind in (ENCODING, LEARNED):
+        np.testing.assert_allclose(graph.block(picks, kind), dense[kind][np.ix_(picks, picks)])
+    np.testing.assert_array_equal(graph.neighbours(picks[:5]), np.flatnonzero(both[picks[:5]].any(axis=0)))
+    for position in picks[:5]:
+        linked, weights = graph.row(int(position))
+        np.testing.assert_array_equal(linked, np.flatnonzero(both[position]))
+        np.testing.assert_allclose(weights, both[position][linked])

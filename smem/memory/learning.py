@@ -316,7 +316,8 @@ class LinkGraph:
     def neighbours(self, positions: np.ndarray) -> np.ndarray:
         """Pool positions linked to any of `positions` (spreading activation's reach)."""
         found, known = self._known(np.asarray(positions, dtype=np.int64))
-        return self.nodes[np.unique(self.both[found[known]].indices)]
+        _, columns, _ = _rows(self.both, found[known])
+        return self.nodes[np.unique(columns)]
 
     def row(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         """(linked pool positions, weights) of one memory, both kinds summed."""
@@ -332,8 +333,23 @@ class LinkGraph:
         found, known = self._known(np.asarray(positions, dtype=np.int64))
         dense = np.zeros((len(positions), len(positions)))
         inner = np.flatnonzero(known)
-        dense[np.ix_(inner, inner)] = matrix[found[inner]][:, found[inner]].toarray()
+        rows, columns, data = _rows(matrix, found[inner])
+        order = np.argsort(found[inner])
+        at = np.minimum(np.searchsorted(found[inner][order], columns), max(len(inner) - 1, 0))
+        hit = found[inner][order][at] == columns if len(inner) else np.zeros(0, dtype=bool)
+        dense[inner[rows[hit]], inner[order[at[hit]]]] = data[hit]
         return dense
+
+
+def _rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(which of `rows`, column, value) of every stored entry in those CSR rows, gathered with
+    numpy alone: scipy's fancy row indexing costs ~0.1 ms of overhead per call."""
+    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = ends - starts
+    which = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = starts[which] + offsets
+    return which, matrix.indices[flat], matrix.data[flat]
 
 
 def _symmetric(a: np.ndarray, b: np.ndarray, w: np.ndarray, size: int) -> sparse.csr_matrix:

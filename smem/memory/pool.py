@@ -419,16 +419,12 @@ class MemoryPool:
 
     def _pulls(self, graph: LinkGraph, positions: np.ndarray) -> list[tuple[Pull, ...]]:
         """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
-        by_kind = [(kind, graph.block(positions, kind)) for kind in (ENCODING, LEARNED)]
-        result = []
-        for rank in range(len(positions)):
-            pulls = [
-                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
-                for kind, weights in by_kind
-                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
-            ]
-            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
-        return result
+        pulls: list[list[Pull]] = [[] for _ in positions]
+        for kind in (ENCODING, LEARNED):
+            weights = np.triu(graph.block(positions, kind), 1)  # earlier pick (row) → later pick (column)
+            for earlier, later in zip(*np.nonzero(weights)):
+                pulls[later].append(Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, later])))
+        return [tuple(sorted(found, key=lambda pull: -pull.weight)) for found in pulls]
 
     # -- learning -----------------------------------------------------------------------
 
