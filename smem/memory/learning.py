@@ -314,10 +314,10 @@ class LinkGraph:
         return found, known
 
     def neighbours(self, positions: np.ndarray) -> np.ndarray:
-        """Pool positions linked to any of `positions` (spreading activation's reach)."""
+        """Pool positions linked (weight > 0) to any of `positions` (spreading activation's reach)."""
         found, known = self._known(np.asarray(positions, dtype=np.int64))
-        _, columns, _ = _rows(self.both, found[known])
-        return self.nodes[np.unique(columns)]
+        _, columns, weights = _rows(self.both, found[known])
+        return self.nodes[np.unique(columns[weights > 0])]
 
     def row(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         """(linked pool positions, weights) of one memory, both kinds summed."""
