@@ -397,7 +397,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="LoCoMo asks for a short phrase (its runs allow 32 tokens); room for a sentence")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
     args = parser.parse_args(argv)
     config = print_run_config(args)
@@ -412,11 +413,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     model, tokenizer = load_model(args.model, args.device)
     context_limit = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     embedder = default_embedder()
-    decoding = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "enable_thinking": not args.no_thinking,
-    }
+    decoding: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "enable_thinking": not args.no_thinking}
+    if args.temperature is not None:
+        decoding["temperature"] = args.temperature
     settings = {
         "data": str(args.data),
         "questions": len(picks),
@@ -425,6 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "k": RAG_K,
         "stream_update_every_n": args.update_every_n,
         **decoding,
+        "temperature": "engine default" if args.temperature is None else args.temperature,
         "message_suffix": SHORT_ANSWER,
         "temporal_hint": TEMPORAL_HINT,
         "learn": False,
