@@ -162,7 +162,7 @@ def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_pa
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"content": "fine"}, {"type": "insight"}]))
     status, network, table, _ = c.predict(handle_file(str(bad)), api_name="/upload_set")
-    assert "record 1" in status and "content" in status and "unchanged" in status
+    assert "record 2" in status and "content" in status and "unchanged" in status
     assert is_skip(network) and is_skip(table)
     _, final = ask(c, max_new_tokens=20)
     assert "**tutor** · 151 memories" in final[SET_STATUS]

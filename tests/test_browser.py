@@ -114,7 +114,7 @@ def test_a_bad_memory_file_shows_which_record_and_field(page, tmp_path, test_out
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"content": "fine"}, {"content": "also fine"}, {"content": 42, "type": "insight"}]))
     upload(page, bad)
-    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('record 2')", timeout=20_000)
+    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('record 3')", timeout=20_000)
     status = page.inner_text("#set-status")
     assert "field 'content'" in status and "unchanged" in status
     page.screenshot(path=str(test_output / "browser-bad-upload.png"))

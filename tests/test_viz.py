@@ -317,7 +317,7 @@ def test_learned_state_is_applied_only_to_a_pool_of_the_same_shape(pool):
 
 def test_upload_errors_name_the_record_and_field(minilm):
     sets = MemorySets(minilm)
-    with pytest.raises(MemoryFileError, match="record 1, field 'content'"):
+    with pytest.raises(MemoryFileError, match="record 2, field 'content'"):
         actions.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode())
     with pytest.raises(MemoryFileError, match="no file"):
         actions.upload(sets, None)
