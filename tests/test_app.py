@@ -20,7 +20,9 @@ from smem.memory.pool import MemoryPool
 
 from conftest import REPO, run_app
 
-CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, MESSAGE, TOKEN, STATUS, SET_STATUS, TOKEN_TABLE, TOKEN_TEXT = range(11)
+# The outputs of /answer, and of /choose_set and /upload_set (State outputs are not returned).
+CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, TOKEN, TOKEN_TEXT, TOKEN_TABLE, STATUS, SET_STATUS = range(10)
+SET = {name: index for index, name in enumerate(["status", "network", "chat", "answer_status", "examples", "table"])}
 QUESTION = "How can I help Alex with fractions before his quiz?"
 
 
@@ -57,10 +59,16 @@ def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> 
     return path
 
 
-def ask(c: Client, message: str = QUESTION, **settings: Any) -> tuple[list, tuple]:
+def submit(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any):
+    """Send a message as the page does after echoing it: the chat, ending with the question."""
+    history = [*(chat or []), {"role": "user", "content": message}]
+    return c.submit(history, api_name="/answer", **settings)
+
+
+def ask(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any) -> tuple[list, tuple]:
     """Send a message; return every streamed output and the final one."""
     settings = {"max_new_tokens": 60, "update_every_n": 3, **settings}
-    job = c.submit(message, api_name="/chat", **settings)
+    job = submit(c, message, chat, **settings)
     frames = list(job)
     return frames, job.result()
 
@@ -79,7 +87,7 @@ def test_chat_streams_growing_text_with_memories_graph_and_chart(app_server):
     assert len(graphs) < len(frames), "the network is not re-sent on every token"
     streaming = trace(final[CONTEXT], "streaming memory")
     assert streaming["x"][-1] >= 100
-    assert "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
+    assert "done" in final[STATUS] and "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
     assert final[TOKEN]["maximum"] >= 100 and final[TOKEN]["interactive"] is True
     assert rows(final[TOKEN_TABLE]) and final[TOKEN_TEXT]
 
@@ -105,7 +113,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     pool = MemoryPool.load(saved, default_embedder())
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
 
-    status, network, *_ = c.predict(api_name="/reset_learning")
+    status, network = c.predict(api_name="/reset_learning")
     assert "· 0 learned links · 0 Hebbian updates" in status
     assert not any(t["mode"] == "lines" for t in figure(network)["data"]), "no links are left"
 
@@ -123,7 +131,7 @@ def test_timeline_shows_the_memories_of_any_token(app_server):
 def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
     mine, theirs = client(app_server), client(app_server)
     private = memory_file(tmp_path, [f"ZEBRAQUOKKA private note {i}" for i in range(3)])
-    status, *_ = mine.predict(handle_file(str(private)), api_name="/upload_set")
+    status = mine.predict(handle_file(str(private)), api_name="/upload_set")[SET["status"]]
     assert "3 memories" in status
 
     results: dict[str, tuple] = {}
@@ -148,7 +156,8 @@ def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
 
 def test_choosing_a_set_swaps_pool_and_example_prompts(app_server):
     c = client(app_server)
-    status, network, table, examples = c.predict("family", api_name="/choose_set")
+    outputs = c.predict("family", api_name="/choose_set")
+    status, network, table, examples = (outputs[SET[name]] for name in ("status", "network", "table", "examples"))
     assert status.startswith("**family** · ") and "0 learned links" in status
     assert rows(table) == [] and len(figure(network)["data"]) >= 2
     expected = (REPO / "memories" / "family.examples.txt").read_text(encoding="utf-8").split("\n")[0].strip()
@@ -161,7 +170,8 @@ def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_pa
     c = client(app_server)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"content": "fine"}, {"type": "insight"}]))
-    status, network, table, _ = c.predict(handle_file(str(bad)), api_name="/upload_set")
+    outputs = c.predict(handle_file(str(bad)), api_name="/upload_set")
+    status, network, table = (outputs[SET[name]] for name in ("status", "network", "table"))
     assert "record 2" in status and "content" in status and "unchanged" in status
     assert is_skip(network) and is_skip(table)
     _, final = ask(c, max_new_tokens=20)
@@ -169,15 +179,15 @@ def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_pa
 
     not_json = tmp_path / "notes.json"
     not_json.write_bytes(b"\xff\xfe not json")
-    status, *_ = c.predict(handle_file(str(not_json)), api_name="/upload_set")
+    status = c.predict(handle_file(str(not_json)), api_name="/upload_set")[SET["status"]]
     assert "UTF-8" in status or "JSON" in status
 
 
 def test_add_memory_is_validated(app_server):
     c = client(app_server)
-    status, *_ = c.predict("   ", "insight", 0.5, api_name="/add_memory")
+    status, _ = c.predict("   ", "insight", 0.5, api_name="/add_visitor_memory")
     assert "content" in status and "Memory not added" in status
-    status, network, *_ = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_memory")
+    status, network = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_visitor_memory")
     assert "152 memories" in status
     hovers = [text for t in figure(network)["data"] for text in t.get("hovertext") or []]
     assert any("Alex &lt;b&gt;loves&lt;/b&gt; chess puzzles" in text for text in hovers), "shown escaped"
@@ -199,15 +209,15 @@ def test_stream_keeps_up_with_a_long_answer(app_server):
     started = time.monotonic()
     frames, final = ask(client(app_server), max_new_tokens=600, update_every_n=2)
     wall = time.monotonic() - started
-    generation_s = float(re.search(r"in ([\d.]+) s", final[STATUS]).group(1))
+    generation_s = float(re.search(r"tokens in ([\d.]+) s", final[STATUS]).group(1))
     assert wall < 1.25 * generation_s + 4.0, f"UI lagged: {wall:.1f} s wall for {generation_s:.1f} s of generation"
-    tokens = int(re.match(r"(\d+) tokens", final[STATUS]).group(1))
+    tokens = int(re.search(r"(\d+) tokens in", final[STATUS]).group(1))
     assert len(frames) < tokens, "frames are coalesced, not one per token"
 
 
 def test_stop_releases_the_model(app_server):
     c = client(app_server)
-    job = c.submit(QUESTION, api_name="/chat", max_new_tokens=2048, update_every_n=1)
+    job = submit(c, max_new_tokens=2048, update_every_n=1)
     for frame in job:
         if len(chat_text(frame[CHAT])) > 20:
             break
@@ -246,7 +256,7 @@ def test_app_waits_for_the_model_while_the_api_streams(app_server):
     with urllib.request.urlopen(request, timeout=60) as api_stream:
         while b'"type":"token"' not in api_stream.readline():
             pass
-        job = client(app_server).submit(QUESTION, api_name="/chat", max_new_tokens=16)
+        job = submit(client(app_server), max_new_tokens=16)
         first = next(iter(job))
         assert "Waiting for the model" in first[STATUS]
     final = job.result(timeout=60)

@@ -191,3 +191,97 @@ def test_the_static_embed_page_shows_the_running_app(browser, app_server, assets
         page.screenshot(path=str(test_output / "browser-embed.png"))
     finally:
         context.close()
+
+
+# -- what a visitor sees while and after an answer streams -----------------------------------
+
+
+def statuses_seen(page) -> list[str]:
+    return page.evaluate("() => window.__statuses")
+
+
+def watch_status(page) -> None:
+    page.evaluate(
+        """() => {
+            window.__statuses = [];
+            const status = document.querySelector('#status');
+            new MutationObserver(() => window.__statuses.push(status.innerText))
+                .observe(status, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+
+
+def links_learned(page) -> int:
+    return int(page.inner_text("#set-status").split(" learned links")[0].split("·")[-1].strip())
+
+
+def choose_set(page, name: str) -> None:
+    page.get_by_label("Memory set").first.click()
+    page.get_by_role("option", name=name).click()
+    page.wait_for_function(f"() => document.querySelector('#set-status').innerText.includes('{name}')")
+
+
+def test_status_line_shows_phase_tokens_swaps_and_speed_and_stop_says_stopped(page):
+    watch_status(page)
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    page.wait_for_function("() => /answering|thinking/.test(document.querySelector('#status').innerText)")
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped')")
+    seen = " | ".join(statuses_seen(page))
+    assert "retrieving" in seen, seen
+    live = next(s for s in statuses_seen(page) if "answering" in s or "thinking" in s)
+    assert "tokens" in live and "swaps" in live and "tokens/s" in live, live
+    page.wait_for_timeout(1500)
+    assert "stopped" in page.inner_text("#status"), "nothing overwrites the stopped status"
+
+
+def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    wait_for_answer(page)
+    learned = links_learned(page)
+    assert learned > 0
+    choose_set(page, "family")
+    assert links_learned(page) == 0 and "family" in page.inner_text("#set-status")
+    assert page.locator("#chat .message").count() == 0, "the other set's chat is gone"
+    assert page.locator("#memories tbody tr td").filter(has_text="added").count() == 0, "its table is empty"
+    choose_set(page, "tutor")
+    assert links_learned(page) == learned, "switching back restores what the tutor set learned"
+
+
+def test_a_new_answer_clears_the_previous_answers_panels(page):
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    wait_for_answer(page)
+    page.click("#tab-timeline-button") if page.locator("#tab-timeline-button").count() else page.get_by_role(
+        "tab", name="Timeline and tokens"
+    ).click()
+    old = page.input_value("#token-text textarea")
+    assert old, "after the answer, the per-token view shows its text"
+    page.evaluate(
+        """() => {
+            window.__cleared = false;
+            const box = document.querySelector('#token-text textarea');
+            const check = () => { if (box.value === '') window.__cleared = true; };
+            window.__poll = setInterval(check, 5);
+        }"""
+    )
+    send(page, "What usually helps Alex when he gets frustrated?")
+    wait_for_answer(page)
+    assert page.evaluate("() => window.__cleared"), "the last answer's per-token text was cleared at once"
+    assert page.input_value("#token-text textarea") != old
+
+
+def test_network_labels_the_memories_in_context(page):
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    wait_for_answer(page)
+    labels = page.evaluate("() => [...document.querySelectorAll('#network .textpoint text')].map(e => e.textContent)")
+    labels = [label for label in labels if label]
+    assert len(labels) >= 3, labels
+    table = page.inner_text("#memories")
+    assert any(label.rstrip("…")[:15] in table for label in labels), (labels, table[:300])
+
+
+def test_memory_swaps_show_inline_in_the_chat(page):
+    send(page, "Can you help me plan Thursday's algebra session with Alex?")
+    wait_for_answer(page)
+    chat = page.inner_text("#chat")
+    assert "Memories swapped at token" in chat, chat[:500]

@@ -15,6 +15,7 @@ import html
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +25,7 @@ from smem.generation.events import Done, Event
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
+from smem.memory.store import PoolFileError
 
 GPU_TOKENS_PER_S = 20.0
 """A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
@@ -124,11 +126,43 @@ def api_gpu_seconds(pool: Any, kwargs: dict[str, Any], *_: Any) -> int:
     return gpu_seconds_for(int(kwargs["max_new_tokens"]))
 
 
-def answer(engine: Any, message: str, history: Sequence[Any], settings: GenerationSettings) -> Iterator[Event]:
+def answer(
+    engine: Any,
+    message: str,
+    history: Sequence[Any],
+    settings: GenerationSettings,
+    cancel: Optional[threading.Event] = None,
+) -> Iterator[Event]:
     """Stream one answer from `engine` (over the pool it was built with), returning the
-    learned Hebbian state in the final `Done` so it survives a process boundary."""
+    learned Hebbian state in the final `Done` so it survives a process boundary. Setting
+    `cancel` ends the answer with a "cancelled" `Done` that still learns from what was written."""
     settings.apply_to(engine.pool)
-    yield from engine.stream(message, list(history), return_learned=True, **settings.stream_kwargs())
+    yield from engine.stream(message, list(history), return_learned=True, cancel=cancel, **settings.stream_kwargs())
+
+
+class StopButtons:
+    """The Stop button of each visitor's page, keyed by Gradio session: pressing it sets the
+    event their running answer polls, so the answer ends itself and reports how it ended
+    (cancelling the handler instead would leave the page saying "answering")."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, session: str) -> threading.Event:
+        with self._lock:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def press(self, session: str) -> None:
+        with self._lock:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+    def forget(self, session: str) -> None:
+        with self._lock:
+            self._events.pop(session, None)
 
 
 def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
@@ -147,11 +181,41 @@ def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
 # -- memory-set actions -------------------------------------------------------------------------
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""How a learned-state file (.npz, a zip archive) begins; memory sets are JSON text."""
+
+
 def upload(sets: MemorySets, raw: bytes | str | None) -> MemoryPool:
-    """A private pool from an uploaded file; MemoryFileError names the bad record and field."""
+    """A private pool from an uploaded file: a JSON memory set, or a learned state this app
+    saved (`save_learned`), links and counts included. MemoryFileError says what is wrong
+    (for JSON, the record, counted from 1, and the field)."""
     if raw is None:
         raise MemoryFileError("no file was uploaded")
+    if isinstance(raw, bytes) and raw.startswith(ZIP_MAGIC):
+        return load_learned(sets, raw)
     return sets.from_upload(raw)
+
+
+def load_learned(sets: MemorySets, raw: bytes) -> MemoryPool:
+    """A pool from the bytes of a saved learned state (the round trip of `save_learned`)."""
+    with tempfile.TemporaryDirectory(prefix="smem-upload-") as folder:
+        path = Path(folder) / "learned-state.npz"
+        path.write_bytes(raw)
+        try:
+            return MemoryPool.load(path, sets.embedder)
+        except PoolFileError as error:
+            raise MemoryFileError(str(error)) from None
+
+
+def switch_set(
+    stash: dict[str, tuple[MemoryPool, Any]], sets: MemorySets, leaving: str, pool: MemoryPool, layout: Any, name: str
+) -> tuple[MemoryPool, Any]:
+    """Put the set the visitor leaves (its pool, with what it learned, and its network layout)
+    aside, and take the chosen set back as they left it, or fresh on a first visit."""
+    stash[leaving] = (pool, layout)
+    if name in stash:
+        return stash.pop(name)
+    return sets.pool(name), None
 
 
 def add_memory(pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float) -> MemoryPool:
