@@ -32,10 +32,12 @@ from typing import Any, Iterator, Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Mount  # noqa: E402
 
 from smem.generation import models  # noqa: E402
-from smem.ui import actions, agent_tools, answer_view, viz  # noqa: E402
-from smem.serving.api import create_api  # noqa: E402
+from smem.ui import actions, agent_tools, answer_view, recorded, viz  # noqa: E402
+from smem.serving.api import create_api, not_found  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
@@ -55,7 +57,7 @@ if ON_GPU:
     RUNTIME.model.to("cuda")
 
 SET_NAMES = RUNTIME.sets.names
-DEFAULT_SET = "tutor" if "tutor" in SET_NAMES else SET_NAMES[0]
+DEFAULT_SET = RUNTIME.sets.default
 # Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
 # topic when sampled hotter, so it runs cooler and shorter.
 DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
@@ -95,6 +97,8 @@ def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any], cancel: threading
 
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+EXAMPLE_RUN = ASSETS / "example-run.json"
+"""Recorded by scripts/record_example.py; the cached example replays it."""
 STOPS = actions.StopButtons()
 
 
@@ -135,6 +139,7 @@ def build_demo() -> gr.Blocks:
                 set_status = gr.Markdown(
                     actions.describe(initial_pool, DEFAULT_SET), label="Memory set status", elem_id="set-status"
                 )
+                replay_slot = gr.Column()
                 examples = gr.Dataset(
                     label="Examples",
                     components=[message],
@@ -305,7 +310,7 @@ def build_demo() -> gr.Blocks:
                     timeline: viz.timeline_figure(view),
                     token: gr.Slider(minimum=0, maximum=max(live, 1), value=live, interactive=False),
                     token_table: viz.memory_rows(view.rows()),
-                    token_text: view.excerpt_at(live),
+                    token_text: view.live_excerpt(),
                 }
             if parts & (Changed.CONTEXT | Changed.DONE):
                 out[context] = viz.context_figure(view.context, view.swap_tokens())
@@ -382,6 +387,36 @@ def build_demo() -> gr.Blocks:
 
         def save_learned(pool: MemoryPool, label: str):
             return {learned_file: gr.File(value=str(actions.save_learned(pool, label)), visible=True)}
+
+        if EXAMPLE_RUN.exists():
+            record = recorded.load(EXAMPLE_RUN)
+
+            def replay_example(text: str) -> dict:
+                """The recorded answer, all panels at once (cached after the first click)."""
+                pool = RUNTIME.sets.pool(record["memory_set"])
+                view = recorded.replay(record, pool)
+                return {
+                    chatbot: answer_view.chat_messages([{"role": "user", "content": record["message"]}], view),
+                    table: viz.memory_rows(view.rows()),
+                    network: viz.network_figure(pool, viz.NetworkLayout(), view.current_ids, view.together()),
+                    context: viz.context_figure(view.context, view.swap_tokens()),
+                    timeline: viz.timeline_figure(view),
+                    status: f"▶ A recorded answer by {record['model']}, replayed · {view.status_line()}",
+                }
+
+            with replay_slot:
+                gr.Examples(
+                    [[record["message"]]],
+                    inputs=[message],
+                    outputs=[chatbot, table, network, context, timeline, status],
+                    fn=replay_example,
+                    cache_examples=True,
+                    cache_mode="lazy",
+                    label="A recorded answer, replayed at once",
+                    example_labels=[f"▶ {record['message'][:90]}…"],
+                    elem_id="recorded",
+                    api_visibility="private",
+                )
 
         answer_inputs = [chatbot, pool_state, label_state, layout_state, *knobs]
         answer_outputs = [
@@ -489,6 +524,9 @@ def main() -> None:
     app = gr.mount_gradio_app(
         create_api(RUNTIME), demo, path="/", theme=THEME, css=CSS, ssr_mode=False, mcp_server=True
     )
+    # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
+    ui = next(route.app for route in app.routes if isinstance(route, Mount))
+    ui.add_exception_handler(StarletteHTTPException, not_found)
     # Streaming connections never finish by themselves; do not let them hold a restart for long.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 

@@ -214,7 +214,8 @@ def test_memories_lists_a_set_with_its_learned_state(client: TestClient) -> None
 def test_openapi_documents_bodies_limits_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     request = spec["components"]["schemas"]["ChatRequest"]
-    assert request["required"] == ["message", "memory_set"] and request["additionalProperties"] is False
+    assert request["required"] == ["message"] and request["additionalProperties"] is False
+    assert request["properties"]["memory_set"]["default"] == "tutor"
     assert request["properties"]["update_every_n"]["minimum"] == 1 and request["properties"]["update_every_n"]["maximum"] == 20
     assert request["properties"]["max_memories"]["maximum"] == 15
     assert request["properties"]["max_new_tokens"]["maximum"] == 64
@@ -335,3 +336,22 @@ def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Ru
         assert set(learned) == in_context(events)
         chat(remote, session="zero")
         assert sum(counts(remote, "tutor", "zero").values()) > sum(learned.values())
+
+
+def test_the_original_projects_request_body_works_with_the_default_set(client: TestClient) -> None:
+    body = {"message": MESSAGE, "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            "update_every_n": 2, "max_memories": 3}  # fmt: skip
+    response = client.post("/chat/stream", json=body)
+    assert response.status_code == 200, response.text
+    events = list(sse.decode(response.text.split("\n")))
+    assert events[-1]["type"] == "done" and len(events[0]["memories"]) <= 3
+
+
+def test_a_wrong_method_is_a_405_in_the_error_shape_with_allow(client: TestClient) -> None:
+    for method, path in (("GET", "/chat/stream"), ("POST", "/health"), ("DELETE", "/memories")):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.json()["error"]["status"] == 405
+        assert response.headers["allow"] in ("POST", "GET")
+    response = client.get("/no/such/path")
+    assert response.status_code == 404 and response.json()["error"]["status"] == 404

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,10 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     saved = c.predict(api_name="/save_learned")
     pool = MemoryPool.load(saved, default_embedder())
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
+
+    status = c.predict(handle_file(saved), api_name="/upload_set")[SET["status"]]
+    restored = int(re.search(r"(\d+) learned links", status).group(1))
+    assert "Loaded your file" in status and restored == len(pool.links()), "the download uploads back, links and all"
 
     status, network = c.predict(api_name="/reset_learning")
     assert "· 0 learned links · 0 Hebbian updates" in status
@@ -244,7 +249,13 @@ def stream_api(url: str) -> list[str]:
 
 
 def test_one_process_serves_the_ui_and_the_http_api(app_server):
-    assert get_json(app_server.url + "/health")["status"] == "ok"
+    health = get_json(app_server.url + "/health")
+    assert health["status"] == "ok" and health["model"] == "tiny", "the model by name, not a cache path"
+    for method, path, status in (("GET", "/chat/stream", 405), ("POST", "/health", 405), ("GET", "/nope", 404)):
+        request = urllib.request.Request(app_server.url + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status and json.load(refused.value)["error"]["status"] == status, path
     assert get_json(app_server.url + "/openapi.json")["info"]["title"] == "Streaming Memory API"
     assert stream_api(app_server.url)[-1] == "done"
 

@@ -73,6 +73,7 @@ def wait_for_answer(page, timeout_ms: int = 120_000) -> None:
 
 
 def upload(page, path: Path) -> None:
+    page.get_by_role("tab", name="Memory set").click()
     with page.expect_file_chooser() as chooser:
         page.click("#upload")
     chooser.value.set_files(str(path))
@@ -105,6 +106,8 @@ def test_a_message_streams_and_fills_table_graph_and_chart(page, test_output):
     assert "added" in table or "kept" in table, "the memories-in-context table filled"
     assert plot_traces(page, "network") >= 2, "the Hebbian network rendered"
     assert plot_traces(page, "context") >= 3, "the context chart rendered its three lines"
+    page.get_by_role("tab", name="Timeline and tokens").click()
+    page.wait_for_selector("#timeline .js-plotly-plot")
     assert plot_traces(page, "timeline") >= 1, "the timeline rendered"
     assert "learned links" in page.inner_text("#set-status")
     page.screenshot(path=str(test_output / "browser-chat.png"), full_page=True)
@@ -236,10 +239,14 @@ def test_status_line_shows_phase_tokens_swaps_and_speed_and_stop_says_stopped(pa
 
 
 def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
-    send(page, "Can you help me plan Thursday's algebra session with Alex?")
-    wait_for_answer(page)
+    # The tiny model's random weights sometimes end an answer at once, which links nothing.
+    for question in ("Can you help me plan Thursday's algebra session with Alex?", "How is Alex doing?"):
+        send(page, question)
+        wait_for_answer(page)
+        if links_learned(page):
+            break
     learned = links_learned(page)
-    assert learned > 0
+    assert learned > 0, (page.inner_text("#status"), page.inner_text("#set-status"))
     choose_set(page, "family")
     assert links_learned(page) == 0 and "family" in page.inner_text("#set-status")
     assert page.locator("#chat .message").count() == 0, "the other set's chat is gone"
@@ -251,9 +258,7 @@ def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
 def test_a_new_answer_clears_the_previous_answers_panels(page):
     send(page, "Can you help me plan Thursday's algebra session with Alex?")
     wait_for_answer(page)
-    page.click("#tab-timeline-button") if page.locator("#tab-timeline-button").count() else page.get_by_role(
-        "tab", name="Timeline and tokens"
-    ).click()
+    page.get_by_role("tab", name="Timeline and tokens").click()
     old = page.input_value("#token-text textarea")
     assert old, "after the answer, the per-token view shows its text"
     page.evaluate(

@@ -211,6 +211,7 @@ def test_status_line_follows_the_phases_and_counts():
     view.apply(Token(" there"), now=1.5)
     line = view.status_line(now=2.0)
     assert view.phase == "answering" and "3 tokens" in line and "0 swaps" in line and "1.5 tokens/s" in line
+    assert view.live_excerpt(width=5) == "…there", "the per-token view follows the live answer"
     view.stop()
     assert view.phase == "stopped" and "stopped" in view.status_line(now=2.0)
     finished = AnswerView()
@@ -377,6 +378,24 @@ def test_upload_errors_name_the_record_and_field(minilm):
     with pytest.raises(MemoryFileError, match="no file"):
         actions.upload(sets, None)
     assert len(actions.upload(sets, json.dumps([{"content": "ok"}]))) == 1
+
+
+def test_a_downloaded_learned_state_uploads_back_and_a_broken_one_is_refused(pool, minilm, tmp_path):
+    sets = MemorySets(minilm)
+    saved = actions.save_learned(pool, "mine", directory=tmp_path)
+    back = actions.upload(sets, saved.read_bytes())
+    assert back.links() == pool.links() and [m.content for m in back.memories] == [m.content for m in pool.memories]
+    with pytest.raises(MemoryFileError, match="not a readable pool file"):
+        actions.upload(sets, saved.read_bytes()[:200])
+
+
+def test_switching_sets_puts_the_left_set_aside_and_gives_it_back(pool, minilm):
+    sets = MemorySets(minilm)
+    stash: dict = {}
+    family, layout = actions.switch_set(stash, sets, "tutor", pool, "tutor layout", "family")
+    assert layout is None and len(family.links()) == 0, "a first visit starts fresh"
+    tutor, layout = actions.switch_set(stash, sets, "family", family, None, "tutor")
+    assert tutor is pool and layout == "tutor layout" and list(stash) == ["family"]
 
 
 def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minilm, tmp_path):

@@ -29,7 +29,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -218,7 +220,7 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
     settings = settings or ApiSettings.from_env()
     generate_answer = generate or generate_here(runtime)
     sessions = SessionPools(runtime.sets, limit=settings.max_sessions)
-    ChatRequest = chat_request_model(settings, lambda: runtime.sets.names)
+    ChatRequest = chat_request_model(settings, lambda: runtime.sets.names, runtime.sets.default)
 
     app = FastAPI(
         title="Streaming Memory API",
@@ -362,7 +364,34 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
             ),
         )
 
+    refuse_other_methods(app)
     return app
+
+
+def refuse_other_methods(app: FastAPI) -> None:
+    """A wrong method on an API path is a 405 in the error shape, with `Allow`, even when a UI
+    is mounted at `/` behind the API (Starlette would hand the request to that mount, and the
+    UI would answer 404)."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            allowed.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in allowed.items():
+        allow = ", ".join(sorted(methods))
+
+        def refuse(allow: str = allow) -> None:
+            raise ApiError(405, None, "method not allowed", headers={"Allow": allow})
+
+        others = sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - methods)
+        app.add_api_route(path, refuse, methods=others, include_in_schema=False)
+
+
+async def not_found(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """For an app mounted behind the API (the UI): a 404 in the API's error shape; its other
+    errors keep that app's own form."""
+    if exc.status_code == 404:
+        return error_response(404, [ErrorDetail(field=None, message=f"no such path: {request.url.path}")])
+    return await http_exception_handler(request, exc)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -96,7 +96,9 @@ class ErrorResponse(BaseModel):
 # -- request and response models -------------------------------------------------------------
 
 
-def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
+def chat_request_model(
+    settings: ApiSettings, memory_sets: Callable[[], list[str]], default_set: Optional[str] = None
+) -> type[BaseModel]:
     """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
     found at startup) in its schema; a set is checked against those present now.
 
@@ -126,7 +128,9 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             f"each message at most {settings.max_message_chars}.",
         )
         memory_set: str = Field(
-            description="Which memory set to draw from (see `GET /health`).",
+            default=default_set or ...,
+            description="Which memory set to draw from (see `GET /health`); the default set when omitted, so the "
+            "original Streaming Memory body (`message`, `history`, `update_every_n`, `max_memories`) works as it is.",
             json_schema_extra={"enum": memory_sets()},
             examples=memory_sets()[:1],
         )

@@ -299,6 +299,11 @@ class AnswerView:
         (t0, c0), (t1, c1) = self.anchors[index - 1], self.anchors[index]
         return round(c0 + (c1 - c0) * (token - t0) / (t1 - t0))
 
+    def live_excerpt(self, width: int = 160) -> str:
+        """The last `width` characters written so far (thinking, then the answer)."""
+        text = self.thinking + self.answer
+        return ("…" if len(text) > width else "") + text[-width:]
+
     def excerpt_at(self, token: int, width: int = 160) -> str:
         """The last `width` characters written by token `token` (thinking, then the answer)."""
         text = self.thinking + self.answer
