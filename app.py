@@ -279,7 +279,7 @@ def build_demo() -> gr.Blocks:
                 stream = generate(pool, question, history, settings, None if ON_SPACES else cancel)
                 for event in stream:
                     parts = throttle.push(view.apply(event))
-                    if parts:
+                    if parts and not parts & Changed.DONE:  # the end is drawn once, below, with what was learned
                         yield frame(parts, view, chat, pool, layout)
                     if cancel.is_set() and ON_SPACES:
                         view.stop()

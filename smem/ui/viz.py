@@ -238,20 +238,21 @@ def network_figure(
     # memories (bench/network_layout.py), and these dots are meant to recede anyway. Past
     # FAINT_VISIBLE_UP_TO they start hidden and carry no text at all.
     faint = len(background) <= FAINT_VISIBLE_UP_TO
-    figure.add_trace(
-        go.Scatter(
-            x=ring[:, 0],
-            y=ring[:, 1],
-            mode="markers",
-            name=f"unlinked ({len(background)})",
-            hovertext=[escape(textwrap.shorten(m.content, width=120, placeholder="…")) for m in background]
-            if faint
-            else None,
-            hoverinfo="text" if faint else "skip",
-            marker={"size": 5, "color": UNLINKED_COLOUR, "opacity": 0.35},
-            visible=True if faint else "legendonly",
+    if background:
+        figure.add_trace(
+            go.Scatter(
+                x=ring[:, 0],
+                y=ring[:, 1],
+                mode="markers",
+                name=f"unlinked ({len(background)})",
+                hovertext=[escape(textwrap.shorten(m.content, width=120, placeholder="…")) for m in background]
+                if faint
+                else None,
+                hoverinfo="text" if faint else "skip",
+                marker={"size": 5, "color": UNLINKED_COLOUR, "opacity": 0.35},
+                visible=True if faint else "legendonly",
+            )
         )
-    )
 
     strongest = max((w for _, _, w in drawn_links), default=0.0)
     levels: dict[int, list[tuple[str, str]]] = {}
