@@ -24,11 +24,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
+import contextlib  # noqa: E402
 import html  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Optional  # noqa: E402
+from typing import Any, AsyncIterator, Iterator, Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -41,7 +43,10 @@ from smem.serving.api import create_api, not_found  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
+from smem.serving import prompt_budget  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
+from smem.serving.api_schema import ApiSettings  # noqa: E402
+from smem.serving.settings import Settings  # noqa: E402
 from smem.ui.answer_view import AnswerView, Changed  # noqa: E402
 
 
@@ -51,11 +56,17 @@ ON_SPACES = bool(os.environ.get("SPACE_ID"))
 ON_GPU = torch.cuda.is_available()
 
 # Loaded at import (ZeroGPU packs module-level CUDA tensors at launch); read onto the CPU
-# first and then moved, the pattern ZeroGPU supports.
-RUNTIME = Runtime.load(models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"), device="cpu")
+# first and then moved, the pattern ZeroGPU supports, in the dtype the GPU wants.
+RUNTIME = Runtime.load(
+    models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"),
+    device="cpu",
+    dtype=models.choose_dtype("cuda") if ON_GPU else None,
+)
 if ON_GPU:
     RUNTIME.model.to("cuda")
 
+LIMITS = ApiSettings.from_env()
+"""The same limits for the UI and the HTTP API (`main` replaces them with the CLI's, if given)."""
 SET_NAMES = RUNTIME.sets.names
 DEFAULT_SET = RUNTIME.sets.default
 # Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
@@ -268,15 +279,24 @@ def build_demo() -> gr.Blocks:
             question = answer_view.message_text(chat[-1]["content"]).strip()
             if not question:
                 raise gr.Error("Type a message first.")
-            history = answer_view.model_history(chat[:-1])
+            try:
+                fitted = prompt_budget.fit(RUNTIME.tokenizer, question, answer_view.model_history(chat[:-1]), LIMITS)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
             view = AnswerView()
             cancel = STOPS.arm(request.session_hash or "")
             waiting = RUNTIME.queue.waiting
-            if waiting:
-                yield {status: f"⏳ Waiting for the model ({waiting} request(s) ahead)…"}
+            trimmed = (
+                f" (the oldest {fitted.trimmed.dropped} messages were left out to fit the prompt budget)"
+                if fitted.trimmed is not None
+                else ""
+            )
+            if waiting or trimmed:
+                note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else view.status_line()
+                yield {status: note + trimmed}
             throttle = answer_view.Throttle()
             with RUNTIME.queue.slot():
-                stream = generate(pool, question, history, settings, None if ON_SPACES else cancel)
+                stream = generate(pool, question, fitted.history, settings, None if ON_SPACES else cancel)
                 for event in stream:
                     parts = throttle.push(view.apply(event))
                     if parts and not parts & Changed.DONE:  # the end is drawn once, below, with what was learned
@@ -366,7 +386,7 @@ def build_demo() -> gr.Blocks:
 
         def upload_set(raw: Optional[bytes], pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict):
             try:
-                uploaded = actions.upload(RUNTIME.sets, raw)
+                uploaded = actions.upload(RUNTIME.sets, raw, LIMITS)
             except MemoryFileError as error:
                 return refused(error, "That file was not loaded, your memories are unchanged")
             stash[label] = (pool, layout)
@@ -377,7 +397,7 @@ def build_demo() -> gr.Blocks:
 
         def add_memory(content: str, kind: Optional[str], intensity: float, pool: MemoryPool, label: str, layout):
             try:
-                updated = actions.add_memory(pool, content, kind, intensity)
+                updated = actions.add_memory(pool, content, kind, intensity, LIMITS)
             except MemoryFileError as error:
                 return refused(error, "Memory not added")
             return pool_changed(updated, label, layout, "✅ Memory added.")
@@ -458,7 +478,7 @@ def build_demo() -> gr.Blocks:
         save.click(
             save_learned, [pool_state, label_state], learned_file, api_name="save_learned", api_visibility="undocumented"
         )
-        for tool in agent_tools.tools(RUNTIME, generate, DEFAULT_SET):
+        for tool in agent_tools.tools(RUNTIME, generate, DEFAULT_SET, lambda: LIMITS):
             gr.api(tool, api_name=tool.__name__)
     return demo
 
@@ -498,14 +518,25 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 
 def main() -> None:
-    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    global LIMITS
+    settings = Settings.from_cli()
+    LIMITS = settings.api
+    logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
+    host, port = settings.server.host, settings.server.port
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
-        # Blocks.launch, so a Space must launch; the API then joins the app Gradio serves,
-        # behind Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
-        api = create_api(RUNTIME, generate=generate_for_api)  # built first: mounted the moment Gradio serves
+        # Blocks.launch, so a Space must launch; the API joins the app Gradio serves, behind
+        # Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
+        api = create_api(RUNTIME, LIMITS, generate=generate_for_api)
+
+        @contextlib.asynccontextmanager
+        async def mount_api(app: Any) -> AsyncIterator[None]:
+            # Lifespan start-up runs before uvicorn opens its socket, so no request can see
+            # Gradio's routes without the API's (mounting after launch left a 404 window).
+            app.mount("/", api)
+            yield
+
         demo.launch(
             server_name=host,
             server_port=port,
@@ -513,16 +544,21 @@ def main() -> None:
             css=CSS,
             ssr_mode=False,
             mcp_server=True,
-            prevent_thread_lock=True,
-            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None},
+            max_file_size=LIMITS.max_upload_bytes,
+            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "lifespan": mount_api},
         )
-        demo.app.mount("/", api)
-        demo.block_thread()
         return
     import uvicorn
 
     app = gr.mount_gradio_app(
-        create_api(RUNTIME), demo, path="/", theme=THEME, css=CSS, ssr_mode=False, mcp_server=True
+        create_api(RUNTIME, LIMITS),
+        demo,
+        path="/",
+        theme=THEME,
+        css=CSS,
+        ssr_mode=False,
+        mcp_server=True,
+        max_file_size=LIMITS.max_upload_bytes,
     )
     # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
     ui = next(route.app for route in app.routes if isinstance(route, Mount))

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Sessions the tests create go to a throwaway folder, never the user's state directory.
+os.environ.setdefault("SMEM_STATE_DIR", __import__("tempfile").mkdtemp(prefix="smem-test-state-"))
 
 import hashlib
 
@@ -62,8 +64,12 @@ def tiny_runtime(minilm):
     from smem.memory.memory_sets import MemorySets
     from smem.serving.runtime import Runtime
 
+    from smem.generation.prompt import MemoryLineTokens
+
     model, tokenizer = tiny.build(seed=0)
-    return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=MemorySets(minilm), model_name="tiny")
+    line_tokens = MemoryLineTokens(tokenizer)
+    sets = MemorySets(minilm, token_counter=line_tokens)
+    return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=sets, model_name="tiny", line_tokens=line_tokens)
 
 
 # -- the app (app.py) as a subprocess: tests/test_app.py, test_browser.py ------------------------

@@ -11,7 +11,14 @@ import pytest
 
 from smem.generation import tiny
 from smem.memory.records import Hit, Memory
-from smem.generation.prompt import MEMORY_INTRO, PromptBuilder, memory_line, memory_text, normalize_history
+from smem.generation.prompt import (
+    MEMORY_INTRO,
+    MemoryLineTokens,
+    PromptBuilder,
+    memory_line,
+    memory_text,
+    normalize_history,
+)
 
 HISTORY = [
     {"role": "user", "content": "Hi, I'm planning Alex's next session."},
@@ -121,6 +128,6 @@ def test_memory_lines_and_token_costs(tokenizer):
     assert memory_line(hit(3, "Bare note.", None, None)) == "- Bare note."
     assert memory_text(MEMORIES).startswith(MEMORY_INTRO + "\n- ")
     builder = PromptBuilder(tokenizer, MESSAGE)
-    costs = builder.line_tokens(MEMORIES)
+    costs = MemoryLineTokens(tokenizer)(MEMORIES)
     block = len(builder.memory_block(MEMORIES))
     assert abs(builder.block_overhead() + sum(costs) - block) <= 2

@@ -33,7 +33,7 @@ WORKER_RUN = textwrap.dedent(
         pool = args[0]
         for event in app.generate(*args):
             results_queue.put(event)
-        results_queue.put(("worker links", len(pool.links()), pool.learning.events))
+        results_queue.put(("worker links", len(pool.links()), pool.learning.updates))
         results_queue.put(None)
 
     context = multiprocessing.get_context("fork")
@@ -49,7 +49,7 @@ WORKER_RUN = textwrap.dedent(
     process.join(30)
     done = events[-2]
     worker_links, worker_events = events[-1][1], events[-1][2]
-    untouched = (len(pool.links()), pool.learning.events, float(pool.learning.counts.sum()))
+    untouched = (len(pool.links()), pool.learning.updates, float(pool.learning.counts.sum()))
     applied = actions.apply_learned(pool, done)
     print(json.dumps({
         "decorated_is_plain": not hasattr(app.generate, "zerogpu"),
@@ -57,7 +57,7 @@ WORKER_RUN = textwrap.dedent(
         "untouched": untouched,
         "applied": applied,
         "worker": [worker_links, worker_events],
-        "parent": [len(pool.links()), pool.learning.events, float(pool.learning.counts.sum())],
+        "parent": [len(pool.links()), pool.learning.updates, float(pool.learning.counts.sum())],
         "exitcode": process.exitcode,
     }))
     """

@@ -1,33 +1,61 @@
 """`MemoryPool`: memories, their vectors and Hebbian state, and soft retrieval over them.
 
 Retrieval is built to be re-run every few generated tokens: candidates come from the
-vector index, are widened until the score bound (multiplier < 2) proves nothing outside
-them could win, and only those are scored and selected.
+vector index and are widened until the selection over them is proven to be the one that
+scoring every memory would give (`exact=True`), pick by pick; only they are scored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-from smem.memory import scoring
+from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
-from smem.memory.index import VectorIndex
-from smem.memory.learning import LearningState
+from smem.memory.index import Scan, VectorIndex
+from smem.memory.learning import ENCODING, LEARNED, LearningState
 from smem.memory.lexical import LexicalIndex
-from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
+from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
-from smem.memory.selection import Candidates, select
-from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
+from smem.memory.pool_file import check_pool_file
+from smem.memory.selection import Candidates, Selection, select
+from smem.memory.settings import DEFAULTS
+from smem.memory.store import PoolFileError, pool_file_bytes, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
 Moment = Union[datetime, float, None]
 
 MIN_CANDIDATES = 64
+CANDIDATES_PER_PICK = 4
+"""First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
+WIDENING_HEADROOM = 0.97
+"""Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
+under new neighbours' damping still prove in one more round."""
+MAX_WIDENINGS = 4
+"""After this many unproven rounds, score every memory."""
+LEARNED_EXACT_FRACTION = 8
+"""Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
+(an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
+
+CONTENT_TOKENS = "embedder-content"
+"""Key of the counts a pool keeps until a model's counter is given: the embedder's tokens of
+each memory's content, an estimate of what the memory costs in a prompt."""
+
+
+class TokenCounter(Protocol):
+    """Counts what each memory costs in the generating model's prompt (see
+    `smem.generation.prompt.MemoryLineTokens`). `key` names what is counted (tokenizer and
+    rendering): counts made under the same key are reused, never recounted."""
+
+    key: str
+
+    def __call__(self, memories: Sequence[Memory]) -> Sequence[int]: ...
 
 
 def to_epoch(moment: Moment) -> float:
@@ -62,14 +90,15 @@ class MemoryPool:
     def __init__(
         self,
         embedder: Embedder,
-        softmax_temperature: float = 0.15,
-        diversity_weight: float = 0.5,
-        association_weight: float = 0.5,
+        softmax_temperature: float = DEFAULTS.softmax_temperature,
+        diversity_weight: float = DEFAULTS.diversity_weight,
+        association_weight: float = DEFAULTS.association_weight,
         seed: Optional[int] = None,
         *,
-        lexical_weight: float = 0.2,
+        lexical_weight: float = DEFAULTS.lexical_weight,
         weights: ScoringWeights = ScoringWeights(),
-        quantized_threshold: int = 20_000,
+        quantized_threshold: int = DEFAULTS.quantized_threshold,
+        token_counter: Optional[TokenCounter] = None,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
@@ -93,7 +122,10 @@ class MemoryPool:
         self._position: dict[str, int] = {}
         self._index = VectorIndex(self.dim, quantized_threshold=quantized_threshold)
         self._lexical = LexicalIndex()
-        self._tokens = np.zeros(0, dtype=np.int32)
+        self._token_counter: Optional[TokenCounter] = token_counter
+        self._token_key = token_counter.key if token_counter is not None else CONTENT_TOKENS
+        self._tokens = np.zeros(0, dtype=np.int32)  # (N,) prompt tokens of each memory, under _token_key
+        self._token_total = 0
         self._created = np.zeros(0, dtype=np.float64)
         self._emotion = np.zeros(0, dtype=np.float32)
         self.learning = LearningState.empty(0, self.dim)
@@ -105,8 +137,10 @@ class MemoryPool:
         return self._embedder
 
     def __getstate__(self) -> dict[str, Any]:
+        # The counter holds a tokenizer; its counts and key travel, and an engine re-attaches it.
         state = self.__dict__.copy()
         state["_embedder"] = None
+        state["_token_counter"] = None
         return state
 
     def __len__(self) -> int:
@@ -131,10 +165,52 @@ class MemoryPool:
     def retrieval_count(self, memory_id: str) -> int:
         return int(self.learning.counts[self._position[memory_id]])
 
-    def links(self) -> list[tuple[str, str, float]]:
-        """Co-retrieval links as (id, id, weight), each pair once."""
+    @property
+    def token_counts(self) -> np.ndarray:
+        """(N,) what each memory costs in the prompt, in pool order (read-only)."""
+        view = self._tokens.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def total_tokens(self) -> int:
+        """What every memory together costs in the prompt (kept up to date, not summed per call)."""
+        return self._token_total
+
+    @property
+    def token_key(self) -> str:
+        return self._token_key
+
+    def count_tokens_with(self, counter: TokenCounter) -> None:
+        """Count memories' prompt tokens with `counter` from now on.
+
+        Memories already counted under `counter.key` keep their counts, so attaching the same
+        model's counter to a copy, or to a pool that was pickled, costs nothing; another key
+        recounts every memory once (batched).
+        """
+        self._token_counter = counter
+        if counter.key == self._token_key:
+            return
+        self._set_counts(self._count(self._memories), counter.key)
+
+    def _count(self, memories: Sequence[Memory]) -> np.ndarray:
+        if self._token_counter is not None:
+            counts = self._token_counter(memories)
+        else:
+            counts = [self.embedder.count_tokens(memory.content) for memory in memories]
+        return np.asarray(counts, dtype=np.int32).reshape(len(memories))
+
+    def _set_counts(self, counts: np.ndarray, key: str) -> None:
+        self._memories = [dataclasses.replace(m, tokens=int(n)) for m, n in zip(self._memories, counts)]
+        self._tokens = counts
+        self._token_total = int(counts.sum())
+        self._token_key = key
+
+    def links(self, kind: str = LEARNED) -> list[tuple[str, str, float]]:
+        """Links of one kind as (id, id, raw weight), each pair once: "learned" (co-retrieval,
+        grown by use) or "encoding" (made when memories dated the same day were added together)."""
         ids = self._memories
-        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges()]
+        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges(kind)]
 
     # -- adding -----------------------------------------------------------------------
 
@@ -175,9 +251,12 @@ class MemoryPool:
         vectors = _unit_rows(vectors, self.dim, "embeddings")
         if len(vectors) != len(parsed):
             raise ValueError(f"got {len(vectors)} embeddings for {len(parsed)} records")
-        counter = self.embedder.count_tokens
+        if self._token_counter is None and self._token_key != CONTENT_TOKENS:
+            # A pickled pool lost its model's counter: fall back to the estimate for all, so the
+            # counts stay of one kind (the next engine recounts them with the model's tokenizer).
+            self._set_counts(self._count(self._memories), CONTENT_TOKENS)
         now = time.time()
-        added = [
+        uncounted = [
             Memory(
                 id=memory_id,
                 content=record.content,
@@ -185,22 +264,40 @@ class MemoryPool:
                 subject=record.subject,
                 emotional_intensity=record.emotional_intensity,
                 created_at=record.created_at or datetime.fromtimestamp(now, timezone.utc),
-                tokens=counter(record.content),
+                tokens=0,
             )
             for memory_id, record in zip(ids, parsed)
         ]
+        counts = self._count(uncounted)
+        added = [dataclasses.replace(m, tokens=int(n)) for m, n in zip(uncounted, counts)]
         start = len(self._memories)
         self._memories.extend(added)
         self._position.update({memory.id: start + offset for offset, memory in enumerate(added)})
         self._index.add(vectors)
         self._lexical.add([memory.content for memory in added])
-        self._tokens = np.concatenate([self._tokens, np.array([m.tokens for m in added], dtype=np.int32)])
+        self._tokens = np.concatenate([self._tokens, counts])
+        self._token_total += int(counts.sum())
         self._created = np.concatenate([self._created, np.array([m.created_at.timestamp() for m in added])])
         self._emotion = np.concatenate(
             [self._emotion, np.array([m.emotional_intensity for m in added], dtype=np.float32)]
         )
         self.learning.grow(len(added))
+        self._encode_links(start, [record.created_at for record in parsed])
         return added
+
+    def _encode_links(self, start: int, dated: Sequence[Optional[datetime]]) -> None:
+        """Contiguity at encoding: each memory added in one batch is linked to its next
+        `encoding_window` neighbours when both carry a date and it is the same UTC day
+        (adjacent turns of one conversation session). Strength 1/distance. Undated memories
+        get no encoding links: their order in a file says nothing about when they happened."""
+        window = self.weights.encoding_window
+        if window <= 0 or len(dated) < 2:
+            return
+        day = np.array([np.nan if d is None else to_epoch(d) // scoring.SECONDS_PER_DAY for d in dated])
+        for distance in range(1, min(window, len(dated) - 1) + 1):
+            same = day[:-distance] == day[distance:]
+            first = np.flatnonzero(same)
+            self.learning.encode_links(start + first, start + first + distance, np.full(len(first), 1.0 / distance))
 
     def _assign_ids(self, records: Sequence[MemoryRecord]) -> list[str]:
         ids: list[str] = []
@@ -233,21 +330,57 @@ class MemoryPool:
             return self.embed_query(query)
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
-    def _boost(self, index: np.ndarray, query: np.ndarray, now: float) -> np.ndarray:
-        """Boost terms that do not depend on other picks (links are added during selection)."""
+    def _boost(
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+    ) -> np.ndarray:
+        """Boost terms that do not depend on other picks (links are added during selection).
+        `named` are the time intervals the query text names (see `timeref`).
+
+        Keep `_boost_bound` in step: it must stay above every term added here.
+        """
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
-        sums, counts, squares = state.query_rows(index)
-        if counts.any():
+        if named and w.time > 0:
+            boost += w.time * timeref.inside(self._created[index], list(named))
+        # Learned terms exist only for memories some query retrieved: gather those rows
+        # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
+        known = np.flatnonzero(state.query_slot[index] >= 0)
+        if len(known):
+            rows = index[known]
+            sums, counts, squares = state.query_rows(rows)
             specificity = scoring.specificity(sums, counts, squares)
             confidence = counts / (counts + w.confidence_queries)
-            learned = w.frequency * scoring.frequency(state.counts[index], state.mean_active_count())
+            learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
-            boost += specificity * learned
+            boost[known] += specificity * learned
         return boost
+
+    def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
+        """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
+        outside `_learned()`. Links are not included: see `_choose`.
+
+        Each term at its largest: recency ≤ 1, emotion ≤ the pool's largest, the time match
+        ≤ 1; specificity, confidence and query alignment ≤ 1 and frequency at the largest
+        count, these only for memories some retrieval touched. O(N) maxima, a fraction of
+        a millisecond at 1M; a fresh pool's multiplier bound is 1 + tanh(0.12) ≈ 1.12, not 2.
+        """
+        w, state = self.weights, self.learning
+        bound = max(w.recency, 0.0) + max(w.emotion, 0.0) * float(self._emotion.max())
+        if named:
+            bound += max(w.time, 0.0)
+        if learned and state.slots_used:
+            frequency = float(scoring.frequency(state.counts.max(keepdims=True), state.mean_active_count())[0])
+            bound += max(max(w.frequency, 0.0) * frequency + max(self.association_weight, 0.0), 0.0)
+        return bound
+
+    def _learned(self) -> np.ndarray:
+        """Positions with learned state (a query association or a count): every other
+        memory's boost is recency, emotion and the time match alone."""
+        state = self.learning
+        return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:
@@ -255,36 +388,97 @@ class MemoryPool:
         weight = self.lexical_weight
         return (1.0 - weight) * cosine + weight * lexical[index]
 
-    def _candidates(
-        self, query: np.ndarray, lexical: Optional[np.ndarray], max_memories: int, now: float, exact: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate positions, similarities and boosts, widened until the bound is met.
+    def _select(self, index: np.ndarray, query: "_Query", *, ceiling: float) -> Selection:
+        """Score the candidates at `index` (sorted pool positions) and select among them."""
+        everything = len(index) == len(self)
+        scan = query.scan
+        candidates = Candidates(
+            index=index,
+            vectors=self._index.vectors if everything else self._index.vectors[index],
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
+            boost=self._boost(index, scan.query, query.now, query.named),
+            tokens=self._tokens[index],
+            favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
+        )
+        return select(
+            candidates,
+            max_memories=query.max_memories,
+            token_budget=query.token_budget,
+            links=_row_lookup(query.graph),
+            link_weight=self.weights.links,
+            diversity_weight=self.diversity_weight,
+            temperature=self.softmax_temperature,
+            rng=self._rng if query.sample else None,
+            ceiling=0.0 if everything else ceiling,
+            fewest_outside_tokens=int(self._tokens.min()),
+        )
 
-        A memory outside the candidates has cosine ≤ the lowest dense candidate's and BM25
-        ≤ the lowest lexical candidate's, so its score is < 2·gate(that similarity); once
-        that is below the k-th best candidate score, it cannot be among the top k.
+    def _choose(self, query: "_Query", exact: bool) -> tuple[np.ndarray, Selection]:
+        """Select over the nearest candidates, widened until the selection is proven to be
+        the one scoring every memory gives (`exact`), or over every memory.
+
+        A memory left out has cosine ≤ the scan's bound and BM25 ≤ the lexical cut. Links
+        are settled first: the memories linked to any pick join the candidates (spreading
+        activation) until no pick links outside, so a memory left out is never lent a link
+        and its ranked score is ≤ gate(similarity bound) × (1 + tanh(boost bound)); favour
+        and damping only lower it, and incumbents are always candidates. Memories with
+        learned state are bounded one by one (their exact similarity and boost), the rest
+        share the closed-form bound. A softmax draw weighs every memory, so sampling
+        scores them all.
         """
         size = len(self)
-        want = size if exact else max(4 * max_memories, MIN_CANDIDATES)
-        while True:
-            index, cosine, outside_cosine = self._index.nearest(query, want, exact=want >= size)
-            outside = outside_cosine
+        everything = np.arange(size)
+        if exact or query.sample:
+            return everything, self._select(everything, query, ceiling=0.0)
+        scan, lexical, named = query.scan, query.lexical, query.named
+        learned = self._learned()
+        if len(learned) <= size // LEARNED_EXACT_FRACTION:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
+            reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
+            reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
+        else:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
+            learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
+        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
+        found, cosine_bound = scan.top(count)
+        lexical_bound = -np.inf
+        if lexical is not None and count < size:
+            lexical_top = np.argpartition(-lexical, count)
+            found = np.concatenate([found, lexical_top[:count]])
+            lexical_bound = float(lexical[lexical_top[count]])
+        joined = query.favoured
+        for _ in range(MAX_WIDENINGS):
+            index = np.union1d(found, joined)
+            if len(index) == size:
+                break
+            bound = cosine_bound
             if lexical is not None:
-                lexical_top = np.argpartition(-lexical, want - 1)[:want] if want < size else np.arange(size)
-                extra = np.setdiff1d(lexical_top, index)
-                index = np.concatenate([index, extra])
-                cosine = np.concatenate([cosine, self._index.vectors[extra] @ query])
-                outside_lexical = 0.0 if want >= size else float(lexical[lexical_top].min())
-                outside = (1.0 - self.lexical_weight) * outside_cosine + self.lexical_weight * outside_lexical
-            sims = self._similarity(index, cosine, lexical)
-            boost = self._boost(index, query, now)
-            if outside == -np.inf or len(index) >= size:
-                return index, sims, boost
-            scores = scoring.gate(sims) * scoring.multiplier(boost)
-            kth = np.partition(scores, len(scores) - max_memories)[len(scores) - max_memories]
-            if 2.0 * scoring.gate(np.array([outside]))[0] < kth:
-                return index, sims, boost
-            want = size if want * 4 >= size // 2 else want * 4
+                bound = (1.0 - self.lexical_weight) * cosine_bound + self.lexical_weight * max(lexical_bound, 0.0)
+            ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
+            left = reach[~np.isin(learned, index, assume_unique=True)]
+            if len(left):
+                ceiling = max(ceiling, float(left.max()))
+            # Float slack: the bound's tanh and products round like the scores they bound.
+            selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
+            linked = np.zeros(0, dtype=np.int64)
+            if query.graph is not None and selection.picks:
+                rows = query.graph[index[[pick.position for pick in selection.picks]]]
+                linked = np.setdiff1d(rows.indices[rows.data > 0], index)
+            if len(linked):
+                joined = np.union1d(joined, linked)
+                continue
+            if selection.proven:
+                return index, selection
+            # Everything whose score could reach the weakest pick, with headroom.
+            target = np.sqrt(selection.weakest / multiplier) * WIDENING_HEADROOM
+            if target <= 0.0:
+                break
+            found, cosine_bound = scan.above(target)
+            found = np.concatenate([found, learned[reach >= selection.weakest * WIDENING_HEADROOM**2]])
+            if lexical is not None:
+                found = np.concatenate([found, np.flatnonzero(lexical > target)])
+                lexical_bound = target
+        return everything, self._select(everything, query, ceiling=0.0)
 
     def retrieve(
         self,
@@ -307,12 +501,15 @@ class MemoryPool:
 
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
-        memory: the reference the fast path is benchmarked against.
+        memory; the fast path is proven to select the same memories with the same scores
+        (tests/test_retrieval_exact.py). `sample` always scores every memory.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
         if token_budget is not None and token_budget < 0:
             raise ValueError("token_budget must be >= 0")
+        if incumbent_margin < 0:
+            raise ValueError("incumbent_margin must be >= 0")
         if not len(self) or max_memories == 0:
             return []
         if query_vector is not None:
@@ -323,44 +520,32 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
-        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact)
-        favour = np.ones(len(index))
-        kept = [self._position[i] for i in incumbents if i in self._position]
-        if kept:
-            missing = np.setdiff1d(np.asarray(kept, dtype=np.int64), index)
-            if len(missing):
-                index = np.concatenate([index, missing])
-                sims = np.concatenate([sims, self._similarity(missing, self._index.vectors[missing] @ vector, lexical)])
-                boost = np.concatenate([boost, self._boost(missing, vector, moment)])
-                favour = np.ones(len(index))
-            favour[np.isin(index, kept)] = 1.0 + incumbent_margin
-        candidates = Candidates(
-            index=index,
-            vectors=self._index.vectors[index],
-            similarity=sims,
-            boost=boost,
-            tokens=self._tokens[index],
-            favour=favour,
-        )
-        picks = select(
-            candidates,
+        asked = _Query(
+            scan=self._index.scan(vector),
+            lexical=lexical,
+            named=timeref.named_intervals(query) if isinstance(query, str) else [],
+            now=moment,
+            favoured=np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64)),
+            margin=incumbent_margin,
+            graph=self._link_graph(),
+            sample=sample,
             max_memories=max_memories,
             token_budget=token_budget,
-            links=self.learning.neighbours,
-            link_weight=self.association_weight * self.weights.links,
-            diversity_weight=self.diversity_weight,
-            temperature=self.softmax_temperature,
-            rng=self._rng if sample else None,
         )
+        index, selection = self._choose(asked, exact)
+        picks = selection.picks
+        positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
+        pulls = self._pulls(positions) if asked.graph is not None else [()] * len(picks)
         hits = [
             Hit(
-                memory=self._memories[int(index[pick.position])],
+                memory=self._memories[position],
                 score=pick.score,
                 similarity=pick.similarity,
                 multiplier=pick.multiplier,
                 rank=rank,
+                pulled_by=pulled,
             )
-            for rank, pick in enumerate(picks)
+            for rank, (position, pick, pulled) in enumerate(zip(positions.tolist(), picks, pulls))
         ]
         if learn and hits:
             top = max(pick.score for pick in picks)
@@ -371,6 +556,28 @@ class MemoryPool:
                 activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
             )
         return hits
+
+    def _link_graph(self):
+        """Encoding + learned links as one CSR matrix, or None while the pool has no links
+        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
+        state = self.learning
+        if not (state.links_used or len(state.encoded_a)):
+            return None
+        return state.graph(self.weights.encoding)
+
+    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+        """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
+        encoding, learned = self.learning.graphs(self.weights.encoding)
+        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
+        result = []
+        for rank in range(len(positions)):
+            pulls = [
+                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
+                for kind, weights in by_kind
+                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
+            ]
+            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
+        return result
 
     # -- learning -----------------------------------------------------------------------
 
@@ -432,8 +639,7 @@ class MemoryPool:
 
     # -- persistence --------------------------------------------------------------------
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+    def _file_parts(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {"vectors": self._index.vectors, **self.learning.to_arrays()}
         meta = {
             "embedder": self.embedder_name,
@@ -447,36 +653,43 @@ class MemoryPool:
                 "quantized_threshold": self._index.quantized_threshold,
                 "weights": self.weights.__dict__,
             },
-            "events": self.learning.events,
+            "updates": self.learning.updates,
+            "answers": self.learning.answers,
+            "token_key": self._token_key,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
-        write_pool_file(path, arrays, meta)
+        return arrays, meta
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+        write_pool_file(path, *self._file_parts())
+
+    def to_bytes(self) -> bytes:
+        """The content `save` writes, for a download or a database row."""
+        return pool_file_bytes(*self._file_parts())
 
     @classmethod
-    def load(cls, path: Union[str, Path], embedder: Embedder) -> "MemoryPool":
-        arrays, meta = read_pool_file(path)
-        if meta.get("embedder") != embedder.name or int(meta.get("dim", -1)) != embedder.dim:
+    def load(cls, source: Union[str, Path, bytes], embedder: Embedder) -> "MemoryPool":
+        """A pool from a file `save` wrote (a path, or its bytes). Every array and field is
+        checked first: an inconsistent file raises `PoolFileError` naming the field, never a
+        crash or a NaN score later at retrieve time."""
+        name = "the pool file" if isinstance(source, bytes) else Path(source).name
+        arrays, meta = read_pool_file(source)
+        if meta.get("embedder") != embedder.name or meta.get("dim") != embedder.dim:
             raise PoolFileError(
-                f"{Path(path).name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
+                f"{name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
                 f"the embedder given is {embedder.name!r} (dim {embedder.dim})"
             )
+        records, params, weights = check_pool_file(arrays, meta, int(embedder.dim), name)
         try:
-            params = dict(meta["params"])
-            weights = ScoringWeights(**params.pop("weights"))
-            quantized_threshold = params.pop("quantized_threshold")
-            pool = cls(embedder, **params, weights=weights, quantized_threshold=quantized_threshold)
-            records = meta["memories"]
-            vectors = arrays["vectors"]
-            if len(vectors) != len(records):
-                raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
-            pool._restore(records, vectors)
-            pool.learning = LearningState.from_arrays(arrays, int(meta.get("events", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, PoolFileError):
-                raise
-            raise PoolFileError(f"{Path(path).name} is damaged: {exc}") from None
-        if len(pool.learning) != len(pool):
-            raise PoolFileError(f"{Path(path).name}: learning state does not match its memories")
+            pool = cls(embedder, **params, weights=weights)
+        except (TypeError, ValueError) as exc:
+            raise PoolFileError(f"{name}: field 'params': {exc}") from None
+        pool._restore(records, arrays["vectors"])
+        pool._token_key = str(meta.get("token_key", CONTENT_TOKENS))
+        # "events" is what files saved before the updates/answers split called updates.
+        updates = int(meta.get("updates", meta.get("events", 0)))
+        pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
         return pool
 
     def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:
@@ -496,5 +709,36 @@ class MemoryPool:
         self._index.add(vectors)
         self._lexical.add([memory.content for memory in self._memories])
         self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
+        self._token_total = int(self._tokens.sum())
         self._created = np.array([m.created_at.timestamp() for m in self._memories])
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One retrieval's inputs, as the candidate rounds share them."""
+
+    scan: Scan
+    lexical: Optional[np.ndarray]
+    named: Sequence[tuple[float, float]]
+    now: float
+    favoured: np.ndarray
+    """Incumbents' pool positions (sorted)."""
+    margin: float
+    graph: Any
+    """Encoding + learned links (CSR), or None while the pool has none."""
+    sample: bool
+    max_memories: int
+    token_budget: Optional[int]
+
+
+def _row_lookup(graph):
+    """Pool position → (linked positions, weights), read straight from the CSR rows."""
+    if graph is None:
+        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = graph.indptr[position], graph.indptr[position + 1]
+        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
+
+    return lookup

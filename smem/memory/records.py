@@ -75,12 +75,15 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_records(data: Any) -> list[MemoryRecord]:
-    """Validate already-decoded JSON: a list of record objects, all or nothing."""
+def parse_records(data: Any, max_records: Optional[int] = None) -> list[MemoryRecord]:
+    """Validate already-decoded JSON: a list of record objects, all or nothing. The count is
+    checked first, so an oversized upload is refused before any record is validated."""
     if not isinstance(data, list):
         raise MemoryFileError(f"a memory set must be a JSON list of records, got {type(data).__name__}")
     if not data:
         raise MemoryFileError("the memory set is empty")
+    if max_records is not None and len(data) > max_records:
+        raise MemoryFileError(f"the memory set holds {len(data)} records; at most {max_records} are accepted")
     try:
         records = _RECORDS.validate_python(data)
     except ValidationError as exc:
@@ -105,7 +108,7 @@ def validate_record(data: Any) -> MemoryRecord:
         raise MemoryFileError(_describe(exc)) from None
 
 
-def parse_memory_json(raw: bytes | str) -> list[MemoryRecord]:
+def parse_memory_json(raw: bytes | str, max_records: Optional[int] = None) -> list[MemoryRecord]:
     """Decode and validate a memory-set file's bytes (uploads arrive as bytes)."""
     if isinstance(raw, bytes):
         try:
@@ -116,7 +119,7 @@ def parse_memory_json(raw: bytes | str) -> list[MemoryRecord]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise MemoryFileError(f"the file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    return parse_records(data)
+    return parse_records(data, max_records)
 
 
 def load_memories(path: str | Path) -> list[MemoryRecord]:
@@ -156,6 +159,21 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class Pull:
+    """A link that raised a hit's multiplier: an earlier pick linked to it, and how."""
+
+    id: str
+    """The earlier pick."""
+    kind: str
+    """"encoding" (added together, same day) or "learned" (in context together before)."""
+    weight: float
+    """The link's weight as retrieval read it (before saturation)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "weight": round(self.weight, 6)}
+
+
+@dataclass(frozen=True)
 class Hit:
     """A memory chosen by `MemoryPool.retrieve`, with why it was chosen."""
 
@@ -164,6 +182,8 @@ class Hit:
     similarity: float
     multiplier: float
     rank: int
+    pulled_by: tuple[Pull, ...] = ()
+    """Earlier picks whose links lent this memory part of its multiplier, strongest first."""
 
     @property
     def id(self) -> str:
@@ -195,5 +215,6 @@ class Hit:
             "similarity": round(self.similarity, 6),
             "multiplier": round(self.multiplier, 6),
             "tokens": self.tokens,
+            "pulled_by": [pull.to_dict() for pull in self.pulled_by],
         }
 

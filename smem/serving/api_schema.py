@@ -3,16 +3,24 @@ the events of the stream and the one error shape, as pydantic models.
 
 The OpenAPI document is generated from these, so it states exactly what the server
 enforces and sends; schemathesis checks the server against it, every stream event included.
-The event models mirror `smem.generation.events` `to_sse()` payloads; they allow extra fields so the
-engine can add a statistic without breaking the stream.
+The engine's event models are generated from the `smem.generation.events` dataclasses (the
+one declaration of their fields); they allow extra fields so the engine can add a statistic
+without breaking the stream.
 """
 
+import dataclasses
+import json
 import os
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import fields
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from smem.generation import events
+from smem.memory.records import Hit
 
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -28,44 +36,73 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
 
 
-@dataclass(frozen=True)
-class ApiSettings:
-    """Limits of one deployment; each is overridable as `SMEM_API_<NAME>` (e.g.
-    `SMEM_API_MAX_SESSIONS=1000`). The request schema is built from them, so the OpenAPI
-    document always states the limits the server enforces."""
+class ApiSettings(BaseSettings):
+    """Limits of one deployment, for the HTTP API and the Gradio app alike (so nothing the UI
+    accepts is refused by the API or the other way round); each is overridable as
+    `SMEM_API_<NAME>` (e.g. `SMEM_API_MAX_QUEUE=64`). The request schema is built from them,
+    so the OpenAPI document always states the limits the server enforces."""
 
-    max_sessions: int = 256
-    max_new_tokens: int = 2048
-    default_max_new_tokens: Optional[int] = None
-    """Used when a request names none; unset, 512 or `max_new_tokens` if lower."""
-    max_message_chars: int = 8000
-    max_history_messages: int = 50
-    max_history_chars: int = 32000
-    max_queue: int = 32
-    max_body_bytes: int = 4 * 1024 * 1024
-    """Bodies beyond this are refused (413) before they are read into memory. Well above
-    any valid body, so that an oversized field (a 1 MB message pasted by mistake) is still
-    answered with a 422 naming the field."""
+    model_config = SettingsConfigDict(env_prefix="SMEM_API_", frozen=True, extra="ignore")
 
-    def __post_init__(self) -> None:
+    session_ttl_s: int = Field(
+        30 * 24 * 3600, gt=0, description="a session unused this long (seconds) is deleted; requests naming it get 404"
+    )
+    """Thirty days: a person who comes back within a month finds what their assistant learned."""
+    max_new_tokens: int = Field(2048, gt=0, description="most new tokens one answer may ask for")
+    default_max_new_tokens: Optional[int] = Field(
+        None, gt=0, description="new tokens when a request names none; unset: 512, or max_new_tokens if lower"
+    )
+    max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters (checked before tokenizing)")
+    max_message_tokens: int = Field(2048, gt=0, description="longest user message, in model tokens")
+    """About the 8,000-character bound in English."""
+    max_history_messages: int = Field(50, gt=0, description="most history messages in one request (the UI keeps the newest)")
+    max_history_chars: int = Field(32000, gt=0, description="longest history, in characters")
+    max_prompt_tokens: int = Field(
+        4096, gt=0, description="message plus history, in model tokens; older history is dropped to fit and the stream says so"
+    )
+    """Prefill cost follows tokens: 8,000 + 32,000 characters (~10k tokens) took 438 s to the first
+    token on the packaged CPU model under load (issue 14). 4,096 keeps a GPU answer's prefill well
+    under a second and bounds the CPU fallback to a few minutes at worst."""
+    max_queue: int = Field(32, gt=0, description="answers that may wait for the model before new ones get 503")
+    max_queue_per_client: int = Field(
+        4, gt=0, description="answers one client (a session, else an address) may have generating or queued before 429"
+    )
+    """One browser tab rarely needs more than one; four leaves room for retries without letting
+    one client fill the queue."""
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="bodies beyond this are refused (413) before they are read; well above any valid body, so an "
+        "oversized field is still answered with a 422 naming it",
+    )
+    max_upload_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="largest uploaded or imported file (also Gradio's max_file_size)"
+    )
+    """A pool file of `max_pool_memories` memories with a full learned state is about 6.5 MB
+    (2 × 2000 × 384 float32 vectors plus metadata)."""
+    max_upload_records: int = Field(2000, gt=0, description="most records in an uploaded memory set")
+    """The embedder managed ~240 records/s on the shared CPU (100k records took 413 s, issue 14),
+    so 2,000 is under ten seconds of embedding."""
+    max_pool_memories: int = Field(2000, gt=0, description="most memories in one visitor's or session's pool")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ApiSettings":
         if self.default_max_new_tokens is None:
             object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
-        for item in fields(self):
-            if getattr(self, item.name) <= 0:
-                raise ValueError(f"ApiSettings.{item.name} must be positive")
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
+        if self.max_message_tokens > self.max_prompt_tokens:
+            raise ValueError("ApiSettings.max_message_tokens must not exceed max_prompt_tokens")
         if self.max_body_bytes < self.largest_valid_body:
             raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ApiSettings":
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            raw = environ.get(f"SMEM_API_{item.name.upper()}")
-            if raw is not None:
-                values[item.name] = int(raw)
-        return cls(**values)
+        """The limits as `environ` sets them (the process environment by default)."""
+        prefix = cls.model_config["env_prefix"]
+        names = {f"{prefix}{name}".upper(): name for name in cls.model_fields}
+        return cls(**{names[key.upper()]: value for key, value in environ.items() if key.upper() in names})
 
     @property
     def largest_valid_body(self) -> int:
@@ -97,7 +134,7 @@ class ErrorResponse(BaseModel):
 
 
 def chat_request_model(
-    settings: ApiSettings, memory_sets: Callable[[], list[str]], default_set: Optional[str] = None
+    settings: ApiSettings, memory_sets: Callable[[], list[str]]
 ) -> type[BaseModel]:
     """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
     found at startup) in its schema; a set is checked against those present now.
@@ -113,7 +150,19 @@ def chat_request_model(
         content: str = Field(max_length=settings.max_message_chars)
 
     class ChatRequest(BaseModel):
-        model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, title="ChatRequest")
+        model_config = ConfigDict(
+            strict=True,
+            extra="forbid",
+            allow_inf_nan=False,
+            title="ChatRequest",
+            # memory_set or session, as a non-null string: without a session the set must be named.
+            json_schema_extra={
+                "anyOf": [
+                    {"required": ["memory_set"], "properties": {"memory_set": {"type": "string"}}},
+                    {"required": ["session"], "properties": {"session": {"type": "string"}}},
+                ]
+            },
+        )
 
         message: str = Field(
             min_length=1,
@@ -127,18 +176,19 @@ def chat_request_model(
             description=f"Earlier turns, oldest first. At most {settings.max_history_chars} characters of content in all; "
             f"each message at most {settings.max_message_chars}.",
         )
-        memory_set: str = Field(
-            default=default_set or ...,
-            description="Which memory set to draw from (see `GET /health`); the default set when omitted, so the "
-            "original Streaming Memory body (`message`, `history`, `update_every_n`, `max_memories`) works as it is.",
+        memory_set: Optional[str] = Field(
+            default=None,
+            description="Which memory set to draw from (see `GET /health`). Without `session`, the default set (`tutor`) when "
+            "omitted, so the original Streaming Memory body (`message`, `history`, `update_every_n`, `max_memories`) "
+            "works as it is; with one, the session's own set is used and this may be omitted (if given, it must match).",
             json_schema_extra={"enum": memory_sets()},
             examples=memory_sets()[:1],
         )
         session: Optional[str] = Field(
             default=None,
             pattern=SESSION_PATTERN,
-            description="Keep this session's Hebbian state between requests (one state per session and memory set). "
-            "Omit it to start from the memory set's initial state and keep nothing.",
+            description="A session id from `POST /sessions`: the answer uses and teaches that session's Hebbian state. "
+            "An unknown or expired id is refused (404). Omit it to start from the memory set's initial state and keep nothing.",
         )
         update_every_n: JsonInt = Field(default=10, ge=1, le=20, description="Re-retrieve memories every N generated tokens.")
         max_memories: JsonInt = Field(default=5, ge=1, le=15, description="Memories in context at once.")
@@ -159,11 +209,13 @@ def chat_request_model(
 
         @field_validator("memory_set")
         @classmethod
-        def _known_set(cls, value: str) -> str:
+        def _known_set(cls, value: Optional[str]) -> Optional[str]:
             available = memory_sets()
-            if value not in available:
+            if value is not None and value not in available:
+                # Escaped: the name may hold a lone surrogate, which the error report cannot encode (issue 14: a 500).
+                name = json.dumps(value)[1:-1]
                 raise PydanticCustomError(
-                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": value, "available": ", ".join(available)}
+                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": name, "available": ", ".join(available)}
                 )
             return value
 
@@ -178,6 +230,34 @@ def chat_request_model(
             return value
 
     return ChatRequest
+
+
+class SessionRequest(BaseModel):
+    """The body of `POST /sessions`: a memory set to start from, or memories of your own
+    (exactly one of the two; neither is nullable, so the schema can say so)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        title="SessionRequest",
+        json_schema_extra={"oneOf": [{"required": ["memory_set"]}, {"required": ["memories"]}]},
+    )
+
+    memory_set: str = Field(default=None, description="Start from this memory set's initial state.")  # type: ignore[assignment]
+    memories: list[Any] = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        description="Or start from these memories (records as in a memory-set file: `content`, optional `type`, "
+        "`subject`, `emotional_intensity`, `created_at`, `id`); at most `max_upload_records` of them.",
+    )
+    label: str = Field(default="uploaded", min_length=1, max_length=80, description="A name for `memories`.")
+
+
+class SessionCreated(BaseModel):
+    session: str = Field(description="The session's id: 192 random bits, to send as `session`. Keep it private.")
+    memory_set: str = Field(description="The memory set it started from (or the label of its own memories).")
+    memories: int
+    ttl_s: int = Field(description="The session is deleted after this many seconds without an answer.")
 
 
 class MemoryState(BaseModel):
@@ -199,7 +279,7 @@ class Link(BaseModel):
 
 
 class MemoriesResponse(BaseModel):
-    memory_set: str
+    memory_set: str = Field(description="The memory set (for a session: the set it started from, or its upload's label).")
     session: Optional[str]
     answers: int = Field(description="Answers this session has learned from (0 without a session).")
     memories: list[MemoryState]
@@ -213,17 +293,22 @@ class QueueState(BaseModel):
 
 
 class SessionStats(BaseModel):
-    active: int
-    limit: int
-    evicted: int
+    stored: int = Field(description="Sessions in the store (expired ones are swept hourly).")
+    ttl_s: int = Field(description="Seconds without an answer after which a session expires.")
 
 
 class Limits(BaseModel):
     max_new_tokens: int
     max_message_chars: int
+    max_message_tokens: int
     max_history_messages: int
     max_history_chars: int
+    max_prompt_tokens: int
+    max_queue_per_client: int
     max_body_bytes: int
+    max_upload_bytes: int
+    max_upload_records: int
+    max_pool_memories: int
 
 
 class HealthResponse(BaseModel):
@@ -239,12 +324,14 @@ class HealthResponse(BaseModel):
 # -- stream events --------------------------------------------------------------------------
 
 
-class Event(BaseModel):
+class StreamEventModel(BaseModel):
+    """Base of the stream's event models."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class MemoryHit(Event):
-    """A memory in context, with why it was chosen."""
+class MemoryHit(StreamEventModel):
+    """A memory in context, with why it was chosen (`smem.memory.records.Hit.to_dict`)."""
 
     id: str
     content: str
@@ -253,74 +340,67 @@ class MemoryHit(Event):
     score: float = Field(description="Selection score: similarity times the Hebbian multiplier, after diversity.")
     similarity: Optional[float] = None
     multiplier: Optional[float] = Field(default=None, description="Hebbian boost from past use and links.")
-    tokens: Optional[int] = Field(default=None, description="The memory's length in embedder tokens.")
+    tokens: Optional[int] = Field(
+        default=None, description="What the memory's line costs in the prompt, in the generating model's tokens."
+    )
 
 
-class QueuedEvent(Event):
+class QueuedEvent(StreamEventModel):
     """Sent while the answer waits for the model, whenever its place changes."""
 
     type: Literal["queued"]
     position: int = Field(ge=1, description="Answers ahead of this one (1: next).")
 
 
-class MemoriesEvent(Event):
-    """The memories retrieved for the message, before the first token."""
-
-    type: Literal["memories"]
-    memories: list[MemoryHit]
-
-
-class ContextEvent(Event):
-    """Context size now: this answer's memory block against classic RAG (every memory retrieved
-    so far kept) and against the whole pool."""
-
-    type: Literal["context"]
-    prompt_tokens: int
-    memory_tokens: int
-    generated_tokens: int
-    swaps: int
-    rag_memory_tokens: int
-    all_memory_tokens: int
+def _wire_type(annotation: Any) -> Any:
+    """A dataclass field's type as sent: a `Hit` goes out as a `MemoryHit` object."""
+    if annotation is Hit:
+        return MemoryHit
+    if typing.get_origin(annotation) is list:
+        return list[_wire_type(typing.get_args(annotation)[0])]
+    return annotation
 
 
-class ThinkingEvent(Event):
-    type: Literal["thinking"]
-    t: str = Field(description="Thinking text, to append.")
+def _wire_fields(cls: type) -> dict[str, Any]:
+    """Pydantic field definitions for a dataclass's fields, as `to_sse()` writes them."""
+    hints = typing.get_type_hints(cls)
+    definitions: dict[str, Any] = {}
+    for item in fields(cls):
+        name = events.json_name(item)
+        if name is None:
+            continue
+        if item.metadata.get("flatten"):
+            definitions.update(_wire_fields(hints[item.name]))
+            continue
+        description = item.metadata.get("doc") or None
+        if item.default_factory is not dataclasses.MISSING:
+            spec = Field(default_factory=item.default_factory, description=description)
+        elif item.default is not dataclasses.MISSING:
+            spec = Field(default=item.default, description=description)
+        else:
+            spec = Field(description=description)
+        definitions[name] = (_wire_type(hints[item.name]), spec)
+    return definitions
 
 
-class TokenEvent(Event):
-    type: Literal["token"]
-    t: str = Field(description="Answer text, to append.")
+def event_model(cls: type[events.SseEvent]) -> type[StreamEventModel]:
+    """The API model of one engine event, named for its type (`memory_update` → `MemoryUpdateEvent`)."""
+    name = "".join(part.title() for part in cls.sse_type.split("_")) + "Event"
+    return create_model(
+        name,
+        __base__=StreamEventModel,
+        __doc__=cls.__doc__,
+        __module__=__name__,
+        type=(Literal[cls.sse_type], ...),  # type: ignore[valid-type]
+        **_wire_fields(cls),
+    )
 
 
-class MemoryUpdateEvent(Event):
-    """The selected memories changed at generated token `at_token`; the model reads the new set from there on."""
-
-    type: Literal["memory_update"]
-    memories: list[MemoryHit]
-    added: list[MemoryHit]
-    removed: list[MemoryHit]
-    at_token: int
+ENGINE_EVENT_MODELS = {cls: event_model(cls) for cls in events.ENGINE_EVENTS}
+"""The engine's events as API models, generated from `smem.generation.events`."""
 
 
-class DoneEvent(Event):
-    """The answer ended; its statistics."""
-
-    type: Literal["done"]
-    tokens: int
-    thinking_tokens: int
-    swaps: int
-    retrievals: int
-    stop_reason: Literal["eos", "max_tokens", "cancelled"]
-    ttft_s: float
-    total_s: float
-    tokens_per_s: float
-    retrieval_ms: float
-    swap_ms: float
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class ErrorEvent(Event):
+class ErrorEvent(StreamEventModel):
     """The answer failed after the stream began (the status was already 200); nothing follows."""
 
     type: Literal["error"]
@@ -328,6 +408,6 @@ class ErrorEvent(Event):
 
 
 StreamEvent = Annotated[
-    Union[QueuedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
+    Union[(QueuedEvent, *ENGINE_EVENT_MODELS.values(), ErrorEvent)],  # type: ignore[valid-type]
     Field(discriminator="type"),
 ]

@@ -25,7 +25,9 @@ from smem.generation.events import Done, Event
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
-from smem.memory.store import PoolFileError
+from smem.memory.settings import DEFAULTS as MEMORY_DEFAULTS
+from smem.serving import uploads
+from smem.serving.api_schema import ApiSettings
 
 GPU_TOKENS_PER_S = 20.0
 """A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
@@ -51,9 +53,15 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "update_every_n": Setting(1, 20, 5, 1, "Update every N tokens", "How often memories are re-retrieved"),
     "max_memories": Setting(1, 15, 5, 1, "Max memories", "Memories in context at once"),
-    "softmax_temperature": Setting(0.01, 1.0, 0.15, 0.01, "Softmax temperature", "Lower = sharper selection"),
-    "diversity_weight": Setting(0.0, 1.0, 0.5, 0.05, "Diversity weight", "Penalty for near-duplicate memories"),
-    "association_weight": Setting(0.0, 2.0, 0.5, 0.05, "Association weight", "Pull of learned co-retrieval links"),
+    "softmax_temperature": Setting(
+        0.01, 1.0, MEMORY_DEFAULTS.softmax_temperature, 0.01, "Softmax temperature", "Lower = sharper selection"
+    ),
+    "diversity_weight": Setting(
+        0.0, 1.0, MEMORY_DEFAULTS.diversity_weight, 0.05, "Diversity weight", "Penalty for near-duplicate memories"
+    ),
+    "association_weight": Setting(
+        0.0, 2.0, MEMORY_DEFAULTS.association_weight, 0.05, "Association weight", "Pull of learned co-retrieval links"
+    ),
     "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
     "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
     "max_new_tokens": Setting(16, 2048, 512, 16, "Max new tokens"),
@@ -181,30 +189,10 @@ def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
 # -- memory-set actions -------------------------------------------------------------------------
 
 
-ZIP_MAGIC = b"PK\x03\x04"
-"""How a learned-state file (.npz, a zip archive) begins; memory sets are JSON text."""
-
-
-def upload(sets: MemorySets, raw: bytes | str | None) -> MemoryPool:
-    """A private pool from an uploaded file: a JSON memory set, or a learned state this app
-    saved (`save_learned`), links and counts included. MemoryFileError says what is wrong
-    (for JSON, the record, counted from 1, and the field)."""
-    if raw is None:
-        raise MemoryFileError("no file was uploaded")
-    if isinstance(raw, bytes) and raw.startswith(ZIP_MAGIC):
-        return load_learned(sets, raw)
-    return sets.from_upload(raw)
-
-
-def load_learned(sets: MemorySets, raw: bytes) -> MemoryPool:
-    """A pool from the bytes of a saved learned state (the round trip of `save_learned`)."""
-    with tempfile.TemporaryDirectory(prefix="smem-upload-") as folder:
-        path = Path(folder) / "learned-state.npz"
-        path.write_bytes(raw)
-        try:
-            return MemoryPool.load(path, sets.embedder)
-        except PoolFileError as error:
-            raise MemoryFileError(str(error)) from None
+def upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> MemoryPool:
+    """A private pool from an uploaded memory-set file or a downloaded learned state (.npz),
+    within the deployment's limits; MemoryFileError names the bad record, field or limit."""
+    return uploads.load_upload(sets, raw, settings)
 
 
 def switch_set(
@@ -218,8 +206,11 @@ def switch_set(
     return sets.pool(name), None
 
 
-def add_memory(pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float) -> MemoryPool:
-    """A copy of `pool` with one more memory (validated like a file record)."""
+def add_memory(
+    pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float, settings: ApiSettings
+) -> MemoryPool:
+    """A copy of `pool` with one more memory (validated like a file record, within the pool size limit)."""
+    uploads.check_size(pool, settings, adding=1)
     updated = pool.copy()
     updated.add(content, type=memory_type or None, emotional_intensity=emotional_intensity)
     return updated
@@ -259,5 +250,5 @@ def describe(pool: MemoryPool, label: str) -> str:
     name, so it is escaped."""
     return (
         f"**{html.escape(label)}** · {len(pool)} memories · {len(pool.links())} learned links · "
-        f"{pool.learning.events} Hebbian updates"
+        f"{pool.learning.answers} answers learned from"
     )

@@ -16,6 +16,9 @@ from typing import Callable, Iterator, Literal, Optional
 from smem.generation.events import Event, Token
 from smem.memory.pool import MemoryPool
 from smem.serving.runtime import Runtime
+from smem.serving import prompt_budget
+from smem.serving.api_schema import ApiSettings
+from smem.ui import actions
 from smem.ui.actions import GenerationSettings, apply_learned
 
 Answer = Callable[[MemoryPool, str, list, GenerationSettings], Iterator[Event]]
@@ -41,8 +44,9 @@ class AgentPools:
             self._pools[memory_set] = pool
 
 
-def tools(runtime: Runtime, answer: Answer, default_set: str) -> list[Callable]:
-    """The three tool functions (their names, type hints and docstrings are what agents see)."""
+def tools(runtime: Runtime, answer: Answer, default_set: str, limits: Callable[[], ApiSettings]) -> list[Callable]:
+    """The three tool functions (their names, type hints and docstrings are what agents see).
+    `limits` gives the deployment's limits at call time (the same as the UI's and the API's)."""
     pools = AgentPools(runtime)
 
     def retrieve_memories(query: str, memory_set: str = default_set, max_memories: int = 5) -> str:
@@ -78,9 +82,9 @@ def tools(runtime: Runtime, answer: Answer, default_set: str) -> list[Callable]:
         Returns:
             JSON with the stored memory's id and content, and how many memories the set now holds
         """
-        pool = pools.pool(memory_set).copy()
-        memory = pool.add(content, type=memory_type or None, emotional_intensity=emotional_intensity)
+        pool = actions.add_memory(pools.pool(memory_set), content, memory_type, emotional_intensity, limits())
         pools.replace(memory_set, pool)
+        memory = pool.memories[-1]
         return json.dumps({"id": memory.id, "content": memory.content, "memories": len(pool)})
 
     def chat(message: str, memory_set: str = default_set, max_new_tokens: int = 256) -> str:
@@ -97,10 +101,11 @@ def tools(runtime: Runtime, answer: Answer, default_set: str) -> list[Callable]:
         """
         pool = pools.pool(memory_set)
         settings = GenerationSettings(max_new_tokens=max_new_tokens, enable_thinking=False)
+        fitted = prompt_budget.fit(runtime.tokenizer, message, [], limits())
         pieces: list[str] = []
         done = None
         with runtime.queue.slot():
-            for event in answer(pool, message, [], settings):
+            for event in answer(pool, message, fitted.history, settings):
                 if isinstance(event, Token):
                     pieces.append(event.text)
                 done = event
