@@ -3,8 +3,8 @@
     python scripts/screenshots.py [--url http://127.0.0.1:7860] [--out assets]
 
 Drives a running app (start it with `python app.py`, or `SMEM_MODEL=tiny python app.py` for a
-fast one) at 1440×900: the page loaded, mid-answer, after the answer, the network after three
-answers, and the set switched away and back. Uses Debian's chromium through playwright
+fast one) at 1440×900: the page loaded, the recorded example replayed, mid-answer, after the
+answer, the network after three answers, and the set switched away and back. Uses Debian's chromium through playwright
 (playwright's own browser download does not work offline).
 """
 
@@ -60,6 +60,11 @@ def main() -> None:
         page.wait_for_selector("#message textarea", timeout=120_000)
         page.wait_for_selector("#network .js-plotly-plot", timeout=60_000)
         shoot(page, args.out, "screenshot-loaded.png")
+        if page.locator("#recorded").count():
+            page.locator("#recorded button, #recorded td, #recorded .example").first.click()
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('recorded')")
+            page.wait_for_timeout(1000)
+            shoot(page, args.out, "screenshot-recorded.png")
 
         send(page, QUESTIONS[0])
         page.wait_for_function(

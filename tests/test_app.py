@@ -3,6 +3,7 @@ actions. The app runs as a subprocess on the tiny model (`app_server` in conftes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -18,6 +19,7 @@ from gradio_client.exceptions import AppError
 
 from smem.memory.embedder import default_embedder
 from smem.memory.pool import MemoryPool
+from smem.ui.actions import GenerationSettings
 
 from conftest import REPO, run_app
 
@@ -54,16 +56,29 @@ def trace(plot: dict, name: str) -> dict:
     return next(t for t in figure(plot)["data"] if t.get("name") == name)
 
 
+def downloaded(output: Any) -> str:
+    """The path of a file output (the save button also makes its file box visible)."""
+    return output["value"] if isinstance(output, dict) else output
+
+
 def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps([{"content": c, "type": "insight"} for c in contents]))
     return path
 
 
+KNOBS = (
+    "update_every_n", "max_memories", "max_new_tokens", "softmax_temperature", "diversity_weight",
+    "association_weight", "lookback_tokens", "temperature", "enable_thinking",
+)  # fmt: skip
+"""/answer's inputs after the chat, in order (an undocumented endpoint takes no keywords)."""
+
+
 def submit(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any):
     """Send a message as the page does after echoing it: the chat, ending with the question."""
-    history = [*(chat or []), {"role": "user", "content": message}]
-    return c.submit(history, api_name="/answer", **settings)
+    history = [*(chat or []), {"role": "user", "content": [{"type": "text", "text": message}]}]
+    values = {**dataclasses.asdict(GenerationSettings()), **settings}
+    return c.submit(history, *(values[name] for name in KNOBS), api_name="/answer")
 
 
 def ask(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any) -> tuple[list, tuple]:
@@ -104,13 +119,14 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
         if t.get("name") != "in context now" and isinstance(t.get("marker", {}).get("size"), list)
         for size in t["marker"]["size"]
     ]
-    assert max(sizes) > min(sizes), "retrieved memories grow in the network"
+    unlinked = trace(first[NETWORK], next(t["name"] for t in figure(first[NETWORK])["data"] if t.get("name", "").startswith("unlinked")))
+    assert min(sizes) > unlinked["marker"]["size"], "retrieved memories are drawn large, the unlinked ones faint"
 
     _, second = ask(c, "And what about his reading?", chat=first[CHAT])
     assert [m["role"] for m in second[CHAT]][:2] == ["user", "assistant"], "the second turn keeps the first"
     assert int(re.search(r"(\d+) learned links", second[SET_STATUS]).group(1)) >= links_after_first
 
-    saved = c.predict(api_name="/save_learned")
+    saved = downloaded(c.predict(api_name="/save_learned"))
     pool = MemoryPool.load(saved, default_embedder())
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
 
@@ -126,7 +142,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
 def test_timeline_shows_the_memories_of_any_token(app_server):
     c = client(app_server)
     _, final = ask(c, max_new_tokens=80)
-    plot, table, text = c.predict(token=1, api_name="/timeline")
+    plot, table, text = c.predict(1, api_name="/timeline")
     assert rows(table), "some memories were in context at token 1"
     assert len(text) <= len(final[TOKEN_TEXT]) + 1
     cursor = figure(plot)["layout"]["shapes"]
@@ -155,7 +171,7 @@ def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
     assert "ZEBRAQUOKKA" not in results["theirs"][NETWORK]["plot"]
     assert "**tutor** · 151 memories" in results["theirs"][SET_STATUS]
 
-    newcomer = MemoryPool.load(client(app_server).predict(api_name="/save_learned"), default_embedder())
+    newcomer = MemoryPool.load(downloaded(client(app_server).predict(api_name="/save_learned")), default_embedder())
     assert len(newcomer) == 151 and newcomer.links() == [], "a new visitor starts fresh: learning is never shared"
 
 
