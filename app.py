@@ -199,6 +199,22 @@ def build_demo() -> gr.Blocks:
                             elem_id="knob-thinking",
                         )
                     )
+                with gr.Row():
+                    knobs.append(
+                        gr.Checkbox(
+                            value=DEFAULTS.sample_memories,
+                            label="Sample memories",
+                            info="Draw from the softmax (off: always the top scores)",
+                        )
+                    )
+                    knobs.append(
+                        gr.Radio(
+                            list(actions.SWAP_CHOICES),
+                            value=DEFAULTS.swap,
+                            label="Memory swap",
+                            info="exact: re-read the context; slots: rewrite only the changed memory; auto: exact on GPU",
+                        )
+                    )
             with gr.Tab("Memory set", elem_id="tab-set"):
                 with gr.Row():
                     upload = gr.UploadButton(
@@ -256,6 +272,8 @@ def build_demo() -> gr.Blocks:
             lookback_tokens: float,
             temperature: float,
             enable_thinking: bool,
+            sample_memories: bool,
+            swap: str,
             request: gr.Request,
         ):
             """Stream the answer to the chat's last message into every panel; learn into the pool."""
@@ -273,6 +291,8 @@ def build_demo() -> gr.Blocks:
                     lookback_tokens=lookback_tokens,
                     temperature=temperature,
                     enable_thinking=enable_thinking,
+                    sample_memories=sample_memories,
+                    swap=swap,
                 )
             except ValueError as error:
                 raise gr.Error(str(error)) from None

@@ -69,7 +69,7 @@ def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> 
 
 KNOBS = (
     "update_every_n", "max_memories", "max_new_tokens", "softmax_temperature", "diversity_weight",
-    "association_weight", "lookback_tokens", "temperature", "enable_thinking",
+    "association_weight", "lookback_tokens", "temperature", "enable_thinking", "sample_memories", "swap",
 )  # fmt: skip
 """/answer's inputs after the chat, in order (an undocumented endpoint takes no keywords)."""
 

@@ -45,7 +45,10 @@ def events(record: dict[str, Any], pool: MemoryPool) -> Iterator[Event]:
         elif kind == "token":
             yield Token(item["t"])
         elif kind == "memory_update":
-            yield MemoryUpdate(hits(item["memories"]), hits(item["added"]), hits(item["removed"]), item["at_token"])
+            yield MemoryUpdate(
+                hits(item["memories"]), hits(item["added"]), hits(item["removed"]), item["at_token"],
+                exact=item.get("exact", True),
+            )  # fmt: skip
         elif kind == "context":
             yield ContextStats(**{key: value for key, value in item.items() if key != "type"})
         elif kind == "done":
