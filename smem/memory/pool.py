@@ -19,12 +19,12 @@ import numpy as np
 from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
 from smem.memory.index import Scan, VectorIndex
-from smem.memory.learning import ENCODING, LEARNED, LearningState
+from smem.memory.learning import ENCODING, LEARNED, LearningState, LinkGraph
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.pool_file import check_pool_file
-from smem.memory.selection import Candidates, Selection, select
+from smem.memory.selection import Candidates, Selection, gumbel_noise, select
 from smem.memory.settings import DEFAULTS
 from smem.memory.store import PoolFileError, pool_file_bytes, read_pool_file, write_pool_file
 
@@ -404,14 +404,20 @@ class MemoryPool:
             candidates,
             max_memories=query.max_memories,
             token_budget=query.token_budget,
-            links=_row_lookup(query.graph),
+            links=query.graph.row if query.graph is not None else _no_links,
             link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
-            rng=self._rng if query.sample else None,
+            noise=self._noise(index, query.sample_seed) if query.sample else None,
             ceiling=0.0 if everything else ceiling,
             fewest_outside_tokens=int(self._tokens.min()),
         )
+
+    def _noise(self, index: np.ndarray, seed: Optional[int]) -> np.ndarray:
+        """Gumbel noise for the candidates at pool positions `index`."""
+        if seed is None:
+            return self._rng.gumbel(size=len(index))
+        return gumbel_noise(seed, index)
 
     def _choose(self, query: "_Query", exact: bool) -> tuple[np.ndarray, Selection]:
         """Select over the nearest candidates, widened until the selection is proven to be
@@ -462,8 +468,7 @@ class MemoryPool:
             selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
             linked = np.zeros(0, dtype=np.int64)
             if query.graph is not None and selection.picks:
-                rows = query.graph[index[[pick.position for pick in selection.picks]]]
-                linked = np.setdiff1d(rows.indices[rows.data > 0], index)
+                linked = np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
             if len(linked):
                 joined = np.union1d(joined, linked)
                 continue
@@ -493,6 +498,7 @@ class MemoryPool:
         incumbent_margin: float = 0.0,
         exact: bool = False,
         query_vector: Optional[np.ndarray] = None,
+        sample_seed: Optional[int] = None,
     ) -> list[Hit]:
         """Select up to `max_memories` for `query` (text or a vector).
 
@@ -502,7 +508,10 @@ class MemoryPool:
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
         memory; the fast path is proven to select the same memories with the same scores
-        (tests/test_retrieval_exact.py). `sample` always scores every memory.
+        (tests/test_retrieval_exact.py). `sample` always scores every memory and draws from the
+        softmax (Gumbel-max); with `sample_seed` the noise is fixed per (seed, memory), so a
+        streaming answer's re-retrievals are reproducible and change the set only where the
+        scores moved; without it the pool's own random stream rolls fresh noise.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
@@ -529,13 +538,14 @@ class MemoryPool:
             margin=incumbent_margin,
             graph=self._link_graph(),
             sample=sample,
+            sample_seed=sample_seed,
             max_memories=max_memories,
             token_budget=token_budget,
         )
         index, selection = self._choose(asked, exact)
         picks = selection.picks
         positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
-        pulls = self._pulls(positions) if asked.graph is not None else [()] * len(picks)
+        pulls = self._pulls(asked.graph, positions) if asked.graph is not None else [()] * len(picks)
         hits = [
             Hit(
                 memory=self._memories[position],
@@ -557,27 +567,19 @@ class MemoryPool:
             )
         return hits
 
-    def _link_graph(self):
-        """Encoding + learned links as one CSR matrix, or None while the pool has no links
-        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
-        state = self.learning
-        if not (state.links_used or len(state.encoded_a)):
-            return None
-        return state.graph(self.weights.encoding)
+    def _link_graph(self) -> Optional[LinkGraph]:
+        """Encoding + learned links, or None while the pool has none (then retrieval skips
+        spreading entirely, as in a fresh 1M-memory pool)."""
+        return self.learning.graph(self.weights.learned_links)
 
-    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+    def _pulls(self, graph: LinkGraph, positions: np.ndarray) -> list[tuple[Pull, ...]]:
         """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
-        encoding, learned = self.learning.graphs(self.weights.encoding)
-        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
-        result = []
-        for rank in range(len(positions)):
-            pulls = [
-                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
-                for kind, weights in by_kind
-                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
-            ]
-            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
-        return result
+        pulls: list[list[Pull]] = [[] for _ in positions]
+        for kind in (ENCODING, LEARNED):
+            weights = np.triu(graph.block(positions, kind), 1)  # earlier pick (row) → later pick (column)
+            for earlier, later in zip(*np.nonzero(weights)):
+                pulls[later].append(Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, later])))
+        return [tuple(sorted(found, key=lambda pull: -pull.weight)) for found in pulls]
 
     # -- learning -----------------------------------------------------------------------
 
@@ -725,20 +727,13 @@ class _Query:
     favoured: np.ndarray
     """Incumbents' pool positions (sorted)."""
     margin: float
-    graph: Any
-    """Encoding + learned links (CSR), or None while the pool has none."""
+    graph: Optional[LinkGraph]
+    """Encoding + learned links, or None while the pool has none."""
     sample: bool
+    sample_seed: Optional[int]
     max_memories: int
     token_budget: Optional[int]
 
 
-def _row_lookup(graph):
-    """Pool position → (linked positions, weights), read straight from the CSR rows."""
-    if graph is None:
-        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
-
-    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
-        start, end = graph.indptr[position], graph.indptr[position + 1]
-        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
-
-    return lookup
+def _no_links(position: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0)
