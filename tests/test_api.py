@@ -247,7 +247,7 @@ def test_a_session_over_your_own_memories_within_the_limits(tiny_runtime: Runtim
         too_many = small.post("/sessions", json={"memories": [{"content": f"note {i}"} for i in range(6)]})
         assert too_many.status_code == 422 and "at most 5" in too_many.json()["error"]["message"]
         bad = small.post("/sessions", json={"memories": [{"content": "ok"}, {"content": ""}]})
-        assert bad.status_code == 422 and "record 1" in bad.json()["error"]["message"]
+        assert bad.status_code == 422 and "record 2" in bad.json()["error"]["message"]
 
 
 def test_a_failed_answer_reports_an_error_event_and_leaves_the_session_as_it_was(
@@ -536,3 +536,22 @@ def test_stream_events_are_exactly_the_generated_models(client: TestClient) -> N
         assert type(adapter.validate_python(event)) is models[event["type"]]
         seen.add(event["type"])
     assert {"memories", "context", "done"} <= seen
+
+
+def test_the_original_projects_request_body_works_with_the_default_set(client: TestClient) -> None:
+    body = {"message": MESSAGE, "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            "update_every_n": 2, "max_memories": 3}  # fmt: skip
+    response = client.post("/chat/stream", json=body)
+    assert response.status_code == 200, response.text
+    events = list(sse.decode(response.text.split("\n")))
+    assert events[-1]["type"] == "done" and len(events[0]["memories"]) <= 3
+
+
+def test_a_wrong_method_is_a_405_in_the_error_shape_with_allow(client: TestClient) -> None:
+    for method, path in (("GET", "/chat/stream"), ("POST", "/health"), ("DELETE", "/memories")):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.json()["error"]["status"] == 405
+        assert response.headers["allow"] in ("POST", "GET")
+    response = client.get("/no/such/path")
+    assert response.status_code == 404 and response.json()["error"]["status"] == 404
