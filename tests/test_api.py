@@ -7,14 +7,14 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from smem.generation.events import Done
+from smem.generation.events import Done, Thinking, Token
 from smem.serving import sse
 from smem.serving.api import create_api
 from smem.serving.api_schema import ApiSettings
@@ -104,8 +104,10 @@ def holding_the_model(runtime: Runtime) -> Iterator[threading.Event]:
         thread.join(5)
 
 
-def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[Done]:
-    """The `Done` event of every answer the runtime's engines finish from now on."""
+def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hold_after: Optional[int] = None) -> list[Done]:
+    """The `Done` event of every answer the runtime's engines finish from now on. With
+    `hold_after`, an answer waits after that many text events until its cancel event is set
+    (60 s guard), so a fast model cannot finish before a disconnect is noticed."""
     finished: list[Done] = []
     make_engine = runtime.engine
 
@@ -114,9 +116,13 @@ def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[
         stream = built.stream
 
         def recording(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            texts = 0
             for event in stream(*args, **kwargs):
                 if isinstance(event, Done):
                     finished.append(event)
+                texts += isinstance(event, (Token, Thinking))
+                if texts == hold_after and kwargs.get("cancel") is not None:
+                    kwargs["cancel"].wait(60)
                 yield event
 
         monkeypatch.setattr(built, "stream", recording)
@@ -359,7 +365,7 @@ def test_concurrent_requests_to_one_session_apply_one_after_the_other(live: str)
 def test_a_client_that_disconnects_stops_its_generation(
     live: str, tiny_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    finished = recorded_answers(tiny_runtime, monkeypatch)
+    finished = recorded_answers(tiny_runtime, monkeypatch, hold_after=5)
     leaver = new_session(httpx.Client(base_url=live))
     body = {"message": MESSAGE, "memory_set": "tutor", "session": leaver, "max_new_tokens": 4000, "update_every_n": 20}
     with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=30) as response:
