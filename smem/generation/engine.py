@@ -57,6 +57,7 @@ from smem.generation.events import (
     Token,
 )
 from smem.memory.records import Hit
+from smem.generation.decoding import RepetitionControl, model_profile
 from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, HistoryItem, PromptBuilder, normalize_history
 
 DEFAULT_INCUMBENT_MARGIN = 0.15
@@ -206,6 +207,7 @@ class StreamingEngine:
         self.context_stats_every = context_stats_every
         self.bf16_queries = bf16_queries
         self.device = next(model.parameters()).device
+        self.decoding = model_profile(model)
         if swap_budget == "auto":
             swap_budget = CPU_SWAP_BUDGET if self.device.type == "cpu" else None
         self.swap_budget: Optional[float] = swap_budget
@@ -340,8 +342,8 @@ class StreamingEngine:
         lookback_tokens: int = 60,
         max_new_tokens: int = 1024,
         min_new_tokens: int = 0,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
         seed: Optional[int] = None,
         enable_thinking: bool = True,
         memory_token_budget: Optional[int] = None,
@@ -356,7 +358,8 @@ class StreamingEngine:
         then `Done`.
 
         `update_every_n=0` disables re-retrieval (classic retrieve-once RAG). `temperature=0` is
-        greedy. `min_new_tokens` holds off end-of-answer tokens (benchmarks compare equal lengths).
+        greedy; `temperature` and `top_p` default to the model's decoding profile, whose repetition
+        controls apply at every temperature (`smem.generation.decoding`). `min_new_tokens` holds off end-of-answer tokens (benchmarks compare equal lengths).
         Setting `cancel` stops at the next token; closing the generator also stops it.
         `Done.stats.tokens_per_s` is the decode rate after the first token.
         """
@@ -373,6 +376,9 @@ class StreamingEngine:
             system_prompt=self.system_prompt if system_prompt is None else system_prompt,
             enable_thinking=enable_thinking,
         )
+        temperature = self.decoding.temperature if temperature is None else temperature
+        top_p = self.decoding.top_p if top_p is None else top_p
+        control = RepetitionControl(self.decoding)
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -427,6 +433,7 @@ class StreamingEngine:
             if cancel is not None and cancel.is_set():
                 stop_reason = "cancelled"
                 break
+            logits = control(generated, logits)
             if len(generated) < min_new_tokens:
                 logits = logits.index_fill(0, self._stop_index, float("-inf"))
             token = self._pick(logits, temperature, top_p, generator)

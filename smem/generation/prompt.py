@@ -10,20 +10,39 @@ the same split.
 The template is rendered once with a sentinel in place of the memory text and cut at the
 sentinel, so the model's own template decides every byte and a swap only tokenises the new
 block.
+
+What the block says is shaped by what small models do with it. A heading before the memories
+("Memories relevant to this conversation (...):") was the first thing the 0.5B wrote back in 3
+of 5 example answers, followed by the list. So the block has no heading: the memories come
+first as dated notes (dates answer "when" questions, and "last summer" needs them), and the
+instruction comes last, right before the assistant header, where it is read as a reply cue
+rather than a pattern to continue. Assistant turns in the history are cleaned of echoed notes
+and instructions before they re-enter the prompt, since a model copies its own earlier echoes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from smem.memory.records import Hit, Memory
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant with a long-term memory of the person you are talking to. "
-    "Relevant memories are shown to you as you answer; use them when they help, and answer naturally."
+    "You are a helpful assistant who knows the user from earlier conversations. "
+    "Answer the user's message directly and concretely, in your own words."
 )
-MEMORY_INTRO = "Memories relevant to this conversation (they update as you answer; use them where they help):"
+MEMORY_INSTRUCTION = (
+    "Those are your notes from earlier conversations with the user. "
+    "Use them where they help; reply to the user's last message in your own words, without repeating the notes."
+)
+_ECHO_PREFIXES = (
+    MEMORY_INSTRUCTION[:40],
+    DEFAULT_SYSTEM_PROMPT[:40],
+    "Memories relevant to this conversation",  # the heading of earlier versions, still in old chats
+)
+_NOTE_LINE = re.compile(r"^\s*-\s+(\[[^\]]*\]\s*|\d{1,2} [A-Z][a-z]+ \d{4}:\s*)")
+"""An echoed note: "- 2 June 2025: ..." (this layout) or "- [type, subject] ..." (the old one)."""
 _SENTINEL = "\u2063SMEM-MEMORY-BLOCK\u2063"
 
 HistoryItem = Union[Mapping[str, Any], Sequence[str]]
@@ -43,32 +62,60 @@ class Prompt:
 
 
 def normalize_history(history: Optional[Sequence[HistoryItem]]) -> list[dict[str, str]]:
-    """Accept role/content dicts (OpenAI, Gradio "messages") or (user, assistant) pairs."""
+    """Accept role/content dicts (OpenAI, Gradio "messages") or (user, assistant) pairs;
+    assistant turns come back cleaned of echoed prompt text (`clean_reply`)."""
     messages: list[dict[str, str]] = []
     for item in history or ():
         if isinstance(item, Mapping):
             role = str(item.get("role", ""))
             if role not in ("user", "assistant", "system"):
                 raise ValueError(f"history message has unknown role {role!r}")
-            messages.append({"role": role, "content": str(item.get("content") or "")})
+            content = str(item.get("content") or "")
+            messages.append({"role": role, "content": clean_reply(content) if role == "assistant" else content})
         else:
             user, assistant = item
             if user:
                 messages.append({"role": "user", "content": str(user)})
             if assistant:
-                messages.append({"role": "assistant", "content": str(assistant)})
+                messages.append({"role": "assistant", "content": clean_reply(str(assistant))})
     return messages
 
 
 def memory_line(memory: Union[Hit, Memory]) -> str:
-    """One memory as the model sees it; type and subject help it weigh the note."""
-    tags = [tag for tag in (memory.type, memory.subject) if tag]
-    label = f"[{', '.join(tags)}] " if tags else ""
-    return f"- {label}{memory.content}"
+    """One memory as a dated note. Type and subject tags are left out: bracketed labels were
+    copied into answers verbatim, and the content already names its subject."""
+    when = (memory.memory if isinstance(memory, Hit) else memory).created_at
+    date = f"{when.day} {when:%B %Y}: " if when is not None else ""
+    return f"- {date}{memory.content}"
 
 
 def memory_text(memories: Sequence[Union[Hit, Memory]]) -> str:
-    return "\n".join([MEMORY_INTRO, *(memory_line(m) for m in memories)])
+    return "\n".join([*(memory_line(m) for m in memories), MEMORY_INSTRUCTION])
+
+
+def clean_reply(text: str) -> str:
+    """An earlier assistant answer without the notes and instructions it echoed from its prompt.
+
+    Only whole lines go: a line that starts like one of the prompt's instructions or headings,
+    and note-shaped lines ("- 2 June 2025: ...") in a run that follows such a line or opens the
+    answer. An answer that was nothing but echo becomes empty. Thinking (before `</think>`) is
+    left to the chat template, which drops it from past turns.
+    """
+    thinking, end, answer = text.rpartition("</think>")
+    if end:
+        return f"{thinking}{end}\n\n{clean_reply(answer)}"
+    kept: list[str] = []
+    echoing = True
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(_ECHO_PREFIXES):
+            echoing = True
+            continue
+        if echoing and (_NOTE_LINE.match(line) or not stripped):
+            continue
+        echoing = False
+        kept.append(line)
+    return "\n".join(kept).strip()
 
 
 class PromptBuilder:
@@ -146,9 +193,9 @@ class PromptBuilder:
         return Prompt(prefix=self.prefix, memory=self.memory_block(memories), header=self.header)
 
     def block_overhead(self) -> int:
-        """Tokens a non-empty block costs beyond its memory lines (wrapper, intro)."""
+        """Tokens a non-empty block costs beyond its memory lines (wrapper, instruction)."""
         if self._overhead is None:
-            self._overhead = len(self.encode(self._block_before + MEMORY_INTRO + "\n" + self._block_after))
+            self._overhead = len(self.encode(self._block_before + MEMORY_INSTRUCTION + "\n" + self._block_after))
         return self._overhead
 
     def line_tokens(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
