@@ -1,7 +1,7 @@
 """Streaming Memory — the Gradio Space: a chat whose memories change while it answers.
 
-This file only wires widgets to `smem`: per-visitor actions live in `smem.ui.visitor`, the event
-stream's reduction into view state in `smem.ui.session_view`, figures and table rows in
+This file only wires widgets to `smem`: per-visitor actions live in `smem.ui.actions`, the event
+stream's reduction into view state in `smem.ui.answer_view`, figures and table rows in
 `smem.ui.viz`. The HTTP API (`smem.serving.api`) is served by the same process.
 
 How it starts: locally (`python app.py`) the API app is served by uvicorn on 127.0.0.1:7860
@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
 import html  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
 from typing import Any, Iterator, Optional  # noqa: E402
@@ -27,13 +28,14 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from smem.generation import models  # noqa: E402
-from smem.ui import session_view, visitor, viz  # noqa: E402
+from smem.ui import actions, answer_view, viz  # noqa: E402
 from smem.serving.api import create_api  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
-from smem.ui.session_view import AnswerView, Changed  # noqa: E402
+from smem.serving.settings import Settings  # noqa: E402
+from smem.ui.answer_view import AnswerView, Changed  # noqa: E402
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -51,19 +53,19 @@ SET_NAMES = RUNTIME.sets.names
 DEFAULT_SET = "tutor" if "tutor" in SET_NAMES else SET_NAMES[0]
 # Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
 # topic when sampled hotter, so it runs cooler and shorter.
-DEFAULTS = visitor.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
+DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
 
 
-@spaces.GPU(duration=visitor.gpu_seconds)
+@spaces.GPU(duration=actions.gpu_seconds)
 def generate(
-    pool: MemoryPool, message: str, history: list[dict[str, str]], settings: visitor.GenerationSettings
+    pool: MemoryPool, message: str, history: list[dict[str, str]], settings: actions.GenerationSettings
 ) -> Iterator[Event]:
     """The answer, as engine events. On ZeroGPU this runs in a forked worker: `pool` arrives
     pickled and what it learns leaves in the final `Done` event."""
-    yield from visitor.answer(RUNTIME.engine(pool), message, history, settings)
+    yield from actions.answer(RUNTIME.engine(pool), message, history, settings)
 
 
-@spaces.GPU(duration=visitor.api_gpu_seconds)
+@spaces.GPU(duration=actions.api_gpu_seconds)
 def _answer_for_api(pool: MemoryPool, kwargs: dict[str, Any]) -> Iterator[Event]:
     yield from RUNTIME.engine(pool).stream(**kwargs, return_learned=True)
 
@@ -111,7 +113,7 @@ the memory set: uploads, added memories and learning are never shared.
 def _frame(parts: Changed, view: AnswerView, pool: MemoryPool, chat: list, message: str) -> tuple:
     memories = bool(parts & (Changed.MEMORIES | Changed.DONE))
     return (
-        session_view.chat_messages(chat, message, view),
+        answer_view.chat_messages(chat, message, view),
         viz.memory_rows(view.rows()) if memories else gr.skip(),
         viz.network_figure(pool, view.current_ids, None if view.finished else view.together())
         if memories
@@ -142,7 +144,7 @@ def respond(
     if not message:
         raise gr.Error("Type a message first.")
     try:
-        settings = visitor.GenerationSettings(
+        settings = actions.GenerationSettings(
             update_every_n=update_every_n,
             max_memories=max_memories,
             softmax_temperature=softmax_temperature,
@@ -160,7 +162,7 @@ def respond(
     note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else "🔎 Retrieving memories…"
     idle = gr.skip()
     yield (
-        session_view.chat_messages(chat, message, view),
+        answer_view.chat_messages(chat, message, view),
         idle,
         idle,
         idle,
@@ -170,21 +172,21 @@ def respond(
         note,
         *[idle] * 4,
     )
-    throttle = session_view.Throttle()
+    throttle = answer_view.Throttle()
     with RUNTIME.queue.slot():
-        for event in generate(pool, message, session_view.model_history(chat), settings):
+        for event in generate(pool, message, answer_view.model_history(chat), settings):
             parts = throttle.push(view.apply(event))
             if parts:
                 yield (*_frame(parts, view, pool, chat, message), *[idle] * 7)
-    visitor.apply_learned(pool, view.take_learned())
+    actions.apply_learned(pool, view.take_learned())
     last = max(view.generated - 1, 0)
     yield (
         *_frame(Changed.DONE | Changed.MEMORIES | Changed.CONTEXT, view, pool, chat, message),
         idle,
         gr.Slider(minimum=0, maximum=max(last, 1), value=last, interactive=True),
-        session_view.summary(view.done) if view.done else "",
+        answer_view.summary(view.done) if view.done else "",
         view,
-        visitor.describe(pool, label),
+        actions.describe(pool, label),
         viz.memory_rows(view.rows_at(last)),
         view.excerpt_at(last),
     )
@@ -202,7 +204,7 @@ def _pool_changed(pool: MemoryPool, label: str, note: str = ""):
     return (
         pool,
         label,
-        visitor.describe(pool, label) + (f"\n\n{note}" if note else ""),
+        actions.describe(pool, label) + (f"\n\n{note}" if note else ""),
         viz.network_figure(pool),
         [],
         gr.Dataset(samples=[[example] for example in RUNTIME.sets.examples(label)]),
@@ -221,7 +223,7 @@ def _refused(error: MemoryFileError, what: str):
 
 def upload_set(raw: Optional[bytes]):
     try:
-        uploaded = visitor.upload(RUNTIME.sets, raw)
+        uploaded = actions.upload(RUNTIME.sets, raw)
     except MemoryFileError as error:
         return _refused(error, "That file was not loaded, your memories are unchanged")
     return _pool_changed(uploaded, "uploaded set", "✅ Loaded your file (visible only to you).")
@@ -229,18 +231,18 @@ def upload_set(raw: Optional[bytes]):
 
 def add_memory(content: str, memory_type: Optional[str], intensity: float, pool: MemoryPool, label: str):
     try:
-        updated = visitor.add_memory(pool, content, memory_type, intensity)
+        updated = actions.add_memory(pool, content, memory_type, intensity)
     except MemoryFileError as error:
         return _refused(error, "Memory not added")
     return _pool_changed(updated, label, "✅ Memory added.")
 
 
 def reset_learning(pool: MemoryPool, label: str):
-    return _pool_changed(visitor.reset_learning(pool), label, "↺ Hebbian state reset.")
+    return _pool_changed(actions.reset_learning(pool), label, "↺ Hebbian state reset.")
 
 
 def save_learned(pool: MemoryPool, label: str) -> str:
-    return str(visitor.save_learned(pool, label))
+    return str(actions.save_learned(pool, label))
 
 
 def build_demo() -> gr.Blocks:
@@ -316,13 +318,13 @@ def build_demo() -> gr.Blocks:
                 reset = gr.Button("Reset Hebbian state", scale=1)
                 save = gr.Button("Download learned state", scale=1)
             set_status = gr.Markdown(
-                visitor.describe(initial_pool, DEFAULT_SET), label="Memory set status", elem_id="set-status"
+                actions.describe(initial_pool, DEFAULT_SET), label="Memory set status", elem_id="set-status"
             )
             learned_file = gr.File(label="Learned state (.npz)", interactive=False, visible=False)
             with gr.Accordion("Add a memory", open=False):
                 with gr.Row():
                     new_content = gr.Textbox(label="Content", lines=2, scale=4, elem_id="new-memory")
-                    new_type = gr.Dropdown(list(visitor.MEMORY_TYPES), value=None, label="Type", scale=1)
+                    new_type = gr.Dropdown(list(actions.MEMORY_TYPES), value=None, label="Type", scale=1)
                     new_intensity = gr.Slider(0, 1, value=0.5, step=0.05, label="Emotional intensity", scale=1)
                 add = gr.Button("Add memory", elem_id="add-memory")
         with gr.Accordion("How it works", open=False):
@@ -378,7 +380,7 @@ def _memory_table(label: str, elem_id: str) -> gr.Dataframe:
 
 
 def _slider(name: str) -> dict[str, Any]:
-    spec = visitor.SETTINGS[name]
+    spec = actions.SETTINGS[name]
     return {
         "minimum": spec.minimum,
         "maximum": spec.maximum,
@@ -396,8 +398,9 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 
 def main() -> None:
-    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    settings = Settings.from_cli()
+    logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
+    host, port = settings.server.host, settings.server.port
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside

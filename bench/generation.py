@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
@@ -299,6 +300,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the swap-vs-prefill timing")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    print_run_config(args)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":

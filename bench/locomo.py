@@ -1,16 +1,26 @@
-"""LoCoMo retrieval recall: BM25 vs plain cosine vs MemoryPool, same embedder.
+"""LoCoMo retrieval recall: BM25 vs plain cosine vs MemoryPool, same embedder; ablations of
+the Hebbian terms, a learning curve and link statistics.
 
 Each dialog turn becomes one memory worded `{speaker} said, "{text}"` (plus
-` and shared {blip_caption}`), created at its session's date; questions of categories 1–4
-are asked in file order with learning on, `now` just after the last session. Recall@k is
-the share of a question's evidence turns among the first k memories retrieved.
+` and shared {blip_caption}`), created at its session's date and added in dialog order (so
+adjacent turns of a session get encoding links); questions of categories 1–4 are asked in file
+order, `now` just after the last session. Recall@k is the share of a question's evidence turns
+among the first k memories retrieved.
 
-    python bench/locomo.py --data ../shared/data/locomo-dev.json
+"Learning on" learns like the streaming engine does from an answer: the first `--context`
+memories retrieved (the app puts 5 in context) are reinforced together with the question as
+the query. Nothing else reaches the pool: evidence, answers and categories are only read to
+score recall and, after the run, to count how many learned links joined two evidence turns.
+
+    python bench/locomo.py --data ../shared/data/locomo-dev.json            # main table
+    python bench/locomo.py --data ... --ablate --curve --links             # the docs' tables
+    python bench/locomo.py --data ... --sweep links=0.5,1,2 encoding=0.5,1,2  # knob sensitivity
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -18,16 +28,20 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 from smem import MemoryPool, ScoringWeights  # noqa: E402
 from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
 
 KS = (5, 10, 25)
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+CONTEXT = 5
+"""Memories the app puts in context per answer (the engine's default `max_memories`)."""
 
 
 @dataclass
@@ -93,6 +107,9 @@ class Recall:
     def row(self) -> list[float]:
         return [float(np.mean(self.hits[k])) for k in KS]
 
+    def categories(self) -> list[float]:
+        return [float(np.mean(self.by_category.get(c, [np.nan]))) for c in CATEGORIES]
+
 
 def run_bm25(conv: Conversation, recall: Recall) -> None:
     import bm25s
@@ -112,17 +129,182 @@ def run_cosine(conv: Conversation, vectors: np.ndarray, queries: np.ndarray, rec
         recall.add([conv.ids[i] for i in order], evidence, category)
 
 
-def run_pool(
-    conv: Conversation, embedder, vectors: np.ndarray, queries: np.ndarray, recall: Recall, learn: bool = True, **options
-) -> None:
+def build_pool(conv: Conversation, embedder, vectors: np.ndarray, **options) -> MemoryPool:
+    """The pool sees the turns (id, text, session date) and nothing else of the file."""
     pool = MemoryPool(embedder, **options)
     pool.add_many(
         [{"id": i, "content": t, "created_at": c} for i, t, c in zip(conv.ids, conv.texts, conv.created)],
         embeddings=vectors,
     )
-    for (question, evidence, category), query in zip(conv.questions, queries):
-        hits = pool.retrieve(question, max_memories=max(KS), now=conv.now, learn=learn, query_vector=query)
-        recall.add([hit.id for hit in hits], evidence, category)
+    return pool
+
+
+def run_pool(
+    conv: Conversation,
+    embedder,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    recall: Optional[Recall] = None,
+    *,
+    learn: bool = True,
+    context: int = CONTEXT,
+    learn_links: bool = True,
+    order: Optional[Sequence[int]] = None,
+    per_question: Optional[list[float]] = None,
+    **options,
+) -> MemoryPool:
+    """Ask the questions (in `order`, default file order) and learn from each like an answer.
+
+    Only the question text and its embedding reach the pool; `evidence` is read after the
+    retrieval, to score it.
+    """
+    pool = build_pool(conv, embedder, vectors, **options)
+    for number in range(len(conv.questions)) if order is None else order:
+        question, evidence, category = conv.questions[number]
+        query = queries[number]
+        hits = pool.retrieve(question, max_memories=max(KS), now=conv.now, learn=False, query_vector=query)
+        if learn and hits:
+            used = hits[:context]
+            top = used[0].score
+            pool.reinforce(
+                [hit.id for hit in used],
+                query=query,
+                now=conv.now,
+                activity=[hit.score / top if top > 0 else 0.0 for hit in used],
+                link_strength=1.0 if learn_links else 0.0,
+            )
+        ranked = [hit.id for hit in hits]
+        if recall is not None:
+            recall.add(ranked, evidence, category)
+        if per_question is not None:
+            per_question.append(len(set(ranked[:10]) & set(evidence)) / len(evidence))
+    return pool
+
+
+def link_statistics(conv: Conversation, pool: MemoryPool) -> dict[str, float]:
+    """After the run, for the report only: links per kind, and the share joining two
+    evidence turns of one question."""
+    evidence_pairs = {frozenset(pair) for _, evidence, _ in conv.questions for pair in itertools.combinations(evidence, 2)}
+    stats: dict[str, float] = {"questions": len(conv.questions)}
+    for kind in ("learned", "encoding"):
+        links = pool.links(kind)
+        stats[f"{kind} links"] = len(links)
+        stats[f"{kind} evidence"] = sum(frozenset((a, b)) in evidence_pairs for a, b, _ in links)
+        stats[f"{kind} weight"] = sum(w for _, _, w in links)
+        stats[f"{kind} evidence weight"] = sum(w for a, b, w in links if frozenset((a, b)) in evidence_pairs)
+    stats["evidence pairs"] = len(evidence_pairs)
+    return stats
+
+
+@dataclass
+class Setup:
+    conversations: list[Conversation]
+    embedder: object
+    vectors: list[np.ndarray]
+    queries: list[np.ndarray]
+    options: dict
+
+
+def evaluate(setup: Setup, **run_options) -> Recall:
+    recall = Recall()
+    for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+        run_pool(conv, setup.embedder, vectors, queries, recall, **{**setup.options, **run_options})
+    return recall
+
+
+def table_header(first: str) -> str:
+    return (
+        f"| {first} | " + " | ".join(f"recall@{k}" for k in KS) + " | "
+        + " | ".join(f"R@10 {name}" for name in CATEGORIES.values()) + " |\n" + "|---" * (1 + len(KS) + len(CATEGORIES)) + "|"
+    )
+
+
+def table_row(name: str, recall: Recall) -> str:
+    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in recall.row() + recall.categories()) + " |"
+
+
+def with_weights(setup: Setup, **changes: float) -> dict:
+    """Run options with ScoringWeights fields changed."""
+    return {"weights": replace(setup.options["weights"], **changes)}
+
+
+def ablation(setup: Setup) -> None:
+    """One row per Hebbian term removed from the full system (learning on)."""
+    zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding=0.0, time=0.0)
+    rows = {
+        "hybrid similarity only (no boosts, no learning)": dict(learn=False, association_weight=0.0, **with_weights(setup, **zero)),
+        "full system, learning off": dict(learn=False),
+        "full system, learning on": {},
+        "− encoding links": with_weights(setup, encoding=0.0),
+        "− learned links (learning forms none)": dict(learn_links=False),
+        "− all links (lending weight 0)": with_weights(setup, links=0.0),
+        "− query association": dict(association_weight=0.0),
+        "− frequency": with_weights(setup, frequency=0.0),
+        "− recency": with_weights(setup, recency=0.0),
+        "− time named in the query": with_weights(setup, time=0.0),
+        "− emotion": with_weights(setup, emotion=0.0),
+    }
+    print("\nAblation (dev):\n" + table_header("system"))
+    for name, run_options in rows.items():
+        print(table_row(name, evaluate(setup, **run_options)), flush=True)
+
+
+def sweep(setup: Setup, knobs: list[str]) -> None:
+    """Recall@10 with one knob changed at a time from the defaults (sensitivity)."""
+    print("\nSensitivity (dev, learning on):\n" + table_header("knob = value"))
+    for item in knobs:
+        key, values = item.split("=")
+        for value in values.split(","):
+            if key in ("association_weight", "diversity_weight", "lexical_weight"):
+                run_options = {key: float(value)}
+            elif key == "context":
+                run_options = {"context": int(value)}
+            else:
+                number = int(value) if key == "encoding_window" else float(value)
+                run_options = with_weights(setup, **{key: number})
+            print(table_row(f"{key} = {value}", evaluate(setup, **run_options)), flush=True)
+
+
+def learning_curve(setup: Setup, shuffles: int = 3, parts: int = 5) -> None:
+    """Learning on minus off, per fifth of the question stream: file order and shuffled."""
+    def gains(order_for) -> np.ndarray:
+        on, off = [], []
+        for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+            order = order_for(conv)
+            for learn, out in ((True, on), (False, off)):
+                scores: list[float] = []
+                run_pool(conv, setup.embedder, vectors, queries, learn=learn, order=order, per_question=scores, **setup.options)
+                out.append(np.array_split(np.array(scores), parts))
+        by_part_on = [np.mean(np.concatenate([c[p] for c in on])) for p in range(parts)]
+        by_part_off = [np.mean(np.concatenate([c[p] for c in off])) for p in range(parts)]
+        return np.array([by_part_on, by_part_off])
+
+    file_order = gains(lambda conv: None)
+    shuffled = np.mean(
+        [gains(lambda conv, seed=seed: np.random.default_rng(seed).permutation(len(conv.questions))) for seed in range(shuffles)],
+        axis=0,
+    )
+    print(f"\nLearning curve (dev): recall@10 per fifth of each conversation's questions, on / off / gain"
+          f" (shuffled: mean of {shuffles} orders)")
+    print("| order | " + " | ".join(f"part {p + 1}" for p in range(parts)) + " |\n" + "|---" * (parts + 1) + "|")
+    for name, (on, off) in (("file order", file_order), ("shuffled", shuffled)):
+        print(f"| {name} | " + " | ".join(f"{a:.3f} / {b:.3f} / {a - b:+.3f}" for a, b in zip(on, off)) + " |")
+
+
+def links_report(setup: Setup) -> None:
+    totals: dict[str, float] = {}
+    for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+        pool = run_pool(conv, setup.embedder, vectors, queries, **setup.options)
+        for key, value in link_statistics(conv, pool).items():
+            totals[key] = totals.get(key, 0.0) + value
+    print("\nLinks after one pass (dev; evidence used only here, after the run):")
+    print("| kind | links | per 100 questions | share joining two evidence turns of one question | share of weight |")
+    print("|---|---|---|---|---|")
+    for kind in ("learned", "encoding"):
+        count, weight = totals[f"{kind} links"], totals[f"{kind} weight"]
+        print(f"| {kind} | {count:.0f} | {100 * count / totals['questions']:.0f} | "
+              f"{totals[f'{kind} evidence'] / max(count, 1):.3f} | {totals[f'{kind} evidence weight'] / max(weight, 1e-9):.3f} |")
+    print(f"({totals['evidence pairs']:.0f} evidence pairs over {totals['questions']:.0f} questions)")
 
 
 def main() -> None:
@@ -133,40 +315,57 @@ def main() -> None:
     parser.add_argument("--diversity", type=float, default=None)
     parser.add_argument("--association", type=float, default=None)
     parser.add_argument("--lexical", type=float, default=None)
+    parser.add_argument("--context", type=int, default=CONTEXT, help="memories reinforced per question")
+    parser.add_argument("--ablate", action="store_true", help="one row per Hebbian term removed")
+    parser.add_argument("--curve", action="store_true", help="learning curve, file order vs shuffled")
+    parser.add_argument("--links", action="store_true", help="link statistics after one pass")
+    parser.add_argument("--sweep", nargs="*", default=[], help="knob=v1,v2 ... (one knob at a time)")
+    parser.add_argument("--skip-main", action="store_true", help="only the extra tables")
     args = parser.parse_args()
+    print_run_config(args)
 
     conversations = load(args.data)
     embedder = default_embedder(args.embedder)
-    weights = replace(ScoringWeights(), **{k: float(v) for k, v in (item.split("=") for item in args.weights)})
-    options = {"weights": weights}
-    if args.diversity is not None:
-        options["diversity_weight"] = args.diversity
-    if args.association is not None:
-        options["association_weight"] = args.association
-    if args.lexical is not None:
-        options["lexical_weight"] = args.lexical
+    weights = ScoringWeights()
+    for item in args.weights:
+        key, value = item.split("=")
+        weights = replace(weights, **{key: int(value) if key == "encoding_window" else float(value)})
+    options: dict = {"weights": weights, "context": args.context}
+    for key, value in (("diversity_weight", args.diversity), ("association_weight", args.association),
+                       ("lexical_weight", args.lexical)):
+        if value is not None:
+            options[key] = value
 
-    systems = {"BM25": Recall(), "cosine": Recall(), "MemoryPool": Recall(), "MemoryPool, learning off": Recall()}
     started = time.perf_counter()
-    for conv in conversations:
-        vectors = embed_documents(embedder, conv.texts)
-        queries = embedder.encode([q for q, _, _ in conv.questions])
-        run_bm25(conv, systems["BM25"])
-        run_cosine(conv, vectors, queries, systems["cosine"])
-        run_pool(conv, embedder, vectors, queries, systems["MemoryPool"], **options)
-        run_pool(conv, embedder, vectors, queries, systems["MemoryPool, learning off"], learn=False, **options)
+    vectors = [embed_documents(embedder, conv.texts) for conv in conversations]
+    # Questions go through the same disk cache: MiniLM embeds queries and documents alike.
+    queries = [embed_documents(embedder, [q for q, _, _ in conv.questions]) for conv in conversations]
+    setup = Setup(conversations, embedder, vectors, queries, options)
     questions = sum(len(c.questions) for c in conversations)
     skipped = sum(c.skipped for c in conversations)
     print(f"{len(conversations)} conversations, {sum(len(c.ids) for c in conversations)} turns, "
           f"{questions} questions (categories 1-4; {skipped} without usable evidence skipped), "
-          f"embedder {embedder.name}, {time.perf_counter() - started:.1f}s")
+          f"embedder {embedder.name}")
     print(f"pool options: {options}")
-    print("\n| system | " + " | ".join(f"recall@{k}" for k in KS) + " | " +
-          " | ".join(f"R@10 {name}" for name in CATEGORIES.values()) + " |")
-    print("|---" * (1 + len(KS) + len(CATEGORIES)) + "|")
-    for name, recall in systems.items():
-        per_cat = [float(np.mean(recall.by_category.get(c, [np.nan]))) for c in CATEGORIES]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in recall.row() + per_cat) + " |")
+    if not args.skip_main:
+        systems = {"BM25": Recall(), "cosine": Recall()}
+        for conv, vecs, qs in zip(conversations, vectors, queries):
+            run_bm25(conv, systems["BM25"])
+            run_cosine(conv, vecs, qs, systems["cosine"])
+        systems["MemoryPool"] = evaluate(setup)
+        systems["MemoryPool, learning off"] = evaluate(setup, learn=False)
+        print("\n" + table_header("system"))
+        for name, recall in systems.items():
+            print(table_row(name, recall))
+    if args.ablate:
+        ablation(setup)
+    if args.sweep:
+        sweep(setup, args.sweep)
+    if args.curve:
+        learning_curve(setup)
+    if args.links:
+        links_report(setup)
+    print(f"\n{time.perf_counter() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 from smem import MemoryPool  # noqa: E402
 
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print_run_config(args)
     print(f"threads: {os.cpu_count()} cpus; numpy {np.__version__}")
     print("\n| memories | retrieve median | retrieve p95 | brute force median | brute force p95 | same top-10 as exact | memory used | pool build (of which quantisation) |")
     print("|---|---|---|---|---|---|---|---|")

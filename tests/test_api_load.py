@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import httpx
 import psutil
 import pytest
 
+from conftest import free_port
 from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +44,6 @@ LEAK_CHECK_ANSWERS = 1
 LEAK_TOLERANCE_BYTES = 16 * 2**20
 """What a second round (same sessions, 8 concurrent answers more) may add: allocator noise
 only. Anything a request leaked would grow it every round."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

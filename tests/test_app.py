@@ -106,7 +106,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
 
     status, network, *_ = c.predict(api_name="/reset_learning")
-    assert "· 0 learned links · 0 Hebbian updates" in status
+    assert "· 0 learned links · 0 answers learned from" in status
     assert not any(t["mode"] == "lines" for t in figure(network)["data"]), "no links are left"
 
 

@@ -206,7 +206,7 @@ def test_learning_off_leaves_state_untouched(minilm):
     after = pool.learning_state()
     for name, value in before.to_arrays().items():
         np.testing.assert_array_equal(value, after.to_arrays()[name], err_msg=name)
-    assert before.events == after.events
+    assert before.updates == after.updates
 
 
 def test_learning_updates_counts_links_and_queries(minilm):
@@ -293,7 +293,7 @@ def test_bad_arguments_are_rejected(keyed):
         pool.retrieve(np.full(pool.dim, np.nan))
     with pytest.raises(KeyError, match="nope"):
         pool.reinforce(["nope"])
-    assert pool.learning.events == 0
+    assert pool.learning.updates == 0
 
 
 def test_copy_and_pickle_are_independent(minilm):
@@ -302,7 +302,7 @@ def test_copy_and_pickle_are_independent(minilm):
     clone = pool.copy()
     clone.retrieve("soccer", max_memories=2)
     clone.add("A new memory only the clone has")
-    assert pool.learning.events == 0 and len(pool) == 2
+    assert pool.learning.updates == 0 and len(pool) == 2
     revived = pickle.loads(pickle.dumps(clone))
     assert revived.embedder is minilm
     assert [h.id for h in revived.retrieve("soccer", 2, now=NOW, learn=False)] == [

@@ -1,5 +1,5 @@
-"""View logic without Gradio: the event reducer (smem.ui.session_view), the figures and table rows
-(smem.ui.viz) and the visitor's actions (smem.ui.visitor)."""
+"""View logic without Gradio: the event reducer (smem.ui.answer_view), the figures and table rows
+(smem.ui.viz) and the visitor's actions (smem.ui.actions)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from smem.ui import session_view, visitor, viz
+from smem.ui import actions, answer_view, viz
 from smem.generation.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
 from smem.memory.records import Hit, Memory, MemoryFileError
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
-from smem.ui.session_view import AnswerView, Changed, Throttle
+from smem.ui.answer_view import AnswerView, Changed, Throttle
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
@@ -162,26 +162,26 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
         {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}], "metadata": None},
     ]
     view.apply(Thinking("Hmm"))
-    messages = session_view.chat_messages(history, "Next?", view)
+    messages = answer_view.chat_messages(history, "Next?", view)
     assert messages[-2:] == [
         {"role": "user", "content": "Next?"},
         {
             "role": "assistant",
             "content": "Hmm",
-            "metadata": {"title": session_view.THINKING_TITLE, "status": "pending"},
+            "metadata": {"title": answer_view.THINKING_TITLE, "status": "pending"},
         },
     ]
     view.apply(Token("Answer"))
-    messages = session_view.chat_messages(history, "Next?", view)
+    messages = answer_view.chat_messages(history, "Next?", view)
     assert messages[-2]["metadata"]["status"] == "done" and messages[-1] == {"role": "assistant", "content": "Answer"}
-    assert session_view.model_history(history) == [
+    assert answer_view.model_history(history) == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello!"},
     ], "Gradio 6 content blocks are flattened and thinking is left out"
 
 
 def test_summary_reads_like_a_status_line():
-    line = session_view.summary(done(10).stats)
+    line = answer_view.summary(done(10).stats)
     assert line.startswith("10 tokens in 1.2 s · 1 memory swaps") and "the model finished" in line
 
 
@@ -278,12 +278,12 @@ def test_timeline_draws_a_bar_per_stretch_and_the_cursor():
 
 def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
     with pytest.raises(ValueError, match="update_every_n"):
-        visitor.GenerationSettings(update_every_n=0)
+        actions.GenerationSettings(update_every_n=0)
     with pytest.raises(ValueError, match="max_memories"):
-        visitor.GenerationSettings(max_memories=16)
+        actions.GenerationSettings(max_memories=16)
     with pytest.raises(ValueError, match="temperature"):
-        visitor.GenerationSettings(temperature=float("nan"))
-    settings = visitor.GenerationSettings(update_every_n=7.0, diversity_weight=0.25, enable_thinking=0)
+        actions.GenerationSettings(temperature=float("nan"))
+    settings = actions.GenerationSettings(update_every_n=7.0, diversity_weight=0.25, enable_thinking=0)
     assert settings.update_every_n == 7 and isinstance(settings.update_every_n, int)
     assert settings.enable_thinking is False
     assert settings.stream_kwargs()["update_every_n"] == 7
@@ -293,13 +293,13 @@ def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
 
 
 def test_actions_return_new_pools_and_leave_the_old_one_alone(pool):
-    added = visitor.add_memory(pool, "Alex started chess club", "insight", 0.4)
+    added = actions.add_memory(pool, "Alex started chess club", "insight", 0.4)
     assert len(added) == len(pool) + 1 and added is not pool
     with pytest.raises(MemoryFileError, match="content"):
-        visitor.add_memory(pool, "   ", None, 0.5)
+        actions.add_memory(pool, "   ", None, 0.5)
     with pytest.raises(MemoryFileError, match="type"):
-        visitor.add_memory(pool, "ok", "not-a-type", 0.5)
-    reset = visitor.reset_learning(pool)
+        actions.add_memory(pool, "ok", "not-a-type", 0.5)
+    reset = actions.reset_learning(pool)
     assert reset.links() == [] and pool.links() != []
 
 
@@ -307,34 +307,34 @@ def test_learned_state_is_applied_only_to_a_pool_of_the_same_shape(pool):
     learned = pool.learning_state()
     target = pool.copy()
     target.reset_learning()
-    assert visitor.apply_learned(target, done(1, learned)) and target.links() == pool.links()
+    assert actions.apply_learned(target, done(1, learned)) and target.links() == pool.links()
     view = AnswerView()
     view.apply(done(1, learned))
     assert view.take_learned() is learned and view.learned is None
-    assert not visitor.apply_learned(visitor.add_memory(pool, "new", None, 0.5), done(1, learned))
-    assert not visitor.apply_learned(target, done(1, None))
+    assert not actions.apply_learned(actions.add_memory(pool, "new", None, 0.5), done(1, learned))
+    assert not actions.apply_learned(target, done(1, None))
 
 
 def test_upload_errors_name_the_record_and_field(minilm):
     sets = MemorySets(minilm)
     with pytest.raises(MemoryFileError, match="record 1, field 'content'"):
-        visitor.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode())
+        actions.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode())
     with pytest.raises(MemoryFileError, match="no file"):
-        visitor.upload(sets, None)
-    assert len(visitor.upload(sets, json.dumps([{"content": "ok"}]))) == 1
+        actions.upload(sets, None)
+    assert len(actions.upload(sets, json.dumps([{"content": "ok"}]))) == 1
 
 
 def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minilm, tmp_path):
     stale = tmp_path / "old.npz"
     stale.write_bytes(b"x")
-    old = time.time() - visitor.DOWNLOAD_TTL_S - 10
+    old = time.time() - actions.DOWNLOAD_TTL_S - 10
     os.utime(stale, (old, old))
-    path = visitor.save_learned(pool, "my set/../x", directory=tmp_path)
+    path = actions.save_learned(pool, "my set/../x", directory=tmp_path)
     assert path.parent == tmp_path and path.name.startswith("smem-my-set----x-learned-")
     assert not stale.exists()
     assert MemoryPool.load(path, minilm).links() == pool.links()
 
 
 def test_status_line_escapes_the_label(pool):
-    line = visitor.describe(pool, "<b>mine</b>")
+    line = actions.describe(pool, "<b>mine</b>")
     assert "&lt;b&gt;mine&lt;/b&gt;" in line and "4 memories" in line and "2 learned links" in line

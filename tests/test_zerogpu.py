@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from smem.ui import visitor
+from smem.ui import actions
 from smem.generation.events import Done
 from smem.memory.memory_sets import MemorySets
 
@@ -26,20 +26,20 @@ WORKER_RUN = textwrap.dedent(
     """
     import json, multiprocessing
     import app
-    from smem.ui import visitor
+    from smem.ui import actions
 
     def worker(args_queue, results_queue):
         args = args_queue.get()
         pool = args[0]
         for event in app.generate(*args):
             results_queue.put(event)
-        results_queue.put(("worker links", len(pool.links()), pool.learning.events))
+        results_queue.put(("worker links", len(pool.links()), pool.learning.updates))
         results_queue.put(None)
 
     context = multiprocessing.get_context("fork")
     args_queue, results_queue = context.Queue(), context.Queue()
     pool = app.RUNTIME.sets.pool("tutor")
-    settings = visitor.GenerationSettings(max_new_tokens=48, update_every_n=2, temperature=0.0)
+    settings = actions.GenerationSettings(max_new_tokens=48, update_every_n=2, temperature=0.0)
     process = context.Process(target=worker, args=(args_queue, results_queue))
     process.start()
     args_queue.put((pool, "How do I help Alex with fractions?", [], settings))
@@ -49,15 +49,15 @@ WORKER_RUN = textwrap.dedent(
     process.join(30)
     done = events[-2]
     worker_links, worker_events = events[-1][1], events[-1][2]
-    untouched = (len(pool.links()), pool.learning.events, float(pool.learning.counts.sum()))
-    applied = visitor.apply_learned(pool, done)
+    untouched = (len(pool.links()), pool.learning.updates, float(pool.learning.counts.sum()))
+    applied = actions.apply_learned(pool, done)
     print(json.dumps({
         "decorated_is_plain": not hasattr(app.generate, "zerogpu"),
         "kinds": sorted({type(e).__name__ for e in events[:-1]}),
         "untouched": untouched,
         "applied": applied,
         "worker": [worker_links, worker_events],
-        "parent": [len(pool.links()), pool.learning.events, float(pool.learning.counts.sum())],
+        "parent": [len(pool.links()), pool.learning.updates, float(pool.learning.counts.sum())],
         "exitcode": process.exitcode,
     }))
     """
@@ -104,19 +104,19 @@ def test_a_pool_pickles_without_its_embedder_and_revives(tutor_pool, minilm):
 def test_learned_state_pickles_inside_done(tutor_pool, tiny_runtime):
     pool = tutor_pool.copy()
     events = list(
-        visitor.answer(
-            tiny_runtime.engine(pool), "Alex and fractions", [], visitor.GenerationSettings(max_new_tokens=20)
+        actions.answer(
+            tiny_runtime.engine(pool), "Alex and fractions", [], actions.GenerationSettings(max_new_tokens=20)
         )
     )
     done = pickle.loads(pickle.dumps(events[-1]))
     assert isinstance(done, Done) and done.learned is not None
     fresh = tutor_pool.copy()
-    assert visitor.apply_learned(fresh, done)
+    assert actions.apply_learned(fresh, done)
     assert np.array_equal(fresh.learning.counts, pool.learning.counts)
     assert fresh.links() == pool.links()
 
 
 def test_gpu_duration_grows_with_answer_length_and_is_capped(tutor_pool):
-    short = visitor.gpu_seconds(tutor_pool, "hi", [], visitor.GenerationSettings(max_new_tokens=64))
-    long = visitor.gpu_seconds(tutor_pool, "hi", [], visitor.GenerationSettings(max_new_tokens=2048))
-    assert 15 < short < long <= visitor.GPU_MAX_S
+    short = actions.gpu_seconds(tutor_pool, "hi", [], actions.GenerationSettings(max_new_tokens=64))
+    long = actions.gpu_seconds(tutor_pool, "hi", [], actions.GenerationSettings(max_new_tokens=2048))
+    assert 15 < short < long <= actions.GPU_MAX_S

@@ -29,6 +29,7 @@ import torch
 
 from smem.generation.decoding import FALLBACK as FALLBACK_PROFILE
 from smem.generation.decoding import apply_profile, profile_for
+from smem.generation.settings import ModelSettings
 from smem.memory.store import cache_root
 
 logger = logging.getLogger("smem")
@@ -92,8 +93,7 @@ def configure_threads() -> int:
     Oversubscribing a small CPU is costly: two processes sharing 2 cores made a decode step 4x
     slower, so honour the affinity mask rather than the machine's core count.
     """
-    wanted = os.environ.get("SMEM_THREADS")
-    threads = int(wanted) if wanted else max(1, len(os.sched_getaffinity(0)))
+    threads = ModelSettings().threads or max(1, len(os.sched_getaffinity(0)))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -216,7 +216,7 @@ def packaged_model_dir(spec: PackagedModel = DEFAULT_PACKAGED) -> Path:
 
 def resolve_model_id(model_id: Optional[str], device: str) -> str:
     """Argument, else $SMEM_MODEL, else Qwen3-8B on CUDA and the packaged model elsewhere."""
-    name = model_id or os.environ.get("SMEM_MODEL") or ""
+    name = model_id or ModelSettings().model or ""
     if name:
         return name
     return GPU_DEFAULT if device.startswith("cuda") else PACKAGED

@@ -18,6 +18,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from smem.memory.settings import MemorySettings
 from smem.memory.store import atomic_write, cache_root
 
 log = logging.getLogger("smem")
@@ -177,7 +178,7 @@ def default_embedder(model: Optional[str] = None) -> SentenceTransformerEmbedder
 
     Shared per process because loading costs seconds and every pool of a visitor uses it.
     """
-    model = model or os.environ.get("SMEM_EMBEDDER") or None
+    model = model or MemorySettings().embedder or None
     key = model or PACKAGED_MODEL_NAME
     with _DEFAULTS_LOCK:
         if key not in _DEFAULTS:

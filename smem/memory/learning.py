@@ -4,8 +4,16 @@ Per memory: retrieval count, last retrieval time, and — only for memories ever
 with a query — a running sum and count of unit query vectors. The sum is O(D) yet gives
 both the mean direction of past queries and their mean pairwise similarity (specificity),
 so no list of past queries is kept and a 1M-memory pool fits in RAM.
-Co-retrieval links are a sparse symmetric graph: memories selected together strengthen
-the edge between them.
+
+Links form a sparse symmetric graph of two kinds, kept apart so a viewer can tell them apart:
+- *encoding* links, made when memories are added: memories written close together on the
+  same day (adjacent turns of one conversation) are wired together — the contiguity effect
+  of human episodic memory. They are fixed: the pool never re-encodes.
+- *learned* links, grown by use: memories in context together strengthen the edge between
+  them. They are read normalised by both ends' retrieval counts, so two generalists that
+  are retrieved with everything are not strongly linked to each other.
+Both live in COO arrays (pair → slot dict only for updates), so the graph the retrieval
+spreads over is built with one vectorised call and cached until the state changes.
 """
 
 from __future__ import annotations
@@ -15,6 +23,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy import sparse
+
+ENCODING = "encoding"
+LEARNED = "learned"
 
 
 @dataclass
@@ -35,8 +47,23 @@ class LearningState:
     slots_used: int = 0
     total_count: float = 0.0
     active_count: int = 0
-    links: dict[int, dict[int, float]] = field(default_factory=dict)
-    events: int = 0
+    link_a: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_b: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    """Learned links, each pair once (a < b); rows past `links_used` are spare capacity."""
+    links_used: int = 0
+    encoded_a: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    encoded_b: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    encoded_w: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    """Encoding links, each pair once (a < b), strength in (0, 1]."""
+    updates: int = 0
+    """Calls to `reinforce` that changed something (an answer makes one per context segment)."""
+    answers: int = 0
+    """Uses learned from: one per counted reinforcement — an answer of the streaming engine,
+    or a `retrieve(learn=True)`."""
+    _slot: dict[tuple[int, int], int] = field(default_factory=dict, repr=False, compare=False)
+    _graph: Optional[tuple] = field(default=None, repr=False, compare=False)
+    """(encoding weight, encoding, learned, both) CSR matrices, built on demand."""
 
     @classmethod
     def empty(cls, size: int, dim: int) -> "LearningState":
@@ -52,6 +79,11 @@ class LearningState:
     def __len__(self) -> int:
         return len(self.counts)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_graph"] = None
+        return state
+
     def copy(self) -> "LearningState":
         return LearningState(
             counts=self.counts.copy(),
@@ -63,8 +95,16 @@ class LearningState:
             slots_used=self.slots_used,
             total_count=self.total_count,
             active_count=self.active_count,
-            links={node: dict(edges) for node, edges in self.links.items()},
-            events=self.events,
+            link_a=self.link_a.copy(),
+            link_b=self.link_b.copy(),
+            link_w=self.link_w.copy(),
+            links_used=self.links_used,
+            encoded_a=self.encoded_a.copy(),
+            encoded_b=self.encoded_b.copy(),
+            encoded_w=self.encoded_w.copy(),
+            updates=self.updates,
+            answers=self.answers,
+            _slot=dict(self._slot),
         )
 
     def grow(self, extra: int) -> None:
@@ -72,25 +112,44 @@ class LearningState:
         self.counts = np.concatenate([self.counts, np.zeros(extra, dtype=np.float32)])
         self.last_retrieved = np.concatenate([self.last_retrieved, np.full(extra, np.nan)])
         self.query_slot = np.concatenate([self.query_slot, np.full(extra, -1, dtype=np.int32)])
+        self._graph = None
+
+    def encode_links(self, a: np.ndarray, b: np.ndarray, strength: np.ndarray) -> None:
+        """Add encoding links (made once, when the memories are added)."""
+        low, high = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+        self.encoded_a = np.concatenate([self.encoded_a, low])
+        self.encoded_b = np.concatenate([self.encoded_b, high])
+        self.encoded_w = np.concatenate([self.encoded_w, np.asarray(strength, dtype=np.float64)])
+        self._graph = None
 
     def mean_active_count(self) -> float:
         """Kept incrementally: scanning a 1M-entry count array would cost a millisecond per query."""
         return self.total_count / self.active_count if self.active_count else 0.0
 
-    def neighbours(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Linked memories and how *specifically* they co-occur with `index`.
+    def learned_weights(self) -> np.ndarray:
+        """Learned link weights as retrieval reads them: the raw co-retrieval weight times how
+        *specifically* the pair co-occurs (weight over the geometric mean of both counts,
+        a cosine over retrieval events, capped at 1)."""
+        a, b, w = self.link_a[: self.links_used], self.link_b[: self.links_used], self.link_w[: self.links_used]
+        scale = np.sqrt(np.maximum(self.counts[a].astype(np.float64) * self.counts[b], 1e-12))
+        return w * np.minimum(w / scale, 1.0)
 
-        The raw co-retrieval weight is divided by the geometric mean of both retrieval
-        counts (a cosine over retrieval events): two generalists that are retrieved with
-        everything are not strongly linked to each other.
-        """
-        edges = self.links.get(index)
-        if not edges:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        others = np.fromiter(edges.keys(), dtype=np.int64, count=len(edges))
-        weights = np.fromiter(edges.values(), dtype=np.float64, count=len(edges))
-        scale = np.sqrt(np.maximum(self.counts[others].astype(np.float64) * float(self.counts[index]), 1e-12))
-        return others, weights * np.minimum(weights / scale, 1.0)
+    def graphs(self, encoding_weight: float) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """(encoding, learned) symmetric link matrices, the encoding one scaled by
+        `encoding_weight`; cached until links or counts change."""
+        return self._graphs(encoding_weight)[:2]
+
+    def graph(self, encoding_weight: float) -> sparse.csr_matrix:
+        """Both kinds summed: the graph retrieval spreads over."""
+        return self._graphs(encoding_weight)[2]
+
+    def _graphs(self, encoding_weight: float) -> tuple[sparse.csr_matrix, sparse.csr_matrix, sparse.csr_matrix]:
+        if self._graph is None or self._graph[0] != encoding_weight:
+            size = len(self)
+            encoding = _symmetric(self.encoded_a, self.encoded_b, encoding_weight * self.encoded_w, size)
+            learned = _symmetric(self.link_a[: self.links_used], self.link_b[: self.links_used], self.learned_weights(), size)
+            self._graph = (encoding_weight, encoding, learned, (encoding + learned).tocsr())
+        return self._graph[1:]
 
     def query_rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Query sums, weights and squared weights for pool positions (zeros where never queried)."""
@@ -127,19 +186,36 @@ class LearningState:
         weights = weights[first]
         if len(positions) == 0:
             return
-        self.events += 1
+        self.updates += 1
+        self._graph = None
         if count:
+            self.answers += 1
             self.active_count += int(np.count_nonzero(self.counts[positions] == 0))
             self.total_count += float(weights.sum())
             self.counts[positions] += weights.astype(np.float32)
             self.last_retrieved[positions] = now
         if query is not None:
             self._add_query(positions, weights, query)
-        if link_strength > 0:
-            for (a, wa), (b, wb) in itertools.combinations(zip(positions.tolist(), weights.tolist()), 2):
-                weight = self.links.get(a, {}).get(b, 0.0) + link_strength * wa * wb
-                self.links.setdefault(a, {})[b] = weight
-                self.links.setdefault(b, {})[a] = weight
+        if link_strength > 0 and len(positions) > 1:
+            # Per pair of one selection (at most max_memories² / 2), never per memory of the pool.
+            pairs = list(itertools.combinations(range(len(positions)), 2))
+            slots = np.array([self._link_slot(int(positions[i]), int(positions[j])) for i, j in pairs], dtype=np.int64)
+            left, right = np.array(pairs).T
+            np.add.at(self.link_w, slots, link_strength * weights[left] * weights[right])
+
+    def _link_slot(self, a: int, b: int) -> int:
+        """Slot of the learned link a–b (a < b, as np.unique sorted them), made if new."""
+        slot = self._slot.get((a, b))
+        if slot is None:
+            slot = self._slot[(a, b)] = self.links_used
+            self.links_used += 1
+            if self.links_used > len(self.link_w):
+                capacity = max(2 * len(self.link_w), 64)
+                self.link_a = _grown(self.link_a, capacity, slot)
+                self.link_b = _grown(self.link_b, capacity, slot)
+                self.link_w = _grown(self.link_w, capacity, slot)
+            self.link_a[slot], self.link_b[slot] = a, b
+        return slot
 
     def _add_query(self, index: np.ndarray, weights: np.ndarray, query: np.ndarray) -> None:
         new = index[self.query_slot[index] < 0]
@@ -157,11 +233,17 @@ class LearningState:
         self.query_count[slots] += weights.astype(np.float32)
         self.query_count_sq[slots] += (weights * weights).astype(np.float32)
 
-    def edges(self) -> list[tuple[int, int, float]]:
-        return [(a, b, w) for a, edges in self.links.items() for b, w in edges.items() if a < b]
+    def edges(self, kind: str = LEARNED) -> list[tuple[int, int, float]]:
+        """Links of one kind as (a, b, raw weight), each pair once with a < b."""
+        if kind == LEARNED:
+            a, b, w = self.link_a[: self.links_used], self.link_b[: self.links_used], self.link_w[: self.links_used]
+        elif kind == ENCODING:
+            a, b, w = self.encoded_a, self.encoded_b, self.encoded_w
+        else:
+            raise ValueError(f"link kind must be {LEARNED!r} or {ENCODING!r}, got {kind!r}")
+        return list(zip(a.tolist(), b.tolist(), w.tolist()))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        edges = self.edges()
         return {
             "counts": self.counts,
             "last_retrieved": self.last_retrieved,
@@ -169,18 +251,20 @@ class LearningState:
             "query_sum": self.query_sum[: self.slots_used],
             "query_count": self.query_count[: self.slots_used],
             "query_count_sq": self.query_count_sq[: self.slots_used],
-            "link_a": np.array([a for a, _, _ in edges], dtype=np.int64),
-            "link_b": np.array([b for _, b, _ in edges], dtype=np.int64),
-            "link_w": np.array([w for _, _, w in edges], dtype=np.float64),
+            "link_a": self.link_a[: self.links_used],
+            "link_b": self.link_b[: self.links_used],
+            "link_w": self.link_w[: self.links_used],
+            "encoded_a": self.encoded_a,
+            "encoded_b": self.encoded_b,
+            "encoded_w": self.encoded_w,
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], events: int) -> "LearningState":
-        links: dict[int, dict[int, float]] = {}
-        for a, b, w in zip(arrays["link_a"].tolist(), arrays["link_b"].tolist(), arrays["link_w"].tolist()):
-            links.setdefault(a, {})[b] = w
-            links.setdefault(b, {})[a] = w
+    def from_arrays(cls, arrays: dict[str, np.ndarray], updates: int, answers: int) -> "LearningState":
+        """Inverse of `to_arrays`; files saved before encoding links existed load with none."""
         counts = arrays["counts"].astype(np.float32)
+        link_a, link_b = arrays["link_a"].astype(np.int64), arrays["link_b"].astype(np.int64)
+        empty_int, empty_float = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         return cls(
             counts=counts,
             last_retrieved=arrays["last_retrieved"].astype(np.float64),
@@ -191,9 +275,22 @@ class LearningState:
             slots_used=len(arrays["query_count"]),
             total_count=float(counts.sum()),
             active_count=int(np.count_nonzero(counts)),
-            links=links,
-            events=events,
+            link_a=link_a,
+            link_b=link_b,
+            link_w=arrays["link_w"].astype(np.float64),
+            links_used=len(link_a),
+            encoded_a=arrays.get("encoded_a", empty_int).astype(np.int64),
+            encoded_b=arrays.get("encoded_b", empty_int).astype(np.int64),
+            encoded_w=arrays.get("encoded_w", empty_float).astype(np.float64),
+            updates=updates,
+            answers=answers,
+            _slot={(a, b): slot for slot, (a, b) in enumerate(zip(link_a.tolist(), link_b.tolist()))},
         )
+
+
+def _symmetric(a: np.ndarray, b: np.ndarray, w: np.ndarray, size: int) -> sparse.csr_matrix:
+    rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
+    return sparse.csr_matrix((np.concatenate([w, w]), (rows, cols)), shape=(size, size))
 
 
 def _grown(array: np.ndarray, capacity: int, used: int) -> np.ndarray:

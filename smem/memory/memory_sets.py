@@ -7,7 +7,6 @@ learned Hebbian state is never visible to anyone else.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -15,12 +14,13 @@ from typing import Any, Optional
 from smem.memory.embedder import Embedder
 from smem.memory.records import MemoryFileError, load_memories, parse_memory_json
 from smem.memory.pool import MemoryPool
+from smem.memory.settings import MemorySettings
 
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "memories"
 
 
 def memory_directory() -> Path:
-    return Path(os.environ.get("SMEM_MEMORIES", DEFAULT_DIRECTORY))
+    """The folder of memory sets: `MemorySettings.memories` (the repository's `memories/` by default)."""
+    return MemorySettings().memories
 
 
 class UnknownMemorySet(KeyError):

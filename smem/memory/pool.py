@@ -14,14 +14,15 @@ from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Seque
 
 import numpy as np
 
-from smem.memory import scoring
+from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
 from smem.memory.index import VectorIndex
-from smem.memory.learning import LearningState
+from smem.memory.learning import ENCODING, LEARNED, LearningState
 from smem.memory.lexical import LexicalIndex
-from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, parse_records, validate_record
+from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, select
+from smem.memory.settings import DEFAULTS
 from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
@@ -62,14 +63,14 @@ class MemoryPool:
     def __init__(
         self,
         embedder: Embedder,
-        softmax_temperature: float = 0.15,
-        diversity_weight: float = 0.5,
-        association_weight: float = 0.5,
+        softmax_temperature: float = DEFAULTS.softmax_temperature,
+        diversity_weight: float = DEFAULTS.diversity_weight,
+        association_weight: float = DEFAULTS.association_weight,
         seed: Optional[int] = None,
         *,
-        lexical_weight: float = 0.2,
+        lexical_weight: float = DEFAULTS.lexical_weight,
         weights: ScoringWeights = ScoringWeights(),
-        quantized_threshold: int = 20_000,
+        quantized_threshold: int = DEFAULTS.quantized_threshold,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
@@ -131,10 +132,11 @@ class MemoryPool:
     def retrieval_count(self, memory_id: str) -> int:
         return int(self.learning.counts[self._position[memory_id]])
 
-    def links(self) -> list[tuple[str, str, float]]:
-        """Co-retrieval links as (id, id, weight), each pair once."""
+    def links(self, kind: str = LEARNED) -> list[tuple[str, str, float]]:
+        """Links of one kind as (id, id, raw weight), each pair once: "learned" (co-retrieval,
+        grown by use) or "encoding" (made when memories dated the same day were added together)."""
         ids = self._memories
-        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges()]
+        return [(ids[a].id, ids[b].id, w) for a, b, w in self.learning.edges(kind)]
 
     # -- adding -----------------------------------------------------------------------
 
@@ -200,7 +202,22 @@ class MemoryPool:
             [self._emotion, np.array([m.emotional_intensity for m in added], dtype=np.float32)]
         )
         self.learning.grow(len(added))
+        self._encode_links(start, [record.created_at for record in parsed])
         return added
+
+    def _encode_links(self, start: int, dated: Sequence[Optional[datetime]]) -> None:
+        """Contiguity at encoding: each memory added in one batch is linked to its next
+        `encoding_window` neighbours when both carry a date and it is the same UTC day
+        (adjacent turns of one conversation session). Strength 1/distance. Undated memories
+        get no encoding links: their order in a file says nothing about when they happened."""
+        window = self.weights.encoding_window
+        if window <= 0 or len(dated) < 2:
+            return
+        day = np.array([np.nan if d is None else to_epoch(d) // scoring.SECONDS_PER_DAY for d in dated])
+        for distance in range(1, min(window, len(dated) - 1) + 1):
+            same = day[:-distance] == day[distance:]
+            first = np.flatnonzero(same)
+            self.learning.encode_links(start + first, start + first + distance, np.full(len(first), 1.0 / distance))
 
     def _assign_ids(self, records: Sequence[MemoryRecord]) -> list[str]:
         ids: list[str] = []
@@ -233,13 +250,18 @@ class MemoryPool:
             return self.embed_query(query)
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
-    def _boost(self, index: np.ndarray, query: np.ndarray, now: float) -> np.ndarray:
-        """Boost terms that do not depend on other picks (links are added during selection)."""
+    def _boost(
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+    ) -> np.ndarray:
+        """Boost terms that do not depend on other picks (links are added during selection).
+        `named` are the time intervals the query text names (see `timeref`)."""
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
+        if named and w.time > 0:
+            boost += w.time * timeref.inside(self._created[index], list(named))
         sums, counts, squares = state.query_rows(index)
         if counts.any():
             specificity = scoring.specificity(sums, counts, squares)
@@ -256,7 +278,13 @@ class MemoryPool:
         return (1.0 - weight) * cosine + weight * lexical[index]
 
     def _candidates(
-        self, query: np.ndarray, lexical: Optional[np.ndarray], max_memories: int, now: float, exact: bool
+        self,
+        query: np.ndarray,
+        lexical: Optional[np.ndarray],
+        max_memories: int,
+        now: float,
+        exact: bool,
+        named: Sequence[tuple[float, float]] = (),
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate positions, similarities and boosts, widened until the bound is met.
 
@@ -277,12 +305,12 @@ class MemoryPool:
                 outside_lexical = 0.0 if want >= size else float(lexical[lexical_top].min())
                 outside = (1.0 - self.lexical_weight) * outside_cosine + self.lexical_weight * outside_lexical
             sims = self._similarity(index, cosine, lexical)
-            boost = self._boost(index, query, now)
+            boost = self._boost(index, query, now, named)
             if outside == -np.inf or len(index) >= size:
                 return index, sims, boost
             scores = scoring.gate(sims) * scoring.multiplier(boost)
             kth = np.partition(scores, len(scores) - max_memories)[len(scores) - max_memories]
-            if 2.0 * scoring.gate(np.array([outside]))[0] < kth:
+            if scoring.max_multiplier() * scoring.gate(np.array([outside]))[0] < kth:
                 return index, sims, boost
             want = size if want * 4 >= size // 2 else want * 4
 
@@ -323,16 +351,24 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
-        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact)
-        favour = np.ones(len(index))
-        kept = [self._position[i] for i in incumbents if i in self._position]
-        if kept:
-            missing = np.setdiff1d(np.asarray(kept, dtype=np.int64), index)
+        named = timeref.named_intervals(query) if isinstance(query, str) else []
+        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact, named)
+        graph = self._link_graph()
+        extra = [self._position[i] for i in incumbents if i in self._position]
+        if graph is not None and len(index):
+            # Spreading activation: memories linked to the top candidates join the candidates,
+            # so a pick can lend its links to them even when the query alone would not reach them.
+            top = index[np.argsort(-(scoring.gate(sims) * scoring.multiplier(boost)))[:max_memories]]
+            extra.extend(np.unique(graph[top].indices).tolist())
+        if extra:
+            missing = np.setdiff1d(np.asarray(extra, dtype=np.int64), index)
             if len(missing):
                 index = np.concatenate([index, missing])
                 sims = np.concatenate([sims, self._similarity(missing, self._index.vectors[missing] @ vector, lexical)])
-                boost = np.concatenate([boost, self._boost(missing, vector, moment)])
-                favour = np.ones(len(index))
+                boost = np.concatenate([boost, self._boost(missing, vector, moment, named)])
+        favour = np.ones(len(index))
+        kept = [self._position[i] for i in incumbents if i in self._position]
+        if kept:
             favour[np.isin(index, kept)] = 1.0 + incumbent_margin
         candidates = Candidates(
             index=index,
@@ -346,21 +382,24 @@ class MemoryPool:
             candidates,
             max_memories=max_memories,
             token_budget=token_budget,
-            links=self.learning.neighbours,
-            link_weight=self.association_weight * self.weights.links,
+            links=_row_lookup(graph),
+            link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
             rng=self._rng if sample else None,
         )
+        positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
+        pulls = self._pulls(positions) if graph is not None else [()] * len(picks)
         hits = [
             Hit(
-                memory=self._memories[int(index[pick.position])],
+                memory=self._memories[position],
                 score=pick.score,
                 similarity=pick.similarity,
                 multiplier=pick.multiplier,
                 rank=rank,
+                pulled_by=pulled,
             )
-            for rank, pick in enumerate(picks)
+            for rank, (position, pick, pulled) in enumerate(zip(positions.tolist(), picks, pulls))
         ]
         if learn and hits:
             top = max(pick.score for pick in picks)
@@ -371,6 +410,28 @@ class MemoryPool:
                 activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
             )
         return hits
+
+    def _link_graph(self):
+        """Encoding + learned links as one CSR matrix, or None while the pool has no links
+        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
+        state = self.learning
+        if not (state.links_used or len(state.encoded_a)):
+            return None
+        return state.graph(self.weights.encoding)
+
+    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+        """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
+        encoding, learned = self.learning.graphs(self.weights.encoding)
+        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
+        result = []
+        for rank in range(len(positions)):
+            pulls = [
+                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
+                for kind, weights in by_kind
+                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
+            ]
+            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
+        return result
 
     # -- learning -----------------------------------------------------------------------
 
@@ -447,7 +508,8 @@ class MemoryPool:
                 "quantized_threshold": self._index.quantized_threshold,
                 "weights": self.weights.__dict__,
             },
-            "events": self.learning.events,
+            "updates": self.learning.updates,
+            "answers": self.learning.answers,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
         write_pool_file(path, arrays, meta)
@@ -470,7 +532,9 @@ class MemoryPool:
             if len(vectors) != len(records):
                 raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
             pool._restore(records, vectors)
-            pool.learning = LearningState.from_arrays(arrays, int(meta.get("events", 0)))
+            # "events" is what files saved before the updates/answers split called updates.
+            updates = int(meta.get("updates", meta.get("events", 0)))
+            pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, PoolFileError):
                 raise
@@ -498,3 +562,15 @@ class MemoryPool:
         self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
         self._created = np.array([m.created_at.timestamp() for m in self._memories])
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
+
+
+def _row_lookup(graph):
+    """Pool position → (linked positions, weights), read straight from the CSR rows."""
+    if graph is None:
+        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = graph.indptr[position], graph.indptr[position + 1]
+        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
+
+    return lookup

@@ -156,6 +156,21 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class Pull:
+    """A link that raised a hit's multiplier: an earlier pick linked to it, and how."""
+
+    id: str
+    """The earlier pick."""
+    kind: str
+    """"encoding" (added together, same day) or "learned" (in context together before)."""
+    weight: float
+    """The link's weight as retrieval read it (before saturation)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "weight": round(self.weight, 6)}
+
+
+@dataclass(frozen=True)
 class Hit:
     """A memory chosen by `MemoryPool.retrieve`, with why it was chosen."""
 
@@ -164,6 +179,8 @@ class Hit:
     similarity: float
     multiplier: float
     rank: int
+    pulled_by: tuple[Pull, ...] = ()
+    """Earlier picks whose links lent this memory part of its multiplier, strongest first."""
 
     @property
     def id(self) -> str:
@@ -195,5 +212,6 @@ class Hit:
             "similarity": round(self.similarity, 6),
             "multiplier": round(self.multiplier, 6),
             "tokens": self.tokens,
+            "pulled_by": [pull.to_dict() for pull in self.pulled_by],
         }
 

@@ -3,8 +3,10 @@
     score = max(cos, 0)² × (1 + tanh(recency + frequency + emotion + associations))
 
 The squared cosine is a multiplicative gate: nothing irrelevant gets in on boosts alone.
-Every boost term is ≥ 0, so the multiplier lies in [1, 2); the candidate search relies on
-that bound (a memory whose gate is below half the k-th best score cannot be selected).
+Every boost term is ≥ 0, so the multiplier lies in [1, MAX_MULTIPLIER = 2); the candidate
+search relies on that bound (a memory whose gate is below half the k-th best score cannot be
+selected). Every term added here, including the links lent during selection and the time
+match, keeps it: they only ever enter through `multiplier`.
 
 The learned terms (frequency and query association) are scaled by *query specificity*:
 the mean pairwise similarity of the queries that retrieved a memory before. A "generalist"
@@ -21,6 +23,14 @@ import numpy as np
 
 SECONDS_PER_DAY = 86_400.0
 
+MAX_MULTIPLIER = 2.0
+"""Supremum of `multiplier` (1 + tanh of a non-negative boost): the bound candidate pruning uses."""
+
+
+def max_multiplier() -> float:
+    """The strict upper bound on any memory's multiplier, whatever the learning state."""
+    return MAX_MULTIPLIER
+
 
 @dataclass(frozen=True)
 class ScoringWeights:
@@ -32,7 +42,13 @@ class ScoringWeights:
     emotion: float = 0.1
     association_threshold: float = 0.8
     links: float = 0.1
-    """Co-retrieval link term, relative to the pool's `association_weight`."""
+    """Weight of the link term each pick lends to the memories linked to it (saturating, see `link_strength`)."""
+    encoding: float = 0.0
+    """Strength of an encoding link (adjacent memories of one day) against learned links."""
+    encoding_window: int = 0
+    """Memories added together and dated the same day are linked to this many neighbours each side."""
+    time: float = 0.0
+    """Boost for memories dated inside a time the query names ("in May 2023")."""
     confidence_queries: float = 2.0
     """How many past queries make a learned association fully trusted (n / (n + this))."""
 

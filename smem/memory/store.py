@@ -15,6 +15,8 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
+from smem.memory.settings import MemorySettings
+
 FORMAT = "smem-pool"
 FORMAT_VERSION = 1
 
@@ -24,8 +26,8 @@ class PoolFileError(ValueError):
 
 
 def cache_root() -> Path:
-    """Where smem keeps what it can rebuild (embeddings, converted models): $SMEM_CACHE, else ~/.cache/smem."""
-    return Path(os.environ.get("SMEM_CACHE") or Path.home() / ".cache" / "smem")
+    """Where smem keeps what it can rebuild (embeddings, converted models): `MemorySettings.cache`."""
+    return MemorySettings().cache
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:

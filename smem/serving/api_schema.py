@@ -8,11 +8,11 @@ engine can add a statistic without breaking the stream.
 """
 
 import os
-from dataclasses import dataclass, fields
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -28,44 +28,45 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
 
 
-@dataclass(frozen=True)
-class ApiSettings:
+class ApiSettings(BaseSettings):
     """Limits of one deployment; each is overridable as `SMEM_API_<NAME>` (e.g.
     `SMEM_API_MAX_SESSIONS=1000`). The request schema is built from them, so the OpenAPI
     document always states the limits the server enforces."""
 
-    max_sessions: int = 256
-    max_new_tokens: int = 2048
-    default_max_new_tokens: Optional[int] = None
-    """Used when a request names none; unset, 512 or `max_new_tokens` if lower."""
-    max_message_chars: int = 8000
-    max_history_messages: int = 50
-    max_history_chars: int = 32000
-    max_queue: int = 32
-    max_body_bytes: int = 4 * 1024 * 1024
-    """Bodies beyond this are refused (413) before they are read into memory. Well above
-    any valid body, so that an oversized field (a 1 MB message pasted by mistake) is still
-    answered with a 422 naming the field."""
+    model_config = SettingsConfigDict(env_prefix="SMEM_API_", frozen=True, extra="ignore")
 
-    def __post_init__(self) -> None:
+    max_sessions: int = Field(256, gt=0, description="sessions kept; the least recently used beyond this are dropped")
+    max_new_tokens: int = Field(2048, gt=0, description="most new tokens one answer may ask for")
+    default_max_new_tokens: Optional[int] = Field(
+        None, gt=0, description="new tokens when a request names none; unset: 512, or max_new_tokens if lower"
+    )
+    max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters")
+    max_history_messages: int = Field(50, gt=0, description="most history messages in one request")
+    max_history_chars: int = Field(32000, gt=0, description="longest history, in characters")
+    max_queue: int = Field(32, gt=0, description="answers that may wait for the model before new ones get 503")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="bodies beyond this are refused (413) before they are read; well above any valid body, so an "
+        "oversized field is still answered with a 422 naming it",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ApiSettings":
         if self.default_max_new_tokens is None:
             object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
-        for item in fields(self):
-            if getattr(self, item.name) <= 0:
-                raise ValueError(f"ApiSettings.{item.name} must be positive")
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
         if self.max_body_bytes < self.largest_valid_body:
             raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ApiSettings":
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            raw = environ.get(f"SMEM_API_{item.name.upper()}")
-            if raw is not None:
-                values[item.name] = int(raw)
-        return cls(**values)
+        """The limits as `environ` sets them (the process environment by default)."""
+        prefix = cls.model_config["env_prefix"]
+        names = {f"{prefix}{name}".upper(): name for name in cls.model_fields}
+        return cls(**{names[key.upper()]: value for key, value in environ.items() if key.upper() in names})
 
     @property
     def largest_valid_body(self) -> int:

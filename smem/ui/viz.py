@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from smem.generation.events import ContextStats
 from smem.memory.records import Memory
 from smem.memory.pool import MemoryPool
-from smem.ui.session_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
+from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
 
 TYPE_COLOURS: dict[str, str] = {
     "current_state": "#1f77b4",

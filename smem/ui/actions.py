@@ -24,6 +24,7 @@ from smem.generation.events import Done, Event
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
+from smem.memory.settings import DEFAULTS as MEMORY_DEFAULTS
 
 GPU_TOKENS_PER_S = 20.0
 """A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
@@ -49,9 +50,15 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "update_every_n": Setting(1, 20, 5, 1, "Update every N tokens", "How often memories are re-retrieved"),
     "max_memories": Setting(1, 15, 5, 1, "Max memories", "Memories in context at once"),
-    "softmax_temperature": Setting(0.01, 1.0, 0.15, 0.01, "Softmax temperature", "Lower = sharper selection"),
-    "diversity_weight": Setting(0.0, 1.0, 0.5, 0.05, "Diversity weight", "Penalty for near-duplicate memories"),
-    "association_weight": Setting(0.0, 2.0, 0.5, 0.05, "Association weight", "Pull of learned co-retrieval links"),
+    "softmax_temperature": Setting(
+        0.01, 1.0, MEMORY_DEFAULTS.softmax_temperature, 0.01, "Softmax temperature", "Lower = sharper selection"
+    ),
+    "diversity_weight": Setting(
+        0.0, 1.0, MEMORY_DEFAULTS.diversity_weight, 0.05, "Diversity weight", "Penalty for near-duplicate memories"
+    ),
+    "association_weight": Setting(
+        0.0, 2.0, MEMORY_DEFAULTS.association_weight, 0.05, "Association weight", "Pull of learned co-retrieval links"
+    ),
     "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
     "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
     "max_new_tokens": Setting(16, 2048, 512, 16, "Max new tokens"),
@@ -195,5 +202,5 @@ def describe(pool: MemoryPool, label: str) -> str:
     name, so it is escaped."""
     return (
         f"**{html.escape(label)}** · {len(pool)} memories · {len(pool.links())} learned links · "
-        f"{pool.learning.events} Hebbian updates"
+        f"{pool.learning.answers} answers learned from"
     )

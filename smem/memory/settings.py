@@ -1,0 +1,50 @@
+"""Settings of the memory layer: where memories, embeddings and caches live, and how retrieval scores.
+
+One source of truth: `MemoryPool`'s defaults, the README's settings table and the app's defaults
+all read these fields. Each field can be set in the environment as `SMEM_<NAME>` (e.g.
+`SMEM_DIVERSITY_WEIGHT=0.3`) or, through `smem.serving.settings.Settings`, as a CLI flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_MEMORIES = Path(__file__).resolve().parents[2] / "memories"
+
+
+class MemorySettings(BaseSettings):
+    """The memory library's knobs. Retrieval defaults were tuned on the LoCoMo dev conversations
+    (docs/benchmarks.md, "What moves recall")."""
+
+    model_config = SettingsConfigDict(env_prefix="SMEM_", frozen=True, extra="ignore")
+
+    embedder: Optional[str] = Field(
+        None, description="sentence-transformers id or folder; unset: the packaged all-MiniLM-L6-v2"
+    )
+    memories: Path = Field(REPO_MEMORIES, description="folder of memory sets (`*.json` + `*.examples.txt`)")
+    cache: Path = Field(
+        Path.home() / ".cache" / "smem", description="what smem can rebuild: embeddings, converted models"
+    )
+    softmax_temperature: float = Field(
+        0.15, gt=0, description="softmax temperature of the memory draw (lower = sharper)"
+    )
+    diversity_weight: float = Field(
+        0.5, ge=0, le=1, description="MMR penalty for memories similar to those already picked"
+    )
+    association_weight: float = Field(0.5, ge=0, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
+    lexical_weight: float = Field(
+        0.2, ge=0, lt=1, description="share of normalised BM25 in the similarity (0.2: best recall@10 on LoCoMo dev)"
+    )
+    quantized_threshold: int = Field(
+        20_000,
+        gt=0,
+        description="pool size from which candidates come from an 8-bit quantised scan (below: exact float32 scan)",
+    )
+
+
+DEFAULTS = MemorySettings.model_construct()
+"""The field defaults, without reading the environment: what a `MemoryPool()` gets unless told otherwise."""

@@ -1,0 +1,61 @@
+"""One settings object per layer, composed into `Settings`, read from the environment and CLI flags."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from smem import MemoryPool
+from smem.memory.settings import DEFAULTS, MemorySettings
+from smem.serving.api_schema import ApiSettings
+from smem.serving.settings import Settings, markdown_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_environment_sets_each_layer(monkeypatch):
+    monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
+    monkeypatch.setenv("SMEM_MODEL", "tiny")
+    monkeypatch.setenv("SMEM_API_MAX_QUEUE", "3")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7001")
+    settings = Settings()
+    assert settings.memory.diversity_weight == 0.25
+    assert settings.model.model == "tiny"
+    assert settings.api.max_queue == 3
+    assert settings.server.port == 7001
+
+
+def test_cli_flags_override_the_environment(monkeypatch):
+    monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
+    settings = Settings.from_cli(["--memory.diversity_weight", "0.75", "--api.max_sessions", "9"])
+    assert settings.memory.diversity_weight == 0.75
+    assert settings.api.max_sessions == 9
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [("SMEM_DIVERSITY_WEIGHT", "1.5", "diversity_weight"), ("SMEM_API_MAX_QUEUE", "0", "max_queue")],
+)
+def test_an_out_of_range_value_is_refused_naming_the_field(monkeypatch, variable, value, field):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=field):
+        Settings()
+
+
+def test_the_pool_defaults_are_the_settings_defaults():
+    parameters = inspect.signature(MemoryPool).parameters
+    for name in ("softmax_temperature", "diversity_weight", "association_weight", "lexical_weight", "quantized_threshold"):
+        assert parameters[name].default == MemorySettings.model_fields[name].default == getattr(DEFAULTS, name)
+
+
+def test_api_limits_from_a_mapping():
+    assert ApiSettings.from_env({"SMEM_API_MAX_SESSIONS": "7"}).max_sessions == 7
+
+
+def test_readme_table_is_rendered_from_the_classes():
+    text = README.read_text()
+    match = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
+    assert match, "README.md lacks the settings table block"
+    assert match.group(1) == markdown_table(), "run `python scripts/settings_table.py`"
