@@ -13,6 +13,7 @@ from smem.generation import tiny
 from smem.memory.records import Hit, Memory
 from smem.generation.prompt import (
     MEMORY_INSTRUCTION,
+    MEMORY_LABEL,
     PromptBuilder,
     clean_reply,
     memory_line,
@@ -127,9 +128,11 @@ def test_memory_lines_and_token_costs(tokenizer):
     assert memory_line(MEMORIES[0]) == "- 1 January 2025: Color-coding negative signs in red helped."
     undated = Memory(id="u", content="Bare note.", type=None, subject=None, emotional_intensity=0.5, created_at=None, tokens=2)
     assert memory_line(undated) == "- Bare note."
-    # Notes first, no heading above them; the instruction closes the block.
-    assert memory_text(MEMORIES).startswith("- 1 January 2025: ")
-    assert memory_text(MEMORIES).endswith("\n" + MEMORY_INSTRUCTION)
+    # A short label, dated notes, and the instruction after them.
+    assert memory_text(MEMORIES) == (
+        f"{MEMORY_LABEL}\n- 1 January 2025: Color-coding negative signs in red helped.\n"
+        f"- 1 January 2025: He loves soccer examples.\n\n{MEMORY_INSTRUCTION}"
+    )
     builder = PromptBuilder(tokenizer, MESSAGE)
     costs = builder.line_tokens(MEMORIES)
     block = len(builder.memory_block(MEMORIES))

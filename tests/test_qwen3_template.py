@@ -20,7 +20,7 @@ from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import Memories, MemoryUpdate, Thinking, Token
-from smem.generation.prompt import MEMORY_INSTRUCTION, PromptBuilder, memory_text
+from smem.generation.prompt import MEMORY_INSTRUCTION, MEMORY_LABEL, PromptBuilder, memory_text
 from smem.memory.embedder import default_embedder
 from smem.memory.records import Hit, Memory
 
@@ -85,11 +85,11 @@ def test_the_split_reassembles_the_real_rendering(tokenizer, thinking):
     assert prefix.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n")
     assert prefix.endswith(f"<|im_start|>user\n{MESSAGE}<|im_end|>\n")
     assert "They tutor Alex" not in prefix  # past thinking is dropped by Qwen3's template
-    # Notes first without a heading, the instruction last, right before the assistant header.
+    # A short label, dated notes, the instruction last, right before the assistant header.
     assert block == (
-        "<|im_start|>system\n"
+        f"<|im_start|>system\n{MEMORY_LABEL}\n"
         "- 1 September 2025: Color-coding negative signs in red helped.\n"
-        "- 2 September 2025: He loves soccer examples.\n"
+        "- 2 September 2025: He loves soccer examples.\n\n"
         f"{MEMORY_INSTRUCTION}<|im_end|>\n"
     )
     assert header == ("<|im_start|>assistant\n" if thinking else "<|im_start|>assistant\n<think>\n\n</think>\n\n")

@@ -11,13 +11,15 @@ The template is rendered once with a sentinel in place of the memory text and cu
 sentinel, so the model's own template decides every byte and a swap only tokenises the new
 block.
 
-What the block says is shaped by what small models do with it. A heading before the memories
-("Memories relevant to this conversation (...):") was the first thing the 0.5B wrote back in 3
-of 5 example answers, followed by the list. So the block has no heading: the memories come
-first as dated notes (dates answer "when" questions, and "last summer" needs them), and the
-instruction comes last, right before the assistant header, where it is read as a reply cue
-rather than a pattern to continue. Assistant turns in the history are cleaned of echoed notes
-and instructions before they re-enter the prompt, since a model copies its own earlier echoes.
+What the block says is shaped by what small models do with it (tried on the packaged 0.5B,
+greedy, on the example prompts). The old long heading ("Memories relevant to this conversation
+(they update as you answer; use them where they help):") was the first thing it wrote back in 3
+of 5 answers, then the list with its "[type, subject]" tags. A block of bare notes followed by
+the instruction made it list the notes back, or thank the user for their "suggestions". What
+worked: a short plain label, the memories as dated notes (dates answer "when" questions), and
+the instruction last, right before the assistant header, telling it not to repeat them.
+Assistant turns in the history are cleaned of echoed notes and instructions before they
+re-enter the prompt, since a model copies its own earlier echoes.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who knows the user from earlier conversations. "
     "Answer the user's message directly and concretely, in your own words."
 )
+MEMORY_LABEL = "Notes from earlier conversations:"
 MEMORY_INSTRUCTION = (
-    "Those are your notes from earlier conversations with the user. "
-    "Use them where they help; reply to the user's last message in your own words, without repeating the notes."
+    "Answer the user's message above. Use the notes only where they are relevant; do not list or repeat them."
 )
+FIXED_TEXTS = (DEFAULT_SYSTEM_PROMPT, MEMORY_LABEL, MEMORY_INSTRUCTION)
+"""The prompt's own wording: an answer that copies it is degenerate (`smem.generation.degenerate`)."""
 _ECHO_PREFIXES = (
+    MEMORY_LABEL,
     MEMORY_INSTRUCTION[:40],
     DEFAULT_SYSTEM_PROMPT[:40],
     "Memories relevant to this conversation",  # the heading of earlier versions, still in old chats
@@ -90,7 +95,7 @@ def memory_line(memory: Union[Hit, Memory]) -> str:
 
 
 def memory_text(memories: Sequence[Union[Hit, Memory]]) -> str:
-    return "\n".join([*(memory_line(m) for m in memories), MEMORY_INSTRUCTION])
+    return "\n".join([MEMORY_LABEL, *(memory_line(m) for m in memories), "", MEMORY_INSTRUCTION])
 
 
 def clean_reply(text: str) -> str:
@@ -193,9 +198,9 @@ class PromptBuilder:
         return Prompt(prefix=self.prefix, memory=self.memory_block(memories), header=self.header)
 
     def block_overhead(self) -> int:
-        """Tokens a non-empty block costs beyond its memory lines (wrapper, instruction)."""
+        """Tokens a non-empty block costs beyond its memory lines (wrapper, label, instruction)."""
         if self._overhead is None:
-            self._overhead = len(self.encode(self._block_before + MEMORY_INSTRUCTION + "\n" + self._block_after))
+            self._overhead = len(self.encode(self._block_before + memory_text([]) + "\n" + self._block_after))
         return self._overhead
 
     def line_tokens(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
