@@ -54,6 +54,9 @@ class Conversation:
     """(question, evidence ids present in the conversation, category)."""
     now: datetime
     skipped: int = 0
+    answers: list[str] = field(default_factory=list)
+    """Gold answers, parallel to `questions`, as LoCoMo scores them (category 3: the part before
+    the first ';'). Kept apart from the questions: only the answer benchmark's scoring reads them."""
 
 
 def parse_date(text: str) -> datetime:
@@ -78,7 +81,7 @@ def load(path: Path) -> list[Conversation]:
                 texts.append(text)
                 created.append(when)
         known = set(ids)
-        questions, skipped = [], 0
+        questions, answers, skipped = [], [], 0
         for qa in sample["qa"]:
             if qa.get("category") not in CATEGORIES:
                 continue
@@ -88,8 +91,12 @@ def load(path: Path) -> list[Conversation]:
                 skipped += 1
                 continue
             questions.append((qa["question"], sorted(evidence), qa["category"]))
+            answer = str(qa.get("answer", ""))
+            answers.append(answer.split(";")[0].strip() if qa["category"] == 3 else answer)
         conversations.append(
-            Conversation(sample["sample_id"], ids, texts, created, questions, max(created) + timedelta(days=1), skipped)
+            Conversation(
+                sample["sample_id"], ids, texts, created, questions, max(created) + timedelta(days=1), skipped, answers
+            )
         )
     return conversations
 

@@ -1,0 +1,463 @@
+"""LoCoMo question answering through the streaming engine: do the right memories reach the answer?
+
+Each conversation's dialog turns are a memory pool (as in bench/locomo.py); each sampled question
+of categories 1-4 is asked as a chat message, with LoCoMo's short-answer instruction. Conditions,
+on the same model, questions and decoding:
+
+  none       no memories
+  rag        retrieve once, k=5 (update_every_n=0)
+  stream     k=5 at a time, re-retrieved every N tokens (the engine's default N)
+  stream_n1  the same, N=1
+  rag_wide   retrieve once, k = the distinct memories `stream` had in context for that question
+  all        every memory (only with --all, and only where it fits the model's context)
+
+Metrics (per condition and per category, mean with a 95% bootstrap interval over questions):
+  f1                  LoCoMo's answer F1 (task_eval/evaluation.py: its normalisation, Porter
+                      stemming, per-category rules)
+  evidence_at_answer  share of the question's evidence turns in context when the first answer
+                      token (after any thinking) is written
+  evidence_any        the same, at any point of the answer
+  context_tokens      memory tokens in context, averaged over the answer's tokens
+  seconds_per_answer  engine time from request to the last token
+  degenerate_rate     answers that copy the prompt's fixed text or loop (smem.generation.degenerate)
+  answer_words        answer length
+
+Labels (answers, evidence, categories) are used for scoring only: the pool gets the turns' text
+and dates, the engine gets the question.
+
+    python bench/answers.py --data ../shared/data/locomo-dev.json --questions 60 --seed 0 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import string
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]  # the repo (smem) and bench/ (its sibling modules), also when imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from locomo import CATEGORIES, Conversation, build_pool, load  # noqa: E402
+from nltk.stem import PorterStemmer  # noqa: E402
+from runlog import print_run_config  # noqa: E402
+from smem.generation.degenerate import degenerate  # noqa: E402
+from smem.generation.engine import StreamingEngine  # noqa: E402
+from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
+from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, MEMORY_INTRO, PromptBuilder  # noqa: E402
+
+RAG_K = 5
+"""k for `rag` and `stream` (the issue's protocol; also the engine's default max_memories)."""
+
+DEFAULT_UPDATE_EVERY_N: int = inspect.signature(StreamingEngine.stream).parameters["update_every_n"].default
+"""`stream` runs at whatever N the engine ships with."""
+
+SHORT_ANSWER = (
+    "Answer in the form of a short phrase, with exact words from the conversation whenever possible."
+)
+"""LoCoMo's QA instruction (task_eval/evaluate_gpts.py QA_PROMPT), reworded for a chat message:
+its F1 rewards short answers, so every condition gets the same request for one."""
+
+TEMPORAL_HINT = "Use the dates of the conversation to answer with an approximate date."
+"""LoCoMo appends this to category-2 (temporal) questions (evaluate_gpts.py)."""
+
+BOOTSTRAP_SAMPLES = 2000
+"""Resamples for the 95% intervals; with 60 questions the interval ends move < 0.005 past ~1000."""
+
+# -- LoCoMo's scoring (task_eval/evaluation.py, re-implemented from its rules) ---------------------
+
+_ARTICLES = {"a", "an", "the", "and"}
+"""LoCoMo's normalize_answer drops these four words (its remove_articles includes "and")."""
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_STEM = PorterStemmer().stem  # NLTK's default (NLTK_EXTENSIONS) mode, as LoCoMo instantiates it
+
+
+def normalize_answer(text: str) -> list[str]:
+    """LoCoMo's normalisation: drop commas, lower-case, drop ASCII punctuation, drop a/an/the/and,
+    split on whitespace; then Porter-stem each word as its F1 does."""
+    text = text.replace(",", "").lower().translate(_PUNCTUATION)
+    return [_STEM(word) for word in text.split() if word not in _ARTICLES]
+
+
+def token_f1(prediction: str, truth: str) -> float:
+    """Bag-of-stems F1 between one prediction and one gold answer (LoCoMo's f1_score)."""
+    pred, gold = normalize_answer(prediction), normalize_answer(truth)
+    same = sum((Counter(pred) & Counter(gold)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def locomo_f1(prediction: str, truth: str, category: int) -> float:
+    """Category 1 (multi-hop) answers are lists: both sides split on commas, each gold part takes
+    its best prediction part, averaged. Categories 2-4 use plain token F1. (Category 3's gold is
+    already cut at its first ';' by bench.locomo.load.)"""
+    if category == 1:
+        predictions = [p.strip() for p in prediction.split(",")]
+        truths = [t.strip() for t in truth.split(",")]
+        return float(np.mean([max(token_f1(p, t) for p in predictions) for t in truths]))
+    return token_f1(prediction, truth)
+
+
+# -- sampling and statistics -----------------------------------------------------------------
+
+
+def sample_questions(conversations: Sequence[Conversation], n: int, seed: int) -> list[tuple[int, int]]:
+    """`n` (conversation index, question index) pairs spread evenly over the conversations:
+    quotas are dealt one at a time in a seeded order, so they differ by at most one (a
+    conversation out of questions drops out), then each conversation's questions are drawn with
+    `seed`. Returned in file order."""
+    rng = np.random.default_rng(seed)
+    sizes = [len(c.questions) for c in conversations]
+    quota = [0] * len(conversations)
+    order = rng.permutation(len(conversations))
+    remaining = min(n, sum(sizes))
+    while remaining:
+        for index in order:
+            if remaining and quota[index] < sizes[index]:
+                quota[index] += 1
+                remaining -= 1
+    picks = []
+    for index, size in enumerate(quota):
+        chosen = np.sort(rng.choice(sizes[index], size=size, replace=False))
+        picks.extend((index, int(q)) for q in chosen)
+    return picks
+
+
+def bootstrap_ci(values: Sequence[float], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """95% percentile interval of the mean over questions resampled with replacement."""
+    data = np.asarray(values, dtype=float)
+    if len(data) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+# -- one answer ------------------------------------------------------------------------------
+
+
+class Question(NamedTuple):
+    """One sampled question with its labels; only `text` and `category` shape the message."""
+
+    text: str
+    evidence: list[str]
+    category: int
+    answer: str
+
+
+def question_at(conv: Conversation, index: int) -> Question:
+    text, evidence, category = conv.questions[index]
+    return Question(text, evidence, category, conv.answers[index])
+
+
+def question_message(question: Question) -> str:
+    """The chat message: the question and LoCoMo's instructions; nothing else of the label."""
+    parts = [question.text]
+    if question.category == 2:
+        parts.append(TEMPORAL_HINT)
+    parts.append(SHORT_ANSWER)
+    return " ".join(parts)
+
+
+@dataclass
+class Answer:
+    text: str
+    at_answer: set[str]
+    ever: set[str]
+    context_tokens: float
+    seconds: float
+    tokens: int
+    swaps: int
+    retrievals: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answer:
+    """Run one answer and record which memories were in context when, and for how long."""
+    current: set[str] = set()
+    ever: set[str] = set()
+    at_answer: Optional[set[str]] = None
+    text: list[str] = []
+    steps: list[tuple[int, int]] = []  # (generated tokens, memory tokens) at each context change
+    done: Optional[Done] = None
+    for event in engine.stream(message, history=None, learn=False, now=now, **options):
+        if isinstance(event, (Memories, MemoryUpdate)):
+            current = {hit.id for hit in event.memories}
+            ever |= current
+        elif isinstance(event, Token):
+            if at_answer is None:
+                at_answer = set(current)
+            text.append(event.text)
+        elif isinstance(event, ContextStats):
+            steps.append((event.generated_tokens, event.memory_tokens))
+        elif isinstance(event, Done):
+            done = event
+    assert done is not None
+    total = done.stats.tokens
+    mean_tokens = float(steps[-1][1]) if steps else 0.0
+    if total > 0 and steps:
+        # piecewise constant over the answer's tokens: each reading holds until the next one
+        marks = np.array([s[0] for s in steps] + [total], dtype=float)
+        sizes = np.array([s[1] for s in steps], dtype=float)
+        spans = np.clip(np.diff(marks), 0, None)
+        mean_tokens = float((spans * sizes).sum() / spans.sum()) if spans.sum() > 0 else float(sizes[-1])
+    return Answer(
+        text="".join(text).strip(),
+        at_answer=at_answer if at_answer is not None else set(current),
+        ever=ever,
+        context_tokens=mean_tokens,
+        seconds=done.stats.total_s,
+        tokens=total,
+        swaps=done.stats.swaps,
+        retrievals=done.stats.retrievals,
+        extra={"thinking_tokens": done.stats.thinking_tokens, "stop": done.stats.stop_reason},
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    update_every_n: int
+    max_memories: Optional[int]
+    """None: decided per question (rag_wide from stream, all from the pool's size)."""
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+def conditions(names: Sequence[str], stream_every: int) -> list[Condition]:
+    known = {
+        "none": Condition("none", 0, 0),
+        "rag": Condition("rag", 0, RAG_K),
+        "stream": Condition("stream", stream_every, RAG_K),
+        "stream_n1": Condition("stream_n1", 1, RAG_K),
+        "rag_wide": Condition("rag_wide", 0, None),
+        "all": Condition("all", 0, None),
+    }
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown condition(s) {unknown}; choose from {list(known)}")
+    order = list(known)
+    chosen = sorted(dict.fromkeys(names), key=order.index)
+    if "rag_wide" in chosen and "stream" not in chosen:
+        raise SystemExit("rag_wide takes its k from stream: run stream too")
+    return [known[n] for n in chosen]
+
+
+def score(record: dict[str, Any], question: Question, answer: Answer, instructions: Sequence[str]) -> None:
+    evidence = set(question.evidence)
+    record.update(
+        answer=answer.text,
+        f1=round(locomo_f1(answer.text, question.answer, question.category), 4),
+        evidence_at_answer=len(evidence & answer.at_answer) / len(evidence),
+        evidence_any=len(evidence & answer.ever) / len(evidence),
+        context_tokens=round(answer.context_tokens, 1),
+        seconds=answer.seconds,
+        degenerate=degenerate(answer.text, instructions).reasons,
+        answer_words=len(answer.text.split()),
+        distinct_memories=len(answer.ever),
+        tokens=answer.tokens,
+        swaps=answer.swaps,
+        retrievals=answer.retrievals,
+        **answer.extra,
+    )
+
+
+METRICS = ("f1", "evidence_at_answer", "evidence_any", "context_tokens", "seconds", "answer_words")
+
+
+def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        f1 = [r["f1"] for r in rows]
+        out: dict[str, Any] = {"n": len(rows)}
+        out["f1"] = round(float(np.mean(f1)), 4) if rows else float("nan")
+        out["f1_ci"] = bootstrap_ci(f1, seed)
+        for metric in METRICS[1:]:
+            values = [r[metric] for r in rows]
+            name = "seconds_per_answer" if metric == "seconds" else metric
+            out[name] = round(float(np.mean(values)), 4) if rows else float("nan")
+            if metric.startswith("evidence"):
+                out[f"{metric}_ci"] = bootstrap_ci(values, seed)
+        out["degenerate_rate"] = round(float(np.mean([bool(r["degenerate"]) for r in rows])), 4) if rows else 0.0
+        out["swaps_per_answer"] = round(float(np.mean([r["swaps"] for r in rows])), 3) if rows else 0.0
+        return out
+
+    summary = block(records)
+    summary["per_category"] = {
+        name: block([r for r in records if r["category"] == number]) for number, name in CATEGORIES.items()
+    }
+    return summary
+
+
+def paired_difference(a: list[float], b: list[float], seed: int) -> dict[str, Any]:
+    """Mean of a - b over the same questions, with its 95% bootstrap interval."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return {"mean": round(float(diff.mean()), 4), "ci": bootstrap_ci(diff, seed)}
+
+
+ALL_HEADROOM = 1024
+"""Context left for system prompt, question and answer when `all` checks that the pool fits."""
+
+
+def pool_tokens(engine: StreamingEngine, pool: Any) -> int:
+    """Tokens of a memory block holding the whole pool."""
+    builder = PromptBuilder(engine.tokenizer, "", system_prompt=engine.system_prompt)
+    return builder.block_overhead() + sum(builder.line_tokens(pool.memories))
+
+
+def model_name(model: Any) -> str:
+    return str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print("\n| condition | F1 [95% CI] | evidence at answer | evidence any | context tokens | s/answer | "
+          "degenerate | words | " + " | ".join(f"F1 {name}" for name in CATEGORIES.values()) + " |")
+    print("|---" * (8 + len(CATEGORIES)) + "|")
+    for name, c in result["conditions"].items():
+        cats = " | ".join(
+            f"{c['per_category'][n]['f1']:.3f} (n={c['per_category'][n]['n']})" for n in CATEGORIES.values()
+        )
+        print(
+            f"| {name} | {c['f1']:.3f} [{c['f1_ci'][0]:.3f}, {c['f1_ci'][1]:.3f}] | {c['evidence_at_answer']:.3f} | "
+            f"{c['evidence_any']:.3f} | {c['context_tokens']:.0f} | {c['seconds_per_answer']:.2f} | "
+            f"{c['degenerate_rate']:.3f} | {c['answer_words']:.1f} | {cats} |"
+        )
+    for name, diff in result.get("paired", {}).items():
+        print(f"{name}: {diff['mean']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}]")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="locomo10.json-format file")
+    parser.add_argument("--questions", type=int, default=60, help="questions, spread evenly over conversations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--model", default=None, help="SMEM_MODEL value (default: the packaged local model)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--conditions", nargs="+", default=["none", "rag", "stream", "stream_n1", "rag_wide"])
+    parser.add_argument("--all", action="store_true", help="add the every-memory condition (slow on a CPU)")
+    parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="LoCoMo asks for a short phrase (its runs allow 32 tokens); room for a sentence")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
+    parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
+    args = parser.parse_args(argv)
+    config = print_run_config(args)
+
+    from smem.generation.models import load as load_model
+    from smem.memory.embedder import default_embedder, embed_documents
+
+    names = list(args.conditions) + (["all"] if args.all else [])
+    plan = conditions(names, args.update_every_n)
+    conversations = load(args.data)
+    picks = sample_questions(conversations, args.questions, args.seed)
+    model, tokenizer = load_model(args.model, args.device)
+    context_limit = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
+    embedder = default_embedder()
+    decoding = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "enable_thinking": not args.no_thinking,
+    }
+    settings = {
+        "data": str(args.data),
+        "questions": len(picks),
+        "seed": args.seed,
+        "conditions": [c.name for c in plan],
+        "k": RAG_K,
+        "stream_update_every_n": args.update_every_n,
+        **decoding,
+        "message_suffix": SHORT_ANSWER,
+        "temporal_hint": TEMPORAL_HINT,
+        "learn": False,
+        "embedder": getattr(embedder, "name", type(embedder).__name__),
+        "device": args.device or str(next(model.parameters()).device),
+        "threads": torch.get_num_threads(),
+        "machine": config["machine"],
+        "smem": config["settings"],
+    }
+    for key, value in settings.items():  # what this run used, nanoGPT style
+        print(f"{key} = {value}")
+
+    instructions = [DEFAULT_SYSTEM_PROMPT, MEMORY_INTRO, SHORT_ANSWER, TEMPORAL_HINT]
+    records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in plan}
+    started = time.perf_counter()
+    by_conversation: dict[int, list[int]] = {}
+    for conv_index, q_index in picks:
+        by_conversation.setdefault(conv_index, []).append(q_index)
+    done_count = 0
+    for conv_index, q_indices in by_conversation.items():
+        conv = conversations[conv_index]
+        pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
+        engine = StreamingEngine(model, tokenizer, pool)
+        all_fits = "all" in names and pool_tokens(engine, pool) + ALL_HEADROOM <= context_limit
+        for q_index in q_indices:
+            question = question_at(conv, q_index)
+            message = question_message(question)
+            answers: dict[str, Answer] = {}
+            for condition in plan:
+                k = condition.max_memories
+                reused = False
+                if condition.name == "rag_wide":
+                    k = max(len(answers["stream"].ever), RAG_K)
+                    if k == RAG_K and "rag" in answers:  # identical run (same k, retrieve once, same decoding)
+                        answers[condition.name], reused = answers["rag"], True
+                if condition.name == "all":
+                    if not all_fits:
+                        continue
+                    k = len(pool)
+                if not reused:
+                    answers[condition.name] = ask(
+                        engine, message, conv.now, update_every_n=condition.update_every_n, max_memories=k,
+                        seed=args.seed + q_index, **decoding,
+                    )
+                record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
+                          "gold": question.answer, "k": k, "reused_rag": reused}
+                score(record, question, answers[condition.name], instructions)
+                records[condition.name].append(record)
+            done_count += 1
+            elapsed = time.perf_counter() - started
+            print(f"[{done_count}/{len(picks)}] {elapsed:.0f}s {conv.sample_id} cat {question.category}: "
+                  + "  ".join(f"{name}={records[name][-1]['f1']:.2f}" for name in answers), flush=True)
+
+    result: dict[str, Any] = {
+        "conditions": {name: summarise(rows, args.seed) for name, rows in records.items() if rows},
+        "model": model_name(model),
+        "settings": {**settings, "wall_seconds": round(time.perf_counter() - started, 1)},
+    }
+    paired = {}
+    if "stream" in records and "rag" in records:
+        for metric in ("f1", "evidence_any", "evidence_at_answer"):
+            paired[f"stream - rag, {metric}"] = paired_difference(
+                [r[metric] for r in records["stream"]], [r[metric] for r in records["rag"]], args.seed
+            )
+    if "stream" in records and "rag_wide" in records:
+        ratio = result["conditions"]["stream"]["context_tokens"] / max(result["conditions"]["rag_wide"]["context_tokens"], 1e-9)
+        result["stream_context_vs_rag_wide"] = round(ratio, 3)
+    result["paired"] = paired
+    result["answers"] = records
+    print_table(result)
+    if "stream_context_vs_rag_wide" in result:
+        print(f"stream context tokens / rag_wide: {result['stream_context_vs_rag_wide']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The answer benchmark: LoCoMo's scoring rules, the question sample, the degenerate-answer
+detector, the JSON contract, and that labels never reach the pool or the prompt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import answers
+from smem.generation import tiny
+from smem.generation.degenerate import degenerate
+from smem.generation.engine import StreamingEngine
+
+GOLD = "Zanzibar marmalade"
+"""A gold answer whose words occur nowhere in the dialog, so any trace of it is a leak."""
+
+
+def locomo_file(path: Path, conversations: int = 2, questions: int = 3) -> Path:
+    samples = []
+    for c in range(conversations):
+        turns = [
+            {"speaker": "Ana", "dia_id": "D1:1", "text": "I adopted a grey cat called Pixel last week."},
+            {"speaker": "Ben", "dia_id": "D1:2", "text": "Nice! I started pottery classes on Tuesdays."},
+            {"speaker": "Ana", "dia_id": "D1:3", "text": "My sister visits in June.", "blip_caption": "a photo of a beach"},
+        ]
+        qa = [
+            {"question": f"What did Ana adopt? ({c}.{q})", "answer": GOLD, "evidence": ["D1:1"], "category": 1 + q % 4}
+            for q in range(questions)
+        ]
+        qa.append({"question": "Adversarial?", "adversarial_answer": "x", "evidence": [], "category": 5})
+        qa.append({"question": "No evidence?", "answer": "y", "evidence": ["D9:9"], "category": 4})
+        samples.append(
+            {
+                "sample_id": f"conv-{c}",
+                "conversation": {
+                    "speaker_a": "Ana",
+                    "speaker_b": "Ben",
+                    "session_1_date_time": "1:56 pm on 8 May, 2023",
+                    "session_1": turns,
+                },
+                "qa": qa,
+            }
+        )
+    path.write_text(json.dumps(samples))
+    return path
+
+
+# -- LoCoMo scoring ------------------------------------------------------------------------
+
+
+def test_normalisation_follows_locomo():
+    # commas, case, punctuation and the four dropped words (a, an, the, and), then Porter stems
+    assert answers.normalize_answer("The Cats, and a Dog's toys!") == ["cat", "dog", "toy"]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "category", "expected"),
+    [
+        ("7 May 2023", "7 May 2023", 2, 1.0),
+        ("On 7 May 2023", "7 May 2023", 2, 2 * 0.75 * 1.0 / 1.75),
+        ("running", "runs", 4, 1.0),
+        ("nothing relevant", "pottery", 4, 0.0),
+        # multi-hop: gold parts each take their best prediction part, averaged
+        ("pottery, painting", "painting, pottery, camping", 1, 2 / 3),
+        ("pottery painting", "painting, pottery", 1, 2 / 3),
+    ],
+)
+def test_f1_rules(prediction, gold, category, expected):
+    assert answers.locomo_f1(prediction, gold, category) == pytest.approx(expected)
+
+
+def test_open_domain_gold_is_cut_at_its_first_semicolon(tmp_path):
+    path = locomo_file(tmp_path / "d.json", conversations=1, questions=0)
+    data = json.loads(path.read_text())
+    data[0]["qa"].append({"question": "q", "answer": "likely yes; she said so", "evidence": ["D1:1"], "category": 3})
+    path.write_text(json.dumps(data))
+    conv = answers.load(path)[0]
+    assert answers.question_at(conv, 0).answer == "likely yes"
+
+
+# -- sampling and intervals ----------------------------------------------------------------
+
+
+def test_sample_spreads_evenly_and_is_seeded(tmp_path):
+    conversations = answers.load(locomo_file(tmp_path / "d.json", conversations=3, questions=4))
+    picks = answers.sample_questions(conversations, 7, seed=1)
+    per_conv = [sum(1 for c, _ in picks if c == i) for i in range(3)]
+    assert sorted(per_conv) == [2, 2, 3]
+    assert len(set(picks)) == 7 and picks == sorted(picks)
+    assert picks == answers.sample_questions(conversations, 7, seed=1)
+    assert {tuple(answers.sample_questions(conversations, 7, seed=s)) for s in range(6)} != {tuple(picks)}
+    assert len(answers.sample_questions(conversations, 100, seed=0)) == 12  # capped at what exists
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    values = [0.0, 1.0] * 20
+    low, high = answers.bootstrap_ci(values, seed=0)
+    assert low < 0.5 < high and high - low < 0.5
+    assert answers.bootstrap_ci([0.3] * 5, seed=0) == [0.3, 0.3]
+
+
+# -- degenerate answers --------------------------------------------------------------------
+
+HEADING = "Memories relevant to this conversation (they update as you answer; use them where they help):"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (HEADING + "\n- Maya is allergic to peanuts.", "copied"),
+        ("Sure! memories relevant to this conversation (they update as you answer", "copied"),
+        ("I'm sorry, but I can't help with that either. I'm sorry, but I can't help with that either.", "sentence"),
+        ("Maya has been eating peanut butter for a long time and loves it and Maya has been eating peanut "
+         "butter for a long time and loves it", "span"),
+        ("no " * 30, "span"),
+    ],
+)
+def test_degenerate_answers_are_flagged(answer, reason):
+    verdict = degenerate(answer, [HEADING])
+    assert verdict
+    assert any(r.startswith({"copied": "copied", "sentence": "repeated sentence", "span": "repeated span"}[reason])
+               for r in verdict.reasons)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Caroline went to the LGBTQ support group on 7 May 2023.",
+        "Alex panics on timed quizzes. Start with two warm-up problems, then practise under a soft timer. "
+        "Praise effort, not speed. Use pizza fractions he already knows.",
+        "Yes. Yes.",  # too short to be a loop
+        "The memories say she likes pottery.",  # shares a word or two with the heading, copies nothing
+    ],
+)
+def test_ordinary_answers_are_not_flagged(answer):
+    assert not degenerate(answer, [HEADING])
+
+
+# -- labels stay out of the pool and the prompt; the JSON contract -----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return tiny.build(seed=0)
+
+
+def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm):
+    model, tokenizer = tiny_model
+    conv = answers.load(locomo_file(tmp_path / "d.json", conversations=1, questions=2))[0]
+    pool = answers.build_pool(conv, minilm, minilm.encode(conv.texts))
+    seen: list[list[int]] = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+        for index in range(len(conv.questions)):
+            question = answers.question_at(conv, index)
+            for every in (0, 1):
+                answers.ask(engine, answers.question_message(question), conv.now, update_every_n=every,
+                            max_memories=2, max_new_tokens=6, temperature=0.0)
+    finally:
+        handle.remove()
+    read = tokenizer.decode([i for ids in seen for i in ids]).lower()
+    stored = " ".join(m.content for m in pool.memories).lower()
+    assert "pixel" in read  # the hook saw memories at all
+    for label in ("zanzibar", "marmalade", "d1:1", "evidence", *answers.CATEGORIES.values()):
+        assert label not in read and label not in stored
+
+
+def test_cli_writes_the_contracted_json(tmp_path, minilm):
+    out = tmp_path / "out.json"
+    result = answers.main(
+        ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
+         "--model", "tiny", "--max-new-tokens", "4", "--all"]
+    )
+    written = json.loads(out.read_text())
+    assert written["model"] and written["settings"]["questions"] == 2
+    assert set(written["conditions"]) == {"none", "rag", "stream", "stream_n1", "rag_wide", "all"}
+    for condition in written["conditions"].values():
+        assert {"f1", "f1_ci", "evidence_at_answer", "evidence_any", "context_tokens", "seconds_per_answer",
+                "degenerate_rate", "per_category"} <= set(condition)
+        assert condition["n"] == 2 and set(condition["per_category"]) == set(answers.CATEGORIES.values())
+    none, rag = written["conditions"]["none"], written["conditions"]["rag"]
+    assert none["context_tokens"] == 0 and none["evidence_any"] == 0
+    assert rag["evidence_at_answer"] == 1.0  # three turns, k=5: every turn is in context
+    assert written["conditions"]["all"]["context_tokens"] == pytest.approx(rag["context_tokens"])
+    assert result["conditions"].keys() == written["conditions"].keys()
