@@ -33,7 +33,9 @@ from smem.serving.api import create_api  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
+from smem.serving import prompt_budget  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
+from smem.serving.api_schema import ApiSettings  # noqa: E402
 from smem.serving.settings import Settings  # noqa: E402
 from smem.ui.answer_view import AnswerView, Changed  # noqa: E402
 
@@ -49,6 +51,8 @@ RUNTIME = Runtime.load(models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"
 if ON_GPU:
     RUNTIME.model.to("cuda")
 
+LIMITS = ApiSettings.from_env()
+"""The same limits for the UI and the HTTP API (`main` replaces them with the CLI's, if given)."""
 SET_NAMES = RUNTIME.sets.names
 DEFAULT_SET = "tutor" if "tutor" in SET_NAMES else SET_NAMES[0]
 # Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
@@ -155,11 +159,14 @@ def respond(
             max_new_tokens=max_new_tokens,
             enable_thinking=enable_thinking,
         )
+        fitted = prompt_budget.fit(RUNTIME.tokenizer, message, answer_view.model_history(chat), LIMITS)
     except ValueError as error:
         raise gr.Error(str(error)) from None
     view = AnswerView()
     waiting = RUNTIME.queue.waiting
     note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else "🔎 Retrieving memories…"
+    if fitted.trimmed is not None:
+        note += f" (the oldest {fitted.trimmed.dropped} messages were left out to fit the prompt budget)"
     idle = gr.skip()
     yield (
         answer_view.chat_messages(chat, message, view),
@@ -174,7 +181,7 @@ def respond(
     )
     throttle = answer_view.Throttle()
     with RUNTIME.queue.slot():
-        for event in generate(pool, message, answer_view.model_history(chat), settings):
+        for event in generate(pool, message, fitted.history, settings):
             parts = throttle.push(view.apply(event))
             if parts:
                 yield (*_frame(parts, view, pool, chat, message), *[idle] * 7)
@@ -223,7 +230,7 @@ def _refused(error: MemoryFileError, what: str):
 
 def upload_set(raw: Optional[bytes]):
     try:
-        uploaded = actions.upload(RUNTIME.sets, raw)
+        uploaded = actions.upload(RUNTIME.sets, raw, LIMITS)
     except MemoryFileError as error:
         return _refused(error, "That file was not loaded, your memories are unchanged")
     return _pool_changed(uploaded, "uploaded set", "✅ Loaded your file (visible only to you).")
@@ -231,7 +238,7 @@ def upload_set(raw: Optional[bytes]):
 
 def add_memory(content: str, memory_type: Optional[str], intensity: float, pool: MemoryPool, label: str):
     try:
-        updated = actions.add_memory(pool, content, memory_type, intensity)
+        updated = actions.add_memory(pool, content, memory_type, intensity, LIMITS)
     except MemoryFileError as error:
         return _refused(error, "Memory not added")
     return _pool_changed(updated, label, "✅ Memory added.")
@@ -314,7 +321,7 @@ def build_demo() -> gr.Blocks:
         with gr.Accordion("Memory set", open=True):
             with gr.Row():
                 choose = gr.Dropdown(SET_NAMES, value=DEFAULT_SET, label="Memory set", scale=2)
-                upload = gr.UploadButton("Upload JSON", file_types=[".json"], type="binary", scale=1, elem_id="upload")
+                upload = gr.UploadButton("Upload JSON or state", file_types=[".json", ".npz"], type="binary", scale=1, elem_id="upload")
                 reset = gr.Button("Reset Hebbian state", scale=1)
                 save = gr.Button("Download learned state", scale=1)
             set_status = gr.Markdown(
@@ -398,7 +405,9 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 
 def main() -> None:
+    global LIMITS
     settings = Settings.from_cli()
+    LIMITS = settings.api
     logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
     host, port = settings.server.host, settings.server.port
     demo.queue(default_concurrency_limit=4)
@@ -406,13 +415,14 @@ def main() -> None:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
         # Blocks.launch, so a Space must launch; the API then joins the app Gradio serves,
         # behind Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
-        api = create_api(RUNTIME, generate=generate_for_api)  # built first: mounted the moment Gradio serves
+        api = create_api(RUNTIME, LIMITS, generate=generate_for_api)  # built first: mounted the moment Gradio serves
         demo.launch(
             server_name=host,
             server_port=port,
             theme=THEME,
             css=CSS,
             ssr_mode=False,
+            max_file_size=LIMITS.max_upload_bytes,
             prevent_thread_lock=True,
             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None},
         )
@@ -421,7 +431,9 @@ def main() -> None:
         return
     import uvicorn
 
-    app = gr.mount_gradio_app(create_api(RUNTIME), demo, path="/", theme=THEME, css=CSS, ssr_mode=False)
+    app = gr.mount_gradio_app(
+        create_api(RUNTIME, LIMITS), demo, path="/", theme=THEME, css=CSS, ssr_mode=False, max_file_size=LIMITS.max_upload_bytes
+    )
     # Streaming connections never finish by themselves; do not let them hold a restart for long.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Sessions the tests create go to a throwaway folder, never the user's state directory.
+os.environ.setdefault("SMEM_STATE_DIR", __import__("tempfile").mkdtemp(prefix="smem-test-state-"))
 
 import hashlib
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from smem.serving import sse
 from smem.serving.api import create_api
 from smem.serving.api_schema import ApiSettings
+from smem.serving.queueing import Cancelled
 from smem.serving.runtime import Runtime
 
 FAST = {"max_new_tokens": 8, "update_every_n": 2, "temperature": 0.8, "seed": 3}
@@ -33,16 +35,26 @@ def in_context(events: list[dict[str, Any]]) -> set[str]:
     return {m["id"] for e in events if e["type"] in ("memories", "memory_update") for m in e["memories"]}
 
 
-def counts(client: TestClient, memory_set: str, session: str | None = None) -> dict[str, float]:
-    params = {"memory_set": memory_set, **({"session": session} if session else {})}
-    response = client.get("/memories", params=params)
+def new_session(client: Any, memory_set: str = "tutor") -> str:
+    response = client.post("/sessions", json={"memory_set": memory_set})
+    assert response.status_code == 201, response.text
+    return response.json()["session"]
+
+
+def counts(client: TestClient, memory_set: str | None, session: str | None = None) -> dict[str, float]:
+    """Learned retrieval counts: of a set's initial state, or of a session (`GET /sessions/{id}`
+    when no set is named)."""
+    if memory_set is None:
+        response = client.get(f"/sessions/{session}")
+    else:
+        response = client.get("/memories", params={"memory_set": memory_set, **({"session": session} if session else {})})
     assert response.status_code == 200, response.text
     return {m["id"]: m["retrieval_count"] for m in response.json()["memories"] if m["retrieval_count"]}
 
 
 @pytest.fixture(scope="module")
 def client(tiny_runtime: Runtime) -> Iterator[TestClient]:
-    app = create_api(tiny_runtime, ApiSettings(max_sessions=4, max_new_tokens=64, default_max_new_tokens=8))
+    app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -133,44 +145,87 @@ def test_without_a_session_every_request_starts_fresh(client: TestClient) -> Non
 
 
 def test_a_session_keeps_its_hebbian_state(client: TestClient) -> None:
-    answers = [chat(client, session="keeper", seed=seed) for seed in (1, 2, 3)]
+    keeper = new_session(client)
+    assert len(keeper) >= 32  # 192 random bits, URL-safe base64
+    answers = [chat(client, session=keeper, seed=seed) for seed in (1, 2, 3)]
     expected: dict[str, float] = {}
     for events in answers:
         for memory_id in in_context(events):
             expected[memory_id] = expected.get(memory_id, 0) + 1
-    assert counts(client, "tutor", "keeper") == expected
-    state = client.get("/memories", params={"memory_set": "tutor", "session": "keeper"}).json()
-    assert state["answers"] == 3 and state["links"]
+    assert counts(client, "tutor", keeper) == expected
+    state = client.get(f"/sessions/{keeper}").json()
+    assert state["answers"] == 3 and state["links"] and state["memory_set"] == "tutor"
     assert all(link["weight"] > 0 for link in state["links"])
     assert counts(client, "family", None) == {}
 
 
-def test_one_session_id_keeps_one_state_per_memory_set(client: TestClient) -> None:
-    tutor = chat(client, session="both", memory_set="tutor")
-    family = chat(client, session="both", memory_set="family")
-    assert counts(client, "tutor", "both") == dict.fromkeys(in_context(tutor), 1)
-    assert counts(client, "family", "both") == dict.fromkeys(in_context(family), 1)
+def test_a_session_answers_from_its_own_set_only(client: TestClient) -> None:
+    session = new_session(client, "family")
+    events = chat(client, session=session, memory_set=None)
+    assert events[-1]["type"] == "done"
+    response = client.post("/chat/stream", json={"message": MESSAGE, "memory_set": "tutor", "session": session, **FAST})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "memory_set"
+    assert counts(client, None, session) == dict.fromkeys(in_context(events), 1)
 
 
-def test_sessions_are_evicted_least_recently_used_first(client: TestClient) -> None:
-    for name in ("lru-0", "lru-1", "lru-2", "lru-3"):
-        chat(client, session=name, max_new_tokens=1)
-    chat(client, session="lru-0", max_new_tokens=1)  # now lru-1 is the least recently used
-    before = client.get("/health").json()["sessions"]["evicted"]
-    chat(client, session="lru-4", max_new_tokens=1)
-    health = client.get("/health").json()["sessions"]
-    assert health["active"] == 4 and health["limit"] == 4 and health["evicted"] == before + 1
-    gone = client.get("/memories", params={"memory_set": "tutor", "session": "lru-1"})
-    assert gone.status_code == 404 and gone.json()["error"]["field"] == "session"
-    for name in ("lru-0", "lru-2", "lru-3", "lru-4"):
-        assert client.get("/memories", params={"memory_set": "tutor", "session": name}).json()["answers"] >= 1
+def test_unknown_or_deleted_sessions_are_refused_never_started_afresh(client: TestClient) -> None:
+    for unknown in ("never-created", "x" * 32):
+        response = client.post("/chat/stream", json={"message": MESSAGE, "session": unknown, **FAST})
+        assert response.status_code == 404 and response.json()["error"]["field"] == "session"
+        assert client.get("/memories", params={"memory_set": "tutor", "session": unknown}).status_code == 404
+        assert client.get(f"/sessions/{unknown}").status_code == 404
+    session = new_session(client)
+    assert client.delete(f"/sessions/{session}").status_code == 204
+    assert client.post("/chat/stream", json={"message": MESSAGE, "session": session, **FAST}).status_code == 404
+    assert client.delete(f"/sessions/{session}").status_code == 404
+
+
+def test_sessions_expire_after_their_ttl(tiny_runtime: Runtime, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from smem.serving import sessions
+    from smem.serving.session_store import SQLiteSessionStore
+
+    store = SQLiteSessionStore(tmp_path / "s.sqlite3", ttl_s=60)
+    with TestClient(create_api(tiny_runtime, ApiSettings(max_new_tokens=8), store=store)) as ttl_client:
+        session = new_session(ttl_client)
+        assert ttl_client.get(f"/sessions/{session}").status_code == 200
+        monkeypatch.setattr(sessions, "time", SimpleNamespace(time=lambda: time.time() + 61))  # a minute passes unused
+        response = ttl_client.get(f"/sessions/{session}")
+        assert response.status_code == 404 and "expired" in response.json()["error"]["message"]
+        assert store.sweep(time.time() + 61) == 1 and len(store) == 0
+
+
+def test_export_and_import_carry_a_session_whole(client: TestClient) -> None:
+    session = new_session(client)
+    chat(client, session=session, seed=5)
+    exported = client.get(f"/sessions/{session}/export")
+    assert exported.status_code == 200 and exported.content.startswith(b"PK")
+    imported = client.post("/imports", content=exported.content, headers={"Content-Type": "application/octet-stream"})
+    assert imported.status_code == 201, imported.text
+    copy = imported.json()["session"]
+    assert copy != session and counts(client, None, copy) == counts(client, None, session)
+    damaged = client.post("/imports", content=exported.content[:-50])
+    assert damaged.status_code == 422 and damaged.json()["error"]["field"] == "body"
+
+
+def test_a_session_over_your_own_memories_within_the_limits(tiny_runtime: Runtime) -> None:
+    limits = ApiSettings(max_new_tokens=8, max_upload_records=5)
+    with TestClient(create_api(tiny_runtime, limits)) as small:
+        mine = small.post("/sessions", json={"memories": [{"content": "Sam plays the cello"}, {"content": "Sam fears exams"}], "label": "sam"})
+        assert mine.status_code == 201 and mine.json()["memories"] == 2 and mine.json()["memory_set"] == "sam"
+        too_many = small.post("/sessions", json={"memories": [{"content": f"note {i}"} for i in range(6)]})
+        assert too_many.status_code == 422 and "at most 5" in too_many.json()["error"]["message"]
+        bad = small.post("/sessions", json={"memories": [{"content": "ok"}, {"content": ""}]})
+        assert bad.status_code == 422 and "record 1" in bad.json()["error"]["message"]
 
 
 def test_a_failed_answer_reports_an_error_event_and_leaves_the_session_as_it_was(
     client: TestClient, tiny_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chat(client, session="fails")
-    before = client.get("/memories", params={"memory_set": "tutor", "session": "fails"}).json()
+    fails = new_session(client)
+    chat(client, session=fails)
+    before = client.get("/memories", params={"memory_set": "tutor", "session": fails}).json()
     real_engine = tiny_runtime.engine
 
     class Breaking:
@@ -184,12 +239,12 @@ def test_a_failed_answer_reports_an_error_event_and_leaves_the_session_as_it_was
             raise RuntimeError("the model fell over")
 
     monkeypatch.setattr(tiny_runtime, "engine", Breaking)
-    events = chat(client, session="fails")
+    events = chat(client, session=fails)
     assert [e["type"] for e in events] == ["memories", "error"]
     assert events[-1]["error"]["message"] == "generation failed: RuntimeError"
     monkeypatch.undo()
-    assert client.get("/memories", params={"memory_set": "tutor", "session": "fails"}).json() == before
-    assert chat(client, session="fails")[-1]["type"] == "done"
+    assert client.get("/memories", params={"memory_set": "tutor", "session": fails}).json() == before
+    assert chat(client, session=fails)[-1]["type"] == "done"
 
 
 def test_health_names_model_sets_queue_and_limits(client: TestClient) -> None:
@@ -206,7 +261,7 @@ def test_memories_lists_a_set_with_its_learned_state(client: TestClient) -> None
     assert len(body["memories"]) > 10 and body["links"] == []
     first = body["memories"][0]
     assert {"id", "content", "type", "subject", "tokens", "retrieval_count", "last_retrieved"} <= first.keys()
-    for params, field in (({"memory_set": "nope"}, "memory_set"), ({"memory_set": "tutor", "session": "never"}, "session")):
+    for params, field in (({"memory_set": "nope"}, "memory_set"), ({"memory_set": "tutor", "session": "never"}, "session")):  # noqa: E501
         response = client.get("/memories", params=params)
         assert response.status_code == 404 and response.json()["error"]["field"] == field
 
@@ -214,21 +269,21 @@ def test_memories_lists_a_set_with_its_learned_state(client: TestClient) -> None
 def test_openapi_documents_bodies_limits_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     request = spec["components"]["schemas"]["ChatRequest"]
-    assert request["required"] == ["message", "memory_set"] and request["additionalProperties"] is False
+    assert request["required"] == ["message"] and request["additionalProperties"] is False
     assert request["properties"]["update_every_n"]["minimum"] == 1 and request["properties"]["update_every_n"]["maximum"] == 20
     assert request["properties"]["max_memories"]["maximum"] == 15
     assert request["properties"]["max_new_tokens"]["maximum"] == 64
     assert request["properties"]["memory_set"]["enum"] == ["family", "tutor"]
     responses = spec["paths"]["/chat/stream"]["post"]["responses"]
     assert list(responses["200"]["content"]) == ["text/event-stream"]
-    for status in ("400", "413", "422", "503"):
+    for status in ("400", "413", "422", "429", "503"):
         assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     assert spec["paths"]["/memories"]["get"]["responses"]["404"]["content"]["application/json"]
 
 
 def test_settings_come_from_the_environment() -> None:
-    settings = ApiSettings.from_env({"SMEM_API_MAX_SESSIONS": "7", "SMEM_API_MAX_NEW_TOKENS": "100", "SMEM_API_MAX_QUEUE": "3"})
-    assert (settings.max_sessions, settings.max_new_tokens, settings.default_max_new_tokens, settings.max_queue) == (7, 100, 100, 3)
+    settings = ApiSettings.from_env({"SMEM_API_SESSION_TTL_S": "7", "SMEM_API_MAX_NEW_TOKENS": "100", "SMEM_API_MAX_QUEUE": "3"})
+    assert (settings.session_ttl_s, settings.max_new_tokens, settings.default_max_new_tokens, settings.max_queue) == (7, 100, 100, 3)
     with pytest.raises(ValueError, match="max_body_bytes"):
         ApiSettings(max_body_bytes=1000)
 
@@ -254,9 +309,10 @@ def test_a_waiting_client_is_told_its_place_in_line(live: str, tiny_runtime: Run
 
 def test_concurrent_requests_to_one_session_apply_one_after_the_other(live: str) -> None:
     results: list[list[dict[str, Any]]] = []
+    shared = new_session(httpx.Client(base_url=live), "family")
 
     def ask(seed: int) -> None:
-        body = {"message": MESSAGE, "memory_set": "family", "session": "shared", **FAST, "seed": seed}
+        body = {"message": MESSAGE, "session": shared, **FAST, "seed": seed}
         with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=60) as response:
             results.append(list(sse.decode(response.iter_lines())))
 
@@ -271,13 +327,14 @@ def test_concurrent_requests_to_one_session_apply_one_after_the_other(live: str)
     for events in results:
         for memory_id in in_context(events):
             expected[memory_id] = expected.get(memory_id, 0) + 1
-    state = httpx.get(f"{live}/memories", params={"memory_set": "family", "session": "shared"}).json()
+    state = httpx.get(f"{live}/memories", params={"memory_set": "family", "session": shared}).json()
     assert state["answers"] == 3
     assert {m["id"]: m["retrieval_count"] for m in state["memories"] if m["retrieval_count"]} == expected
 
 
 def test_a_client_that_disconnects_stops_its_generation(live: str, tiny_runtime: Runtime) -> None:
-    body = {"message": MESSAGE, "memory_set": "tutor", "session": "leaver", "max_new_tokens": 4000, "update_every_n": 20}
+    leaver = new_session(httpx.Client(base_url=live))
+    body = {"message": MESSAGE, "memory_set": "tutor", "session": leaver, "max_new_tokens": 4000, "update_every_n": 20}
     with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=30) as response:
         tokens = 0
         for event in sse.decode(response.iter_lines()):
@@ -287,7 +344,7 @@ def test_a_client_that_disconnects_stops_its_generation(live: str, tiny_runtime:
         assert tiny_runtime.queue.waiting == 1
     freed = wait_until_idle(live, tiny_runtime, timeout=3.0)
     assert freed < 3.0
-    state = httpx.get(f"{live}/memories", params={"memory_set": "tutor", "session": "leaver"}).json()
+    state = httpx.get(f"{live}/memories", params={"memory_set": "tutor", "session": leaver}).json()
     assert state["answers"] == 1  # the engine finished (cancelled) and the session was released
     started = time.monotonic()
     events = list(sse.decode(httpx.post(f"{live}/chat/stream", json={**body, **FAST}, timeout=30).text.split("\n")))
@@ -329,9 +386,105 @@ def test_answers_run_elsewhere_carry_learning_back_through_done(tiny_runtime: Ru
 
     app = create_api(tiny_runtime, ApiSettings(max_new_tokens=64, default_max_new_tokens=8), generate=elsewhere)
     with TestClient(app) as remote:
-        events = chat(remote, session="zero")
+        zero = new_session(remote)
+        events = chat(remote, session=zero)
         assert events[-1]["type"] == "done" and seen
-        learned = counts(remote, "tutor", "zero")
+        learned = counts(remote, "tutor", zero)
         assert set(learned) == in_context(events)
-        chat(remote, session="zero")
-        assert sum(counts(remote, "tutor", "zero").values()) > sum(learned.values())
+        chat(remote, session=zero)
+        assert sum(counts(remote, "tutor", zero).values()) > sum(learned.values())
+
+
+def test_a_caller_that_leaves_the_line_frees_its_place_at_once() -> None:
+    from smem.serving.queueing import GenerationQueue
+
+    queue = GenerationQueue()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with queue.slot(client="a"):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    cancels = [threading.Event() for _ in range(5)]
+    positions: list[list[int]] = [[] for _ in cancels]
+
+    def wait(index: int) -> None:
+        try:
+            with queue.slot(on_wait=positions[index].append, cancel=cancels[index], poll_s=0.01, client="ghost"):
+                pass
+        except Cancelled:
+            pass
+
+    ghosts = [threading.Thread(target=wait, args=(index,)) for index in range(len(cancels))]
+    for ghost in ghosts:
+        ghost.start()
+    while queue.waiting < 1 + len(ghosts):
+        time.sleep(0.005)
+    assert queue.held_by("ghost") == len(ghosts) and queue.held_by("a") == 1
+    for cancel in cancels:
+        cancel.set()
+    for ghost in ghosts:
+        ghost.join(5)
+    assert queue.waiting == 1 and queue.held_by("ghost") == 0  # the holder is still generating
+    release.set()
+    holder.join(5)
+    assert queue.waiting == 0
+
+
+def test_one_client_cannot_fill_the_queue(tiny_runtime: Runtime) -> None:
+    client = TestClient(create_api(tiny_runtime, ApiSettings(max_queue_per_client=1)))
+    session = new_session(client)
+    leave = threading.Event()
+
+    def queued_answer() -> None:
+        with contextlib.suppress(Cancelled), tiny_runtime.queue.slot(client=f"session:{session}", cancel=leave, poll_s=0.01):
+            pass
+
+    with holding_the_model(tiny_runtime):
+        waiter = threading.Thread(target=queued_answer)
+        waiter.start()
+        while tiny_runtime.queue.held_by(f"session:{session}") < 1:
+            time.sleep(0.01)
+        refused = client.post("/chat/stream", json={"message": MESSAGE, "session": session, **FAST})
+        leave.set()
+        waiter.join(5)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+    assert refused.json()["error"]["status"] == 429
+
+
+def test_history_is_trimmed_to_the_token_budget_and_the_stream_says_so(tiny_runtime: Runtime) -> None:
+    limits = ApiSettings(max_new_tokens=8, max_message_tokens=64, max_prompt_tokens=200)
+    turn = "fractions and decimals " * 10
+    history = [{"role": role, "content": turn} for _ in range(6) for role in ("user", "assistant")]
+    with TestClient(create_api(tiny_runtime, limits)) as small:
+        events = list(sse.decode(small.post("/chat/stream", json={"message": MESSAGE, "memory_set": "tutor", "history": history, **FAST}).text.split("\n")))
+        trimmed = events[0]
+        assert trimmed["type"] == "history_trimmed" and trimmed["budget"] == 200
+        assert trimmed["dropped"] + trimmed["kept"] == len(history) and trimmed["dropped"] >= 1 and trimmed["prompt_tokens"] <= 200
+        assert events[1]["type"] == "memories" and events[-1]["type"] == "done"
+        short = list(sse.decode(small.post("/chat/stream", json={"message": MESSAGE, "memory_set": "tutor", "history": history[:2], **FAST}).text.split("\n")))
+        assert short[0]["type"] == "memories"
+        long = small.post("/chat/stream", json={"message": "fractions " * 100, "memory_set": "tutor", **FAST})
+        assert long.status_code == 422 and long.json()["error"]["field"] == "message" and "model tokens" in long.json()["error"]["message"]
+
+
+def test_a_visitor_state_is_kept_under_an_id_and_survives_a_new_process(tiny_runtime: Runtime, tmp_path: Any) -> None:
+    """What the UI needs to keep a visitor's pool across reloads: create, replace and reload it
+    through a fresh `Sessions` on the same database (as after a restart)."""
+    from smem.serving.session_store import SQLiteSessionStore
+    from smem.serving.sessions import Sessions
+
+    path = tmp_path / "visitors.sqlite3"
+    pool = tiny_runtime.sets.pool("tutor")
+    sessions = Sessions(SQLiteSessionStore(path), tiny_runtime.embedder)
+    visitor = sessions.create(pool, "tutor")
+    pool.add("Alex joined the chess club")
+    pool.reinforce([memory.id for memory in pool.memories[:3]])
+    sessions.replace(visitor, pool, "tutor")
+    reloaded, learned, answers, label = Sessions(SQLiteSessionStore(path), tiny_runtime.embedder).state(visitor)
+    assert reloaded.memories == pool.memories and reloaded.links() == pool.links() and reloaded.links()
+    assert (answers, label) == (0, "tutor")

@@ -18,6 +18,12 @@ from smem.serving.runtime import Runtime
 
 GOOD = {"message": "Can you help me with fractions?", "memory_set": "tutor", "max_new_tokens": 6, "update_every_n": 2, "seed": 5}
 SESSION = "hard-inputs"
+"""A placeholder in the bodies below: requests carry the id `POST /sessions` gave the watched session."""
+CREATED: dict[str, str] = {}
+
+
+def with_session(raw: bytes) -> bytes:
+    return raw.replace(SESSION.encode(), CREATED[SESSION].encode())
 
 
 def body(**changes: Any) -> bytes:
@@ -62,7 +68,8 @@ CASES: list[tuple[str, bytes, str, int, str]] = [
     ("thinking-string", body(enable_thinking="yes"), "application/json", 422, "enable_thinking"),
     ("unknown-memory-set", body(memory_set="no-such-set"), "application/json", 422, "memory_set"),
     ("memory-set-path", body(memory_set="../memories/tutor"), "application/json", 422, "memory_set"),
-    ("missing-memory-set", body(memory_set=...), "application/json", 422, "memory_set"),
+    ("missing-memory-set", body(memory_set=..., session=...), "application/json", 422, "memory_set"),
+    ("memory-set-lone-surrogate", b'{"message": "hi", "memory_set": "tutor\\ud800"}', "application/json", 422, "memory_set"),
     ("session-bad-characters", body(session="../../etc/passwd"), "application/json", 422, "session"),
     ("session-too-long", body(session="s" * 200), "application/json", 422, "session"),
     ("session-number", body(session=7), "application/json", 422, "session"),
@@ -82,13 +89,15 @@ def client(tiny_runtime: Runtime) -> Iterator[TestClient]:
 
 
 def stream(client: TestClient, payload: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    if payload.get("session") == SESSION:
+        payload = {**payload, "session": CREATED[SESSION]}
     response = client.post("/chat/stream", json=payload)
     assert response.status_code == 200, response.text
     return response.text, list(sse.decode(response.text.split("\n")))
 
 
 def session_state(client: TestClient) -> dict[str, Any]:
-    response = client.get("/memories", params={"memory_set": "tutor", "session": SESSION})
+    response = client.get("/memories", params={"memory_set": "tutor", "session": CREATED[SESSION]})
     assert response.status_code == 200
     return response.json()
 
@@ -96,6 +105,7 @@ def session_state(client: TestClient) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def watched(client: TestClient) -> dict[str, Any]:
     """A session with one answer learned: every bad request names it and must leave it alone."""
+    CREATED[SESSION] = client.post("/sessions", json={"memory_set": "tutor"}).json()["session"]
     stream(client, {**GOOD, "session": SESSION})
     return session_state(client)
 
@@ -104,7 +114,7 @@ def watched(client: TestClient) -> dict[str, Any]:
 def test_a_hard_input_gets_a_clear_error(
     client: TestClient, watched: dict[str, Any], raw: bytes, content_type: str, status: int, field: str
 ) -> None:
-    response = client.post("/chat/stream", content=raw, headers={"content-type": content_type})
+    response = client.post("/chat/stream", content=with_session(raw), headers={"content-type": content_type})
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
@@ -147,7 +157,7 @@ def test_errors_elsewhere_share_the_shape(client: TestClient) -> None:
 
 def test_the_server_keeps_serving_and_the_session_learns_on(client: TestClient, watched: dict[str, Any]) -> None:
     for _, raw, content_type, _, _ in CASES:
-        client.post("/chat/stream", content=raw, headers={"content-type": content_type})
+        client.post("/chat/stream", content=with_session(raw), headers={"content-type": content_type})
     assert session_state(client) == watched
     _, events = stream(client, {**GOOD, "session": SESSION})
     assert events[-1]["type"] == "done"
@@ -167,7 +177,8 @@ ODD_TEXT = [
 @pytest.mark.parametrize("text", ODD_TEXT, ids=["html-script", "emoji", "right-to-left", "control-characters"])
 def test_valid_odd_text_streams_correctly(client: TestClient, text: str) -> None:
     history = [{"role": "user", "content": text}, {"role": "assistant", "content": text[::-1]}]
-    raw, events = stream(client, {**GOOD, "message": text, "history": history, "session": "odd-text"})
+    session = client.post("/sessions", json={"memory_set": "tutor"}).json()["session"]
+    raw, events = stream(client, {**GOOD, "message": text, "history": history, "session": session})
     assert events[0]["type"] == "memories" and events[-1]["type"] == "done"
     assert all(line.startswith("data: ") or line == "" for line in raw.split("\n"))
 

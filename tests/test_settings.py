@@ -29,9 +29,9 @@ def test_environment_sets_each_layer(monkeypatch):
 
 def test_cli_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
-    settings = Settings.from_cli(["--memory.diversity_weight", "0.75", "--api.max_sessions", "9"])
+    settings = Settings.from_cli(["--memory.diversity_weight", "0.75", "--api.max_queue_per_client", "9"])
     assert settings.memory.diversity_weight == 0.75
-    assert settings.api.max_sessions == 9
+    assert settings.api.max_queue_per_client == 9
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_the_pool_defaults_are_the_settings_defaults():
 
 
 def test_api_limits_from_a_mapping():
-    assert ApiSettings.from_env({"SMEM_API_MAX_SESSIONS": "7"}).max_sessions == 7
+    assert ApiSettings.from_env({"SMEM_API_SESSION_TTL_S": "7"}).session_ttl_s == 7
 
 
 def test_readme_table_is_rendered_from_the_classes():

@@ -177,3 +177,208 @@ def test_corrupt_embedding_cache_is_ignored(tmp_path, keyed):
     embedder.cache.path.write_bytes(b"garbage")
     vectors = embed_documents(embedder, ["a"])
     np.testing.assert_allclose(vectors[0], embedder.vector("a"))
+
+
+# -- atomic writes -----------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_file_mode_and_cleans_up_on_failure(tmp_path):
+    from smem.memory.store import atomic_write
+
+    path = tmp_path / "shared.bin"
+    atomic_write(path, lambda fh: fh.write(b"one"))
+    path.chmod(0o640)
+    atomic_write(path, lambda fh: fh.write(b"two"))
+    assert path.read_bytes() == b"two" and path.stat().st_mode & 0o777 == 0o640
+
+    def failing(fh):
+        fh.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["shared.bin"]
+
+
+def test_a_write_removes_what_a_killed_writer_left_but_not_a_live_ones(tmp_path):
+    from smem.memory.store import atomic_write
+
+    path = tmp_path / "pool.npz"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".pool.npz.{int(dead.stdout)}.abc.tmp"
+    live = tmp_path / f".pool.npz.{os.getppid()}.def.tmp"
+    orphan.write_bytes(b"x" * 100)
+    live.write_bytes(b"y")
+    atomic_write(path, lambda fh: fh.write(b"new"))
+    assert not orphan.exists() and live.exists()
+
+
+# -- loading checks every field ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learned_file(tmp_path_factory, minilm) -> Path:
+    pool = MemoryPool(minilm)
+    pool.add_many(load_memories(REPO / "memories" / "tutor.json")[:12])
+    for question in ["fractions", "soccer", "how is Alex feeling"]:
+        pool.retrieve(question, max_memories=4, now=NOW)
+    path = tmp_path_factory.mktemp("pool") / "learned.npz"
+    pool.save(path)
+    return path
+
+
+def _rewrite(path: Path, target: Path, arrays=None, meta=None) -> Path:
+    """A copy of a pool file with some arrays or metadata fields replaced."""
+    import json
+
+    from smem.memory.store import read_pool_file
+
+    content, document = read_pool_file(path)
+    content.update(arrays or {})
+    document.update(meta or {})
+    payload = {**content, "meta": np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)}
+    with target.open("wb") as fh:
+        np.savez(fh, **payload)
+    return target
+
+
+def _arrays(path):
+    from smem.memory.store import read_pool_file
+
+    return read_pool_file(path)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda a, m: {"vectors": a["vectors"][:, :100]}, "vectors"),
+        (lambda a, m: {"vectors": np.zeros_like(a["vectors"])}, "vectors"),
+        (lambda a, m: {"vectors": a["vectors"] * 3}, "vectors"),
+        (lambda a, m: {"counts": np.where(np.arange(len(a["counts"])) == 0, np.nan, a["counts"])}, "counts"),
+        (lambda a, m: {"query_slot": np.full_like(a["query_slot"], 999)}, "query_slot"),
+        (lambda a, m: {"link_a": a["link_a"] + 10_000}, "link_a"),
+        (lambda a, m: {"link_w": np.full_like(a["link_w"], np.nan)}, "link_w"),
+        (lambda a, m: {"query_sum": np.full_like(a["query_sum"], np.inf)}, "query_sum"),
+        (lambda a, m: {"counts": a["counts"].astype(str)}, "counts"),
+        (lambda a, m: {"memories": m["memories"][:1] * 2 + m["memories"][2:]}, "memories"),
+        (lambda a, m: {"memories": [{**m["memories"][0], "emotional_intensity": float("nan")}] + m["memories"][1:]}, "memories.0.emotional_intensity"),
+        (lambda a, m: {"params": {**m["params"], "weights": {**m["params"]["weights"], "recency_half_life_days": 0}}}, "params.weights.recency_half_life_days"),
+        (lambda a, m: {"params": {**m["params"], "softmax_temperature": -1}}, "params.softmax_temperature"),
+    ],
+)
+def test_inconsistent_pool_files_are_refused_naming_the_field(learned_file, tmp_path, minilm, change, field):
+    arrays, meta = _arrays(learned_file)
+    replaced = change(arrays, meta)
+    target = _rewrite(learned_file, tmp_path / "bad.npz", {k: v for k, v in replaced.items() if k in arrays}, {k: v for k, v in replaced.items() if k not in arrays})
+    with pytest.raises(PoolFileError, match=f"field '{field}'"):
+        MemoryPool.load(target, minilm)
+
+
+def test_a_json_list_as_metadata_is_refused(learned_file, tmp_path, minilm):
+    arrays, _ = _arrays(learned_file)
+    with (tmp_path / "list.npz").open("wb") as fh:
+        np.savez(fh, **arrays, meta=np.frombuffer(b"[1, 2]", dtype=np.uint8))
+    with pytest.raises(PoolFileError, match="field 'meta' must be a JSON object"):
+        MemoryPool.load(tmp_path / "list.npz", minilm)
+
+
+def test_a_huge_declared_shape_is_refused_before_allocating(learned_file, tmp_path, minilm):
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(3, dtype=np.float32))
+    header["shape"] = (10**12,)
+    target = tmp_path / "huge.npz"
+    with zipfile.ZipFile(learned_file) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "counts.npy":
+                import io
+
+                buffer = io.BytesIO()
+                np.lib.format.write_array_header_1_0(buffer, header)
+                data = buffer.getvalue() + b"\0" * 12
+            out.writestr(info.filename, data)
+    with pytest.raises(PoolFileError, match="array 'counts' declares shape"):
+        MemoryPool.load(target, minilm)
+
+
+def test_loading_from_bytes_matches_loading_from_the_file(learned_file, minilm):
+    from_file = MemoryPool.load(learned_file, minilm)
+    from_bytes = MemoryPool.load(learned_file.read_bytes(), minilm)
+    assert from_bytes.memories == from_file.memories and from_bytes.links() == from_file.links()
+    assert from_file.to_bytes() == MemoryPool.load(from_file.to_bytes(), minilm).to_bytes()
+
+
+VALUES = (float("nan"), float("inf"), -1.0, 0.0, 1e30, -(2**31), 2**40, 7)
+
+
+def test_corrupted_values_load_cleanly_or_raise_pool_file_error(learned_file, tmp_path, minilm):
+    """Any value of any array replaced by a hostile one (NaN, inf, negative, huge), or any array
+    truncated: the loader refuses with PoolFileError, or the pool retrieves finite scores."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    arrays, _ = _arrays(learned_file)
+    keys = sorted(key for key, value in arrays.items() if value.size)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(keys), st.integers(0, 10**6), st.sampled_from(VALUES), st.booleans())
+    def check(key, position, value, truncate):
+        array = arrays[key].copy()
+        if truncate:
+            array = array[: position % len(array)]
+        else:
+            flat = array.reshape(-1)
+            flat[position % flat.size] = value if array.dtype.kind == "f" else int(np.clip(value if np.isfinite(value) else -5, -(2**31), 2**31 - 1))
+        target = _rewrite(learned_file, tmp_path / "fuzzed.npz", {key: array})
+        try:
+            pool = MemoryPool.load(target, minilm)
+        except PoolFileError:
+            return
+        hits = pool.retrieve("fractions and soccer", max_memories=4, now=NOW)
+        assert all(np.isfinite(hit.score) for hit in hits)
+
+    check()
+
+
+def test_embedding_cache_is_capped_oldest_first(tmp_path, keyed):
+    embedder = keyed(dim=8)
+    embedder.cache = EmbeddingCache(tmp_path, embedder.name, max_entries=5)
+    embed_documents(embedder, [f"t{i}" for i in range(4)])
+    embed_documents(embedder, [f"t{i}" for i in range(4, 8)])
+    rows = embedder.cache._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert rows == 5
+    calls = embedder.calls
+    embed_documents(embedder, ["t7", "t6", "t5", "t4", "t3"])  # the newest five: all cached
+    assert embedder.calls == calls
+    embed_documents(embedder, ["t0"])  # dropped as the oldest
+    assert embedder.calls == calls + 1
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, hashlib
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from smem.memory.embedder import EmbeddingCache, embed_documents
+
+    class Embedder:
+        name, dim = "shared-test", 8
+        def encode(self, texts):
+            return np.stack([np.frombuffer(hashlib.sha256(t.encode()).digest()[:32], dtype=np.float32) for t in texts])
+
+    embedder = Embedder()
+    embedder.cache = EmbeddingCache(sys.argv[1], embedder.name)
+    for batch in range(20):
+        embed_documents(embedder, [f"{{sys.argv[2]}}-{{batch}}-{{i}}" for i in range(10)])
+    """
+)
+
+
+def test_processes_sharing_the_embedding_cache_keep_each_others_entries(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(repo=str(REPO)))
+    writers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), name]) for name in ("a", "b")]
+    assert [writer.wait(120) for writer in writers] == [0, 0]
+    cache = EmbeddingCache(tmp_path / "cache", "shared-test")
+    assert cache._open().execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 400

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from smem.serving.api_schema import ApiSettings
 from smem.ui import actions, answer_view, viz
 from smem.generation.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
 from smem.memory.records import Hit, Memory, MemoryFileError
@@ -292,13 +293,16 @@ def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
     assert target.diversity_weight == 0.25
 
 
+LIMITS = ApiSettings()
+
+
 def test_actions_return_new_pools_and_leave_the_old_one_alone(pool):
-    added = actions.add_memory(pool, "Alex started chess club", "insight", 0.4)
+    added = actions.add_memory(pool, "Alex started chess club", "insight", 0.4, LIMITS)
     assert len(added) == len(pool) + 1 and added is not pool
     with pytest.raises(MemoryFileError, match="content"):
-        actions.add_memory(pool, "   ", None, 0.5)
+        actions.add_memory(pool, "   ", None, 0.5, LIMITS)
     with pytest.raises(MemoryFileError, match="type"):
-        actions.add_memory(pool, "ok", "not-a-type", 0.5)
+        actions.add_memory(pool, "ok", "not-a-type", 0.5, LIMITS)
     reset = actions.reset_learning(pool)
     assert reset.links() == [] and pool.links() != []
 
@@ -311,17 +315,36 @@ def test_learned_state_is_applied_only_to_a_pool_of_the_same_shape(pool):
     view = AnswerView()
     view.apply(done(1, learned))
     assert view.take_learned() is learned and view.learned is None
-    assert not actions.apply_learned(actions.add_memory(pool, "new", None, 0.5), done(1, learned))
+    assert not actions.apply_learned(actions.add_memory(pool, "new", None, 0.5, LIMITS), done(1, learned))
     assert not actions.apply_learned(target, done(1, None))
 
 
 def test_upload_errors_name_the_record_and_field(minilm):
     sets = MemorySets(minilm)
     with pytest.raises(MemoryFileError, match="record 1, field 'content'"):
-        actions.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode())
+        actions.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode(), LIMITS)
     with pytest.raises(MemoryFileError, match="no file"):
-        actions.upload(sets, None)
-    assert len(actions.upload(sets, json.dumps([{"content": "ok"}]))) == 1
+        actions.upload(sets, None, LIMITS)
+    assert len(actions.upload(sets, json.dumps([{"content": "ok"}]), LIMITS)) == 1
+
+
+def test_uploads_and_pools_stay_within_the_limits(pool, minilm):
+    sets = MemorySets(minilm)
+    small = ApiSettings(max_upload_records=3, max_upload_bytes=2000, max_pool_memories=len(pool))
+    with pytest.raises(MemoryFileError, match="holds 100000 records; at most 3"):
+        actions.upload(sets, json.dumps([{"content": f"m{i}"} for i in range(100_000)]).encode(), ApiSettings(max_upload_records=3))
+    with pytest.raises(MemoryFileError, match="at most 2000 are accepted"):
+        actions.upload(sets, b"[" + b" " * 3000 + b"]", small)
+    with pytest.raises(MemoryFileError, match=f"at most {len(pool)} memories"):
+        actions.add_memory(pool, "one too many", None, 0.5, small)
+
+
+def test_a_downloaded_learned_state_uploads_back_whole(pool, minilm, tmp_path):
+    path = actions.save_learned(pool, "tutor", tmp_path)
+    restored = actions.upload(MemorySets(minilm), path.read_bytes(), LIMITS)
+    assert restored.memories == pool.memories and restored.links() == pool.links() and restored.links()
+    with pytest.raises(MemoryFileError, match="not a readable pool file"):
+        actions.upload(MemorySets(minilm), path.read_bytes()[:-40], LIMITS)
 
 
 def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minilm, tmp_path):

@@ -25,6 +25,20 @@ class Memories:
 
 
 @dataclass(frozen=True)
+class HistoryTrimmed:
+    """The oldest `dropped` history messages were left out so the prompt fits its token budget
+    (the serving layer decides, before the engine runs); the model reads the other `kept`."""
+
+    dropped: int
+    kept: int
+    prompt_tokens: int
+    budget: int
+
+    def to_sse(self) -> dict[str, Any]:
+        return {"type": "history_trimmed", **asdict(self)}
+
+
+@dataclass(frozen=True)
 class Thinking:
     text: str
 
@@ -104,4 +118,4 @@ class Done:
         return {"type": "done", **asdict(self.stats)}
 
 
-Event = Union[Memories, Thinking, Token, MemoryUpdate, ContextStats, Done]
+Event = Union[HistoryTrimmed, Memories, Thinking, Token, MemoryUpdate, ContextStats, Done]

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from smem.memory.settings import MemorySettings
-from smem.memory.store import atomic_write, cache_root
+from smem.memory.store import cache_root
 
 log = logging.getLogger("smem")
 
@@ -40,65 +41,103 @@ class Embedder(Protocol):
 
 
 KEY_BYTES = 16
+"""128-bit BLAKE2b content keys: collisions are out of reach for any cache size."""
 
 
 def _content_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_BYTES).digest()
 
 
-class EmbeddingCache:
-    """Vectors of one model keyed by content hash, persisted as one atomic `.npz`.
+MAX_CACHED = 100_000
+"""Vectors kept per model before the oldest are dropped: ~150 MB on disk for MiniLM's 384
+float32 dimensions, 50 times the sample memory sets."""
+QUERY_CHUNK = 500
+"""Keys per `IN (…)` lookup, under SQLite's default limit of 999 bound parameters."""
 
-    Keyed by model name + content so a different embedder never reads stale vectors.
+
+class EmbeddingCache:
+    """Vectors of one model keyed by content hash, in an SQLite file shared by every process.
+
+    Keyed by model name + content so a different embedder never reads stale vectors. New
+    vectors are appended in one transaction (SQLite locks the file, so processes sharing it
+    add to it instead of overwriting each other's entries, as the old rewrite-the-whole-file
+    cache did); past `max_entries` the oldest are dropped. A damaged file is replaced: this is
+    a cache, everything in it can be recomputed.
     """
 
-    def __init__(self, directory: Path, model_name: str) -> None:
+    def __init__(self, directory: Path, model_name: str, max_entries: int = MAX_CACHED) -> None:
         slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_name)
-        self.path = Path(directory) / f"{slug}.npz"
+        self.path = Path(directory) / f"{slug}.sqlite3"
+        self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._index: dict[bytes, int] = {}
-        self._vectors: Optional[np.ndarray] = None
-        self._loaded = False
+        self._db: Optional[sqlite3.Connection] = None
+        self._broken = False
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        if not self.path.exists():
-            return
-        try:
-            with np.load(self.path) as data:
-                keys, vectors = data["keys"], data["vectors"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable embedding cache %s: %s", self.path, exc)
-            return
-        if keys.ndim != 2 or keys.shape[1] != KEY_BYTES or len(keys) != len(vectors):
-            log.warning("ignoring inconsistent embedding cache %s", self.path)
-            return
-        self._index = {key.tobytes(): row for row, key in enumerate(keys)}
-        self._vectors = vectors
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB NOT NULL UNIQUE, vector BLOB NOT NULL)")
+        return db
+
+    def _connection(self) -> Optional[sqlite3.Connection]:
+        if self._db is None and not self._broken:
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as exc:
+                log.warning("replacing unreadable embedding cache %s: %s", self.path, exc)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                try:
+                    self._db = self._open()
+                except (sqlite3.DatabaseError, OSError) as again:
+                    log.warning("embedding without a cache: %s", again)
+                    self._broken = True
+            except OSError as exc:
+                log.warning("embedding without a cache (%s): %s", self.path, exc)
+                self._broken = True
+        return self._db
+
+    def _lookup(self, db: sqlite3.Connection, keys: list[bytes], dim: int) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), QUERY_CHUNK):
+            chunk = unique[start : start + QUERY_CHUNK]
+            rows = db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for key, blob in rows:
+                vector = np.frombuffer(blob, dtype=np.float32)
+                if len(vector) == dim:
+                    found[bytes(key)] = vector
+        return found
 
     def get_or_encode(self, embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+        keys = [_content_key(text) for text in texts]
         with self._lock:
-            self._load()
-            keys = [_content_key(text) for text in texts]
-            missing = sorted({key: i for i, key in enumerate(keys) if key not in self._index}.values())
+            db = self._connection()
+            found: dict[bytes, np.ndarray] = {}
+            if db is not None:
+                try:
+                    found = self._lookup(db, keys, int(embedder.dim))
+                except sqlite3.DatabaseError as exc:
+                    log.warning("embedding cache %s unreadable: %s", self.path, exc)
+            missing = sorted({key: i for i, key in enumerate(keys) if key not in found}.values())
             if missing:
                 fresh = np.asarray(embedder.encode([texts[i] for i in missing]), dtype=np.float32)
-                self._append([keys[i] for i in missing], fresh)
-            assert self._vectors is not None
-            return self._vectors[[self._index[key] for key in keys]]
+                found.update((keys[i], vector) for i, vector in zip(missing, fresh))
+                if db is not None:
+                    self._append(db, [(keys[i], vector.tobytes()) for i, vector in zip(missing, fresh)])
+        if not keys:
+            return np.zeros((0, int(embedder.dim)), dtype=np.float32)
+        return np.stack([found[key] for key in keys])
 
-    def _append(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        start = 0 if self._vectors is None else len(self._vectors)
-        self._vectors = vectors if self._vectors is None else np.concatenate([self._vectors, vectors])
-        for offset, key in enumerate(keys):
-            self._index[key] = start + offset
-        ordered = np.frombuffer(b"".join(sorted(self._index, key=self._index.__getitem__)), dtype=np.uint8)
-        ordered = ordered.reshape(-1, KEY_BYTES)
+    def _append(self, db: sqlite3.Connection, rows: list[tuple[bytes, bytes]]) -> None:
         try:
-            atomic_write(self.path, lambda fh: np.savez(fh, keys=ordered, vectors=self._vectors))
-        except OSError as exc:
+            with db:
+                db.executemany("INSERT OR IGNORE INTO vectors (key, vector) VALUES (?, ?)", rows)
+                excess = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] - self.max_entries
+                if excess > 0:
+                    db.execute("DELETE FROM vectors WHERE rowid IN (SELECT rowid FROM vectors ORDER BY rowid LIMIT ?)", (excess,))
+        except sqlite3.DatabaseError as exc:
             log.warning("could not write embedding cache %s: %s", self.path, exc)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from smem.memory.embedder import Embedder
-from smem.memory.records import MemoryFileError, load_memories, parse_memory_json
+from smem.memory.records import MemoryFileError, load_memories, parse_memory_json, parse_records
 from smem.memory.pool import MemoryPool
 from smem.memory.settings import MemorySettings
 
@@ -59,9 +59,13 @@ class MemorySets:
                 self._pools[name] = base
             return self._pools[name].copy()
 
-    def from_upload(self, raw: bytes | str) -> MemoryPool:
+    def from_upload(self, raw: bytes | str, max_records: Optional[int] = None) -> MemoryPool:
         """A pool from an uploaded file; raises MemoryFileError naming record and field."""
-        records = parse_memory_json(raw)
+        return self.from_records(parse_memory_json(raw, max_records))
+
+    def from_records(self, data: Any, max_records: Optional[int] = None) -> MemoryPool:
+        """A pool from decoded records (an API body); raises MemoryFileError naming record and field."""
+        records = parse_records(data, max_records)
         pool = MemoryPool(self.embedder, **self.pool_options)
         try:
             pool.add_many(records)

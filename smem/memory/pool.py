@@ -1,13 +1,14 @@
 """`MemoryPool`: memories, their vectors and Hebbian state, and soft retrieval over them.
 
 Retrieval is built to be re-run every few generated tokens: candidates come from the
-vector index, are widened until the score bound (multiplier < 2) proves nothing outside
-them could win, and only those are scored and selected.
+vector index and are widened until the selection over them is proven to be the one that
+scoring every memory would give (`exact=True`), pick by pick; only they are scored.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -16,19 +17,30 @@ import numpy as np
 
 from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
-from smem.memory.index import VectorIndex
+from smem.memory.index import Scan, VectorIndex
 from smem.memory.learning import ENCODING, LEARNED, LearningState
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
-from smem.memory.selection import Candidates, select
+from smem.memory.pool_file import check_pool_file
+from smem.memory.selection import Candidates, Selection, select
 from smem.memory.settings import DEFAULTS
-from smem.memory.store import PoolFileError, read_pool_file, write_pool_file
+from smem.memory.store import PoolFileError, pool_file_bytes, read_pool_file, write_pool_file
 
 Query = Union[str, np.ndarray]
 Moment = Union[datetime, float, None]
 
 MIN_CANDIDATES = 64
+CANDIDATES_PER_PICK = 4
+"""First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
+WIDENING_HEADROOM = 0.97
+"""Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
+under new neighbours' damping still prove in one more round."""
+MAX_WIDENINGS = 4
+"""After this many unproven rounds, score every memory."""
+LEARNED_EXACT_FRACTION = 8
+"""Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
+(an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
 
 
 def to_epoch(moment: Moment) -> float:
@@ -254,7 +266,10 @@ class MemoryPool:
         self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
     ) -> np.ndarray:
         """Boost terms that do not depend on other picks (links are added during selection).
-        `named` are the time intervals the query text names (see `timeref`)."""
+        `named` are the time intervals the query text names (see `timeref`).
+
+        Keep `_boost_bound` in step: it must stay above every term added here.
+        """
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]
         reference = np.where(np.isnan(last), self._created[index], last)
@@ -262,14 +277,42 @@ class MemoryPool:
         boost += w.emotion * self._emotion[index]
         if named and w.time > 0:
             boost += w.time * timeref.inside(self._created[index], list(named))
-        sums, counts, squares = state.query_rows(index)
-        if counts.any():
+        # Learned terms exist only for memories some query retrieved: gather those rows
+        # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
+        known = np.flatnonzero(state.query_slot[index] >= 0)
+        if len(known):
+            rows = index[known]
+            sums, counts, squares = state.query_rows(rows)
             specificity = scoring.specificity(sums, counts, squares)
             confidence = counts / (counts + w.confidence_queries)
-            learned = w.frequency * scoring.frequency(state.counts[index], state.mean_active_count())
+            learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
-            boost += specificity * learned
+            boost[known] += specificity * learned
         return boost
+
+    def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
+        """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
+        outside `_learned()`. Links are not included: see `_choose`.
+
+        Each term at its largest: recency ≤ 1, emotion ≤ the pool's largest, the time match
+        ≤ 1; specificity, confidence and query alignment ≤ 1 and frequency at the largest
+        count, these only for memories some retrieval touched. O(N) maxima, a fraction of
+        a millisecond at 1M; a fresh pool's multiplier bound is 1 + tanh(0.12) ≈ 1.12, not 2.
+        """
+        w, state = self.weights, self.learning
+        bound = max(w.recency, 0.0) + max(w.emotion, 0.0) * float(self._emotion.max())
+        if named:
+            bound += max(w.time, 0.0)
+        if learned and state.slots_used:
+            frequency = float(scoring.frequency(state.counts.max(keepdims=True), state.mean_active_count())[0])
+            bound += max(max(w.frequency, 0.0) * frequency + max(self.association_weight, 0.0), 0.0)
+        return bound
+
+    def _learned(self) -> np.ndarray:
+        """Positions with learned state (a query association or a count): every other
+        memory's boost is recency, emotion and the time match alone."""
+        state = self.learning
+        return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         if lexical is None:
@@ -277,42 +320,97 @@ class MemoryPool:
         weight = self.lexical_weight
         return (1.0 - weight) * cosine + weight * lexical[index]
 
-    def _candidates(
-        self,
-        query: np.ndarray,
-        lexical: Optional[np.ndarray],
-        max_memories: int,
-        now: float,
-        exact: bool,
-        named: Sequence[tuple[float, float]] = (),
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidate positions, similarities and boosts, widened until the bound is met.
+    def _select(self, index: np.ndarray, query: "_Query", *, ceiling: float) -> Selection:
+        """Score the candidates at `index` (sorted pool positions) and select among them."""
+        everything = len(index) == len(self)
+        scan = query.scan
+        candidates = Candidates(
+            index=index,
+            vectors=self._index.vectors if everything else self._index.vectors[index],
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
+            boost=self._boost(index, scan.query, query.now, query.named),
+            tokens=self._tokens[index],
+            favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
+        )
+        return select(
+            candidates,
+            max_memories=query.max_memories,
+            token_budget=query.token_budget,
+            links=_row_lookup(query.graph),
+            link_weight=self.weights.links,
+            diversity_weight=self.diversity_weight,
+            temperature=self.softmax_temperature,
+            rng=self._rng if query.sample else None,
+            ceiling=0.0 if everything else ceiling,
+            fewest_outside_tokens=int(self._tokens.min()),
+        )
 
-        A memory outside the candidates has cosine ≤ the lowest dense candidate's and BM25
-        ≤ the lowest lexical candidate's, so its score is < 2·gate(that similarity); once
-        that is below the k-th best candidate score, it cannot be among the top k.
+    def _choose(self, query: "_Query", exact: bool) -> tuple[np.ndarray, Selection]:
+        """Select over the nearest candidates, widened until the selection is proven to be
+        the one scoring every memory gives (`exact`), or over every memory.
+
+        A memory left out has cosine ≤ the scan's bound and BM25 ≤ the lexical cut. Links
+        are settled first: the memories linked to any pick join the candidates (spreading
+        activation) until no pick links outside, so a memory left out is never lent a link
+        and its ranked score is ≤ gate(similarity bound) × (1 + tanh(boost bound)); favour
+        and damping only lower it, and incumbents are always candidates. Memories with
+        learned state are bounded one by one (their exact similarity and boost), the rest
+        share the closed-form bound. A softmax draw weighs every memory, so sampling
+        scores them all.
         """
         size = len(self)
-        want = size if exact else max(4 * max_memories, MIN_CANDIDATES)
-        while True:
-            index, cosine, outside_cosine = self._index.nearest(query, want, exact=want >= size)
-            outside = outside_cosine
+        everything = np.arange(size)
+        if exact or query.sample:
+            return everything, self._select(everything, query, ceiling=0.0)
+        scan, lexical, named = query.scan, query.lexical, query.named
+        learned = self._learned()
+        if len(learned) <= size // LEARNED_EXACT_FRACTION:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
+            reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
+            reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
+        else:
+            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
+            learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
+        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
+        found, cosine_bound = scan.top(count)
+        lexical_bound = -np.inf
+        if lexical is not None and count < size:
+            lexical_top = np.argpartition(-lexical, count)
+            found = np.concatenate([found, lexical_top[:count]])
+            lexical_bound = float(lexical[lexical_top[count]])
+        joined = query.favoured
+        for _ in range(MAX_WIDENINGS):
+            index = np.union1d(found, joined)
+            if len(index) == size:
+                break
+            bound = cosine_bound
             if lexical is not None:
-                lexical_top = np.argpartition(-lexical, want - 1)[:want] if want < size else np.arange(size)
-                extra = np.setdiff1d(lexical_top, index)
-                index = np.concatenate([index, extra])
-                cosine = np.concatenate([cosine, self._index.vectors[extra] @ query])
-                outside_lexical = 0.0 if want >= size else float(lexical[lexical_top].min())
-                outside = (1.0 - self.lexical_weight) * outside_cosine + self.lexical_weight * outside_lexical
-            sims = self._similarity(index, cosine, lexical)
-            boost = self._boost(index, query, now, named)
-            if outside == -np.inf or len(index) >= size:
-                return index, sims, boost
-            scores = scoring.gate(sims) * scoring.multiplier(boost)
-            kth = np.partition(scores, len(scores) - max_memories)[len(scores) - max_memories]
-            if scoring.max_multiplier() * scoring.gate(np.array([outside]))[0] < kth:
-                return index, sims, boost
-            want = size if want * 4 >= size // 2 else want * 4
+                bound = (1.0 - self.lexical_weight) * cosine_bound + self.lexical_weight * max(lexical_bound, 0.0)
+            ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
+            left = reach[~np.isin(learned, index, assume_unique=True)]
+            if len(left):
+                ceiling = max(ceiling, float(left.max()))
+            # Float slack: the bound's tanh and products round like the scores they bound.
+            selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
+            linked = np.zeros(0, dtype=np.int64)
+            if query.graph is not None and selection.picks:
+                rows = query.graph[index[[pick.position for pick in selection.picks]]]
+                linked = np.setdiff1d(rows.indices[rows.data > 0], index)
+            if len(linked):
+                joined = np.union1d(joined, linked)
+                continue
+            if selection.proven:
+                return index, selection
+            # Everything whose score could reach the weakest pick, with headroom.
+            target = np.sqrt(selection.weakest / multiplier) * WIDENING_HEADROOM
+            if target <= 0.0:
+                break
+            found, cosine_bound = scan.above(target)
+            found = np.concatenate([found, learned[reach >= selection.weakest * WIDENING_HEADROOM**2]])
+            if lexical is not None:
+                found = np.concatenate([found, np.flatnonzero(lexical > target)])
+                lexical_bound = target
+        return everything, self._select(everything, query, ceiling=0.0)
 
     def retrieve(
         self,
@@ -335,12 +433,15 @@ class MemoryPool:
 
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
-        memory: the reference the fast path is benchmarked against.
+        memory; the fast path is proven to select the same memories with the same scores
+        (tests/test_retrieval_exact.py). `sample` always scores every memory.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
         if token_budget is not None and token_budget < 0:
             raise ValueError("token_budget must be >= 0")
+        if incumbent_margin < 0:
+            raise ValueError("incumbent_margin must be >= 0")
         if not len(self) or max_memories == 0:
             return []
         if query_vector is not None:
@@ -351,45 +452,22 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
-        named = timeref.named_intervals(query) if isinstance(query, str) else []
-        index, sims, boost = self._candidates(vector, lexical, max_memories, moment, exact, named)
-        graph = self._link_graph()
-        extra = [self._position[i] for i in incumbents if i in self._position]
-        if graph is not None and len(index):
-            # Spreading activation: memories linked to the top candidates join the candidates,
-            # so a pick can lend its links to them even when the query alone would not reach them.
-            top = index[np.argsort(-(scoring.gate(sims) * scoring.multiplier(boost)))[:max_memories]]
-            extra.extend(np.unique(graph[top].indices).tolist())
-        if extra:
-            missing = np.setdiff1d(np.asarray(extra, dtype=np.int64), index)
-            if len(missing):
-                index = np.concatenate([index, missing])
-                sims = np.concatenate([sims, self._similarity(missing, self._index.vectors[missing] @ vector, lexical)])
-                boost = np.concatenate([boost, self._boost(missing, vector, moment, named)])
-        favour = np.ones(len(index))
-        kept = [self._position[i] for i in incumbents if i in self._position]
-        if kept:
-            favour[np.isin(index, kept)] = 1.0 + incumbent_margin
-        candidates = Candidates(
-            index=index,
-            vectors=self._index.vectors[index],
-            similarity=sims,
-            boost=boost,
-            tokens=self._tokens[index],
-            favour=favour,
-        )
-        picks = select(
-            candidates,
+        asked = _Query(
+            scan=self._index.scan(vector),
+            lexical=lexical,
+            named=timeref.named_intervals(query) if isinstance(query, str) else [],
+            now=moment,
+            favoured=np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64)),
+            margin=incumbent_margin,
+            graph=self._link_graph(),
+            sample=sample,
             max_memories=max_memories,
             token_budget=token_budget,
-            links=_row_lookup(graph),
-            link_weight=self.weights.links,
-            diversity_weight=self.diversity_weight,
-            temperature=self.softmax_temperature,
-            rng=self._rng if sample else None,
         )
+        index, selection = self._choose(asked, exact)
+        picks = selection.picks
         positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
-        pulls = self._pulls(positions) if graph is not None else [()] * len(picks)
+        pulls = self._pulls(positions) if asked.graph is not None else [()] * len(picks)
         hits = [
             Hit(
                 memory=self._memories[position],
@@ -493,8 +571,7 @@ class MemoryPool:
 
     # -- persistence --------------------------------------------------------------------
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+    def _file_parts(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {"vectors": self._index.vectors, **self.learning.to_arrays()}
         meta = {
             "embedder": self.embedder_name,
@@ -512,35 +589,37 @@ class MemoryPool:
             "answers": self.learning.answers,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
-        write_pool_file(path, arrays, meta)
+        return arrays, meta
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Everything — memories, vectors with the embedder's name, Hebbian state — atomically."""
+        write_pool_file(path, *self._file_parts())
+
+    def to_bytes(self) -> bytes:
+        """The content `save` writes, for a download or a database row."""
+        return pool_file_bytes(*self._file_parts())
 
     @classmethod
-    def load(cls, path: Union[str, Path], embedder: Embedder) -> "MemoryPool":
-        arrays, meta = read_pool_file(path)
-        if meta.get("embedder") != embedder.name or int(meta.get("dim", -1)) != embedder.dim:
+    def load(cls, source: Union[str, Path, bytes], embedder: Embedder) -> "MemoryPool":
+        """A pool from a file `save` wrote (a path, or its bytes). Every array and field is
+        checked first: an inconsistent file raises `PoolFileError` naming the field, never a
+        crash or a NaN score later at retrieve time."""
+        name = "the pool file" if isinstance(source, bytes) else Path(source).name
+        arrays, meta = read_pool_file(source)
+        if meta.get("embedder") != embedder.name or meta.get("dim") != embedder.dim:
             raise PoolFileError(
-                f"{Path(path).name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
+                f"{name} was embedded with {meta.get('embedder')!r} (dim {meta.get('dim')}); "
                 f"the embedder given is {embedder.name!r} (dim {embedder.dim})"
             )
+        records, params, weights = check_pool_file(arrays, meta, int(embedder.dim), name)
         try:
-            params = dict(meta["params"])
-            weights = ScoringWeights(**params.pop("weights"))
-            quantized_threshold = params.pop("quantized_threshold")
-            pool = cls(embedder, **params, weights=weights, quantized_threshold=quantized_threshold)
-            records = meta["memories"]
-            vectors = arrays["vectors"]
-            if len(vectors) != len(records):
-                raise PoolFileError(f"{Path(path).name}: {len(records)} memories but {len(vectors)} vectors")
-            pool._restore(records, vectors)
-            # "events" is what files saved before the updates/answers split called updates.
-            updates = int(meta.get("updates", meta.get("events", 0)))
-            pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, PoolFileError):
-                raise
-            raise PoolFileError(f"{Path(path).name} is damaged: {exc}") from None
-        if len(pool.learning) != len(pool):
-            raise PoolFileError(f"{Path(path).name}: learning state does not match its memories")
+            pool = cls(embedder, **params, weights=weights)
+        except (TypeError, ValueError) as exc:
+            raise PoolFileError(f"{name}: field 'params': {exc}") from None
+        pool._restore(records, arrays["vectors"])
+        # "events" is what files saved before the updates/answers split called updates.
+        updates = int(meta.get("updates", meta.get("events", 0)))
+        pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
         return pool
 
     def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:
@@ -562,6 +641,24 @@ class MemoryPool:
         self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
         self._created = np.array([m.created_at.timestamp() for m in self._memories])
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One retrieval's inputs, as the candidate rounds share them."""
+
+    scan: Scan
+    lexical: Optional[np.ndarray]
+    named: Sequence[tuple[float, float]]
+    now: float
+    favoured: np.ndarray
+    """Incumbents' pool positions (sorted)."""
+    margin: float
+    graph: Any
+    """Encoding + learned links (CSR), or None while the pool has none."""
+    sample: bool
+    max_memories: int
+    token_budget: Optional[int]
 
 
 def _row_lookup(graph):

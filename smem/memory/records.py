@@ -75,12 +75,15 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_records(data: Any) -> list[MemoryRecord]:
-    """Validate already-decoded JSON: a list of record objects, all or nothing."""
+def parse_records(data: Any, max_records: Optional[int] = None) -> list[MemoryRecord]:
+    """Validate already-decoded JSON: a list of record objects, all or nothing. The count is
+    checked first, so an oversized upload is refused before any record is validated."""
     if not isinstance(data, list):
         raise MemoryFileError(f"a memory set must be a JSON list of records, got {type(data).__name__}")
     if not data:
         raise MemoryFileError("the memory set is empty")
+    if max_records is not None and len(data) > max_records:
+        raise MemoryFileError(f"the memory set holds {len(data)} records; at most {max_records} are accepted")
     try:
         records = _RECORDS.validate_python(data)
     except ValidationError as exc:
@@ -105,7 +108,7 @@ def validate_record(data: Any) -> MemoryRecord:
         raise MemoryFileError(_describe(exc)) from None
 
 
-def parse_memory_json(raw: bytes | str) -> list[MemoryRecord]:
+def parse_memory_json(raw: bytes | str, max_records: Optional[int] = None) -> list[MemoryRecord]:
     """Decode and validate a memory-set file's bytes (uploads arrive as bytes)."""
     if isinstance(raw, bytes):
         try:
@@ -116,7 +119,7 @@ def parse_memory_json(raw: bytes | str) -> list[MemoryRecord]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise MemoryFileError(f"the file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    return parse_records(data)
+    return parse_records(data, max_records)
 
 
 def load_memories(path: str | Path) -> list[MemoryRecord]:

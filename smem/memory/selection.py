@@ -4,6 +4,13 @@ One pick at a time: argmax (or a seeded softmax draw) over the current scores; e
 damps candidates similar to it (MMR-style diversity) and lends its co-retrieval links to
 its neighbours; stop at `max_memories` or when the token budget is full. All per-step
 work is vectorised over the candidates; the loop runs once per *pick*, never per memory.
+
+Selection over a subset of the pool is *proven* equal to selection over all of it when,
+at every argmax step, the pick beats `ceiling` (an upper bound on the ranked score of any
+memory left out) and, when it stops early, nothing left out could still fit the budget.
+Damping and the budget reach deep into the ranking, so this is checked pick by pick,
+not once for the raw top-k. Ties go to the lowest pool position (candidates come sorted
+by position), so a subset and the whole pool break them alike.
 """
 
 from __future__ import annotations
@@ -40,6 +47,17 @@ class Pick:
     multiplier: float
 
 
+@dataclass(frozen=True)
+class Selection:
+    picks: list[Pick]
+    proven: bool
+    """False when a memory outside the candidates might have been chosen instead."""
+    weakest: float
+    """The lowest ranked score among the picks (0 when the budget left room that only a
+    memory outside could fill): candidates widened to all that could reach it are likely
+    to settle the selection in one more round."""
+
+
 LinkLookup = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """Pool position → (neighbour pool positions, link weights)."""
 
@@ -61,11 +79,20 @@ def select(
     diversity_weight: float,
     temperature: float,
     rng: Optional[np.random.Generator],
-) -> list[Pick]:
-    """Choose up to `max_memories`; `rng` set means sample from the softmax, else argmax."""
+    ceiling: float = 0.0,
+    fewest_outside_tokens: int = 0,
+) -> Selection:
+    """Choose up to `max_memories`; `rng` set means sample from the softmax, else argmax.
+
+    `ceiling` bounds the ranked score of every memory not among the candidates (0: none
+    can be chosen) and `fewest_outside_tokens` their token counts from below. A softmax
+    draw weighs every memory, so it needs them all (`ceiling` 0).
+    """
+    if rng is not None and ceiling > 0:
+        raise ValueError("a softmax draw needs every memory among the candidates")
     count = len(candidates.index)
     if count == 0 or max_memories <= 0:
-        return []
+        return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
     gate = scoring.gate(candidates.similarity.astype(np.float64))
     available = gate > 0.0
     link_sum = np.zeros(count)
@@ -73,27 +100,38 @@ def select(
     remaining = np.inf if token_budget is None else float(token_budget)
     order = np.argsort(candidates.index)
     sorted_index = candidates.index[order]
+    favoured = gate * candidates.favour
+    mult = scoring.multiplier(candidates.boost)
     picks: list[Pick] = []
+    weakest = np.inf
+    proven = True
     while len(picks) < max_memories:
-        available &= candidates.tokens <= remaining
+        if token_budget is not None:
+            available &= candidates.tokens <= remaining
         if not available.any():
+            if ceiling > 0 and remaining >= fewest_outside_tokens:
+                return Selection(picks, proven=False, weakest=0.0)
             break
-        mult = scoring.multiplier(candidates.boost + link_weight * scoring.link_strength(link_sum))
-        score = gate * mult
-        ranked = np.where(available, score * damping * candidates.favour, -np.inf)
+        ranked = favoured * mult * damping
+        ranked[~available] = -np.inf
         if rng is None:
             pos = int(np.argmax(ranked))
+            weakest = min(weakest, float(ranked[pos]))
+            # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
+            proven = proven and bool(ranked[pos] > ceiling)
         else:
             live = np.flatnonzero(available)
             pos = int(rng.choice(live, p=softmax(ranked[live], temperature)))
-        picks.append(Pick(pos, float(score[pos]), float(candidates.similarity[pos]), float(mult[pos])))
+        picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
         available[pos] = False
         remaining -= float(candidates.tokens[pos])
-        overlap = np.maximum(candidates.vectors @ candidates.vectors[pos], 0.0)
+        overlap = np.maximum(scoring.dot_rows(candidates.vectors, candidates.vectors[pos]), 0.0)
         damping = np.minimum(damping, 1.0 - diversity_weight * overlap * overlap)
         neighbours, weights = links(int(candidates.index[pos]))
         if len(neighbours):
             found = np.minimum(np.searchsorted(sorted_index, neighbours), count - 1)
             hit = sorted_index[found] == neighbours
-            np.add.at(link_sum, order[found[hit]], weights[hit])
-    return picks
+            if hit.any():
+                np.add.at(link_sum, order[found[hit]], weights[hit])
+                mult = scoring.multiplier(candidates.boost + link_weight * scoring.link_strength(link_sum))
+    return Selection(picks, proven=proven, weakest=weakest)

@@ -21,16 +21,19 @@ Every error, whatever raised it, has one shape, `{"error": {"status", "field", "
 
 import argparse
 import asyncio
+import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,7 +41,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from smem.serving.api_schema import (
     CHAT_PATH,
     SESSION_PATTERN,
-    ApiSettings,
     ErrorBody,
     ErrorDetail,
     ErrorResponse,
@@ -48,15 +50,21 @@ from smem.serving.api_schema import (
     MemoriesResponse,
     MemoryState,
     QueueState,
+    SessionCreated,
+    SessionRequest,
     SessionStats,
     StreamEvent,
     chat_request_model,
 )
 from smem.generation.events import Done, Event
 from smem.memory.pool import MemoryPool
+from smem.memory.records import MemoryFileError
 from smem.serving.queueing import Cancelled
 from smem.serving.runtime import Runtime
-from smem.serving.sessions import SessionPools
+from smem.serving import prompt_budget, uploads
+from smem.serving.session_store import SessionStore, SQLiteSessionStore
+from smem.serving.sessions import SessionNotFound, Sessions
+from smem.serving.api_schema import ApiSettings
 
 log = logging.getLogger("smem.serving.api")
 
@@ -77,8 +85,16 @@ def error_body(status: int, details: list[ErrorDetail]) -> ErrorBody:
     return ErrorBody(status=status, field=details[0].field, message=details[0].message, details=details)
 
 
+class ErrorJSONResponse(JSONResponse):
+    """Errors echo the input at fault, which may hold a lone surrogate (`"\\ud800"` is valid JSON
+    but not encodable UTF-8): escaping non-ASCII keeps such an answer a 422, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, details: list[ErrorDetail], headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=error_body(status, details)).model_dump(), status_code=status, headers=headers)
+    return ErrorJSONResponse(ErrorResponse(error=error_body(status, details)).model_dump(), status_code=status, headers=headers)
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
@@ -113,6 +129,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         detail = ErrorDetail(field="body", message=message)
     elif isinstance(exc, ApiError):
         detail = ErrorDetail(field=exc.field, message=str(exc.detail))
+    elif exc.status_code == 405:
+        # Starlette answers with the methods of the first route whose path matches; a path served
+        # by several routes (GET and DELETE /sessions/{id}) must name them all.
+        allowed = sorted({method for route in request.app.routes if getattr(route, "methods", None) and route.path_regex.match(request.url.path) for method in route.methods})
+        detail = ErrorDetail(field=None, message=str(exc.detail))
+        return error_response(405, [detail], headers={"Allow": ", ".join(allowed)})
     elif exc.status_code == 400:
         detail = ErrorDetail(field="body", message=f"body: {exc.detail}")
     else:
@@ -126,44 +148,46 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuses a chat body over `limit` bytes (413) as soon as its declared length or the
-    bytes received so far show it, so a huge body is never buffered whole. Only the chat
-    route: a mounted UI (file uploads) keeps its own limits. (Starlette's own limiter answers
-    in plain text, not in this API's error shape.)"""
+    """Refuses a body over its route's limit (413) as soon as its declared length or the bytes
+    received so far show it, so a huge body is never buffered whole. Only the API's routes
+    that take a body: a mounted UI (file uploads) keeps its own limits (Gradio's
+    `max_file_size`). (Starlette's own limiter answers in plain text, not in this API's error
+    shape.)"""
 
-    def __init__(self, app: ASGIApp, path: str, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limits: Mapping[str, int]) -> None:
         self.app = app
-        self.path = path
-        self.limit = limit
+        self.limits = dict(limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
         received = 0
 
+        def too_large() -> ApiError:
+            return ApiError(413, "body", f"body: larger than the {limit} bytes this server accepts here")
+
         async def limited() -> Message:
             nonlocal received
-            if declared.isdigit() and int(declared) > self.limit:
-                raise self._too_large()
+            if declared.isdigit() and int(declared) > limit:
+                raise too_large()
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise self._too_large()
+                if received > limit:
+                    raise too_large()
             return message
 
         await self.app(scope, limited, send)
 
-    def _too_large(self) -> ApiError:
-        return ApiError(413, "body", f"body: larger than the {self.limit} bytes this server accepts")
-
 
 ERROR_DESCRIPTIONS = {
     400: "The body is not JSON, or not UTF-8.",
-    404: "Unknown memory set or session.",
+    404: "Unknown memory set, or a session that was never created, has expired or was deleted.",
     413: "The body is larger than any valid request.",
+    429: "This client already has its share of answers queued; retry after `Retry-After` seconds.",
     422: "A field is missing, of the wrong type or out of range; `field` names it.",
     503: "Too many answers queued; retry after `Retry-After` seconds.",
 }
@@ -211,14 +235,34 @@ def generate_here(runtime: Runtime) -> Generate:
     return generate
 
 
-def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generate: Optional[Generate] = None) -> FastAPI:
-    """The API over `runtime` (limits from `settings`, else from `SMEM_API_*` variables).
-    Sessions live in the returned app; the generation queue is the runtime's, shared with any
-    UI mounted on the same app. `generate` is where answers run (default: this process)."""
+SWEEP_EVERY_S = 3600
+"""How often expired sessions are deleted; until then they only read as absent."""
+
+
+def create_api(
+    runtime: Runtime,
+    settings: Optional[ApiSettings] = None,
+    generate: Optional[Generate] = None,
+    store: Optional[SessionStore] = None,
+) -> FastAPI:
+    """The API over `runtime` (limits from `settings`, else from `SMEM_*` variables).
+    Sessions live in `store` (default: SQLite under `$SMEM_STATE_DIR`); the generation queue is
+    the runtime's, shared with any UI mounted on the same app. `generate` is where answers run
+    (default: this process)."""
     settings = settings or ApiSettings.from_env()
     generate_answer = generate or generate_here(runtime)
-    sessions = SessionPools(runtime.sets, limit=settings.max_sessions)
+    store = SQLiteSessionStore(ttl_s=settings.session_ttl_s) if store is None else store
+    sessions = Sessions(store, runtime.embedder)
     ChatRequest = chat_request_model(settings, lambda: runtime.sets.names)
+    last_sweep = [0.0]
+
+    def sweep() -> None:
+        now = time.monotonic()
+        if now - last_sweep[0] > SWEEP_EVERY_S:
+            last_sweep[0] = now
+            removed = sessions.sweep()
+            if removed:
+                log.info("deleted %d expired sessions", removed)
 
     app = FastAPI(
         title="Streaming Memory API",
@@ -228,20 +272,28 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(BodyLimit, path=CHAT_PATH, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limits={CHAT_PATH: settings.max_body_bytes, "/sessions": settings.max_upload_bytes, "/imports": settings.max_upload_bytes},
+    )
 
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smem-api-model")
 
-    def answer(request: Any, emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
+    def session_pool(request: Any) -> Any:
+        return sessions.checkout(request.session) if request.session else nullcontext(runtime.sets.pool(request.memory_set))
+
+    def answer(request: Any, fitted: prompt_budget.FittedPrompt, emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
         """Runs on the one model thread. Answers are serialised anyway, and keeping the model's
         and the pools' allocations on one thread lets the allocator reuse one arena instead of
         growing one per request thread (measured: RSS settles instead of creeping)."""
-        with sessions.checkout(request.memory_set, request.session) as pool:
+        if fitted.trimmed is not None:
+            emit(fitted.trimmed.to_sse())
+        with session_pool(request) as pool:
             stream = generate_answer(
                 pool,
                 {
                     "message": request.message,
-                    "history": [message.model_dump() for message in request.history],
+                    "history": fitted.history,
                     "update_every_n": request.update_every_n,
                     "max_memories": request.max_memories,
                     "lookback_tokens": request.lookback_tokens,
@@ -260,12 +312,16 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
             finally:
                 stream.close()
 
-    def generate(request: Any, emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
+    def generate(request: Any, admitted: tuple[str, prompt_budget.FittedPrompt], emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
         """One answer, from its request's thread: wait for the model, then have the model thread
         stream it. Queue slot before session lock, always, so two answers never wait on each other."""
+        _, client, fitted = admitted
         try:
-            with runtime.queue.slot(on_wait=lambda ahead: emit({"type": "queued", "position": ahead}), cancel=cancel):
-                model_thread.submit(answer, request, emit, cancel).result()
+            on_wait = lambda ahead: emit({"type": "queued", "position": ahead})  # noqa: E731
+            with runtime.queue.slot(on_wait=on_wait, cancel=cancel, client=client):
+                if cancel.is_set():
+                    raise Cancelled()
+                model_thread.submit(answer, request, fitted, emit, cancel).result()
         except Cancelled:
             log.info("client left while queued (session %s)", request.session)
         except Exception as exc:
@@ -273,22 +329,46 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
             detail = ErrorDetail(field=None, message=f"generation failed: {type(exc).__name__}")
             emit({"type": "error", "error": error_body(500, [detail]).model_dump()})
 
-    def admit() -> None:
-        """Refuse before the stream starts (after that the status is already 200)."""
+    def admit(http: Request, request: ChatRequest) -> tuple[Any, str, prompt_budget.FittedPrompt]:  # type: ignore[valid-type]
+        """Refuse before the stream starts (after that the status is already 200): an unknown
+        session, a set that does not match it, a message over its token limit, a full queue.
+        Returns the request, the client the answer is counted against (its session, else its
+        address) and the history that fits the prompt budget. (The route takes the body only
+        through this dependency: naming it twice would validate it, and list its errors, twice.) The queue check and the later `slot` are not
+        one step, so a burst may overshoot a limit by the few requests admitted at the same
+        instant; callers that leave free their place at once."""
+        if request.session is not None:
+            try:
+                label = sessions.label(request.session)
+            except SessionNotFound as exc:
+                raise ApiError(404, "session", f"session: {exc}") from None
+            if request.memory_set is not None and request.memory_set != label:
+                raise ApiError(422, "memory_set", f"memory_set: session uses {label!r}, not {request.memory_set!r}; omit memory_set or create another session")
+        elif request.memory_set is None:
+            raise ApiError(422, "memory_set", "memory_set: required when no session is given")
+        try:
+            fitted = prompt_budget.fit(runtime.tokenizer, request.message, [m.model_dump() for m in request.history], settings)
+        except prompt_budget.MessageTooLong as exc:
+            raise ApiError(422, "message", str(exc)) from None
+        client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
         if runtime.queue.waiting >= settings.max_queue:
             raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": "5"})
+        if runtime.queue.held_by(client) >= settings.max_queue_per_client:
+            message = f"this client already has {settings.max_queue_per_client} answers generating or queued; wait for one to finish"
+            raise ApiError(429, None, message, headers={"Retry-After": "5"})
+        return request, client, fitted
 
     @app.post(
         CHAT_PATH,
         response_class=EventSourceResponse,
         summary="Stream an answer while memories are re-retrieved",
         description=STREAM_DESCRIPTION,
-        responses=_responses(400, 413, 422, 503, streaming=True),
-        dependencies=[Depends(admit)],
+        responses=_responses(400, 404, 413, 422, 429, 503, streaming=True),
     )
-    async def chat_stream(request: ChatRequest) -> AsyncIterable[StreamEvent]:  # type: ignore[valid-type]
+    async def chat_stream(admitted: tuple[Any, str, Any] = Depends(admit)) -> AsyncIterable[StreamEvent]:
         """Relays the worker thread's events. When the client disconnects, the server cancels
         this generator, and its `finally` cancels the answer."""
+        request = admitted[0]
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Optional[dict[str, Any]]] = asyncio.Queue()
         cancel = threading.Event()
@@ -301,7 +381,7 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
 
         def work() -> None:
             try:
-                generate(request, emit, cancel)
+                generate(request, admitted, emit, cancel)
             finally:
                 emit(None)
 
@@ -312,24 +392,10 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
         finally:
             cancel.set()
 
-    @app.get("/memories", response_model=MemoriesResponse, summary="A memory set and its learned state", responses=_responses(404, 422))
-    def memories(
-        memory_set: str = Query(description="The memory set.", json_schema_extra={"enum": runtime.sets.names}),
-        session: Optional[str] = Query(default=None, pattern=SESSION_PATTERN, description="Show this session's learned state."),
-    ) -> MemoriesResponse:
-        if memory_set not in runtime.sets.names:
-            raise ApiError(404, "memory_set", f"memory_set: unknown memory set {memory_set!r}; available: {', '.join(runtime.sets.names)}")
-        if session is None:
-            pool = runtime.sets.pool(memory_set)
-            learned, answers = pool.learning_state(), 0
-        else:
-            found = sessions.state(memory_set, session)
-            if found is None:
-                raise ApiError(404, "session", f"session: no session {session!r} for memory set {memory_set!r} (never used, or evicted)")
-            pool, learned, answers = found
+    def describe(pool: MemoryPool, learned: Any, answers: int, label: str, session: Optional[str]) -> MemoriesResponse:
         items = pool.memories
         return MemoriesResponse(
-            memory_set=memory_set,
+            memory_set=label,
             session=session,
             answers=answers,
             memories=[
@@ -344,6 +410,97 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
             links=[Link(source=items[a].id, target=items[b].id, weight=round(weight, 6)) for a, b, weight in learned.edges()],
         )
 
+    def session_state(session: str) -> tuple[MemoryPool, Any, int, str]:
+        try:
+            return sessions.state(session)
+        except SessionNotFound as exc:
+            raise ApiError(404, "session", f"session: {exc}") from None
+
+    @app.get("/memories", response_model=MemoriesResponse, summary="A memory set and its learned state", responses=_responses(404, 422))
+    def memories(
+        memory_set: str = Query(description="The memory set.", json_schema_extra={"enum": runtime.sets.names}),
+        session: Optional[str] = Query(
+            default=None, pattern=SESSION_PATTERN, description="Show this session's learned state (it must use `memory_set`; or see `GET /sessions/{id}`)."
+        ),
+    ) -> MemoriesResponse:
+        if memory_set not in runtime.sets.names:
+            raise ApiError(404, "memory_set", f"memory_set: unknown memory set {memory_set!r}; available: {', '.join(runtime.sets.names)}")
+        if session is None:
+            pool = runtime.sets.pool(memory_set)
+            return describe(pool, pool.learning_state(), 0, memory_set, None)
+        pool, learned, answers, label = session_state(session)
+        if memory_set != label:
+            raise ApiError(404, "memory_set", f"memory_set: session uses {label!r}, not {memory_set!r}")
+        return describe(pool, learned, answers, label, session)
+
+    @app.get("/sessions/{session}", response_model=MemoriesResponse, summary="A session's memories and learned state", responses=_responses(404, 422))
+    def session_memories(session: str = Path(pattern=SESSION_PATTERN)) -> MemoriesResponse:
+        pool, learned, answers, label = session_state(session)
+        return describe(pool, learned, answers, label, session)
+
+    def created(session_id: str, pool: MemoryPool, label: str) -> SessionCreated:
+        return SessionCreated(session=session_id, memory_set=label, memories=len(pool), ttl_s=settings.session_ttl_s)
+
+    @app.post(
+        "/sessions",
+        response_model=SessionCreated,
+        status_code=201,
+        summary="Create a session: a private, durable copy of a memory set (or of your memories)",
+        responses=_responses(400, 404, 413, 422),
+    )
+    def create_session(body: SessionRequest) -> SessionCreated:
+        sweep()
+        if (body.memory_set is None) == (body.memories is None):
+            raise ApiError(422, "memory_set", "memory_set: give exactly one of memory_set or memories")
+        if body.memory_set is not None:
+            if body.memory_set not in runtime.sets.names:
+                raise ApiError(404, "memory_set", f"memory_set: unknown memory set {body.memory_set!r}; available: {', '.join(runtime.sets.names)}")
+            pool, label = runtime.sets.pool(body.memory_set), body.memory_set
+        else:
+            try:
+                pool = uploads.load_records(runtime.sets, body.memories, settings)
+            except MemoryFileError as exc:
+                raise ApiError(422, "memories", f"memories: {exc}") from None
+            label = body.label
+        return created(sessions.create(pool, label), pool, label)
+
+    @app.post(
+        "/imports",
+        response_model=SessionCreated,
+        status_code=201,
+        summary="Create a session from an exported state file (or a memory-set JSON file)",
+        responses=_responses(413, 422),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def import_session(http: Request, label: str = Query(default="imported", max_length=80)) -> SessionCreated:
+        raw = await http.body()
+        try:
+            pool = await asyncio.to_thread(uploads.load_upload, runtime.sets, raw, settings)
+        except MemoryFileError as exc:
+            raise ApiError(422, "body", f"body: {exc}") from None
+        sweep()
+        return created(await asyncio.to_thread(sessions.create, pool, label), pool, label)
+
+    @app.get(
+        "/sessions/{session}/export",
+        summary="A session's memories, vectors and learned state as a pool file (.npz)",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "The pool file."}, **_responses(404, 422)},
+    )
+    def export_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
+        try:
+            content, label = sessions.export(session)
+        except SessionNotFound as exc:
+            raise ApiError(404, "session", f"session: {exc}") from None
+        slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "session"
+        return Response(content, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="smem-{slug}.npz"'})
+
+    @app.delete("/sessions/{session}", status_code=204, summary="Delete a session and everything it learned", responses=_responses(404, 422))
+    def delete_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
+        if not sessions.delete(session):
+            raise ApiError(404, "session", f"session: no session {session!r} (never created, expired or deleted)")
+        return Response(status_code=204)
+
     @app.get("/health", response_model=HealthResponse, summary="Model, memory sets, queue and sessions")
     def health() -> HealthResponse:
         return HealthResponse(
@@ -352,14 +509,8 @@ def create_api(runtime: Runtime, settings: Optional[ApiSettings] = None, generat
             embedder=runtime.embedder.name,
             memory_sets=runtime.sets.names,
             queue=QueueState(mode="serialised", length=runtime.queue.waiting, limit=settings.max_queue),
-            sessions=SessionStats(active=len(sessions), limit=sessions.limit, evicted=sessions.evicted),
-            limits=Limits(
-                max_new_tokens=settings.max_new_tokens,
-                max_message_chars=settings.max_message_chars,
-                max_history_messages=settings.max_history_messages,
-                max_history_chars=settings.max_history_chars,
-                max_body_bytes=settings.max_body_bytes,
-            ),
+            sessions=SessionStats(stored=len(sessions), ttl_s=settings.session_ttl_s),
+            limits=Limits(**{name: getattr(settings, name) for name in Limits.model_fields}),
         )
 
     return app

@@ -7,6 +7,7 @@ The event models mirror `smem.generation.events` `to_sse()` payloads; they allow
 engine can add a statistic without breaking the stream.
 """
 
+import json
 import os
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
@@ -29,27 +30,53 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class ApiSettings(BaseSettings):
-    """Limits of one deployment; each is overridable as `SMEM_API_<NAME>` (e.g.
-    `SMEM_API_MAX_SESSIONS=1000`). The request schema is built from them, so the OpenAPI
-    document always states the limits the server enforces."""
+    """Limits of one deployment, for the HTTP API and the Gradio app alike (so nothing the UI
+    accepts is refused by the API or the other way round); each is overridable as
+    `SMEM_API_<NAME>` (e.g. `SMEM_API_MAX_QUEUE=64`). The request schema is built from them,
+    so the OpenAPI document always states the limits the server enforces."""
 
     model_config = SettingsConfigDict(env_prefix="SMEM_API_", frozen=True, extra="ignore")
 
-    max_sessions: int = Field(256, gt=0, description="sessions kept; the least recently used beyond this are dropped")
+    session_ttl_s: int = Field(
+        30 * 24 * 3600, gt=0, description="a session unused this long (seconds) is deleted; requests naming it get 404"
+    )
+    """Thirty days: a person who comes back within a month finds what their assistant learned."""
     max_new_tokens: int = Field(2048, gt=0, description="most new tokens one answer may ask for")
     default_max_new_tokens: Optional[int] = Field(
         None, gt=0, description="new tokens when a request names none; unset: 512, or max_new_tokens if lower"
     )
-    max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters")
-    max_history_messages: int = Field(50, gt=0, description="most history messages in one request")
+    max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters (checked before tokenizing)")
+    max_message_tokens: int = Field(2048, gt=0, description="longest user message, in model tokens")
+    """About the 8,000-character bound in English."""
+    max_history_messages: int = Field(50, gt=0, description="most history messages in one request (the UI keeps the newest)")
     max_history_chars: int = Field(32000, gt=0, description="longest history, in characters")
+    max_prompt_tokens: int = Field(
+        4096, gt=0, description="message plus history, in model tokens; older history is dropped to fit and the stream says so"
+    )
+    """Prefill cost follows tokens: 8,000 + 32,000 characters (~10k tokens) took 438 s to the first
+    token on the packaged CPU model under load (issue 14). 4,096 keeps a GPU answer's prefill well
+    under a second and bounds the CPU fallback to a few minutes at worst."""
     max_queue: int = Field(32, gt=0, description="answers that may wait for the model before new ones get 503")
+    max_queue_per_client: int = Field(
+        4, gt=0, description="answers one client (a session, else an address) may have generating or queued before 429"
+    )
+    """One browser tab rarely needs more than one; four leaves room for retries without letting
+    one client fill the queue."""
     max_body_bytes: int = Field(
         4 * 1024 * 1024,
         gt=0,
         description="bodies beyond this are refused (413) before they are read; well above any valid body, so an "
         "oversized field is still answered with a 422 naming it",
     )
+    max_upload_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="largest uploaded or imported file (also Gradio's max_file_size)"
+    )
+    """A pool file of `max_pool_memories` memories with a full learned state is about 6.5 MB
+    (2 × 2000 × 384 float32 vectors plus metadata)."""
+    max_upload_records: int = Field(2000, gt=0, description="most records in an uploaded memory set")
+    """The embedder managed ~240 records/s on the shared CPU (100k records took 413 s, issue 14),
+    so 2,000 is under ten seconds of embedding."""
+    max_pool_memories: int = Field(2000, gt=0, description="most memories in one visitor's or session's pool")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ApiSettings":
@@ -57,6 +84,8 @@ class ApiSettings(BaseSettings):
             object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
+        if self.max_message_tokens > self.max_prompt_tokens:
+            raise ValueError("ApiSettings.max_message_tokens must not exceed max_prompt_tokens")
         if self.max_body_bytes < self.largest_valid_body:
             raise ValueError(f"ApiSettings.max_body_bytes must be at least {self.largest_valid_body} to admit every valid request")
         return self
@@ -112,7 +141,19 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
         content: str = Field(max_length=settings.max_message_chars)
 
     class ChatRequest(BaseModel):
-        model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, title="ChatRequest")
+        model_config = ConfigDict(
+            strict=True,
+            extra="forbid",
+            allow_inf_nan=False,
+            title="ChatRequest",
+            # memory_set or session, as a non-null string: without a session the set must be named.
+            json_schema_extra={
+                "anyOf": [
+                    {"required": ["memory_set"], "properties": {"memory_set": {"type": "string"}}},
+                    {"required": ["session"], "properties": {"session": {"type": "string"}}},
+                ]
+            },
+        )
 
         message: str = Field(
             min_length=1,
@@ -126,16 +167,18 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             description=f"Earlier turns, oldest first. At most {settings.max_history_chars} characters of content in all; "
             f"each message at most {settings.max_message_chars}.",
         )
-        memory_set: str = Field(
-            description="Which memory set to draw from (see `GET /health`).",
+        memory_set: Optional[str] = Field(
+            default=None,
+            description="Which memory set to draw from (see `GET /health`). Required without `session`; "
+            "with one, the session's own set is used and this may be omitted (if given, it must match).",
             json_schema_extra={"enum": memory_sets()},
             examples=memory_sets()[:1],
         )
         session: Optional[str] = Field(
             default=None,
             pattern=SESSION_PATTERN,
-            description="Keep this session's Hebbian state between requests (one state per session and memory set). "
-            "Omit it to start from the memory set's initial state and keep nothing.",
+            description="A session id from `POST /sessions`: the answer uses and teaches that session's Hebbian state. "
+            "An unknown or expired id is refused (404). Omit it to start from the memory set's initial state and keep nothing.",
         )
         update_every_n: JsonInt = Field(default=10, ge=1, le=20, description="Re-retrieve memories every N generated tokens.")
         max_memories: JsonInt = Field(default=5, ge=1, le=15, description="Memories in context at once.")
@@ -156,11 +199,13 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
 
         @field_validator("memory_set")
         @classmethod
-        def _known_set(cls, value: str) -> str:
+        def _known_set(cls, value: Optional[str]) -> Optional[str]:
             available = memory_sets()
-            if value not in available:
+            if value is not None and value not in available:
+                # Escaped: the name may hold a lone surrogate, which the error report cannot encode (issue 14: a 500).
+                name = json.dumps(value)[1:-1]
                 raise PydanticCustomError(
-                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": value, "available": ", ".join(available)}
+                    "unknown_memory_set", "unknown memory set '{name}'; available: {available}", {"name": name, "available": ", ".join(available)}
                 )
             return value
 
@@ -175,6 +220,34 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             return value
 
     return ChatRequest
+
+
+class SessionRequest(BaseModel):
+    """The body of `POST /sessions`: a memory set to start from, or memories of your own
+    (exactly one of the two; neither is nullable, so the schema can say so)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        title="SessionRequest",
+        json_schema_extra={"oneOf": [{"required": ["memory_set"]}, {"required": ["memories"]}]},
+    )
+
+    memory_set: str = Field(default=None, description="Start from this memory set's initial state.")  # type: ignore[assignment]
+    memories: list[Any] = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        description="Or start from these memories (records as in a memory-set file: `content`, optional `type`, "
+        "`subject`, `emotional_intensity`, `created_at`, `id`); at most `max_upload_records` of them.",
+    )
+    label: str = Field(default="uploaded", min_length=1, max_length=80, description="A name for `memories`.")
+
+
+class SessionCreated(BaseModel):
+    session: str = Field(description="The session's id: 192 random bits, to send as `session`. Keep it private.")
+    memory_set: str = Field(description="The memory set it started from (or the label of its own memories).")
+    memories: int
+    ttl_s: int = Field(description="The session is deleted after this many seconds without an answer.")
 
 
 class MemoryState(BaseModel):
@@ -196,7 +269,7 @@ class Link(BaseModel):
 
 
 class MemoriesResponse(BaseModel):
-    memory_set: str
+    memory_set: str = Field(description="The memory set (for a session: the set it started from, or its upload's label).")
     session: Optional[str]
     answers: int = Field(description="Answers this session has learned from (0 without a session).")
     memories: list[MemoryState]
@@ -210,17 +283,22 @@ class QueueState(BaseModel):
 
 
 class SessionStats(BaseModel):
-    active: int
-    limit: int
-    evicted: int
+    stored: int = Field(description="Sessions in the store (expired ones are swept hourly).")
+    ttl_s: int = Field(description="Seconds without an answer after which a session expires.")
 
 
 class Limits(BaseModel):
     max_new_tokens: int
     max_message_chars: int
+    max_message_tokens: int
     max_history_messages: int
     max_history_chars: int
+    max_prompt_tokens: int
+    max_queue_per_client: int
     max_body_bytes: int
+    max_upload_bytes: int
+    max_upload_records: int
+    max_pool_memories: int
 
 
 class HealthResponse(BaseModel):
@@ -317,6 +395,16 @@ class DoneEvent(Event):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class HistoryTrimmedEvent(Event):
+    """Sent before `memories` when the oldest history turns were dropped to fit the prompt budget."""
+
+    type: Literal["history_trimmed"]
+    dropped: int = Field(ge=1, description="History messages left out, oldest first.")
+    kept: int = Field(description="History messages the model reads.")
+    prompt_tokens: int = Field(description="Model tokens of the message and the kept history.")
+    budget: int = Field(description="The deployment's `max_prompt_tokens`.")
+
+
 class ErrorEvent(Event):
     """The answer failed after the stream began (the status was already 200); nothing follows."""
 
@@ -325,6 +413,6 @@ class ErrorEvent(Event):
 
 
 StreamEvent = Annotated[
-    Union[QueuedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
+    Union[QueuedEvent, HistoryTrimmedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
     Field(discriminator="type"),
 ]

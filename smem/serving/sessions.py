@@ -1,91 +1,142 @@
-"""Per-session Hebbian state for the HTTP API, in a bounded least-recently-used store.
+"""API sessions: durable per-session pools, held one answer at a time.
 
-A session is keyed by (session id, memory set): a client that switches sets gets one
-learned pool per set instead of an error. Past `limit` keys the least recently used one is
-dropped, so a server that many clients name sessions on keeps a bounded footprint.
+A session is created by `create` (a memory set's initial state, or an uploaded or imported
+pool) and named by the unguessable id its store hands out; nothing else creates one, so a
+request naming an unknown or expired id is refused (`SessionNotFound`), never silently started
+afresh. The store (`SessionStore`, SQLite by default) is the truth; this class keeps the
+pools of recently used sessions loaded so that an answer does not rebuild its indexes, and
+can drop any idle one at will (`cache_limit`) without losing anything.
 
 Each session has a lock held for a whole answer, so two requests for the same session apply
-their learning one after the other instead of interleaving on one pool. An answer that fails
-restores the state it started from: a half-applied Hebbian update would skew every later
-retrieval of that session. Readers (`GET /memories`) see the state published after the last
-finished answer and never wait for a running one.
+their learning one after the other instead of interleaving on one pool. An answer that
+finishes commits its learning in one store transaction; one that fails restores the state it
+started from, since a half-applied Hebbian update would skew every later retrieval. Readers
+(`GET /memories`) see the state published after the last finished answer and never wait.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator
 
+from smem.memory.embedder import Embedder
 from smem.memory.learning import LearningState
-from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
+from smem.serving.session_store import SessionStore
+
+CACHE_LIMIT = 64
+"""Loaded session pools kept in memory: ~1.5 MiB each for the sample sets (tests/test_api_load.py),
+so about 100 MiB at most; a session past it is reloaded from the store when used again."""
+
+
+class SessionNotFound(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass
-class Session:
+class LiveSession:
     pool: MemoryPool
+    label: str
     published: LearningState
     """The learning state as of the last finished answer, for readers."""
-    answers: int = 0
+    answers: int
+    last_used: float
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class SessionPools:
-    def __init__(self, sets: MemorySets, limit: int = 256) -> None:
-        if limit < 1:
-            raise ValueError("the session limit must be at least 1")
-        self.sets = sets
-        self.limit = limit
-        self.evicted = 0
-        self._sessions: OrderedDict[tuple[str, str], Session] = OrderedDict()
+class Sessions:
+    def __init__(self, store: SessionStore, embedder: Embedder, cache_limit: int = CACHE_LIMIT) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.cache_limit = cache_limit
+        self._live: OrderedDict[str, LiveSession] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._sessions)
+        return len(self.store)
 
-    def _session(self, memory_set: str, session_id: str) -> Session:
-        """The session, created from the set's initial state if new; marks it most recent."""
-        key = (session_id, memory_set)
+    def create(self, pool: MemoryPool, label: str) -> str:
+        """A new session starting from `pool` (not kept: the session has its own copy)."""
+        return self.store.create(label, pool.to_bytes(), time.time())
+
+    def _session(self, session_id: str) -> LiveSession:
+        now = time.time()
         with self._lock:
-            session = self._sessions.get(key)
-        if session is None:
-            pool = self.sets.pool(memory_set)  # outside the store lock: the first copy of a set embeds it
-            session = Session(pool=pool, published=pool.learning_state())
+            live = self._live.get(session_id)
+            if live is not None and live.last_used >= now - self.store.ttl_s:
+                self._live.move_to_end(session_id)
+                return live
+        stored = self.store.get(session_id, now)
+        if stored is None:
+            with self._lock:
+                self._live.pop(session_id, None)
+            raise SessionNotFound(f"no session {session_id!r} (never created, expired or deleted)")
+        pool = MemoryPool.load(stored.pool, self.embedder)
+        live = LiveSession(pool=pool, label=stored.label, published=pool.learning_state(), answers=stored.answers, last_used=stored.last_used)
         with self._lock:
-            session = self._sessions.setdefault(key, session)
-            self._sessions.move_to_end(key)
-            while len(self._sessions) > self.limit:
-                self._sessions.popitem(last=False)
-                self.evicted += 1
-        return session
+            live = self._live.setdefault(session_id, live)
+            self._live.move_to_end(session_id)
+            idle = [key for key, other in self._live.items() if not other.lock.locked()]
+            for key in idle[: max(len(self._live) - self.cache_limit, 0)]:
+                del self._live[key]
+        return live
+
+    def label(self, session_id: str) -> str:
+        return self._session(session_id).label
 
     @contextmanager
-    def checkout(self, memory_set: str, session_id: Optional[str]) -> Iterator[MemoryPool]:
-        """The pool one answer works on: the session's own, held exclusively for the answer, or
-        a fresh copy of the set when there is no session id."""
-        if session_id is None:
-            yield self.sets.pool(memory_set)
-            return
-        session = self._session(memory_set, session_id)
-        with session.lock:
-            before = session.pool.learning_state()
+    def checkout(self, session_id: str) -> Iterator[MemoryPool]:
+        """The session's pool, held exclusively for one answer; its learning is committed when
+        the block ends normally and undone when it raises."""
+        live = self._session(session_id)
+        with live.lock:
+            before = live.pool.learning_state()
             try:
-                yield session.pool
+                yield live.pool
             except BaseException:
-                session.pool.set_learning_state(before)
+                live.pool.set_learning_state(before)
                 raise
-            session.answers += 1
-            session.published = session.pool.learning_state()
+            now = time.time()
+            if not self.store.save_answer(session_id, live.pool.to_bytes(), now):
+                live.pool.set_learning_state(before)
+                raise SessionNotFound(f"session {session_id!r} was deleted or expired during the answer")
+            live.answers += 1
+            live.last_used = now
+            live.published = live.pool.learning_state()
 
-    def state(self, memory_set: str, session_id: str) -> Optional[tuple[MemoryPool, LearningState, int]]:
-        """A session's pool, published learning state and answer count, without touching its
-        recency; None if the session does not exist (never created, or evicted)."""
+    def replace(self, session_id: str, pool: MemoryPool, label: str) -> None:
+        """Store `pool` as the session's whole state (a UI visitor uploaded a set, added a memory
+        or reset learning; the store keyed by an id the browser keeps makes that survive a
+        reload). Waits for a running answer of the session; its answer count starts again."""
+        live = self._session(session_id)
+        with live.lock:
+            now = time.time()
+            if not self.store.replace(session_id, label, pool.to_bytes(), now):
+                raise SessionNotFound(f"no session {session_id!r} (never created, expired or deleted)")
+            live.pool, live.label, live.answers, live.last_used = pool.copy(), label, 0, now
+            live.published = live.pool.learning_state()
+
+    def state(self, session_id: str) -> tuple[MemoryPool, LearningState, int, str]:
+        """A session's pool, published learning state, answer count and label."""
+        live = self._session(session_id)
+        return live.pool, live.published, live.answers, live.label
+
+    def export(self, session_id: str) -> tuple[bytes, str]:
+        """The session's pool file as of its last finished answer, and its label."""
+        stored = self.store.get(session_id, time.time())
+        if stored is None:
+            raise SessionNotFound(f"no session {session_id!r} (never created, expired or deleted)")
+        return stored.pool, stored.label
+
+    def delete(self, session_id: str) -> bool:
         with self._lock:
-            session = self._sessions.get((session_id, memory_set))
-            if session is None:
-                return None
-            return session.pool, session.published, session.answers
+            self._live.pop(session_id, None)
+        return self.store.delete(session_id)
+
+    def sweep(self) -> int:
+        return self.store.sweep(time.time())

@@ -25,6 +25,8 @@ from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.memory.settings import DEFAULTS as MEMORY_DEFAULTS
+from smem.serving import uploads
+from smem.serving.api_schema import ApiSettings
 
 GPU_TOKENS_PER_S = 20.0
 """A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
@@ -154,15 +156,17 @@ def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
 # -- memory-set actions -------------------------------------------------------------------------
 
 
-def upload(sets: MemorySets, raw: bytes | str | None) -> MemoryPool:
-    """A private pool from an uploaded file; MemoryFileError names the bad record and field."""
-    if raw is None:
-        raise MemoryFileError("no file was uploaded")
-    return sets.from_upload(raw)
+def upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> MemoryPool:
+    """A private pool from an uploaded memory-set file or a downloaded learned state (.npz),
+    within the deployment's limits; MemoryFileError names the bad record, field or limit."""
+    return uploads.load_upload(sets, raw, settings)
 
 
-def add_memory(pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float) -> MemoryPool:
-    """A copy of `pool` with one more memory (validated like a file record)."""
+def add_memory(
+    pool: MemoryPool, content: str, memory_type: Optional[str], emotional_intensity: float, settings: ApiSettings
+) -> MemoryPool:
+    """A copy of `pool` with one more memory (validated like a file record, within the pool size limit)."""
+    uploads.check_size(pool, settings, adding=1)
     updated = pool.copy()
     updated.add(content, type=memory_type or None, emotional_intensity=emotional_intensity)
     return updated

@@ -1,0 +1,184 @@
+"""The fast retrieval path selects exactly what scoring every memory selects.
+
+Property tests on adversarial pools: near-duplicate clusters, long memories under small
+token budgets, late vectors from shifted clusters (added after the 8-bit codes were
+trained), high diversity, incumbents, learned state with links, hybrid text queries.
+The quantised path is forced with a small `quantized_threshold`. Identical means the
+same ids in the same order with the same score, similarity and multiplier, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smem import MemoryPool
+from smem.memory import timeref
+from smem.memory.scoring import ScoringWeights
+
+DIM = 24
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def build_pool(keyed, data, rng: np.random.Generator) -> tuple[MemoryPool, np.ndarray]:
+    """A clustered pool with a near-duplicate clump near the first centre, long memories
+    near the centres and short ones far out, then late memories from shifted clusters."""
+    size = data.draw(st.integers(200, 2000), label="size")
+    clusters = data.draw(st.sampled_from([1, 4, 20, 60]), label="clusters")
+    spread = data.draw(st.sampled_from([0.2, 0.6, 1.0]), label="spread")
+    duplicates = data.draw(st.integers(0, 120), label="near duplicates")
+    late = data.draw(st.integers(0, 400), label="late memories")
+    threshold = data.draw(st.sampled_from([100, 150, 10_000]), label="quantized threshold")
+    centres = unit(rng.standard_normal((clusters, DIM)))
+    assignment = rng.integers(0, clusters, size)
+    vectors = centres[assignment] + spread * rng.standard_normal((size, DIM)) / np.sqrt(DIM)
+    clump = centres[0] + 0.3 * rng.standard_normal(DIM) / np.sqrt(DIM)
+    vectors[:duplicates] = clump + 1e-3 * rng.standard_normal((duplicates, DIM))
+    vectors[duplicates : duplicates + duplicates // 4] = clump  # exact duplicates: ties
+    vectors = unit(vectors)
+    closeness = vectors @ centres[0]
+    lengths = np.where(closeness > np.median(closeness), rng.integers(15, 60, size), rng.integers(1, 6, size))
+    records = [
+        {
+            "content": " ".join(rng.choice(WORDS, int(n))),
+            "emotional_intensity": float(rng.uniform(0, 1)),
+            "created_at": f"2024-{1 + i // 200 % 9:02d}-{1 + i // 20 % 10:02d}T00:00:00Z",  # runs of 20 share a day
+        }
+        for i, n in enumerate(lengths)
+    ]
+    pool = MemoryPool(
+        keyed(dim=DIM),
+        seed=0,
+        diversity_weight=data.draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]), label="diversity"),
+        association_weight=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="association"),
+        quantized_threshold=threshold,
+        weights=ScoringWeights(
+            encoding=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="encoding links"),
+            encoding_window=data.draw(st.sampled_from([0, 2]), label="encoding window"),
+            time=data.draw(st.sampled_from([0.0, 0.3]), label="time match"),
+        ),
+    )
+    pool.add_many(records, embeddings=vectors)
+    pool.build_index()
+    if late:
+        shift = unit(rng.standard_normal((max(clusters // 2, 1), DIM))) * 0.8
+        moved = unit(centres[: len(shift)] + shift)
+        late_vectors = unit(moved[rng.integers(0, len(moved), late)] + 0.5 * rng.standard_normal((late, DIM)) / np.sqrt(DIM))
+        for chunk in np.array_split(np.arange(late), 3):
+            if len(chunk):
+                pool.add_many([{"content": " ".join(rng.choice(WORDS, 3))} for _ in chunk], embeddings=late_vectors[chunk])
+                pool.retrieve(late_vectors[chunk[0]], max_memories=3, learn=True)
+    return pool, centres
+
+
+def assert_same(fast, exact) -> None:
+    assert [h.id for h in fast] == [h.id for h in exact]
+    assert [(h.score, h.similarity, h.multiplier) for h in fast] == [(h.score, h.similarity, h.multiplier) for h in exact]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fast_path_selects_exactly_what_exact_scoring_selects(keyed, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    pool, centres = build_pool(keyed, data, rng)
+    ids = [memory.id for memory in pool]
+    for _ in range(data.draw(st.integers(0, 8), label="learning rounds")):
+        pool.retrieve(unit(centres[rng.integers(len(centres))] + 0.3 * rng.standard_normal(DIM)), max_memories=6, learn=True)
+    for _ in range(4):
+        target = data.draw(st.sampled_from(["centre", "clump", "memory", "random"]), label="query near")
+        base = {
+            "centre": centres[rng.integers(len(centres))],
+            "clump": pool._index.vectors[0],
+            "memory": pool._index.vectors[rng.integers(len(pool))],
+            "random": unit(rng.standard_normal(DIM)),
+        }[target]
+        vector = unit(base + data.draw(st.sampled_from([0.0, 0.05, 0.3]), label="query noise") * rng.standard_normal(DIM))
+        text = data.draw(st.booleans(), label="text query")
+        when = data.draw(st.sampled_from(["", " in March 2024", " on 3 February 2024"]), label="names a time")
+        query = " ".join(rng.choice(WORDS, 3)) + when if text else vector
+        kwargs = dict(
+            max_memories=data.draw(st.integers(1, 12), label="k"),
+            token_budget=data.draw(st.sampled_from([None, 0, 3, 10, 25, 80]), label="budget"),
+            incumbents=list(rng.choice(ids, data.draw(st.integers(0, 4), label="incumbents"), replace=False)),
+            incumbent_margin=data.draw(st.sampled_from([0.0, 0.15, 0.5]), label="margin"),
+            query_vector=vector if text else None,
+            now=1.75e9,
+            learn=False,
+        )
+        exact = pool.retrieve(query, exact=True, **kwargs)
+        assert_same(pool.retrieve(query, **kwargs), exact)
+        learner = pool.copy()
+        drawn = pool.copy().retrieve(query, sample=True, exact=True, **kwargs)
+        assert_same(learner.retrieve(query, sample=True, **kwargs), drawn)
+        pool.retrieve(query, **{**kwargs, "learn": True})
+
+
+def test_the_fast_path_scores_only_a_few_candidates_yet_matches(keyed):
+    """The exactness above is not won by always scoring everything."""
+    rng = np.random.default_rng(1)
+    centres = unit(rng.standard_normal((40, DIM)))
+    vectors = unit(centres[rng.integers(0, 40, 2000)] + 0.6 * rng.standard_normal((2000, DIM)) / np.sqrt(DIM))
+    pool = MemoryPool(keyed(dim=DIM), seed=0, quantized_threshold=100)
+    pool.add_many([{"content": f"memory {i}"} for i in range(2000)], embeddings=vectors)
+    scored: list[int] = []
+    select = pool._select
+
+    def counting(index, *args, **kwargs):
+        scored.append(len(index))
+        return select(index, *args, **kwargs)
+
+    for centre in centres[:10]:
+        query = unit(centre + 0.2 * rng.standard_normal(DIM))
+        exact = pool.retrieve(query, now=1.75e9, learn=False, exact=True)
+        pool._select = counting
+        assert_same(pool.retrieve(query, now=1.75e9, learn=False), exact)
+        del pool._select
+    assert max(scored) < 400
+
+
+def test_quantisation_error_bound_holds_for_late_shifted_vectors(keyed):
+    rng = np.random.default_rng(2)
+    centres = unit(rng.standard_normal((8, DIM)))
+    pool = MemoryPool(keyed(dim=DIM), quantized_threshold=100)
+    pool.add_many([{"content": "x"}] * 1000, embeddings=unit(centres[rng.integers(0, 8, 1000)] + 0.2 * rng.standard_normal((1000, DIM))))
+    pool.build_index()
+    trained = pool._index.error
+    # Far outside the trained per-dimension ranges: a fixed margin would not cover these.
+    late = unit(rng.standard_normal((300, DIM)) * np.linspace(0.1, 3.0, DIM))
+    pool.add_many([{"content": "y"}] * 300, embeddings=late)
+    for query in unit(rng.standard_normal((20, DIM))):
+        scan = pool._index.scan(query)
+        scan._search(pool._index._coded)
+        exact = pool._index.vectors[scan._ids] @ query
+        assert np.abs(scan._approx - exact).max() <= scan._margin
+        found, bound = scan.top(10)
+        outside = np.setdiff1d(np.arange(len(pool)), found)
+        assert (pool._index.vectors[outside] @ query).max() <= bound
+    assert pool._index._coded == len(pool)  # the late rows were folded into the codes
+    assert pool._index.error != trained  # ... and measured (here: requantised with wider ranges)
+
+
+def test_boost_bound_covers_every_memory_after_learning(keyed):
+    rng = np.random.default_rng(3)
+    weights = ScoringWeights(time=0.3, encoding=0.5, encoding_window=2)
+    pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0, weights=weights)
+    vectors = unit(rng.standard_normal((300, DIM)))
+    records = [
+        {"content": f"m {i}", "emotional_intensity": float(rng.uniform()), "created_at": f"2023-05-{1 + i % 28:02d}T00:00:00Z"}
+        for i in range(300)
+    ]
+    pool.add_many(records, embeddings=vectors)
+    for _ in range(30):
+        pool.retrieve(unit(vectors[rng.integers(300)] + 0.1 * rng.standard_normal(DIM)), max_memories=8, learn=True)
+    named = timeref.named_intervals("what happened in May 2023?")
+    assert named
+    for query in unit(rng.standard_normal((5, DIM))):
+        boost = pool._boost(np.arange(300), query, 1.75e9, named)
+        assert boost.max() <= pool._boost_bound(named, learned=True)
+        untouched = np.setdiff1d(np.arange(300), pool._learned())
+        assert len(untouched) and boost[untouched].max() <= pool._boost_bound(named, learned=False)
