@@ -18,11 +18,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
+import contextlib  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
-from typing import Any, Iterator, Optional  # noqa: E402
+from typing import Any, AsyncIterator, Iterator, Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -46,8 +47,12 @@ ON_SPACES = bool(os.environ.get("SPACE_ID"))
 ON_GPU = torch.cuda.is_available()
 
 # Loaded at import (ZeroGPU packs module-level CUDA tensors at launch); read onto the CPU
-# first and then moved, the pattern ZeroGPU supports.
-RUNTIME = Runtime.load(models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"), device="cpu")
+# first and then moved, the pattern ZeroGPU supports, in the dtype the GPU wants.
+RUNTIME = Runtime.load(
+    models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"),
+    device="cpu",
+    dtype=models.choose_dtype("cuda") if ON_GPU else None,
+)
 if ON_GPU:
     RUNTIME.model.to("cuda")
 
@@ -413,9 +418,17 @@ def main() -> None:
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
-        # Blocks.launch, so a Space must launch; the API then joins the app Gradio serves,
-        # behind Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
-        api = create_api(RUNTIME, LIMITS, generate=generate_for_api)  # built first: mounted the moment Gradio serves
+        # Blocks.launch, so a Space must launch; the API joins the app Gradio serves, behind
+        # Gradio's own routes (whose own OpenAPI pages are turned off so the API's show).
+        api = create_api(RUNTIME, LIMITS, generate=generate_for_api)
+
+        @contextlib.asynccontextmanager
+        async def mount_api(app: Any) -> AsyncIterator[None]:
+            # Lifespan start-up runs before uvicorn opens its socket, so no request can see
+            # Gradio's routes without the API's (mounting after launch left a 404 window).
+            app.mount("/", api)
+            yield
+
         demo.launch(
             server_name=host,
             server_port=port,
@@ -423,11 +436,8 @@ def main() -> None:
             css=CSS,
             ssr_mode=False,
             max_file_size=LIMITS.max_upload_bytes,
-            prevent_thread_lock=True,
-            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None},
+            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "lifespan": mount_api},
         )
-        demo.app.mount("/", api)
-        demo.block_thread()
         return
     import uvicorn
 

@@ -314,10 +314,11 @@ ALL_HEADROOM = 1024
 """Context left for system prompt, question and answer when `all` checks that the pool fits."""
 
 
-def pool_tokens(engine: StreamingEngine, pool: Any) -> int:
-    """Tokens of a memory block holding the whole pool."""
+def pool_tokens(engine: StreamingEngine) -> int:
+    """Tokens of a memory block holding the engine's whole pool (the pool keeps each memory's
+    count in the engine's model's tokens)."""
     builder = PromptBuilder(engine.tokenizer, "", system_prompt=engine.system_prompt)
-    return builder.block_overhead() + sum(builder.line_tokens(pool.memories))
+    return builder.block_overhead() + engine.pool.total_tokens
 
 
 def model_name(model: Any) -> str:
@@ -405,7 +406,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         conv = conversations[conv_index]
         pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
         engine = StreamingEngine(model, tokenizer, pool)
-        all_fits = "all" in names and pool_tokens(engine, pool) + ALL_HEADROOM <= context_limit
+        all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)
             message = question_message(question)

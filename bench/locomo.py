@@ -14,7 +14,7 @@ score recall and, after the run, to count how many learned links joined two evid
 
     python bench/locomo.py --data ../shared/data/locomo-dev.json            # main table
     python bench/locomo.py --data ... --ablate --curve --links             # the docs' tables
-    python bench/locomo.py --data ... --sweep links=0.5,1,2 encoding=0.5,1,2  # knob sensitivity
+    python bench/locomo.py --data ... --sweep links=0.5,1,2 encoding_window=1,2,3 # knob sensitivity
 """
 
 from __future__ import annotations
@@ -237,12 +237,12 @@ def with_weights(setup: Setup, **changes: float) -> dict:
 
 def ablation(setup: Setup) -> None:
     """One row per Hebbian term removed from the full system (learning on)."""
-    zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding=0.0, time=0.0)
+    zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
     rows = {
         "hybrid similarity only (no boosts, no learning)": dict(learn=False, association_weight=0.0, **with_weights(setup, **zero)),
         "full system, learning off": dict(learn=False),
         "full system, learning on": {},
-        "− encoding links": with_weights(setup, encoding=0.0),
+        "− encoding links": with_weights(setup, encoding_window=0),
         "− learned links (learning forms none)": dict(learn_links=False),
         "− all links (lending weight 0)": with_weights(setup, links=0.0),
         "− query association": dict(association_weight=0.0),

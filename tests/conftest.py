@@ -64,8 +64,12 @@ def tiny_runtime(minilm):
     from smem.memory.memory_sets import MemorySets
     from smem.serving.runtime import Runtime
 
+    from smem.generation.prompt import MemoryLineTokens
+
     model, tokenizer = tiny.build(seed=0)
-    return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=MemorySets(minilm), model_name="tiny")
+    line_tokens = MemoryLineTokens(tokenizer)
+    sets = MemorySets(minilm, token_counter=line_tokens)
+    return Runtime(model=model, tokenizer=tokenizer, embedder=minilm, sets=sets, model_name="tiny", line_tokens=line_tokens)
 
 
 # -- the app (app.py) as a subprocess: tests/test_app.py, test_browser.py ------------------------

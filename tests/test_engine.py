@@ -19,7 +19,7 @@ from smem.memory.embedder import default_embedder
 from smem.generation.engine import CPU_SWAP_BUDGET, IncrementalDecoder, StreamingEngine
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
 from smem.memory.learning import LearningState
-from smem.generation.prompt import PromptBuilder
+from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = "How should I help Alex stop dropping minus signs before his algebra quiz?"
@@ -459,3 +459,30 @@ def test_bad_arguments_are_refused_before_any_work(tiny_model, pool):
     for bad in ({"lookback_tokens": 0}, {"update_every_n": -1}, {"max_new_tokens": -5}):
         with pytest.raises(ValueError):
             next(engine.stream(MESSAGE, **bad))
+
+
+def test_pool_counts_rendered_lines_in_model_tokens_once(tiny_model, pool):
+    """Budgets and context sizes count each memory's rendered line (tags included) in the
+    generating model's tokens; building engines for later answers recounts nothing."""
+    model, tokenizer = tiny_model
+    calls = []
+
+    class Counting(MemoryLineTokens):
+        def __call__(self, memories):
+            calls.append(len(memories))
+            return super().__call__(memories)
+
+    counting = Counting(tokenizer)
+    StreamingEngine(model, tokenizer, pool, line_tokens=counting)
+    memories = pool.memories
+    assert calls == [len(pool)]
+    lines = tokenizer([memory_line(m) + "\n" for m in memories], add_special_tokens=False)["input_ids"]
+    assert pool.token_counts.tolist() == [len(ids) for ids in lines]
+    assert any(m.type for m in memories) and pool.token_counts.tolist() != [pool.embedder.count_tokens(m.content) for m in memories]
+
+    events = run(StreamingEngine(model, tokenizer, pool, line_tokens=counting), max_new_tokens=12, memory_token_budget=60)
+    assert calls == [len(pool)], "later engines reuse the pool's counts"
+    assert sum(h.tokens for h in events[0].memories) <= 60
+    builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
+    stats = [e for e in events if isinstance(e, ContextStats)][-1]
+    assert stats.all_memory_tokens == builder.block_overhead() + sum(len(ids) for ids in lines)

@@ -21,7 +21,7 @@ def unit(dim: int, *pairs: tuple[int, float]) -> np.ndarray:
 
 
 def weights(**overrides) -> ScoringWeights:
-    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding=0.0, encoding_window=0, time=0.0)
+    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
     return ScoringWeights(**{**base, **overrides})
 
 
@@ -54,7 +54,7 @@ def test_undated_memories_get_no_encoding_links(keyed):
 def test_encoding_link_pulls_a_neighbour_up_and_says_so(keyed):
     query = unit(8, (0, 1.0))
     off = session_pool(keyed, encoding_window=1)
-    on = session_pool(keyed, encoding_window=1, encoding=1.0, links=2.0)
+    on = session_pool(keyed, encoding_window=1, links=2.0)
     plain = [h.id for h in off.retrieve(query, max_memories=3, now=DAY, learn=False)]
     hits = on.retrieve(query, max_memories=3, now=DAY, learn=False)
     assert plain[:2] == ["m0", "m2"]
@@ -70,7 +70,7 @@ def test_encoding_link_pulls_a_neighbour_up_and_says_so(keyed):
 def test_links_never_lift_an_irrelevant_memory(keyed):
     """Turn 3 shares nothing with the query (cosine 0): spreading makes it a candidate through
     its links, yet the gate keeps it out — association never replaces relevance."""
-    pool = session_pool(keyed, encoding_window=3, encoding=1.0, links=5.0)
+    pool = session_pool(keyed, encoding_window=3, links=5.0)
     hits = pool.retrieve(unit(8, (0, 1.0)), max_memories=5, now=DAY, learn=False)
     assert "m3" not in {h.id for h in hits}
 
@@ -86,7 +86,7 @@ def test_learned_links_are_reported_as_learned(keyed):
 
 
 def test_multiplier_stays_below_the_published_bound(keyed):
-    pool = session_pool(keyed, encoding_window=3, encoding=50.0, links=50.0, time=50.0, recency=50.0, emotion=50.0)
+    pool = session_pool(keyed, encoding_window=3, learned_links=50.0, links=50.0, time=50.0, recency=50.0, emotion=50.0)
     for _ in range(20):
         pool.reinforce(["m0", "m1", "m2", "m4"], query=unit(8, (0, 1.0)), now=DAY)
     hits = pool.retrieve("turn 0 on 7 May 2023", max_memories=5, now=DAY, learn=False, query_vector=unit(8, (0, 1.0)))
@@ -135,3 +135,33 @@ def test_saved_pool_keeps_both_link_kinds(keyed, tmp_path):
     assert (revived.learning.updates, revived.learning.answers) == (1, 1)
     revived.reinforce(["m0", "m4"], now=DAY)
     assert revived.links() == [("m0", "m4", 2.0)]
+
+
+
+
+def test_link_graph_lookups_match_the_dense_matrix():
+    from smem.memory.learning import ENCODING, LEARNED, LinkGraph
+
+    rng = np.random.default_rng(3)
+    size = 200
+    enc_a, enc_b = rng.integers(0, size, 60), rng.integers(0, size, 60)
+    keep = enc_a != enc_b
+    enc_a, enc_b = enc_a[keep], enc_b[keep]
+    learned_a, learned_b = rng.integers(0, size, 40), rng.integers(0, size, 40)
+    keep = learned_a != learned_b
+    learned_a, learned_b = learned_a[keep], learned_b[keep]
+    enc_w, learned_w = rng.random(len(enc_a)), rng.random(len(learned_a))
+    graph = LinkGraph(None, enc_a, enc_b, enc_w, learned_a, learned_b, learned_w)
+    dense = {ENCODING: np.zeros((size, size)), LEARNED: np.zeros((size, size))}
+    for kind, (a, b, w) in ((ENCODING, (enc_a, enc_b, enc_w)), (LEARNED, (learned_a, learned_b, learned_w))):
+        np.add.at(dense[kind], (a, b), w)
+        np.add.at(dense[kind], (b, a), w)
+    both = dense[ENCODING] + dense[LEARNED]
+    picks = rng.choice(size, 25, replace=False)
+    for kind in (ENCODING, LEARNED):
+        np.testing.assert_allclose(graph.block(picks, kind), dense[kind][np.ix_(picks, picks)])
+    np.testing.assert_array_equal(graph.neighbours(picks[:5]), np.flatnonzero(both[picks[:5]].any(axis=0)))
+    for position in picks[:5]:
+        linked, weights = graph.row(int(position))
+        np.testing.assert_array_equal(linked, np.flatnonzero(both[position]))
+        np.testing.assert_allclose(weights, both[position][linked])

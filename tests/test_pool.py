@@ -317,3 +317,53 @@ def test_stopword_only_memories_and_queries(minilm):
     assert len(pool.copy().retrieve("the", max_memories=2, learn=False)) == 2
     pool.add("Alex loves soccer")
     assert pool.retrieve("soccer", max_memories=1, learn=False)[0].content == "Alex loves soccer"
+
+
+class CharCounter:
+    """A stand-in for a model's line counter: one token per character, counting its calls."""
+
+    def __init__(self, key: str = "chars") -> None:
+        self.key = key
+        self.counted = 0
+
+    def __call__(self, memories):
+        self.counted += len(memories)
+        return [len(m.content) for m in memories]
+
+
+def test_budgets_use_the_counter_and_counts_are_kept_not_recounted(keyed, tmp_path):
+    counter = CharCounter()
+    pool = MemoryPool(keyed(), token_counter=counter)
+    pool.add_many([{"content": "short"}, {"content": "a much longer memory line"}, {"content": "tiny"}])
+    assert counter.counted == 3 and pool.token_key == "chars"
+    assert pool.token_counts.tolist() == [5, 25, 4] and pool.total_tokens == 34
+    assert [m.tokens for m in pool] == [5, 25, 4]
+    hits = pool.retrieve(pool.get("m1").content, max_memories=3, token_budget=10, learn=False, exact=True)
+    assert hits and "m1" not in {h.id for h in hits} and sum(h.tokens for h in hits) <= 10
+
+    clone = pool.copy()
+    clone.count_tokens_with(counter)  # same key: nothing to count
+    revived = pickle.loads(pickle.dumps(pool))
+    revived.count_tokens_with(CharCounter())
+    assert counter.counted == 3 and revived.token_counts.tolist() == [5, 25, 4]
+    clone.add("four more words here")
+    assert counter.counted == 4 and clone.total_tokens == 34 + 20 and pool.total_tokens == 34
+
+    other = CharCounter("other-model")
+    clone.count_tokens_with(other)  # another model: every memory once
+    assert other.counted == 4 and clone.token_key == "other-model"
+
+    pool.save(tmp_path / "pool.npz")
+    loaded = MemoryPool.load(tmp_path / "pool.npz", pool.embedder)
+    assert loaded.token_key == "chars" and loaded.token_counts.tolist() == [5, 25, 4]
+    with pytest.raises(ValueError):
+        loaded.token_counts[0] = 1
+
+
+def test_a_pickled_pool_without_its_counter_keeps_one_kind_of_count(minilm):
+    pool = MemoryPool(minilm, token_counter=CharCounter())
+    pool.add_many([{"content": "one two three"}])
+    revived = pickle.loads(pickle.dumps(pool))  # the counter (a tokenizer) does not travel
+    revived.add("four five")
+    assert revived.token_key == "embedder-content"
+    assert revived.token_counts.tolist() == [minilm.count_tokens("one two three"), minilm.count_tokens("four five")]

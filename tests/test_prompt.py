@@ -14,6 +14,7 @@ from smem.memory.records import Hit, Memory
 from smem.generation.prompt import (
     MEMORY_INSTRUCTION,
     MEMORY_LABEL,
+    MemoryLineTokens,
     PromptBuilder,
     clean_reply,
     memory_line,
@@ -134,7 +135,7 @@ def test_memory_lines_and_token_costs(tokenizer):
         f"- 1 January 2025: He loves soccer examples.\n\n{MEMORY_INSTRUCTION}"
     )
     builder = PromptBuilder(tokenizer, MESSAGE)
-    costs = builder.line_tokens(MEMORIES)
+    costs = MemoryLineTokens(tokenizer)(MEMORIES)
     block = len(builder.memory_block(MEMORIES))
     assert abs(builder.block_overhead() + sum(costs) - block) <= 2
 

@@ -58,7 +58,7 @@ def build_pool(keyed, data, rng: np.random.Generator) -> tuple[MemoryPool, np.nd
         association_weight=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="association"),
         quantized_threshold=threshold,
         weights=ScoringWeights(
-            encoding=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="encoding links"),
+            learned_links=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="learned links"),
             encoding_window=data.draw(st.sampled_from([0, 2]), label="encoding window"),
             time=data.draw(st.sampled_from([0.0, 0.3]), label="time match"),
         ),
@@ -165,7 +165,7 @@ def test_quantisation_error_bound_holds_for_late_shifted_vectors(keyed):
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):
     rng = np.random.default_rng(3)
-    weights = ScoringWeights(time=0.3, encoding=0.5, encoding_window=2)
+    weights = ScoringWeights(time=0.3, learned_links=0.5, encoding_window=2)
     pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0, weights=weights)
     vectors = unit(rng.standard_normal((300, DIM)))
     records = [

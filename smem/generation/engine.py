@@ -58,7 +58,13 @@ from smem.generation.events import (
 )
 from smem.memory.records import Hit
 from smem.generation.decoding import RepetitionControl, model_profile
-from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, HistoryItem, PromptBuilder, normalize_history
+from smem.generation.prompt import (
+    DEFAULT_SYSTEM_PROMPT,
+    HistoryItem,
+    MemoryLineTokens,
+    PromptBuilder,
+    normalize_history,
+)
 
 DEFAULT_INCUMBENT_MARGIN = 0.15
 """Relative score bonus of memories already in context during re-retrieval. A challenger must
@@ -185,6 +191,8 @@ class StreamingEngine:
     Each `stream()` call keeps its own cache and state; the pool is only touched under a lock,
     so several streams (threads) can share one engine. `swap_budget` (re-read tokens per
     generated token, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited elsewhere.
+    The pool counts its memories in this model's tokens (`line_tokens`, shared by engines of
+    one model), so token budgets mean prompt tokens; a pool already counted costs nothing.
     """
 
     def __init__(
@@ -198,6 +206,7 @@ class StreamingEngine:
         context_stats_every: int = 32,
         bf16_queries: bool = BF16_QUERIES,
         swap_budget: Union[float, None, Literal["auto"]] = "auto",
+        line_tokens: Optional[MemoryLineTokens] = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -212,9 +221,8 @@ class StreamingEngine:
             swap_budget = CPU_SWAP_BUDGET if self.device.type == "cpu" else None
         self.swap_budget: Optional[float] = swap_budget
         self._pool_lock = threading.RLock()
-        self._all_tokens_key: Optional[tuple[int, int]] = None
-        self._all_tokens = 0
-        self._line_tokens: dict[str, int] = {}
+        with self._pool_lock:
+            pool.count_tokens_with(line_tokens or MemoryLineTokens(tokenizer))
 
         stops = {tokenizer.eos_token_id, _token_id(tokenizer, "<|im_end|>"), _token_id(tokenizer, "<|endoftext|>")}
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -300,21 +308,15 @@ class StreamingEngine:
 
     def _memory_tokens(self, builder: PromptBuilder, ids: Collection[str]) -> int:
         """Block tokens the memories `ids` would take (for the RAG comparison line)."""
-        missing = [i for i in ids if i not in self._line_tokens]
-        if missing:
-            with self._pool_lock:
-                memories = [self.pool.get(i) for i in missing]
-            self._line_tokens.update(zip(missing, builder.line_tokens(memories)))
-        return builder.block_overhead() + sum(self._line_tokens[i] for i in ids) if ids else 0
+        if not ids:
+            return 0
+        with self._pool_lock:
+            return builder.block_overhead() + sum(self.pool.get(i).tokens for i in ids)
 
     def _pool_tokens(self, builder: PromptBuilder) -> int:
-        """Block tokens the whole pool would take, cached while the pool's size stays put."""
+        """Block tokens the whole pool would take, from the pool's kept per-memory counts."""
         with self._pool_lock:
-            key = (id(self.pool), len(self.pool))
-            if key != self._all_tokens_key:
-                self._all_tokens = builder.block_overhead() + sum(builder.line_tokens(self.pool.memories))
-                self._all_tokens_key = key
-            return self._all_tokens
+            return builder.block_overhead() + self.pool.total_tokens
 
     def _learn(self, segments: list[_Segment], generated: int, query: np.ndarray, now: Optional[datetime]) -> None:
         """One Hebbian update for the whole answer; the rule is in the module docstring."""

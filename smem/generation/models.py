@@ -3,10 +3,15 @@
 Local models ship inside PyPI packages (no hub access here), as a Q4_K_M GGUF split in parts
 (`PACKAGED_MODELS`; `SMEM_MODEL` names one, "packaged" is the default). The parts are
 concatenated and checked against a pinned SHA-256. Dequantising a GGUF takes ~40 s, so the
-first load converts it once into a bf16 safetensors folder in the cache; later starts read that
-folder in a few seconds. Every stage logs its elapsed time on the "smem" logger, because a
-silent 40 s start looks like a hang. Each model gets its decoding profile
-(`smem.generation.decoding`) in its generation_config.
+first load converts it once into a safetensors folder in the cache (one folder per model and
+dtype); later starts read that folder in a few seconds. Every stage logs its elapsed time on
+the "smem" logger, because a silent 40 s start looks like a hang. Each model we know gets its
+decoding profile (`smem.generation.decoding`) in its generation_config.
+
+The dtype follows the hardware (`choose_dtype`): bf16 on GPUs and on CPUs that compute bf16
+natively (AVX-512 BF16 or AMX), float32 on every other CPU, where bf16 matmuls are emulated:
+on an AVX2-only CPU the 0.5B model read a 300-token prompt in 34.9 s in bf16 against 7.2 s in
+float32 (issue 8; bench/dtype.py and docs/benchmarks.md have this repository's figures).
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ DEFAULT_PACKAGED = PACKAGED_MODELS["qwen2.5-coder-0.5b-instruct"]
 PACKAGED_NAME = DEFAULT_PACKAGED.name
 _MANIFEST = "smem-manifest.json"
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+"""Names $SMEM_DTYPE accepts (also "bfloat16", "float16", "float32" and "auto")."""
+_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
 
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[None]:
@@ -97,6 +106,43 @@ def configure_threads() -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a dtype in `DTYPES` ("bf16"), used in logs and cache folder names."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles), as oneDNN sees it."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def choose_dtype(device: str, requested: Optional[str] = None) -> torch.dtype:
+    """The weight dtype for `device`: `requested`, else $SMEM_DTYPE (`ModelSettings.dtype`), else
+    what the hardware runs fastest.
+
+    GPUs get bf16 (fp16 on a GPU without bf16). CPUs get bf16 only with native bf16 units;
+    elsewhere bf16 is emulated and float32 is ~4.8x faster to prefill and ~3x faster to decode
+    (issue 8's AVX2 measurement), at twice the memory (2 GB for the 0.5B model). The choice
+    and its reason are logged.
+    """
+    wanted = (requested or ModelSettings().dtype).strip().lower()
+    wanted = _ALIASES.get(wanted, wanted)
+    if wanted != "auto":
+        if wanted not in DTYPES:
+            raise ValueError(f"unknown dtype {wanted!r}; use one of auto, {', '.join(DTYPES)}")
+        logger.info("dtype %s (requested)", wanted)
+        return DTYPES[wanted]
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        reason = "GPU"
+    elif cpu_has_native_bf16():
+        dtype, reason = torch.bfloat16, "CPU with native bf16 (AVX-512 BF16 / AMX)"
+    else:
+        dtype, reason = torch.float32, "CPU without native bf16: emulated bf16 is several times slower"
+    logger.info("dtype %s (%s; set SMEM_DTYPE to override)", dtype_name(dtype), reason)
+    return dtype
 
 
 def _part_files(spec: PackagedModel) -> list[Path]:
@@ -142,25 +188,28 @@ def _assemble_gguf(spec: PackagedModel, target: Path) -> None:
     os.replace(tmp.name, target)
 
 
-def _manifest_ok(spec: PackagedModel, folder: Path) -> bool:
+def _manifest_ok(spec: PackagedModel, folder: Path, dtype: torch.dtype) -> bool:
     try:
         manifest = json.loads((folder / _MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("source_sha256") == spec.sha256 and all(
-        (folder / name).is_file() for name in manifest.get("files", [])
+    return (
+        manifest.get("source_sha256") == spec.sha256
+        and manifest.get("dtype", "bf16") == dtype_name(dtype)  # folders written before dtypes were bf16
+        and all((folder / name).is_file() for name in manifest.get("files", []))
     )
 
 
-def _convert_gguf(spec: PackagedModel, gguf: Path, out: Path) -> None:
-    """Dequantise the GGUF into a plain bf16 model folder (model, tokenizer, generation config)."""
+def _convert_gguf(spec: PackagedModel, gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """Dequantise the GGUF into a plain model folder in `dtype` (model, tokenizer, generation config)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = dtype_name(dtype)
     with _stage("reading the GGUF tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    with _stage("dequantising the GGUF weights"):
-        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    with _stage("writing the bf16 safetensors folder"):
+    with _stage(f"dequantising the GGUF weights to {name}"):
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    with _stage(f"writing the {name} safetensors folder"):
         # A GGUF-loaded model refuses save_pretrained; a fresh model without the quantization
         # config, holding the same tensors, saves normally.
         config = quantised.config
@@ -168,7 +217,7 @@ def _convert_gguf(spec: PackagedModel, gguf: Path, out: Path) -> None:
             del config.quantization_config
         config.name_or_path = spec.name
         with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
         plain.load_state_dict(quantised.state_dict(), strict=True, assign=True)
         del quantised
         ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
@@ -177,23 +226,23 @@ def _convert_gguf(spec: PackagedModel, gguf: Path, out: Path) -> None:
         plain.save_pretrained(out)
         tokenizer.save_pretrained(out)
     files = sorted(p.name for p in out.iterdir() if p.is_file())
-    (out / _MANIFEST).write_text(json.dumps({"source_sha256": spec.sha256, "files": files}))
+    (out / _MANIFEST).write_text(json.dumps({"source_sha256": spec.sha256, "dtype": name, "files": files}))
 
 
-def packaged_model_dir(spec: PackagedModel = DEFAULT_PACKAGED) -> Path:
-    """The converted packaged model's folder, building it on first use.
+def packaged_model_dir(dtype: torch.dtype = torch.bfloat16, spec: PackagedModel = DEFAULT_PACKAGED) -> Path:
+    """The packaged model `spec` converted to `dtype`, building that folder on first use.
 
     A lock serialises concurrent first starts; the folder appears by atomic rename, so a
     process killed mid-conversion leaves only a temp folder that the next start removes.
     """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"{spec.name}-bf16"
-    if _manifest_ok(spec, folder):
+    folder = root / f"{spec.name}-{dtype_name(dtype)}"
+    if _manifest_ok(spec, folder, dtype):
         return folder
     with open(root / ".convert.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _manifest_ok(spec, folder):
+        if _manifest_ok(spec, folder, dtype):
             return folder
         for stale in root.glob(f".{spec.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -205,7 +254,7 @@ def packaged_model_dir(spec: PackagedModel = DEFAULT_PACKAGED) -> Path:
             _assemble_gguf(spec, gguf)
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{spec.name}-"))
         try:
-            _convert_gguf(spec, gguf, work)
+            _convert_gguf(spec, gguf, work, dtype)
             work.chmod(0o755)
             os.replace(work, folder)
         finally:
@@ -222,13 +271,19 @@ def resolve_model_id(model_id: Optional[str], device: str) -> str:
     return GPU_DEFAULT if device.startswith("cuda") else PACKAGED
 
 
-def load(model_id: Optional[str] = None, device: Optional[Union[str, torch.device]] = None):
+def load(
+    model_id: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Union[str, torch.dtype, None] = None,
+):
     """Return `(model, tokenizer)` in eval mode on `device`.
 
     `model_id` (or $SMEM_MODEL) is a hub id, a local folder, "tiny" (the in-process test model),
-    "packaged" (the offline default) or the name of one of `PACKAGED_MODELS`. Weights are bf16
-    except the tiny model, which stays fp32 so tests can compare logits tightly. A model named
-    in `smem.generation.decoding.PROFILES` gets that decoding profile.
+    "packaged" (the offline default) or the name of one of `PACKAGED_MODELS`. Weights are in
+    `dtype` (a torch dtype, a name, or $SMEM_DTYPE), by default what `choose_dtype` picks for
+    `device`, except the tiny model, which stays fp32 so tests can compare logits tightly. A
+    model read on the CPU for a GPU (as ZeroGPU wants) should pass `choose_dtype("cuda")`. A
+    model named in `smem.generation.decoding.PROFILES` gets that decoding profile.
     """
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = resolve_model_id(model_id, device)
@@ -244,12 +299,13 @@ def load(model_id: Optional[str] = None, device: Optional[Union[str, torch.devic
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    weights = dtype if isinstance(dtype, torch.dtype) else choose_dtype(device, dtype)
     packaged = DEFAULT_PACKAGED if name == PACKAGED else PACKAGED_MODELS.get(name)
-    source: Union[str, Path] = packaged_model_dir(packaged) if packaged else name
+    source: Union[str, Path] = packaged_model_dir(weights, packaged) if packaged else name
     with _stage(f"loading tokenizer {source}"):
         tokenizer = AutoTokenizer.from_pretrained(source)
-    with _stage(f"loading model {source} (bf16, {device})"):
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, device_map=device)
+    with _stage(f"loading model {source} ({dtype_name(weights)}, {device})"):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=weights, device_map=device)
     model.eval()
     profile = profile_for(packaged.name if packaged else name)
     if profile is not FALLBACK_PROFILE:

@@ -24,8 +24,10 @@ re-enter the prompt, since a model copies its own earlier echoes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from smem.memory.records import Hit, Memory
@@ -123,6 +125,42 @@ def clean_reply(text: str) -> str:
     return "\n".join(kept).strip()
 
 
+_PROBE = Memory(
+    id="probe",
+    content="Probe note: 12 ½ apples 🍎",
+    type="insight",
+    subject="probe",
+    emotional_intensity=0.5,
+    created_at=datetime(2000, 1, 1, tzinfo=timezone.utc),
+    tokens=0,
+)
+
+
+class MemoryLineTokens:
+    """What each memory costs in the prompt: its `memory_line` (date included) and line break,
+    in the generating model's tokens. A pool keeps these counts (`MemoryPool.count_tokens_with`),
+    so token budgets and context sizes cost nothing per memory at answer time.
+
+    `key` identifies the tokenizer and the rendering (a probe memory rendered and tokenised),
+    so counts follow automatically when either changes and are reused when neither does.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        probe = memory_line(_PROBE)
+        ids = self._encode([probe])[0]
+        fingerprint = repr((type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), probe, ids))
+        self.key = "memory-line:" + hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()
+
+    def _encode(self, lines: list[str]) -> list[list[int]]:
+        return self.tokenizer([line + "\n" for line in lines], add_special_tokens=False)["input_ids"]
+
+    def __call__(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
+        if not memories:
+            return []
+        return [len(ids) for ids in self._encode([memory_line(m) for m in memories])]
+
+
 class PromptBuilder:
     """Renders one turn's prompt and re-renders its memory block on every swap."""
 
@@ -202,10 +240,3 @@ class PromptBuilder:
         if self._overhead is None:
             self._overhead = len(self.encode(self._block_before + memory_text([]) + "\n" + self._block_after))
         return self._overhead
-
-    def line_tokens(self, memories: Sequence[Union[Hit, Memory]]) -> list[int]:
-        """Per-memory token cost in the block, batched (used for the context-size chart)."""
-        if not memories:
-            return []
-        encoded = self.tokenizer([memory_line(m) + "\n" for m in memories], add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]

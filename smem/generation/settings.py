@@ -1,4 +1,4 @@
-"""Settings of the generation layer: which model runs and on how many threads.
+"""Settings of the generation layer: which model runs, in which dtype, on how many threads.
 
 Each field can be set in the environment as `SMEM_<NAME>` (`SMEM_MODEL=tiny`) or, through
 `smem.serving.settings.Settings`, as a CLI flag.
@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ModelSettings(BaseSettings):
-    """The model and its CPU threads."""
+    """The model, its weight dtype and its CPU threads."""
 
     model_config = SettingsConfigDict(env_prefix="SMEM_", frozen=True, extra="ignore")
 
@@ -24,3 +24,8 @@ class ModelSettings(BaseSettings):
         "unset: Qwen/Qwen3-8B on CUDA, the packaged model elsewhere",
     )
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset: one per usable core")
+    dtype: str = Field(
+        "auto",
+        description="weight dtype: `auto` (bf16 on a GPU or a CPU with native bf16 (AVX-512 BF16 / AMX), "
+        "float32 on other CPUs, where bf16 is emulated and several times slower), `bf16`, `fp16` or `fp32`",
+    )

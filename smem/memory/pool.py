@@ -7,18 +7,19 @@ scoring every memory would give (`exact=True`), pick by pick; only they are scor
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
 from smem.memory import scoring, timeref
 from smem.memory.embedder import Embedder, embed_documents, embedder_by_name
 from smem.memory.index import Scan, VectorIndex
-from smem.memory.learning import ENCODING, LEARNED, LearningState
+from smem.memory.learning import ENCODING, LEARNED, LearningState, LinkGraph
 from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
@@ -41,6 +42,20 @@ MAX_WIDENINGS = 4
 LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
+
+CONTENT_TOKENS = "embedder-content"
+"""Key of the counts a pool keeps until a model's counter is given: the embedder's tokens of
+each memory's content, an estimate of what the memory costs in a prompt."""
+
+
+class TokenCounter(Protocol):
+    """Counts what each memory costs in the generating model's prompt (see
+    `smem.generation.prompt.MemoryLineTokens`). `key` names what is counted (tokenizer and
+    rendering): counts made under the same key are reused, never recounted."""
+
+    key: str
+
+    def __call__(self, memories: Sequence[Memory]) -> Sequence[int]: ...
 
 
 def to_epoch(moment: Moment) -> float:
@@ -83,6 +98,7 @@ class MemoryPool:
         lexical_weight: float = DEFAULTS.lexical_weight,
         weights: ScoringWeights = ScoringWeights(),
         quantized_threshold: int = DEFAULTS.quantized_threshold,
+        token_counter: Optional[TokenCounter] = None,
     ) -> None:
         if softmax_temperature <= 0:
             raise ValueError("softmax_temperature must be > 0")
@@ -106,7 +122,10 @@ class MemoryPool:
         self._position: dict[str, int] = {}
         self._index = VectorIndex(self.dim, quantized_threshold=quantized_threshold)
         self._lexical = LexicalIndex()
-        self._tokens = np.zeros(0, dtype=np.int32)
+        self._token_counter: Optional[TokenCounter] = token_counter
+        self._token_key = token_counter.key if token_counter is not None else CONTENT_TOKENS
+        self._tokens = np.zeros(0, dtype=np.int32)  # (N,) prompt tokens of each memory, under _token_key
+        self._token_total = 0
         self._created = np.zeros(0, dtype=np.float64)
         self._emotion = np.zeros(0, dtype=np.float32)
         self.learning = LearningState.empty(0, self.dim)
@@ -118,8 +137,10 @@ class MemoryPool:
         return self._embedder
 
     def __getstate__(self) -> dict[str, Any]:
+        # The counter holds a tokenizer; its counts and key travel, and an engine re-attaches it.
         state = self.__dict__.copy()
         state["_embedder"] = None
+        state["_token_counter"] = None
         return state
 
     def __len__(self) -> int:
@@ -143,6 +164,47 @@ class MemoryPool:
 
     def retrieval_count(self, memory_id: str) -> int:
         return int(self.learning.counts[self._position[memory_id]])
+
+    @property
+    def token_counts(self) -> np.ndarray:
+        """(N,) what each memory costs in the prompt, in pool order (read-only)."""
+        view = self._tokens.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def total_tokens(self) -> int:
+        """What every memory together costs in the prompt (kept up to date, not summed per call)."""
+        return self._token_total
+
+    @property
+    def token_key(self) -> str:
+        return self._token_key
+
+    def count_tokens_with(self, counter: TokenCounter) -> None:
+        """Count memories' prompt tokens with `counter` from now on.
+
+        Memories already counted under `counter.key` keep their counts, so attaching the same
+        model's counter to a copy, or to a pool that was pickled, costs nothing; another key
+        recounts every memory once (batched).
+        """
+        self._token_counter = counter
+        if counter.key == self._token_key:
+            return
+        self._set_counts(self._count(self._memories), counter.key)
+
+    def _count(self, memories: Sequence[Memory]) -> np.ndarray:
+        if self._token_counter is not None:
+            counts = self._token_counter(memories)
+        else:
+            counts = [self.embedder.count_tokens(memory.content) for memory in memories]
+        return np.asarray(counts, dtype=np.int32).reshape(len(memories))
+
+    def _set_counts(self, counts: np.ndarray, key: str) -> None:
+        self._memories = [dataclasses.replace(m, tokens=int(n)) for m, n in zip(self._memories, counts)]
+        self._tokens = counts
+        self._token_total = int(counts.sum())
+        self._token_key = key
 
     def links(self, kind: str = LEARNED) -> list[tuple[str, str, float]]:
         """Links of one kind as (id, id, raw weight), each pair once: "learned" (co-retrieval,
@@ -189,9 +251,12 @@ class MemoryPool:
         vectors = _unit_rows(vectors, self.dim, "embeddings")
         if len(vectors) != len(parsed):
             raise ValueError(f"got {len(vectors)} embeddings for {len(parsed)} records")
-        counter = self.embedder.count_tokens
+        if self._token_counter is None and self._token_key != CONTENT_TOKENS:
+            # A pickled pool lost its model's counter: fall back to the estimate for all, so the
+            # counts stay of one kind (the next engine recounts them with the model's tokenizer).
+            self._set_counts(self._count(self._memories), CONTENT_TOKENS)
         now = time.time()
-        added = [
+        uncounted = [
             Memory(
                 id=memory_id,
                 content=record.content,
@@ -199,16 +264,19 @@ class MemoryPool:
                 subject=record.subject,
                 emotional_intensity=record.emotional_intensity,
                 created_at=record.created_at or datetime.fromtimestamp(now, timezone.utc),
-                tokens=counter(record.content),
+                tokens=0,
             )
             for memory_id, record in zip(ids, parsed)
         ]
+        counts = self._count(uncounted)
+        added = [dataclasses.replace(m, tokens=int(n)) for m, n in zip(uncounted, counts)]
         start = len(self._memories)
         self._memories.extend(added)
         self._position.update({memory.id: start + offset for offset, memory in enumerate(added)})
         self._index.add(vectors)
         self._lexical.add([memory.content for memory in added])
-        self._tokens = np.concatenate([self._tokens, np.array([m.tokens for m in added], dtype=np.int32)])
+        self._tokens = np.concatenate([self._tokens, counts])
+        self._token_total += int(counts.sum())
         self._created = np.concatenate([self._created, np.array([m.created_at.timestamp() for m in added])])
         self._emotion = np.concatenate(
             [self._emotion, np.array([m.emotional_intensity for m in added], dtype=np.float32)]
@@ -336,7 +404,7 @@ class MemoryPool:
             candidates,
             max_memories=query.max_memories,
             token_budget=query.token_budget,
-            links=_row_lookup(query.graph),
+            links=query.graph.row if query.graph is not None else _no_links,
             link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
@@ -394,8 +462,7 @@ class MemoryPool:
             selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
             linked = np.zeros(0, dtype=np.int64)
             if query.graph is not None and selection.picks:
-                rows = query.graph[index[[pick.position for pick in selection.picks]]]
-                linked = np.setdiff1d(rows.indices[rows.data > 0], index)
+                linked = np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
             if len(linked):
                 joined = np.union1d(joined, linked)
                 continue
@@ -467,7 +534,7 @@ class MemoryPool:
         index, selection = self._choose(asked, exact)
         picks = selection.picks
         positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
-        pulls = self._pulls(positions) if asked.graph is not None else [()] * len(picks)
+        pulls = self._pulls(asked.graph, positions) if asked.graph is not None else [()] * len(picks)
         hits = [
             Hit(
                 memory=self._memories[position],
@@ -489,27 +556,19 @@ class MemoryPool:
             )
         return hits
 
-    def _link_graph(self):
-        """Encoding + learned links as one CSR matrix, or None while the pool has no links
-        (then retrieval skips spreading entirely, as in a fresh 1M-memory pool)."""
-        state = self.learning
-        if not (state.links_used or len(state.encoded_a)):
-            return None
-        return state.graph(self.weights.encoding)
+    def _link_graph(self) -> Optional[LinkGraph]:
+        """Encoding + learned links, or None while the pool has none (then retrieval skips
+        spreading entirely, as in a fresh 1M-memory pool)."""
+        return self.learning.graph(self.weights.learned_links)
 
-    def _pulls(self, positions: np.ndarray) -> list[tuple[Pull, ...]]:
+    def _pulls(self, graph: LinkGraph, positions: np.ndarray) -> list[tuple[Pull, ...]]:
         """For each pick (in pick order), the earlier picks whose links lent it multiplier."""
-        encoding, learned = self.learning.graphs(self.weights.encoding)
-        by_kind = [(ENCODING, encoding[positions][:, positions].toarray()), (LEARNED, learned[positions][:, positions].toarray())]
-        result = []
-        for rank in range(len(positions)):
-            pulls = [
-                Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, rank]))
-                for kind, weights in by_kind
-                for earlier in np.flatnonzero(weights[:rank, rank] > 0)
-            ]
-            result.append(tuple(sorted(pulls, key=lambda pull: -pull.weight)))
-        return result
+        pulls: list[list[Pull]] = [[] for _ in positions]
+        for kind in (ENCODING, LEARNED):
+            weights = np.triu(graph.block(positions, kind), 1)  # earlier pick (row) → later pick (column)
+            for earlier, later in zip(*np.nonzero(weights)):
+                pulls[later].append(Pull(self._memories[int(positions[earlier])].id, kind, float(weights[earlier, later])))
+        return [tuple(sorted(found, key=lambda pull: -pull.weight)) for found in pulls]
 
     # -- learning -----------------------------------------------------------------------
 
@@ -587,6 +646,7 @@ class MemoryPool:
             },
             "updates": self.learning.updates,
             "answers": self.learning.answers,
+            "token_key": self._token_key,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
         return arrays, meta
@@ -617,6 +677,7 @@ class MemoryPool:
         except (TypeError, ValueError) as exc:
             raise PoolFileError(f"{name}: field 'params': {exc}") from None
         pool._restore(records, arrays["vectors"])
+        pool._token_key = str(meta.get("token_key", CONTENT_TOKENS))
         # "events" is what files saved before the updates/answers split called updates.
         updates = int(meta.get("updates", meta.get("events", 0)))
         pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
@@ -639,6 +700,7 @@ class MemoryPool:
         self._index.add(vectors)
         self._lexical.add([memory.content for memory in self._memories])
         self._tokens = np.array([m.tokens for m in self._memories], dtype=np.int32)
+        self._token_total = int(self._tokens.sum())
         self._created = np.array([m.created_at.timestamp() for m in self._memories])
         self._emotion = np.array([m.emotional_intensity for m in self._memories], dtype=np.float32)
 
@@ -654,20 +716,12 @@ class _Query:
     favoured: np.ndarray
     """Incumbents' pool positions (sorted)."""
     margin: float
-    graph: Any
-    """Encoding + learned links (CSR), or None while the pool has none."""
+    graph: Optional[LinkGraph]
+    """Encoding + learned links, or None while the pool has none."""
     sample: bool
     max_memories: int
     token_budget: Optional[int]
 
 
-def _row_lookup(graph):
-    """Pool position → (linked positions, weights), read straight from the CSR rows."""
-    if graph is None:
-        return lambda position: (np.zeros(0, dtype=np.int64), np.zeros(0))
-
-    def lookup(position: int) -> tuple[np.ndarray, np.ndarray]:
-        start, end = graph.indptr[position], graph.indptr[position + 1]
-        return graph.indices[start:end].astype(np.int64), graph.data[start:end]
-
-    return lookup
+def _no_links(position: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0)

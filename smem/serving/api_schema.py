@@ -3,17 +3,24 @@ the events of the stream and the one error shape, as pydantic models.
 
 The OpenAPI document is generated from these, so it states exactly what the server
 enforces and sends; schemathesis checks the server against it, every stream event included.
-The event models mirror `smem.generation.events` `to_sse()` payloads; they allow extra fields so the
-engine can add a statistic without breaking the stream.
+The engine's event models are generated from the `smem.generation.events` dataclasses (the
+one declaration of their fields); they allow extra fields so the engine can add a statistic
+without breaking the stream.
 """
 
+import dataclasses
 import json
 import os
+import typing
+from dataclasses import fields
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from smem.generation import events
+from smem.memory.records import Hit
 
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -314,12 +321,14 @@ class HealthResponse(BaseModel):
 # -- stream events --------------------------------------------------------------------------
 
 
-class Event(BaseModel):
+class StreamEventModel(BaseModel):
+    """Base of the stream's event models."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class MemoryHit(Event):
-    """A memory in context, with why it was chosen."""
+class MemoryHit(StreamEventModel):
+    """A memory in context, with why it was chosen (`smem.memory.records.Hit.to_dict`)."""
 
     id: str
     content: str
@@ -328,84 +337,67 @@ class MemoryHit(Event):
     score: float = Field(description="Selection score: similarity times the Hebbian multiplier, after diversity.")
     similarity: Optional[float] = None
     multiplier: Optional[float] = Field(default=None, description="Hebbian boost from past use and links.")
-    tokens: Optional[int] = Field(default=None, description="The memory's length in embedder tokens.")
+    tokens: Optional[int] = Field(
+        default=None, description="What the memory's line costs in the prompt, in the generating model's tokens."
+    )
 
 
-class QueuedEvent(Event):
+class QueuedEvent(StreamEventModel):
     """Sent while the answer waits for the model, whenever its place changes."""
 
     type: Literal["queued"]
     position: int = Field(ge=1, description="Answers ahead of this one (1: next).")
 
 
-class MemoriesEvent(Event):
-    """The memories retrieved for the message, before the first token."""
-
-    type: Literal["memories"]
-    memories: list[MemoryHit]
-
-
-class ContextEvent(Event):
-    """Context size now: this answer's memory block against classic RAG (every memory retrieved
-    so far kept) and against the whole pool."""
-
-    type: Literal["context"]
-    prompt_tokens: int
-    memory_tokens: int
-    generated_tokens: int
-    swaps: int
-    rag_memory_tokens: int
-    all_memory_tokens: int
+def _wire_type(annotation: Any) -> Any:
+    """A dataclass field's type as sent: a `Hit` goes out as a `MemoryHit` object."""
+    if annotation is Hit:
+        return MemoryHit
+    if typing.get_origin(annotation) is list:
+        return list[_wire_type(typing.get_args(annotation)[0])]
+    return annotation
 
 
-class ThinkingEvent(Event):
-    type: Literal["thinking"]
-    t: str = Field(description="Thinking text, to append.")
+def _wire_fields(cls: type) -> dict[str, Any]:
+    """Pydantic field definitions for a dataclass's fields, as `to_sse()` writes them."""
+    hints = typing.get_type_hints(cls)
+    definitions: dict[str, Any] = {}
+    for item in fields(cls):
+        name = events.json_name(item)
+        if name is None:
+            continue
+        if item.metadata.get("flatten"):
+            definitions.update(_wire_fields(hints[item.name]))
+            continue
+        description = item.metadata.get("doc") or None
+        if item.default_factory is not dataclasses.MISSING:
+            spec = Field(default_factory=item.default_factory, description=description)
+        elif item.default is not dataclasses.MISSING:
+            spec = Field(default=item.default, description=description)
+        else:
+            spec = Field(description=description)
+        definitions[name] = (_wire_type(hints[item.name]), spec)
+    return definitions
 
 
-class TokenEvent(Event):
-    type: Literal["token"]
-    t: str = Field(description="Answer text, to append.")
+def event_model(cls: type[events.SseEvent]) -> type[StreamEventModel]:
+    """The API model of one engine event, named for its type (`memory_update` → `MemoryUpdateEvent`)."""
+    name = "".join(part.title() for part in cls.sse_type.split("_")) + "Event"
+    return create_model(
+        name,
+        __base__=StreamEventModel,
+        __doc__=cls.__doc__,
+        __module__=__name__,
+        type=(Literal[cls.sse_type], ...),  # type: ignore[valid-type]
+        **_wire_fields(cls),
+    )
 
 
-class MemoryUpdateEvent(Event):
-    """The selected memories changed at generated token `at_token`; the model reads the new set from there on."""
-
-    type: Literal["memory_update"]
-    memories: list[MemoryHit]
-    added: list[MemoryHit]
-    removed: list[MemoryHit]
-    at_token: int
+ENGINE_EVENT_MODELS = {cls: event_model(cls) for cls in events.ENGINE_EVENTS}
+"""The engine's events as API models, generated from `smem.generation.events`."""
 
 
-class DoneEvent(Event):
-    """The answer ended; its statistics."""
-
-    type: Literal["done"]
-    tokens: int
-    thinking_tokens: int
-    swaps: int
-    retrievals: int
-    stop_reason: Literal["eos", "max_tokens", "cancelled"]
-    ttft_s: float
-    total_s: float
-    tokens_per_s: float
-    retrieval_ms: float
-    swap_ms: float
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class HistoryTrimmedEvent(Event):
-    """Sent before `memories` when the oldest history turns were dropped to fit the prompt budget."""
-
-    type: Literal["history_trimmed"]
-    dropped: int = Field(ge=1, description="History messages left out, oldest first.")
-    kept: int = Field(description="History messages the model reads.")
-    prompt_tokens: int = Field(description="Model tokens of the message and the kept history.")
-    budget: int = Field(description="The deployment's `max_prompt_tokens`.")
-
-
-class ErrorEvent(Event):
+class ErrorEvent(StreamEventModel):
     """The answer failed after the stream began (the status was already 200); nothing follows."""
 
     type: Literal["error"]
@@ -413,6 +405,6 @@ class ErrorEvent(Event):
 
 
 StreamEvent = Annotated[
-    Union[QueuedEvent, HistoryTrimmedEvent, MemoriesEvent, ContextEvent, ThinkingEvent, TokenEvent, MemoryUpdateEvent, DoneEvent, ErrorEvent],
+    Union[(QueuedEvent, *ENGINE_EVENT_MODELS.values(), ErrorEvent)],  # type: ignore[valid-type]
     Field(discriminator="type"),
 ]

@@ -9,11 +9,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import torch
 
 from smem.generation import models
 from smem.memory.embedder import Embedder, default_embedder
 from smem.generation.engine import StreamingEngine
+from smem.generation.prompt import MemoryLineTokens
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.serving.queueing import GenerationQueue
@@ -29,6 +32,13 @@ class Runtime:
     sets: MemorySets
     model_name: str
     queue: GenerationQueue = field(default_factory=GenerationQueue)
+    line_tokens: Optional[MemoryLineTokens] = None
+    """Counts memories in this model's tokens; give the same counter to `sets` (as `load`
+    does) so its pools arrive counted."""
+
+    def __post_init__(self) -> None:
+        if self.line_tokens is None:
+            self.line_tokens = MemoryLineTokens(self.tokenizer)
 
     @classmethod
     def load(
@@ -36,22 +46,28 @@ class Runtime:
         model_id: Optional[str] = None,
         *,
         device: Optional[str] = None,
+        dtype: Union[str, torch.dtype, None] = None,
         embedder: Optional[Embedder] = None,
         memory_dir: Optional[Path] = None,
     ) -> "Runtime":
-        """Load model and embedder (the offline packaged defaults unless named)."""
+        """Load model and embedder (the offline packaged defaults unless named); `dtype` as in
+        `smem.generation.models.load`."""
         started = time.perf_counter()
-        model, tokenizer = models.load(model_id, device=device)
+        model, tokenizer = models.load(model_id, device=device, dtype=dtype)
         embedder = embedder or default_embedder()
+        # Every pool the sets hand out is counted in this model's tokens once, when it is built.
+        line_tokens = MemoryLineTokens(tokenizer)
         runtime = cls(
             model=model,
             tokenizer=tokenizer,
             embedder=embedder,
-            sets=MemorySets(embedder, memory_dir),
+            sets=MemorySets(embedder, memory_dir, token_counter=line_tokens),
             model_name=str(getattr(model.config, "_name_or_path", "") or model_id or "model"),
+            line_tokens=line_tokens,
         )
         log.info("runtime ready in %.1fs: model %s, embedder %s", time.perf_counter() - started, runtime.model_name, embedder.name)
         return runtime
 
     def engine(self, pool: MemoryPool) -> StreamingEngine:
-        return StreamingEngine(self.model, self.tokenizer, pool)
+        """An engine over `pool` (cheap: the pool's token counts are already in this model's tokens)."""
+        return StreamingEngine(self.model, self.tokenizer, pool, line_tokens=self.line_tokens)
