@@ -10,6 +10,8 @@ on the same model, questions and decoding:
   stream_n1  the same, N=1
   rag_wide   retrieve once, k = the distinct memories `stream` had in context for that question
   all        every memory (only with --all, and only where it fits the model's context)
+  flare      k=5, re-retrieved when a token's probability falls under a threshold, from the
+             question and the sentence being written (FLARE's trigger and query)
 
 Metrics (per condition and per category, mean with a 95% bootstrap interval over questions):
   f1                  LoCoMo's answer F1 (task_eval/evaluation.py: its normalisation, Porter
@@ -18,7 +20,9 @@ Metrics (per condition and per category, mean with a 95% bootstrap interval over
                       token (after any thinking) is written
   evidence_any        the same, at any point of the answer
   context_tokens      memory tokens in context, averaged over the answer's tokens
-  seconds_per_answer  engine time from request to the last token
+  seconds_per_answer  engine time from request to the last token (wall clock)
+  cpu_seconds_per_answer  CPU time of this process over the answer (all its threads): on a
+                      shared machine wall time stretches with the load, CPU time much less
   degenerate_rate     answers that copy the prompt's fixed text or loop (smem.generation.degenerate)
   answer_words        answer length
 
@@ -180,6 +184,7 @@ class Answer:
     ever: set[str]
     context_tokens: float
     seconds: float
+    cpu_seconds: float
     tokens: int
     swaps: int
     retrievals: int
@@ -194,6 +199,7 @@ def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answ
     text: list[str] = []
     steps: list[tuple[int, int]] = []  # (generated tokens, memory tokens) at each context change
     done: Optional[Done] = None
+    cpu_start = time.process_time()
     for event in engine.stream(message, history=None, learn=False, now=now, **options):
         if isinstance(event, (Memories, MemoryUpdate)):
             current = {hit.id for hit in event.memories}
@@ -221,10 +227,15 @@ def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answ
         ever=ever,
         context_tokens=mean_tokens,
         seconds=done.stats.total_s,
+        cpu_seconds=time.process_time() - cpu_start,
         tokens=total,
         swaps=done.stats.swaps,
         retrievals=done.stats.retrievals,
-        extra={"thinking_tokens": done.stats.thinking_tokens, "stop": done.stats.stop_reason},
+        extra={
+            "thinking_tokens": done.stats.thinking_tokens,
+            "stop": done.stats.stop_reason,
+            "swap_mode": done.stats.extra.get("swap_mode", "exact"),
+        },
     )
 
 
@@ -240,7 +251,7 @@ class Condition:
     options: tuple[tuple[str, Any], ...] = ()
 
 
-def conditions(names: Sequence[str], stream_every: int) -> list[Condition]:
+def conditions(names: Sequence[str], stream_every: int, threshold: Optional[float] = None) -> list[Condition]:
     known = {
         "none": Condition("none", 0, 0),
         "rag": Condition("rag", 0, RAG_K),
@@ -248,6 +259,14 @@ def conditions(names: Sequence[str], stream_every: int) -> list[Condition]:
         "stream_n1": Condition("stream_n1", 1, RAG_K),
         "rag_wide": Condition("rag_wide", 0, None),
         "all": Condition("all", 0, None),
+        # FLARE-style: re-retrieve when a token's probability is low (at most once per token),
+        # querying with the sentence being written
+        "flare": Condition(
+            "flare",
+            1,
+            RAG_K,
+            (("retrieval_trigger", "uncertainty"),) + ((("uncertainty_threshold", threshold),) if threshold else ()),
+        ),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -268,6 +287,7 @@ def score(record: dict[str, Any], question: Question, answer: Answer, instructio
         evidence_any=len(evidence & answer.ever) / len(evidence),
         context_tokens=round(answer.context_tokens, 1),
         seconds=answer.seconds,
+        cpu_seconds=round(answer.cpu_seconds, 3),
         degenerate=degenerate(answer.text, instructions).reasons,
         answer_words=len(answer.text.split()),
         distinct_memories=len(answer.ever),
@@ -278,7 +298,7 @@ def score(record: dict[str, Any], question: Question, answer: Answer, instructio
     )
 
 
-METRICS = ("f1", "evidence_at_answer", "evidence_any", "context_tokens", "seconds", "answer_words")
+METRICS = ("f1", "evidence_at_answer", "evidence_any", "context_tokens", "seconds", "cpu_seconds", "answer_words")
 
 
 def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
@@ -289,7 +309,7 @@ def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
         out["f1_ci"] = bootstrap_ci(f1, seed)
         for metric in METRICS[1:]:
             values = [r[metric] for r in rows]
-            name = "seconds_per_answer" if metric == "seconds" else metric
+            name = f"{metric}_per_answer" if metric.endswith("seconds") else metric
             out[name] = round(float(np.mean(values)), 4) if rows else float("nan")
             if metric.startswith("evidence"):
                 out[f"{metric}_ci"] = bootstrap_ci(values, seed)
@@ -321,12 +341,33 @@ def pool_tokens(engine: StreamingEngine) -> int:
     return builder.block_overhead() + engine.pool.total_tokens
 
 
+def report(records: dict[str, list[dict[str, Any]]], model: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The JSON document: per-condition summaries, paired stream-vs-rag differences, every answer."""
+    result: dict[str, Any] = {
+        "conditions": {name: summarise(rows, seed) for name, rows in records.items() if rows},
+        "model": model,
+        "settings": settings,
+    }
+    paired = {}
+    if records.get("stream") and records.get("rag"):
+        for metric in ("f1", "evidence_any", "evidence_at_answer"):
+            paired[f"stream - rag, {metric}"] = paired_difference(
+                [r[metric] for r in records["stream"]], [r[metric] for r in records["rag"]], seed
+            )
+    if records.get("stream") and records.get("rag_wide"):
+        wide = result["conditions"]["rag_wide"]["context_tokens"]
+        result["stream_context_vs_rag_wide"] = round(result["conditions"]["stream"]["context_tokens"] / max(wide, 1e-9), 3)
+    result["paired"] = paired
+    result["answers"] = records
+    return result
+
+
 def model_name(model: Any) -> str:
     return str(getattr(model.config, "name_or_path", "") or type(model).__name__)
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print("\n| condition | F1 [95% CI] | evidence at answer | evidence any | context tokens | s/answer | "
+    print("\n| condition | F1 [95% CI] | evidence at answer | evidence any | context tokens | s/answer (CPU s) | "
           "degenerate | words | " + " | ".join(f"F1 {name}" for name in CATEGORIES.values()) + " |")
     print("|---" * (8 + len(CATEGORIES)) + "|")
     for name, c in result["conditions"].items():
@@ -335,7 +376,7 @@ def print_table(result: dict[str, Any]) -> None:
         )
         print(
             f"| {name} | {c['f1']:.3f} [{c['f1_ci'][0]:.3f}, {c['f1_ci'][1]:.3f}] | {c['evidence_at_answer']:.3f} | "
-            f"{c['evidence_any']:.3f} | {c['context_tokens']:.0f} | {c['seconds_per_answer']:.2f} | "
+            f"{c['evidence_any']:.3f} | {c['context_tokens']:.0f} | {c['seconds_per_answer']:.2f} ({c['cpu_seconds_per_answer']:.2f}) | "
             f"{c['degenerate_rate']:.3f} | {c['answer_words']:.1f} | {cats} |"
         )
     for name, diff in result.get("paired", {}).items():
@@ -353,9 +394,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--conditions", nargs="+", default=["none", "rag", "stream", "stream_n1", "rag_wide"])
     parser.add_argument("--all", action="store_true", help="add the every-memory condition (slow on a CPU)")
     parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
+    parser.add_argument("--uncertainty-threshold", type=float, default=None,
+                        help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="LoCoMo asks for a short phrase (its runs allow 32 tokens); room for a sentence")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
     args = parser.parse_args(argv)
     config = print_run_config(args)
@@ -364,17 +408,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from smem.memory.embedder import default_embedder, embed_documents
 
     names = list(args.conditions) + (["all"] if args.all else [])
-    plan = conditions(names, args.update_every_n)
+    plan = conditions(names, args.update_every_n, args.uncertainty_threshold)
     conversations = load(args.data)
     picks = sample_questions(conversations, args.questions, args.seed)
     model, tokenizer = load_model(args.model, args.device)
     context_limit = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     embedder = default_embedder()
-    decoding = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "enable_thinking": not args.no_thinking,
-    }
+    decoding: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "enable_thinking": not args.no_thinking}
+    if args.temperature is not None:
+        decoding["temperature"] = args.temperature
     settings = {
         "data": str(args.data),
         "questions": len(picks),
@@ -383,6 +425,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "k": RAG_K,
         "stream_update_every_n": args.update_every_n,
         **decoding,
+        "temperature": "engine default" if args.temperature is None else args.temperature,
         "message_suffix": SHORT_ANSWER,
         "temporal_hint": TEMPORAL_HINT,
         "learn": False,
@@ -425,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 if not reused:
                     answers[condition.name] = ask(
                         engine, message, conv.now, update_every_n=condition.update_every_n, max_memories=k,
-                        seed=args.seed + q_index, **decoding,
+                        seed=args.seed + q_index, **decoding, **dict(condition.options),
                     )
                 record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
                           "gold": question.answer, "k": k, "reused_rag": reused}
@@ -435,23 +478,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             print(f"[{done_count}/{len(picks)}] {elapsed:.0f}s {conv.sample_id} cat {question.category}: "
                   + "  ".join(f"{name}={records[name][-1]['f1']:.2f}" for name in answers), flush=True)
+            if args.json:  # rewritten after every question: a run cut short still leaves its figures
+                partial = {**settings, "wall_seconds": round(elapsed, 1), "answered": done_count}
+                args.json.write_text(json.dumps(report(records, model_name(model), partial, args.seed), indent=1))
 
-    result: dict[str, Any] = {
-        "conditions": {name: summarise(rows, args.seed) for name, rows in records.items() if rows},
-        "model": model_name(model),
-        "settings": {**settings, "wall_seconds": round(time.perf_counter() - started, 1)},
-    }
-    paired = {}
-    if "stream" in records and "rag" in records:
-        for metric in ("f1", "evidence_any", "evidence_at_answer"):
-            paired[f"stream - rag, {metric}"] = paired_difference(
-                [r[metric] for r in records["stream"]], [r[metric] for r in records["rag"]], args.seed
-            )
-    if "stream" in records and "rag_wide" in records:
-        ratio = result["conditions"]["stream"]["context_tokens"] / max(result["conditions"]["rag_wide"]["context_tokens"], 1e-9)
-        result["stream_context_vs_rag_wide"] = round(ratio, 3)
-    result["paired"] = paired
-    result["answers"] = records
+    result = report(records, model_name(model), {**settings, "wall_seconds": round(time.perf_counter() - started, 1)},
+                    args.seed)
     print_table(result)
     if "stream_context_vs_rag_wide" in result:
         print(f"stream context tokens / rag_wide: {result['stream_context_vs_rag_wide']:.3f}")

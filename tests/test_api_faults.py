@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,11 +70,11 @@ def api_server(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen, float]]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     try:
         while True:
             assert process.poll() is None, process.stdout.read().decode(errors="replace") if process.stdout else "server exited"
-            assert time.monotonic() < deadline, "the API server did not come up in 120 s"
+            assert time.monotonic() < deadline, "the API server did not come up in 180 s"
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
@@ -164,7 +165,7 @@ def test_clients_that_queue_and_hang_up_do_not_lock_out_a_real_client(server: tu
     holder = Holder(url, {"message": MESSAGE, "memory_set": "tutor", **LONG})
     with ThreadPoolExecutor(max_workers=10) as pool:
         ghosts = list(pool.map(lambda _: ghost(url), range(GHOSTS)))
-    assert ghosts == [(200, "queued")] * GHOSTS, f"ghosts were refused or not queued: {sorted(set(ghosts))}"
+    assert ghosts == [(200, "queued")] * GHOSTS, f"ghosts were refused or not queued: {Counter(ghosts)}"
     wait_for(lambda: queue_length(url) == 1, "the ghosts' places to be freed")
 
     positions: list[int] = []

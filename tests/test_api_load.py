@@ -65,11 +65,11 @@ def server() -> Iterator[tuple[str, psutil.Process]]:
     command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     try:
         while True:
             assert process.poll() is None, process.stdout.read().decode(errors="replace") if process.stdout else "server exited"
-            assert time.monotonic() < deadline, "the API server did not come up in 90 s"
+            assert time.monotonic() < deadline, "the API server did not come up in 180 s"
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
