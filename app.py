@@ -104,11 +104,16 @@ HOW_IT_WORKS = """
 1. **Retrieve.** Your message (and the last exchange) is embedded and scored against every
    memory: similarity, boosted by recency, emotional weight, how often and for which kinds of
    question a memory was useful before, and its links to memories already picked. A softmax
-   over the scores with a diversity penalty picks up to *max memories*.
+   over the scores (*softmax temperature*) with a diversity penalty draws up to *max
+   memories*; within one answer the draws share their dice, so the set changes only when the
+   scores do.
 2. **Generate and re-retrieve.** Every *N* tokens the last *lookback* tokens of the answer
    become the query. If the best set changed, the memory block — which sits late in the
-   prompt — is swapped: the KV cache is cut back to just before it, and only the new block plus
-   the answer so far are re-read. The conversation before it is never re-read.
+   prompt — is swapped. *Exact* swaps (the default on a GPU) cut the KV cache back to just
+   before the block and re-read the new block plus the answer so far. *Slot* swaps (the
+   default on a CPU) keep the block as fixed slots and re-read only the changed memory's slot,
+   so a swap costs the same at token 1,000 as at token 10; the timeline marks them dotted.
+   The conversation before the block is never re-read.
 3. **Learn.** When the answer ends, every memory that was in context is counted once, and each
    pair that shared the context is linked, more strongly the longer they stayed together.
    The network on the right shows those links; the next answer's retrieval feels their pull.
@@ -146,6 +151,8 @@ def respond(
     temperature: float,
     max_new_tokens: float,
     enable_thinking: bool,
+    sample_memories: bool,
+    swap: str,
 ):
     """Stream one answer into the chat, table, network and charts; learn into the visitor's pool."""
     message = (message or "").strip()
@@ -163,6 +170,8 @@ def respond(
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             enable_thinking=enable_thinking,
+            sample_memories=sample_memories,
+            swap=swap,
         )
         fitted = prompt_budget.fit(RUNTIME.tokenizer, message, answer_view.model_history(chat), LIMITS)
     except ValueError as error:
@@ -306,6 +315,22 @@ def build_demo() -> gr.Blocks:
                             gr.Slider(**_slider(name)) for name in ("lookback_tokens", "temperature", "max_new_tokens")
                         ]
                     knobs.append(gr.Checkbox(value=DEFAULTS.enable_thinking, label="Thinking (Qwen3)"))
+                    with gr.Row():
+                        knobs.append(
+                            gr.Checkbox(
+                                value=DEFAULTS.sample_memories,
+                                label="Sample memories",
+                                info="Draw from the softmax (off: always the top scores)",
+                            )
+                        )
+                        knobs.append(
+                            gr.Radio(
+                                list(actions.SWAP_CHOICES),
+                                value=DEFAULTS.swap,
+                                label="Memory swap",
+                                info="exact: re-read the context; slots: rewrite only the changed memory; auto: exact on GPU",
+                            )
+                        )
             with gr.Column(scale=4, min_width=380):
                 table = _memory_table("Memories in context now", "memories")
                 network = gr.Plot(

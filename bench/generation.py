@@ -1,14 +1,19 @@
-"""Generation speed: plain decoding vs streaming memory vs the naive re-feeding loop.
+"""Generation speed: plain decoding vs streaming memory (exact and slot swaps) vs re-feeding.
 
 Same model, same prompt (system prompt + history + question + the first memory block), same
-number of new tokens, greedy. Four ways to produce them:
+number of new tokens, greedy. The ways to produce them:
   (a) `model.generate`, no memory updates (the floor);
-  (b) smem, re-retrieving after every token (`update_every_n=1`), with real swaps;
-  (c) smem, re-retrieving every 10 tokens;
+  (b) smem, re-retrieving after every token (`update_every_n=1`), once per swap mode
+      (`--swap-modes`; exact swaps on a CPU are rationed by the swap budget, slot swaps never);
+  (c) smem, re-retrieving every 10 tokens (the engine's default mode);
   (d) the naive loop: re-retrieve every 10 tokens and call `generate` on the whole sequence
-      again (what the original Streaming Memory did: every chunk re-reads everything).
-Then one swap (crop to the block start + one forward over block + header + generated) is timed
-against a full re-prefill of the same final context.
+      again (what the original Streaming Memory did: every chunk re-reads everything);
+  (e) with `--layout-cost`: smem without re-retrieval, in each layout (the slot layout's
+      attention mask is the only difference a decode step sees).
+`--sample-memories` adds (b) with memories drawn from the softmax (same seed every round), to
+compare swaps per 100 tokens greedy vs sampled. Then the cost of one swap of one memory is
+timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs slots
+(rewrite one slot), next to a full re-prefill of the same context.
 
     python bench/generation.py                       # packaged Qwen2.5-Coder-0.5B on CPU
     python bench/generation.py --device cuda --random-qwen3-8b --prompt-tokens 2048
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runlog import print_run_config  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from smem import MemoryPool, load_memories
 from smem.memory.embedder import default_embedder
@@ -39,6 +44,7 @@ from smem.generation.engine import StreamingEngine
 from smem.generation.events import Done, MemoryUpdate, Thinking, Token
 from smem.generation.models import configure_threads, load
 from smem.generation.prompt import PromptBuilder
+from smem.generation.swap import SWAP_MODES, ExactContext, SlotContext
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = (
@@ -170,7 +176,7 @@ def row(name: str, ttft: float, total: float, tokens: int, **more: Any) -> dict[
     }
 
 
-def run_engine(engine: StreamingEngine, args, every: int) -> tuple[dict[str, Any], list]:
+def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: bool = False) -> tuple[dict[str, Any], list]:
     sync(engine.device)
     events = list(
         engine.stream(
@@ -184,11 +190,17 @@ def run_engine(engine: StreamingEngine, args, every: int) -> tuple[dict[str, Any
             temperature=0.0,
             incumbent_margin=args.margin,
             learn=False,
+            swap=swap,
+            sample_memories=sample,
+            seed=0,
         )
     )
     stats = events[-1].stats
     assert isinstance(events[-1], Done) and stats.tokens == args.new_tokens
-    label = f"(b) smem, update_every_n={every}" if every == 1 else f"(c) smem, update_every_n={every}"
+    if every == 0:
+        label = f"(e) smem, no re-retrieval, {swap} layout"
+    else:
+        label = f"({'b' if every == 1 else 'c'}) smem, update_every_n={every}, {swap} swaps" + (", sampled" if sample else "")
     return row(
         label,
         stats.ttft_s,
@@ -196,9 +208,11 @@ def run_engine(engine: StreamingEngine, args, every: int) -> tuple[dict[str, Any
         stats.tokens,
         swaps=stats.swaps,
         swaps_per_100=100 * stats.swaps / stats.tokens,
+        ms_per_swap=stats.extra["ms_per_swap"],
         retrieval_ms=stats.retrieval_ms,
         swap_ms=stats.swap_ms,
         retrievals=stats.retrievals,
+        scheduled_retrievals=1 + ((stats.tokens - 1) // every if every else 0),
         deferred_swaps=stats.extra["deferred_swaps"],
         swap_tokens_reread=stats.extra["swap_tokens_reread"],
     ), events
@@ -238,42 +252,57 @@ def run_naive(model, tokenizer, pool, args, builder: PromptBuilder, chunk: int, 
     )
 
 
-def time_swap(model, builder: PromptBuilder, events: list, repeats: int) -> dict[str, float]:
-    """One swap (crop to prefix, read block + header + generated) vs re-reading everything."""
-    updates = [e for e in events if isinstance(e, MemoryUpdate)]
-    memories = updates[-1].memories if updates else events[0].memories
-    tokens = events[-1].stats.tokens
-    prompt = builder.build(memories)
-    answer = builder.encode("".join(e.text for e in events if isinstance(e, (Token, Thinking))))
-    generated = (answer * (tokens // max(len(answer), 1) + 1))[:tokens]
-    tail = [*prompt.memory, *prompt.header, *generated]
-    device = model.device
-
-    def forward(ids, cache):
-        with torch.inference_mode():
-            model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, logits_to_keep=1)
-
-    swap, full = [], []
+def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, length: int, repeats: int) -> dict[str, Any]:
+    """One swap of the last memory after `length` generated tokens: exact (crop to the common
+    prefix, re-read the changed line, the header and the generated text) vs slots (rewrite one
+    slot), and a full re-prefill of the same context for scale."""
+    model, device = engine.model, engine.device
+    current, spare = hits[:-1], hits[-1:]
+    rest = [h for h in engine.pool.retrieve(QUESTION, max_memories=len(hits) + 1, learn=False) if h.id not in {x.id for x in hits}]
+    before, after = [*current, *spare], [*current, *rest[:1]]
+    vocab = min(len(engine.tokenizer), 20000)  # ordinary tokens, no special ones at the end
+    generated = [int(i) for i in torch.randint(100, vocab, (length,), generator=torch.Generator().manual_seed(0))]
+    timings: dict[str, list[float]] = {"exact": [], "slots": [], "full_prefill": []}
+    read: dict[str, int] = {}
     for _ in range(repeats):
-        cache = DynamicCache(config=model.config)
-        forward([*prompt.prefix, *tail], cache)
+        for mode in ("exact", "slots"):
+            if mode == "exact":
+                context: Any = ExactContext(engine._forward, builder, before, model.config)
+            else:
+                context = SlotContext(
+                    engine._forward,
+                    builder,
+                    before,
+                    model.config,
+                    slots=len(hits),
+                    slot_tokens=engine.slot_tokens,
+                    max_new_tokens=length + 1,
+                    device=device,
+                )
+            context.prefill()
+            if isinstance(context, ExactContext):
+                context._forward(generated, context.cache)
+            else:
+                context.length += length
+                context._forward(generated, context.cache, context.mask[:, : context.length])
+            sync(device)
+            tick = time.perf_counter()
+            read[mode] = context.swap(after, generated)
+            sync(device)
+            timings[mode].append(time.perf_counter() - tick)
+        full = ExactContext(engine._forward, builder, after, model.config)
         sync(device)
         tick = time.perf_counter()
-        cache.crop(len(prompt.prefix) - cache.get_seq_length())
-        forward(tail, cache)
+        full._forward([*full.prompt.ids, *generated], full.cache)
         sync(device)
-        swap.append(time.perf_counter() - tick)
-        cache = DynamicCache(config=model.config)
-        sync(device)
-        tick = time.perf_counter()
-        forward([*prompt.prefix, *tail], cache)
-        sync(device)
-        full.append(time.perf_counter() - tick)
+        timings["full_prefill"].append(time.perf_counter() - tick)
+    prompt = builder.build(after)
     return {
-        "context_tokens": len(prompt.prefix) + len(tail),
-        "swap_tokens_read": len(tail),
-        "swap_ms": statistics.median(swap) * 1000,
-        "full_prefill_ms": statistics.median(full) * 1000,
+        "generated_tokens": length,
+        "context_tokens": len(prompt.ids) + length,
+        "exact_tokens_read": read["exact"],
+        "slot_tokens_read": read["slots"],
+        **{f"{name}_ms": statistics.median(values) * 1000 for name, values in timings.items()},
     }
 
 
@@ -283,6 +312,9 @@ def main() -> None:
         "--model", default=None, help="hub id, local path, 'packaged' or 'tiny' (default: smem.generation.models.load's choice)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (float32 on a CPU without native bf16, else the loader's), float32, bfloat16"
+    )
     parser.add_argument("--random-qwen3-8b", action="store_true", help="Qwen3-8B-shaped model, random bf16 weights")
     parser.add_argument("--random-layers", type=int, default=36, help="layers of the random model (36 = Qwen3-8B)")
     parser.add_argument("--memories", default=str(ROOT / "memories" / "tutor.json"))
@@ -292,12 +324,21 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, default=60)
     parser.add_argument("--margin", type=float, default=None, help="incumbent margin (default: the engine's)")
     parser.add_argument(
-        "--swap-budget", default="auto", help="re-read tokens per generated token: auto, none or a number"
+        "--swap-budget", default="auto", help="exact swaps' re-read tokens per generated token: auto, none or a number"
+    )
+    parser.add_argument("--swap-modes", nargs="+", default=list(SWAP_MODES), choices=SWAP_MODES)
+    parser.add_argument("--sample-memories", action="store_true", help="also run (b) with sampled memory draws")
+    parser.add_argument(
+        "--layout-cost", action="store_true", help="also decode without re-retrieval in each layout, (e): the decode step's own cost"
     )
     parser.add_argument("--chunk", type=int, default=10, help="tokens per chunk of the naive loop")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-every-10", action="store_true", help="leave out (c)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a)-(c); each keeps its best")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the swap-vs-prefill timing")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each swap timing")
+    parser.add_argument(
+        "--swap-lengths", type=int, nargs="*", default=[64, 256, 1024], help="generated tokens before the timed swap"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     print_run_config(args)
@@ -312,7 +353,13 @@ def main() -> None:
     else:
         model, tokenizer = load(args.model, device)
         model_name = getattr(model.config, "name_or_path", "") or type(model).__name__
-    print(f"model: {model_name} on {device}, loaded in {time.perf_counter() - start:.1f} s", flush=True)
+    native_bf16 = device != "cpu" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
+    if dtype is None and not native_bf16:
+        dtype = torch.float32
+    if dtype is not None:
+        model = model.to(dtype)
+    print(f"model: {model_name} on {device} ({model.dtype}), loaded in {time.perf_counter() - start:.1f} s", flush=True)
 
     pool = MemoryPool(embedder=default_embedder(), seed=0)
     pool.add_many(load_memories(args.memories))
@@ -320,7 +367,11 @@ def main() -> None:
     choice = args.swap_budget.lower()
     budget = "auto" if choice == "auto" else None if choice == "none" else float(choice)
     engine = StreamingEngine(model, tokenizer, pool, swap_budget=budget)
-    print(f"swap budget: {engine.swap_budget} re-read tokens per generated token", flush=True)
+    print(
+        f"default swap mode: {engine.swap}; exact-swap budget: {engine.swap_budget} re-read tokens per generated "
+        f"token; slot length {engine.slot_tokens}",
+        flush=True,
+    )
     if args.margin is None:
         args.margin = engine.incumbent_margin
     builder = PromptBuilder(tokenizer, QUESTION, args.history, system_prompt=engine.system_prompt)
@@ -334,20 +385,26 @@ def main() -> None:
 
     # Warm-up: first calls pay for allocator growth and kernel selection.
     timed_generate(model, prompt_ids, 4, extra)
-    list(engine.stream(QUESTION, args.history, max_new_tokens=4, temperature=0.0, learn=False))
+    for mode in args.swap_modes:
+        list(engine.stream(QUESTION, args.history, max_new_tokens=4, temperature=0.0, learn=False, swap=mode))
 
     # (a), (b), (c) run interleaved for --rounds rounds and each keeps its fastest round: on a
     # shared 2-core machine a neighbour's burst can triple one run's time, and interleaving plus
     # best-of-N keeps the comparison about the methods rather than about who ran when.
     best: dict[str, dict[str, Any]] = {}
     spread: dict[str, list[float]] = {}
-    events: list = []
     for round_ in range(args.rounds):
         ttft, total, _ = timed_generate(model, prompt_ids, args.new_tokens, extra)
         candidates = [row("(a) model.generate, no memory updates", ttft, total, args.new_tokens)]
-        b, events = run_engine(engine, args, 1)
-        c, _ = run_engine(engine, args, 10)
-        for result in [*candidates, b, c]:
+        for mode in args.swap_modes:
+            candidates.append(run_engine(engine, args, 1, mode)[0])
+            if args.sample_memories:
+                candidates.append(run_engine(engine, args, 1, mode, sample=True)[0])
+        if not args.skip_every_10:
+            candidates.append(run_engine(engine, args, 10, engine.swap)[0])
+        if args.layout_cost:
+            candidates += [run_engine(engine, args, 0, mode)[0] for mode in args.swap_modes]
+        for result in candidates:
             print(f"round {round_ + 1}: {json.dumps(result)}", flush=True)
             spread.setdefault(result["method"], []).append(result["ms_per_token"])
             if result["method"] not in best or result["total_s"] < best[result["method"]]["total_s"]:
@@ -356,27 +413,35 @@ def main() -> None:
     if not args.skip_naive:
         results.append(run_naive(model, tokenizer, pool, args, builder, args.chunk, extra))
         print(json.dumps(results[-1]), flush=True)
-    swap = time_swap(model, builder, events, args.repeats)
-    print(json.dumps(swap), flush=True)
+    swaps = []
+    for length in args.swap_lengths:
+        swaps.append(time_swap(engine, builder, first_hits, length, args.repeats))
+        print(json.dumps(swaps[-1]), flush=True)
 
     base = results[0]["ms_per_token"]
     print()
-    print("| method | TTFT ms | tokens/s | ms/token | × (a) | swaps | swaps/100 tok |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | TTFT ms | tokens/s | ms/token | × (a) | retrievals run/scheduled | swaps/100 tok | deferred | ms/swap |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        swaps = r.get("swaps", 0)
-        per100 = f"{100 * swaps / r['tokens']:.1f}" if "swaps" in r else "–"
+        runs = f"{r['retrievals']}/{r['scheduled_retrievals']}" if "retrievals" in r else "–"
+        per100 = f"{100 * r['swaps'] / r['tokens']:.1f}" if "swaps" in r else "–"
+        per_swap = f"{r['ms_per_swap']:.0f}" if r.get("swaps") and "ms_per_swap" in r else "–"
         print(
             f"| {r['method']} | {r['ttft_ms']:.0f} | {r['tokens_per_s']:.2f} | {r['ms_per_token']:.1f} | "
-            f"{r['ms_per_token'] / base:.2f} | {swaps if 'swaps' in r else '–'} | {per100} |"
+            f"{r['ms_per_token'] / base:.2f} | {runs} | {per100} | {r.get('deferred_swaps', '–')} | {per_swap} |"
         )
     print()
     for method, times in spread.items():
         print(f"{method}: ms/token per round " + ", ".join(f"{t:.1f}" for t in times))
-    print(
-        f"one swap: read {swap['swap_tokens_read']} tokens in {swap['swap_ms']:.0f} ms; full re-prefill of the "
-        f"same {swap['context_tokens']}-token context: {swap['full_prefill_ms']:.0f} ms"
-    )
+    if swaps:
+        print()
+        print("| generated tokens | exact swap: tokens read | exact ms | slot swap: tokens read | slot ms | full re-prefill ms |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for s in swaps:
+            print(
+                f"| {s['generated_tokens']} | {s['exact_tokens_read']} | {s['exact_ms']:.0f} | {s['slot_tokens_read']} | "
+                f"{s['slots_ms']:.0f} | {s['full_prefill_ms']:.0f} |"
+            )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s)" + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "")
@@ -384,7 +449,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"model": model_name, "device": device, "results": results, "rounds": spread, "swap": swap}, indent=2
+                {"model": model_name, "device": device, "results": results, "rounds": spread, "swaps": swaps}, indent=2
             )
         )
 

@@ -8,16 +8,17 @@ from collections import Counter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from transformers import LogitsProcessorList
 
-from smem.generation import tiny
+from smem.generation import sampling, tiny
 from smem.generation.decoding import (
     FALLBACK,
     PROFILES,
     DecodingProfile,
-    RepetitionControl,
     apply_profile,
     model_profile,
     profile_for,
+    profile_processors,
 )
 from smem.generation.engine import StreamingEngine
 from smem.memory.pool import MemoryPool
@@ -38,26 +39,27 @@ def test_a_profile_travels_in_the_generation_config():
     assert model_profile(model) == profile
 
 
+def run(profile: DecodingProfile, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """The profile's processors on one step, as the engine's token picker applies them."""
+    return LogitsProcessorList(profile_processors(profile))(torch.tensor([generated], dtype=torch.long), logits[None])[0]
+
+
 def test_repetition_penalty_hits_generated_tokens_only():
-    control = RepetitionControl(DecodingProfile(1.0, 1.0, 0, 2.0, 0))
-    logits = torch.tensor([4.0, -4.0, 4.0, 1.0])
-    out = control([0, 1], logits.clone())
+    out = run(DecodingProfile(1.0, 1.0, 0, 2.0, 0), [0, 1], torch.tensor([4.0, -4.0, 4.0, 1.0]))
     assert out.tolist() == [2.0, -8.0, 4.0, 1.0]
 
 
 def test_no_repeat_ngram_bans_the_token_that_would_repeat_one():
-    control = RepetitionControl(DecodingProfile(1.0, 1.0, 0, 1.0, 3))
-    logits = torch.zeros(6)
-    out = control([1, 2, 3, 1, 2], logits.clone())  # "1 2 3" again would repeat a 3-gram
+    profile = DecodingProfile(1.0, 1.0, 0, 1.0, 3)
+    out = run(profile, [1, 2, 3, 1, 2], torch.zeros(6))  # "1 2 3" again would repeat a 3-gram
     assert out[3] == float("-inf") and torch.isfinite(out[[0, 1, 2, 4, 5]]).all()
-    assert torch.equal(control([1, 2], logits.clone()), logits)
+    assert torch.equal(run(profile, [1, 2], torch.zeros(6)), torch.zeros(6))
 
 
-def test_top_k_keeps_k_tokens_and_no_controls_is_identity():
-    out = RepetitionControl(DecodingProfile(1.0, 1.0, 2, 1.0, 0))([], torch.tensor([0.1, 3.0, 2.0, -1.0]))
+def test_top_k_keeps_k_tokens_and_the_fallback_adds_nothing():
+    out = run(DecodingProfile(1.0, 1.0, 2, 1.0, 0), [], torch.tensor([0.1, 3.0, 2.0, -1.0]))
     assert torch.isfinite(out).tolist() == [False, True, True, False]
-    logits = torch.randn(8)
-    assert RepetitionControl(FALLBACK)([1, 2, 3], logits) is logits
+    assert profile_processors(FALLBACK) == []
 
 
 def repeated_bigrams(ids: list[int]) -> int:
@@ -65,12 +67,20 @@ def repeated_bigrams(ids: list[int]) -> int:
 
 
 def greedy_ids(model, tokenizer, pool) -> list[int]:
-    """The ids the engine picks (recorded at the pick, so no re-tokenising), 60 of them."""
-    engine = StreamingEngine(model, tokenizer, pool)
+    """The ids the engine writes, 60 of them (read back from the token picker's own record)."""
     picked: list[int] = []
-    pick = engine._pick
-    engine._pick = lambda logits, *args: picked.append(pick(logits, *args)) or picked[-1]
-    list(engine.stream("Tell me a story.", max_new_tokens=60, min_new_tokens=60, temperature=0.0, learn=False))
+    original = sampling.TokenPicker.__call__
+
+    def record(self, generated, logits):
+        picked.append(original(self, generated, logits))
+        return picked[-1]
+
+    sampling.TokenPicker.__call__ = record
+    try:
+        engine = StreamingEngine(model, tokenizer, pool)
+        list(engine.stream("Tell me a story.", max_new_tokens=60, min_new_tokens=60, temperature=0.0, learn=False))
+    finally:
+        sampling.TokenPicker.__call__ = original
     return picked
 
 

@@ -12,14 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from transformers import LogitsProcessor
 
 from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.memory.embedder import default_embedder
-from smem.generation.engine import CPU_SWAP_BUDGET, IncrementalDecoder, StreamingEngine
+from smem.generation.engine import StreamingEngine
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
-from smem.memory.learning import LearningState
 from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
+from smem.generation.sampling import MemoryDraws
+from smem.generation.swap import CPU_SWAP_BUDGET, SlotContext
+from smem.generation.text import IncrementalDecoder
+from smem.memory.learning import LearningState
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = "How should I help Alex stop dropping minus signs before his algebra quiz?"
@@ -79,6 +83,20 @@ class Recorder:
             handle.remove()
 
 
+@pytest.fixture
+def recorder(tiny_model):
+    """Records the tiny model's forward passes for the duration of one test."""
+    recording = Recorder(tiny_model[0])
+    yield recording
+    recording.remove()
+
+
+def exact_engine(tiny_model, pool, **kwargs) -> StreamingEngine:
+    """The reference engine: exact swaps, none rationed."""
+    model, tokenizer = tiny_model
+    return StreamingEngine(model, tokenizer, pool, **{"swap": "exact", "swap_budget": None, **kwargs})
+
+
 def run(engine: StreamingEngine, **kwargs) -> list:
     args = dict(update_every_n=1, max_new_tokens=40, temperature=0.0, incumbent_margin=0.0)
     args.update(kwargs)
@@ -95,13 +113,10 @@ def fresh_logits(model, seq: list[int]) -> torch.Tensor:
         return model(torch.tensor([seq])).logits[0, -1]
 
 
-def test_swap_logits_equal_a_fresh_forward(tiny_model, pool):
+def test_swap_logits_equal_a_fresh_forward(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None))
-    finally:
-        recorder.remove()
+    events = run(exact_engine(tiny_model, pool))
+    recorder.remove()  # the reference forwards below are not the engine's
     assert done(events).stats.swaps >= 2
     swap_calls = 0
     for (past, ids, logits), seq in zip(recorder.calls, recorder.sequences()):
@@ -110,13 +125,10 @@ def test_swap_logits_equal_a_fresh_forward(tiny_model, pool):
     assert swap_calls == done(events).stats.swaps
 
 
-def test_greedy_with_swaps_equals_greedy_from_scratch(tiny_model, pool):
+def test_greedy_with_swaps_equals_greedy_from_scratch(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=30)
-    finally:
-        recorder.remove()
+    events = run(exact_engine(tiny_model, pool), max_new_tokens=30)
+    recorder.remove()
     updates = [e for e in events if isinstance(e, MemoryUpdate)]
     assert updates, "the test needs at least one swap"
     final = recorder.sequences()[-1]
@@ -135,13 +147,9 @@ def test_greedy_with_swaps_equals_greedy_from_scratch(tiny_model, pool):
     assert scratch[0, start.shape[1] :].tolist() == answer[at:]
 
 
-def test_prefix_is_read_once(tiny_model, pool):
+def test_prefix_is_read_once(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
-    finally:
-        recorder.remove()
+    events = run(exact_engine(tiny_model, pool), max_new_tokens=40)
     prefix = PromptBuilder(tokenizer, MESSAGE, HISTORY).prefix
     first_past, first_ids, _ = recorder.calls[0]
     assert first_past == 0 and first_ids[: len(prefix)] == prefix
@@ -157,36 +165,28 @@ def test_prefix_is_read_once(tiny_model, pool):
     assert sum(len(ids) for _, ids, _ in recorder.calls[1:]) < (block_and_header + 40) * len(kept_block_tokens) + 40
 
 
-def test_swap_budget_rations_reread_tokens(tiny_model, pool):
+def test_swap_budget_rations_reread_tokens(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=20.0), max_new_tokens=60)
-    finally:
-        recorder.remove()
+    events = run(exact_engine(tiny_model, pool, swap_budget=20.0), max_new_tokens=60)
     stats = done(events).stats
     reread = sum(len(ids) for past, ids, _ in recorder.calls[1:] if len(ids) > 1)
     assert reread == stats.extra["swap_tokens_reread"] <= 20.0 * 60
     assert stats.swaps > 0 and stats.extra["deferred_swaps"] > 0
-    unlimited = done(run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=60)).stats
+    unlimited = done(run(exact_engine(tiny_model, pool), max_new_tokens=60)).stats
     assert unlimited.swaps > stats.swaps and unlimited.extra["deferred_swaps"] == 0
     assert StreamingEngine(model, tokenizer, pool).swap_budget == CPU_SWAP_BUDGET  # the tiny model runs on CPU
 
 
-def test_no_update_means_one_token_per_step(tiny_model, pool):
+def test_no_update_means_one_token_per_step(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), update_every_n=0, max_new_tokens=12)
-    finally:
-        recorder.remove()
+    events = run(exact_engine(tiny_model, pool), update_every_n=0, max_new_tokens=12)
     assert [len(ids) for _, ids, _ in recorder.calls[1:]] == [1] * 11
     assert done(events).stats.swaps == 0 and done(events).stats.retrievals == 1
 
 
 def test_incumbent_margin_prevents_thrashing(tiny_model, pool):
     model, tokenizer = tiny_model
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    engine = exact_engine(tiny_model, pool)
     loose = done(run(engine, incumbent_margin=0.0, max_new_tokens=40, learn=False)).stats.swaps
     sticky = done(run(engine, incumbent_margin=0.5, max_new_tokens=40, learn=False)).stats.swaps
     assert sticky < loose
@@ -229,7 +229,7 @@ def scripted_engine(tiny_model, pool, text_parts: list) -> StreamingEngine:
     script: list[int] = []
     for part in text_parts:
         script += [part] if isinstance(part, int) else tokenizer(part, add_special_tokens=False)["input_ids"]
-    return StreamingEngine(Scripted(model, script), tokenizer, pool, swap_budget=None)
+    return exact_engine((Scripted(model, script), tokenizer), pool)
 
 
 def ids(tokenizer, *tokens: str) -> list[int]:
@@ -281,7 +281,7 @@ def test_stop_reasons(tiny_model, pool):
     eos = scripted_engine(tiny_model, pool, ["One two three", ids(tokenizer, "<|endoftext|>")[0]])
     stats = done(run(eos, update_every_n=0)).stats
     assert stats.stop_reason == "eos" and stats.tokens == len(tokenizer("One two three")["input_ids"])
-    stats = done(run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=7)).stats
+    stats = done(run(exact_engine(tiny_model, pool), max_new_tokens=7)).stats
     assert stats.stop_reason == "max_tokens" and stats.tokens == 7
 
 
@@ -289,7 +289,7 @@ def test_cancel_event_stops_promptly_and_still_learns(tiny_model, pool):
     model, tokenizer = tiny_model
     cancel = threading.Event()
     events = []
-    for event in StreamingEngine(model, tokenizer, pool, swap_budget=None).stream(
+    for event in exact_engine(tiny_model, pool).stream(
         MESSAGE, HISTORY, max_new_tokens=500, temperature=0.0, cancel=cancel
     ):
         events.append(event)
@@ -302,31 +302,25 @@ def test_cancel_event_stops_promptly_and_still_learns(tiny_model, pool):
     assert pool.retrieval_count(first) == 1
 
 
-def test_closing_the_generator_stops_and_learns_nothing(tiny_model, pool):
+def test_closing_the_generator_stops_and_learns_nothing(tiny_model, pool, recorder):
     model, tokenizer = tiny_model
-    recorder = Recorder(model)
-    try:
-        stream = StreamingEngine(model, tokenizer, pool, swap_budget=None).stream(
-            MESSAGE, HISTORY, max_new_tokens=500, temperature=0.0
-        )
-        first = next(stream)
-        next(stream)
-        stream.close()
-    finally:
-        recorder.remove()
+    stream = exact_engine(tiny_model, pool).stream(MESSAGE, HISTORY, max_new_tokens=500, temperature=0.0)
+    first = next(stream)
+    next(stream)
+    stream.close()
     assert len(recorder.calls) <= 2
     assert all(pool.retrieval_count(hit.id) == 0 for hit in first.memories)
 
 
 def test_learning_counts_each_memory_once_per_answer(tiny_model, pool, monkeypatch):
     model, tokenizer = tiny_model
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    engine = exact_engine(tiny_model, pool)
     real = engine._retrieve
     first: list = []
 
-    def sticky(query, incumbents, margin, **kwargs):
+    def sticky(*args, **kwargs):
         # The real re-retrieval runs (and must not learn); its winner is then held in context.
-        hits = real(query, incumbents, margin, **kwargs)
+        hits = real(*args, **kwargs)
         first.extend([] if first else hits)
         return first
 
@@ -344,7 +338,7 @@ def test_learning_counts_each_memory_once_per_answer(tiny_model, pool, monkeypat
 
 def test_learning_with_swaps_weights_links_by_shared_tokens(tiny_model, pool):
     model, tokenizer = tiny_model
-    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
+    events = run(exact_engine(tiny_model, pool), max_new_tokens=40)
     assert done(events).stats.swaps > 0
     spans: dict[str, list[int]] = {}
     current, start = [h.id for h in events[0].memories], 0
@@ -363,7 +357,7 @@ def test_learning_with_swaps_weights_links_by_shared_tokens(tiny_model, pool):
 
 def test_learn_false_and_return_learned(tiny_model, pool):
     model, tokenizer = tiny_model
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    engine = exact_engine(tiny_model, pool)
     before = pool.learning_state()
     run(engine, learn=False, max_new_tokens=10)
     assert pool.learning_state().counts.tolist() == before.counts.tolist()
@@ -375,7 +369,7 @@ def test_learn_false_and_return_learned(tiny_model, pool):
 
 def test_events_convert_to_the_sse_shapes(tiny_model, pool):
     model, tokenizer = tiny_model
-    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=30)
+    events = run(exact_engine(tiny_model, pool), max_new_tokens=30)
     seen = set()
     for event in events:
         payload = json.loads(json.dumps(event.to_sse()))
@@ -406,7 +400,7 @@ def test_events_convert_to_the_sse_shapes(tiny_model, pool):
 
 def test_context_stats_track_the_chart_lines(tiny_model, pool):
     model, tokenizer = tiny_model
-    events = run(StreamingEngine(model, tokenizer, pool, swap_budget=None), max_new_tokens=40)
+    events = run(exact_engine(tiny_model, pool), max_new_tokens=40)
     stats = [e for e in events if isinstance(e, ContextStats)]
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
     first = stats[0]
@@ -423,7 +417,7 @@ def test_context_stats_track_the_chart_lines(tiny_model, pool):
 
 def test_seeded_sampling_is_reproducible(tiny_model, pool):
     model, tokenizer = tiny_model
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    engine = exact_engine(tiny_model, pool)
 
     def text(seed):
         events = run(engine, temperature=1.0, top_p=0.9, seed=seed, learn=False, max_new_tokens=20, update_every_n=5)
@@ -435,7 +429,7 @@ def test_seeded_sampling_is_reproducible(tiny_model, pool):
 
 def test_engine_runs_in_background_threads(tiny_model, pool):
     model, tokenizer = tiny_model
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    engine = exact_engine(tiny_model, pool)
     expected = "".join(
         e.text for e in run(engine, learn=False, max_new_tokens=25, update_every_n=3) if isinstance(e, Token)
     )
@@ -486,3 +480,140 @@ def test_pool_counts_rendered_lines_in_model_tokens_once(tiny_model, pool):
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
     stats = [e for e in events if isinstance(e, ContextStats)][-1]
     assert stats.all_memory_tokens == builder.block_overhead() + sum(len(ids) for ids in lines)
+
+
+# -- slot swaps ------------------------------------------------------------------------------
+
+
+def slot_context(tiny_model, hits, **kwargs) -> SlotContext:
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, MemoryPool(embedder=default_embedder()))
+    args = dict(slots=3, slot_tokens=12, max_new_tokens=8, device=torch.device("cpu"))
+    return SlotContext(engine._forward, PromptBuilder(tokenizer, MESSAGE, HISTORY), hits, model.config, **{**args, **kwargs})
+
+
+def test_slot_swap_recomputes_one_slot_as_a_fresh_prefill_and_moves_nothing(tiny_model, pool):
+    hits = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    a, b, c, d = hits
+    context = slot_context(tiny_model, [a, b, c])
+    context.prefill()
+    for token in (11, 12, 13, 14, 15):
+        context.step(token)
+    length = context.cache.get_seq_length()
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in context.cache.layers]
+    assert context.swap([a, d, c]) == 12  # one slot re-read, whatever the answer's length
+    assert context.slots == [a, d, c] and context.cache.get_seq_length() == length
+    fresh = slot_context(tiny_model, [a, d, c])
+    fresh.prefill()
+    end = context._span(1).stop
+    for layer, reference, (keys, values) in zip(context.cache.layers, fresh.cache.layers, before):
+        # Up to the end of the new slot: what a fresh prefill of the new block computes.
+        torch.testing.assert_close(layer.keys[:, :, :end], reference.keys[:, :, :end], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.values[:, :, :end], reference.values[:, :, :end], atol=1e-5, rtol=1e-5)
+        # After it (later slots, header, generated text): untouched, at the same positions.
+        assert torch.equal(layer.keys[:, :, end:], keys[:, :, end:])
+        assert torch.equal(layer.values[:, :, end:], values[:, :, end:])
+    assert torch.equal(context.mask, fresh.mask)
+
+
+def test_slot_swap_empties_slots_without_reading_and_trims_long_memories(tiny_model, pool):
+    a, b, c = pool.retrieve(MESSAGE, max_memories=3, learn=False)
+    context = slot_context(tiny_model, [a, b, c], slot_tokens=4)
+    context.prefill()
+    span = context._span(1)
+    assert context.mask[0, span].tolist() == [1, 1, 1, 1]  # trimmed to its slot
+    assert context.layout[span.stop - 1] == context._builder.encode("\n")[0]  # keeps its newline
+    assert context.swap([a, c]) == 0
+    assert context.slots == [a, None, c] and context.mask[0, span].tolist() == [0, 0, 0, 0]
+    assert context.memory_tokens < slot_context(tiny_model, [a, b, c], slot_tokens=4).memory_tokens
+
+
+def test_slot_mode_runs_every_re_retrieval_and_keeps_positions(tiny_model, pool, recorder):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap="slots")
+    events = run(engine, max_new_tokens=40)
+    stats = done(events).stats
+    assert stats.swaps > 0 and stats.extra["deferred_swaps"] == 0 and stats.extra["swap_mode"] == "slots"
+    assert stats.retrievals == 40  # the first retrieval + one after each token but the last
+    updates = [e for e in events if isinstance(e, MemoryUpdate)]
+    assert updates and not any(update.exact for update in updates)
+    assert stats.extra["swap_tokens_reread"] == engine.slot_tokens * sum(len(u.added) for u in updates)
+    layout = recorder.calls[0][0] + len(recorder.calls[0][1])
+    steps = [past for past, ids, _ in recorder.calls[1:] if len(ids) == 1]
+    # Generated tokens are appended at fixed positions: a swap never shifts them.
+    assert steps == list(range(layout, layout + 39))
+    assert all(past < layout for past, ids, _ in recorder.calls[1:] if len(ids) > 1)
+
+
+def test_exact_swaps_are_marked_exact(tiny_model, pool):
+    updates = [e for e in run(exact_engine(tiny_model, pool)) if isinstance(e, MemoryUpdate)]
+    assert updates and all(update.exact for update in updates)
+    assert all(update.to_sse()["exact"] is True for update in updates)
+
+
+# -- memory sampling ---------------------------------------------------------------------------
+
+
+def first_draws(engine: StreamingEngine, seeds, **kwargs) -> list[tuple[str, ...]]:
+    """The opening memory set of an answer per seed (closing the stream there: no model work)."""
+    draws = []
+    for seed in seeds:
+        stream = engine.stream(MESSAGE, HISTORY, seed=seed, learn=False, **kwargs)
+        draws.append(tuple(hit.id for hit in next(stream).memories))
+        stream.close()
+    return draws
+
+
+def test_memory_temperature_changes_the_draws_and_near_zero_gives_argmax(tiny_model, pool):
+    engine = exact_engine(tiny_model, pool)
+    argmax = first_draws(engine, [0])[0]
+    pool.softmax_temperature = 1.0
+    hot = first_draws(engine, range(8), sample_memories=True)
+    assert len(set(hot)) > 1 and any(draw != argmax for draw in hot)
+    assert first_draws(engine, range(8), sample_memories=True) == hot  # seeded: the same draws again
+    pool.softmax_temperature = 1e-4
+    assert first_draws(engine, range(8), sample_memories=True) == [argmax] * 8
+
+
+def test_sampled_answer_replays_from_its_reported_seed(tiny_model, pool):
+    engine = exact_engine(tiny_model, pool)
+    pool.softmax_temperature = 0.5
+
+    def trace(seed):
+        events = run(engine, seed=seed, temperature=0.8, sample_memories=True, learn=False, max_new_tokens=20)
+        memories = [tuple(h.id for h in e.memories) for e in events if isinstance(e, (Memories, MemoryUpdate))]
+        return done(events).stats.extra["seed"], memories, "".join(e.text for e in events if isinstance(e, Token))
+
+    seed, memories, text = trace(None)
+    assert trace(seed) == (seed, memories, text)
+
+
+def test_a_sampled_re_retrieval_of_the_same_text_redraws_the_same_set(tiny_model, pool):
+    """Common random numbers: a re-retrieval changes the set only where the scores moved."""
+    engine = exact_engine(tiny_model, pool)
+    pool.softmax_temperature = 1.0
+    query = engine._first_query(MESSAGE, HISTORY)
+    draws = MemoryDraws(seed=3, sample=True)
+    sets = {tuple(h.id for h in engine._retrieve(query, (), 0.0, draws, max_memories=5)) for _ in range(5)}
+    assert len(sets) == 1
+
+
+def test_logits_processors_plug_into_the_decode_loop(tiny_model, pool):
+    class Forbid(LogitsProcessor):
+        def __init__(self, token: int) -> None:
+            self.token = token
+            self.seen: list[int] = []
+
+        def __call__(self, input_ids, scores):
+            self.seen.append(input_ids.shape[-1])
+            scores[:, self.token] = float("-inf")
+            return scores
+
+    engine = exact_engine(tiny_model, pool)
+    free = [e for e in run(engine, learn=False, max_new_tokens=12, update_every_n=0) if isinstance(e, Token)]
+    _, tokenizer = tiny_model
+    first = tokenizer("".join(e.text for e in free), add_special_tokens=False)["input_ids"][0]
+    forbid = Forbid(first)
+    events = run(engine, learn=False, max_new_tokens=12, update_every_n=0, logits_processor=[forbid])
+    assert forbid.seen == list(range(12))  # the answer's ids so far
+    assert "".join(e.text for e in events if isinstance(e, Token)) != "".join(e.text for e in free)

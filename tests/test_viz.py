@@ -79,7 +79,7 @@ def streamed_view() -> AnswerView:
         stats(4),
         Token("three "),
         Token("four "),
-        MemoryUpdate(memories=[C, D], added=[D], removed=[A], at_token=8),
+        MemoryUpdate(memories=[C, D], added=[D], removed=[A], at_token=8, exact=False),
         stats(8),
         Token("five."),
         stats(10),
@@ -272,6 +272,8 @@ def test_timeline_draws_a_bar_per_stretch_and_the_cursor():
     bars = [(base, width) for trace in figure.data for base, width in zip(trace.base, trace.x, strict=True)]
     assert sorted(bars) == [(0, 4), (0, 8), (4, 6), (8, 2)]
     assert figure.layout.shapes[0].x0 == 6
+    # Then one mark per swap: solid for an exact re-read, dotted for a slot rewrite.
+    assert [(shape.x0, shape.line.dash) for shape in figure.layout.shapes[1:]] == [(4, "solid"), (8, "dot")]
 
 
 # -- the visitor's actions -------------------------------------------------------------------------
@@ -288,6 +290,11 @@ def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
     assert settings.update_every_n == 7 and isinstance(settings.update_every_n, int)
     assert settings.enable_thinking is False
     assert settings.stream_kwargs()["update_every_n"] == 7
+    with pytest.raises(ValueError, match="swap"):
+        actions.GenerationSettings(swap="fast")
+    assert settings.stream_kwargs()["swap"] is None  # auto: the engine decides by hardware
+    assert actions.GenerationSettings(swap="slots").stream_kwargs()["swap"] == "slots"
+    assert settings.stream_kwargs()["sample_memories"] is True
     target = pool.copy()
     settings.apply_to(target)
     assert target.diversity_weight == 0.25

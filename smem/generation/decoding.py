@@ -15,11 +15,10 @@ model's checkpoint can bring its own and `load` fills in the table below for the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
-import torch
 from transformers import (
-    LogitsProcessorList,
+    LogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TopKLogitsWarper,
@@ -78,20 +77,14 @@ def model_profile(model: Any) -> DecodingProfile:
     return DecodingProfile(**{key: default if values[key] is None else values[key] for key, default in asdict(FALLBACK).items()})
 
 
-class RepetitionControl:
-    """The processors of a profile, applied to one step's 1-D logits given the answer so far."""
-
-    def __init__(self, profile: DecodingProfile) -> None:
-        self.processors = LogitsProcessorList()
-        if profile.repetition_penalty != 1.0:
-            self.processors.append(RepetitionPenaltyLogitsProcessor(profile.repetition_penalty))
-        if profile.no_repeat_ngram_size > 0:
-            self.processors.append(NoRepeatNGramLogitsProcessor(profile.no_repeat_ngram_size))
-        if profile.top_k > 0:
-            self.processors.append(TopKLogitsWarper(profile.top_k))
-
-    def __call__(self, generated: list[int], logits: torch.Tensor, device: Optional[torch.device] = None) -> torch.Tensor:
-        if not self.processors:
-            return logits
-        ids = torch.tensor([generated], dtype=torch.long, device=device or logits.device)
-        return self.processors(ids, logits.unsqueeze(0))[0]
+def profile_processors(profile: DecodingProfile) -> list[LogitsProcessor]:
+    """The profile's repetition controls and top-k cut, for the engine's token picker, which
+    shows them the answer's ids only (never the prompt)."""
+    processors: list[LogitsProcessor] = []
+    if profile.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(profile.repetition_penalty))
+    if profile.no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(profile.no_repeat_ngram_size))
+    if profile.top_k > 0:
+        processors.append(TopKLogitsWarper(profile.top_k))
+    return processors

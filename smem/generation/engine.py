@@ -3,23 +3,16 @@
 Why it is cheap: the prompt is prefix | memory block | assistant header (see `smem.generation.prompt`).
 Decoding runs one token per forward pass on a `DynamicCache`. Every `update_every_n` tokens
 the last `lookback_tokens` of generated text are embedded and the pool re-queried; only when
-the selected *set* changes does the engine crop the cache and read the new block + header +
-everything generated so far in a single forward pass. The prefix (system prompt, history, user
-message) is read exactly once per answer. Memories that stay keep their place at the head of
-the block and newcomers go after them, so the cache is cropped to the longest common prefix of
-the old and new token sequences, not just to the block start: replacing the last memory re-reads
-one memory line, not five. The result is exact: the logits after a swap are those of a fresh
-forward over the same tokens.
+the selected *set* changes is the memory block in the cache edited, in one of two ways
+(`smem.generation.swap`): exact (crop and re-read block, header and generated text; logits
+exact; the reference, default on accelerators) or slots (rewrite only the changed memory's
+fixed-size slot in place; cost independent of the answer's length; default on CPUs). The
+prefix (system prompt, history, user message) is read exactly once per answer.
 
 Why it does not thrash: re-retrieval passes the current set as incumbents with a margin, so a
-near-tie in the last slot does not trigger a (costly) swap. And swaps are paid from a budget
-of re-read tokens per generated token (`swap_budget`): a swap re-reads the changed memory lines
-and everything generated so far; on a 2-core CPU 100 re-read tokens cost about three decode
-steps of the 0.5B model, on a GPU less than one decode step of an 8B model. A change the budget cannot pay for yet is
-deferred (the set is re-checked at the next update), so on a CPU swaps cost at most about
-budget/35 of the decode time on average, whatever the answer's topic drift. While the budget
-cannot pay even the cheapest swap, re-retrieval is skipped: its result could not change the
-context, so the output is the same and the embedding time is saved.
+near-tie in the last slot does not trigger a swap; sampled draws reuse the answer's random
+numbers (`smem.generation.sampling`); exact swaps on a CPU are paid from a budget of re-read
+tokens per generated token (`SwapPolicy`).
 
 Hebbian learning, once per answer (not per re-retrieval, so a memory kept in context for 800
 re-retrievals does not get 800 counts): every re-retrieval runs with `learn=False`, and when
@@ -36,28 +29,15 @@ through `cancel` ends with `Done(stop_reason="cancelled")` and learns from what 
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+from transformers import LogitsProcessor
 
-from smem.generation.events import (
-    ContextStats,
-    Done,
-    DoneStats,
-    Event,
-    Memories,
-    MemoryUpdate,
-    StopReason,
-    Thinking,
-    Token,
-)
-from smem.memory.records import Hit
-from smem.generation.decoding import RepetitionControl, model_profile
+from smem.generation.events import ContextStats, Done, Event, Memories, MemoryUpdate, StopReason
+from smem.generation.decoding import model_profile, profile_processors
 from smem.generation.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     HistoryItem,
@@ -65,6 +45,21 @@ from smem.generation.prompt import (
     PromptBuilder,
     normalize_history,
 )
+from smem.generation.sampling import MemoryDraws, TokenPicker, answer_seed
+from smem.generation.stats import AnswerStats, Segment
+from smem.generation.swap import (
+    CPU_SWAP_BUDGET,
+    DEFAULT_SLOT_TOKENS,
+    SWAP_MODES,
+    ExactContext,
+    SlotContext,
+    SwapMode,
+    SwapPolicy,
+    default_swap_mode,
+    keep_order,
+)
+from smem.generation.text import TextSplitter
+from smem.memory.records import Hit
 
 DEFAULT_INCUMBENT_MARGIN = 0.15
 """Relative score bonus of memories already in context during re-retrieval. A challenger must
@@ -75,105 +70,10 @@ BF16_QUERIES = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_s
 ~1.8x faster for MiniLM on 60 tokens (12.5 -> 7 ms here, a tenth of a 0.5B decode step), cosine to
 the fp32 vector > 0.9999. The first query (also used for learning) stays fp32."""
 
-CPU_SWAP_BUDGET = 6.0
-"""Re-read tokens per generated token that swaps may spend on a CPU. Here a decode step of the
-0.5B model costs as much as prefilling ~35 tokens, so 6 keeps swaps near 15% of decode time.
-On an accelerator prefill is nearly free next to a decode step and swaps are not rationed."""
-
 HISTORY_QUERY_WEIGHT = 0.25
 """Share of the recent-history vector in the first retrieval's query; the user's message leads."""
 
-
-class IncrementalDecoder:
-    """Turns token ids into text deltas without splitting multi-byte characters.
-
-    Byte-level BPE tokens can end mid-character (emoji, CJK, accents); decoding each token alone
-    prints U+FFFD. Decode a short window instead and emit only the text that grew and does not
-    end in a replacement character (the approach of TGI and vLLM).
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self._ids)
-            return text[len(before) :]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is still held back (an incomplete character stays as U+FFFD)."""
-        before = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        self._prefix = self._read = len(self._ids)
-        return text[len(before) :]
-
-
-class _TextSplitter:
-    """Routes decoded text to Thinking or Token events and trims the whitespace around
-    `<think>` blocks (Qwen3 writes "<think>\\n…\\n</think>\\n\\n"), holding trailing whitespace
-    until it is known not to end a segment."""
-
-    def __init__(self, tokenizer: Any, thinking: bool) -> None:
-        self._tokenizer = tokenizer
-        self.thinking = thinking
-        self._decoder = IncrementalDecoder(tokenizer)
-        self._started = False
-        self._pending = ""
-
-    def _event(self, text: str) -> Event:
-        return Thinking(text) if self.thinking else Token(text)
-
-    def feed(self, token_id: int) -> Optional[Event]:
-        return self._emit(self._decoder.push(token_id))
-
-    def _emit(self, text: str) -> Optional[Event]:
-        if not self._started:
-            text = text.lstrip()
-            self._started = bool(text)
-        text = self._pending + text
-        body = text.rstrip()
-        self._pending = text[len(body) :]
-        return self._event(body) if body else None
-
-    def switch(self, thinking: bool) -> Optional[Event]:
-        """End the current segment (dropping its trailing whitespace) and start another."""
-        event = self._emit(self._decoder.flush())
-        self.thinking = thinking
-        self._decoder = IncrementalDecoder(self._tokenizer)
-        self._started = False
-        self._pending = ""
-        return event
-
-    def finish(self) -> Optional[Event]:
-        return self._emit(self._decoder.flush())
-
-
-@dataclass
-class _Segment:
-    """A stretch of the answer during which one memory set was in context."""
-
-    ids: tuple[str, ...]
-    start: int
-
-
-def _common_prefix(cached: list[int], sequence: list[int]) -> int:
-    """How much of the cache a swap keeps: the shared head of the old and new token sequences,
-    leaving at least one token to read (the forward pass must produce logits)."""
-    limit = min(len(cached), len(sequence) - 1)
-    common = 0
-    while common < limit and cached[common] == sequence[common]:
-        common += 1
-    return common
+Context = Union[ExactContext, SlotContext]
 
 
 def _token_id(tokenizer: Any, token: str) -> Optional[int]:
@@ -189,10 +89,12 @@ class StreamingEngine:
     """Streams answers from `model` with memories from `pool`; safe to use from any thread.
 
     Each `stream()` call keeps its own cache and state; the pool is only touched under a lock,
-    so several streams (threads) can share one engine. `swap_budget` (re-read tokens per
-    generated token, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited elsewhere.
-    The pool counts its memories in this model's tokens (`line_tokens`, shared by engines of
-    one model), so token budgets mean prompt tokens; a pool already counted costs nothing.
+    so several streams (threads) can share one engine. `swap` is the default swap mode ("auto":
+    exact on accelerators, slots on CPUs); `swap_budget` (re-read tokens per generated token
+    for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited
+    elsewhere; `slot_tokens` is the slot length of the slot mode. The pool counts its memories
+    in this model's tokens (`line_tokens`, shared by engines of one model), so token budgets
+    mean prompt tokens; a pool already counted costs nothing.
     """
 
     def __init__(
@@ -205,7 +107,9 @@ class StreamingEngine:
         incumbent_margin: float = DEFAULT_INCUMBENT_MARGIN,
         context_stats_every: int = 32,
         bf16_queries: bool = BF16_QUERIES,
+        swap: Union[SwapMode, Literal["auto"]] = "auto",
         swap_budget: Union[float, None, Literal["auto"]] = "auto",
+        slot_tokens: int = DEFAULT_SLOT_TOKENS,
         line_tokens: Optional[MemoryLineTokens] = None,
     ) -> None:
         self.model = model
@@ -217,9 +121,15 @@ class StreamingEngine:
         self.bf16_queries = bf16_queries
         self.device = next(model.parameters()).device
         self.decoding = model_profile(model)
+        if swap not in (*SWAP_MODES, "auto"):
+            raise ValueError(f"swap must be one of {SWAP_MODES} or 'auto', got {swap!r}")
+        self.swap: SwapMode = default_swap_mode(self.device) if swap == "auto" else swap
         if swap_budget == "auto":
             swap_budget = CPU_SWAP_BUDGET if self.device.type == "cpu" else None
         self.swap_budget: Optional[float] = swap_budget
+        if slot_tokens < 2:
+            raise ValueError("slot_tokens must be >= 2 (a memory's first token and its newline)")
+        self.slot_tokens = slot_tokens
         self._pool_lock = threading.RLock()
         with self._pool_lock:
             pool.count_tokens_with(line_tokens or MemoryLineTokens(tokenizer))
@@ -228,7 +138,6 @@ class StreamingEngine:
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stops.update(configured if isinstance(configured, (list, tuple)) else [configured])
         self.stop_ids = frozenset(int(i) for i in stops if i is not None)
-        self._stop_index = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device)
         start, end = _token_id(tokenizer, "<think>"), _token_id(tokenizer, "</think>")
         self.think_ids = (start, end) if start is not None and end is not None else None
         # Checkpoints pad the embedding matrix past the tokenizer (151936 vs ~151665 for Qwen);
@@ -238,36 +147,32 @@ class StreamingEngine:
 
     # -- model ------------------------------------------------------------------------------
 
-    def _forward(self, ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
+    def _forward(self, ids: Sequence[int], cache: Any, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Append `ids` to the cache; return next-token logits (fp32) after the last one."""
         with torch.inference_mode():
             inputs = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
             logits = out.logits[0, -1]
             if self._vocab_limit is not None:
                 logits = logits[: self._vocab_limit]
             return logits.float()
 
-    @staticmethod
-    def _crop(cache: DynamicCache, length: int) -> None:
-        with torch.inference_mode():
-            cache.crop(length - cache.get_seq_length())
-
-    def _swap(self, cache: DynamicCache, keep: int, sequence: list[int]) -> torch.Tensor:
-        """Crop the cache to its first `keep` tokens and read the rest of `sequence`."""
-        self._crop(cache, keep)
-        return self._forward(sequence[keep:], cache)
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]) -> int:
-        if temperature <= 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-            probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=generator))
+    def _context(self, mode: SwapMode, builder: PromptBuilder, hits: list[Hit], slots: int, max_new_tokens: int) -> Context:
+        config = self.model.config
+        if mode == "exact":
+            return ExactContext(self._forward, builder, hits, config)
+        return SlotContext(
+            self._forward,
+            builder,
+            hits,
+            config,
+            slots=slots,
+            slot_tokens=self.slot_tokens,
+            max_new_tokens=max_new_tokens,
+            device=self.device,
+        )
 
     # -- memories ---------------------------------------------------------------------------
 
@@ -284,12 +189,23 @@ class StreamingEngine:
         return message, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
     def _retrieve(
-        self, query: tuple[str, np.ndarray], incumbents: Collection[str], margin: float, **kwargs: Any
+        self,
+        query: tuple[str, np.ndarray],
+        incumbents: Collection[str],
+        margin: float,
+        draws: MemoryDraws,
+        **kwargs: Any,
     ) -> list[Hit]:
         text, vector = query
         with self._pool_lock:
             return self.pool.retrieve(
-                text, query_vector=vector, learn=False, incumbents=incumbents, incumbent_margin=margin, **kwargs
+                text,
+                query_vector=vector,
+                learn=False,
+                incumbents=incumbents,
+                incumbent_margin=margin,
+                **draws.retrieve_args(),
+                **kwargs,
             )
 
     def _window_query(self, generated: list[int], lookback: int, first: np.ndarray) -> Optional[tuple[str, np.ndarray]]:
@@ -318,7 +234,7 @@ class StreamingEngine:
         with self._pool_lock:
             return builder.block_overhead() + self.pool.total_tokens
 
-    def _learn(self, segments: list[_Segment], generated: int, query: np.ndarray, now: Optional[datetime]) -> None:
+    def _learn(self, segments: list[Segment], generated: int, query: np.ndarray, now: Optional[datetime]) -> None:
         """One Hebbian update for the whole answer; the rule is in the module docstring."""
         total = max(generated, 1)
         used: dict[str, None] = {}
@@ -334,6 +250,65 @@ class StreamingEngine:
 
     # -- the stream -------------------------------------------------------------------------
 
+    def _context_stats(self, context: Context, builder: PromptBuilder, stats: AnswerStats, generated: int) -> ContextStats:
+        return ContextStats(
+            prompt_tokens=context.prompt_tokens,
+            memory_tokens=context.memory_tokens,
+            generated_tokens=generated,
+            swaps=stats.swaps,
+            rag_memory_tokens=self._memory_tokens(builder, list(stats.ever)),
+            all_memory_tokens=self._pool_tokens(builder),
+        )
+
+    def _reretrieve(
+        self,
+        context: Context,
+        policy: SwapPolicy,
+        stats: AnswerStats,
+        generated: list[int],
+        window: tuple[int, np.ndarray],
+        margin: float,
+        draws: MemoryDraws,
+        retrieve_args: dict[str, Any],
+    ) -> Optional[MemoryUpdate]:
+        """Re-query the pool from the recent text if the policy says so, and swap the changed
+        memories into the cache. The newest token is not in the cache yet (the caller feeds it next)."""
+        fed = generated[:-1]
+        if not policy.due(len(generated), context.cheapest_swap(fed)):
+            return None
+        lookback, first = window
+        with stats.timing("retrieval"):
+            query = self._window_query(generated, lookback, first)
+            if query is None:
+                return None
+            old = context.hits
+            new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
+            stats.retrievals += 1
+        old_ids, new_ids = {h.id for h in old}, {h.id for h in new}
+        if new_ids == old_ids:
+            return None
+        ordered = keep_order(old, new)
+        if isinstance(context, ExactContext):
+            plan = context.swap_cost(ordered, fed)
+            if not policy.pay(plan[0]):
+                stats.deferred += 1
+                return None
+            with stats.timing("swap"):
+                stats.reread += context.swap(ordered, fed, plan)
+        else:
+            with stats.timing("swap"):
+                stats.reread += context.swap(ordered)
+        stats.swaps += 1
+        now = context.hits
+        stats.context(tuple(h.id for h in now), len(generated))
+        return MemoryUpdate(
+            memories=now,
+            added=[h for h in now if h.id not in old_ids],
+            removed=[h for h in old if h.id not in new_ids],
+            at_token=len(generated),
+            exact=context.exact,
+        )
+
     def stream(
         self,
         message: str,
@@ -347,10 +322,13 @@ class StreamingEngine:
         temperature: Optional[float] = None,
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
+        sample_memories: bool = False,
+        swap: Optional[SwapMode] = None,
         enable_thinking: bool = True,
         memory_token_budget: Optional[int] = None,
         incumbent_margin: Optional[float] = None,
         system_prompt: Optional[str] = None,
+        logits_processor: Sequence[LogitsProcessor] = (),
         learn: bool = True,
         return_learned: bool = False,
         now: Optional[datetime] = None,
@@ -360,15 +338,25 @@ class StreamingEngine:
         then `Done`.
 
         `update_every_n=0` disables re-retrieval (classic retrieve-once RAG). `temperature=0` is
-        greedy; `temperature` and `top_p` default to the model's decoding profile, whose repetition
-        controls apply at every temperature (`smem.generation.decoding`). `min_new_tokens` holds off end-of-answer tokens (benchmarks compare equal lengths).
-        Setting `cancel` stops at the next token; closing the generator also stops it.
-        `Done.stats.tokens_per_s` is the decode rate after the first token.
+        greedy; `temperature` and `top_p` default to the model's decoding profile
+        (`smem.generation.decoding`), whose repetition controls run at every temperature, before
+        any `logits_processor` of the caller. `sample_memories` draws the memory set from the pool's softmax (at the pool's
+        `softmax_temperature`) instead of taking the argmax. `seed` (or a fresh one, reported in
+        `Done.stats.extra["seed"]`) drives both the token and the memory draws. `swap` is
+        "exact" or "slots" (default: the engine's). `logits_processor` (transformers'
+        `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
+        temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
+        compare equal lengths). Setting `cancel` stops at the next token; closing the generator
+        also stops it. `Done.stats.tokens_per_s` is the decode rate after the first token.
         """
         if update_every_n < 0 or lookback_tokens < 1 or max_new_tokens < 0 or max_memories < 0:
             raise ValueError("update_every_n, max_new_tokens and max_memories must be >= 0, lookback_tokens >= 1")
-        started = time.perf_counter()
+        if swap is not None and swap not in SWAP_MODES:
+            raise ValueError(f"swap must be one of {SWAP_MODES}, got {swap!r}")
+        stats = AnswerStats()
         history = list(history or ())
+        seed = answer_seed(seed)
+        draws = MemoryDraws(seed, sample_memories)
         margin = self.incumbent_margin if incumbent_margin is None else incumbent_margin
         retrieve_args = {"max_memories": max_memories, "token_budget": memory_token_budget, "now": now}
         builder = PromptBuilder(
@@ -380,164 +368,83 @@ class StreamingEngine:
         )
         temperature = self.decoding.temperature if temperature is None else temperature
         top_p = self.decoding.top_p if top_p is None else top_p
-        control = RepetitionControl(self.decoding)
-        generator = None
-        if temperature > 0:
-            generator = torch.Generator(device=self.device)
-            if seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(seed)
+        pick = TokenPicker(
+            temperature=temperature,
+            top_p=top_p,
+            min_new_tokens=min_new_tokens,
+            stop_ids=self.stop_ids,
+            seed=seed,
+            device=self.device,
+            processors=[*profile_processors(self.decoding), *logits_processor],
+        )
 
-        tick = time.perf_counter()
-        first = self._first_query(message, history)
-        query = first[1]
-        hits = self._retrieve(first, (), 0.0, **retrieve_args) if max_memories > 0 else []
-        retrieval_s = time.perf_counter() - tick
-        retrievals = 1
+        with stats.timing("retrieval"):
+            first = self._first_query(message, history)
+            hits = self._retrieve(first, (), 0.0, draws, **retrieve_args) if max_memories > 0 else []
+        stats.retrievals = 1
         yield Memories(hits)
 
-        prompt = builder.build(hits)
-        ever: dict[str, None] = dict.fromkeys(h.id for h in hits)
-        segments = [_Segment(tuple(ever), 0)]
+        context = self._context(swap or self.swap, builder, hits, max_memories, max_new_tokens)
+        policy = SwapPolicy(update_every_n if max_memories else 0, self.swap_budget if context.exact else None)
+        stats.context(tuple(h.id for h in context.hits), 0)
+        yield self._context_stats(context, builder, stats, 0)
+
+        think = self.think_ids or ()
+        splitter = TextSplitter(self.tokenizer, thinking=False)
+        open_think = [i for i in builder.header if i in think]
+        splitter.thinking = bool(open_think) and open_think[-1] == think[0]
         generated: list[int] = []
-        swaps = 0
-
-        def stats() -> ContextStats:
-            return ContextStats(
-                prompt_tokens=len(prompt.prefix) + len(prompt.header),
-                memory_tokens=len(prompt.memory),
-                generated_tokens=len(generated),
-                swaps=swaps,
-                rag_memory_tokens=self._memory_tokens(builder, list(ever)),
-                all_memory_tokens=self._pool_tokens(builder),
-            )
-
-        yield stats()
-
-        splitter = _TextSplitter(self.tokenizer, thinking=False)
-        if self.think_ids:
-            open_think = [i for i in prompt.header if i in self.think_ids]
-            splitter.thinking = bool(open_think) and open_think[-1] == self.think_ids[0]
-        thinking_tokens = 0
         stop_reason: StopReason = "max_tokens"
-        cache = DynamicCache(config=self.model.config)
-        swap_s = 0.0
-        credit = 0.0
-        deferred = reread = 0
-        ttft = first_at = None
-
-        tick = time.perf_counter()
-        logits = self._forward(prompt.ids, cache)
-        prefill_s = time.perf_counter() - tick
+        with stats.timing("prefill"):
+            logits = context.prefill()
 
         while max_new_tokens > 0:
             if cancel is not None and cancel.is_set():
                 stop_reason = "cancelled"
                 break
-            logits = control(generated, logits)
-            if len(generated) < min_new_tokens:
-                logits = logits.index_fill(0, self._stop_index, float("-inf"))
-            token = self._pick(logits, temperature, top_p, generator)
-            if ttft is None:
-                first_at = time.perf_counter()
-                ttft = first_at - started
+            token = pick(generated, logits)
+            stats.first_token()
             if token in self.stop_ids:
                 stop_reason = "eos"
                 break
             generated.append(token)
-            if splitter.thinking or (self.think_ids and token in self.think_ids):
-                thinking_tokens += 1
-            if self.think_ids and token in self.think_ids:
-                event = splitter.switch(thinking=token == self.think_ids[0])
-            else:
-                event = splitter.feed(token)
+            stats.thinking_tokens += splitter.thinking or token in think
+            event = splitter.switch(thinking=token == think[0]) if token in think else splitter.feed(token)
             if event is not None:
                 yield event
             if len(generated) >= max_new_tokens:
                 break
-
-            swapped = False
-            credit += self.swap_budget or 0.0
-            # A swap re-reads at least the header and all generated tokens; while the budget cannot
-            # pay that, a re-retrieval could not change the context and is skipped (same output).
-            affordable = self.swap_budget is None or credit >= len(prompt.header) + len(generated)
-            if affordable and update_every_n > 0 and max_memories > 0 and len(generated) % update_every_n == 0:
-                tick = time.perf_counter()
-                window = self._window_query(generated, lookback_tokens, query)
-                new_hits = hits
-                if window is not None:
-                    new_hits = self._retrieve(window, [h.id for h in hits], margin, **retrieve_args)
-                    retrievals += 1
-                retrieval_s += time.perf_counter() - tick
-                old = {h.id for h in hits}
-                new = {h.id for h in new_hits}
-                if new != old:
-                    tick = time.perf_counter()
-                    fresh = {h.id: h for h in new_hits}
-                    added = [h for h in new_hits if h.id not in old]
-                    ordered = [fresh[h.id] for h in hits if h.id in new] + added
-                    candidate = builder.build(ordered)
-                    sequence = [*candidate.ids, *generated]
-                    keep = _common_prefix([*prompt.ids, *generated[:-1]], sequence)
-                    cost = len(sequence) - keep
-                    if self.swap_budget is not None and cost > credit:
-                        deferred += 1
-                    else:
-                        credit -= cost if self.swap_budget is not None else 0.0
-                        reread += cost
-                        prompt = candidate
-                        logits = self._swap(cache, keep, sequence)
-                        swap_s += time.perf_counter() - tick
-                        swaps += 1
-                        swapped = True
-                        yield MemoryUpdate(
-                            memories=ordered,
-                            added=added,
-                            removed=[h for h in hits if h.id not in new],
-                            at_token=len(generated),
-                        )
-                        hits = ordered
-                        ever.update(dict.fromkeys(new))
-                        segments.append(_Segment(tuple(h.id for h in hits), len(generated)))
-                        yield stats()
-            if not swapped:
-                logits = self._forward([token], cache)
-            if self.context_stats_every and len(generated) % self.context_stats_every == 0 and not swapped:
-                yield stats()
+            update = self._reretrieve(
+                context, policy, stats, generated, (lookback_tokens, first[1]), margin, draws, retrieve_args
+            )
+            if update is not None:
+                yield update
+                yield self._context_stats(context, builder, stats, len(generated))
+            logits = context.step(token)
+            if self.context_stats_every and len(generated) % self.context_stats_every == 0 and update is None:
+                yield self._context_stats(context, builder, stats, len(generated))
 
         event = splitter.finish()
         if event is not None:
             yield event
-        finished = time.perf_counter()
         if learn:
-            self._learn(segments, len(generated), query, now)
+            self._learn(stats.segments, len(generated), first[1], now)
         learned = None
         if return_learned:
             with self._pool_lock:
                 learned = self.pool.learning_state()
-        decode_s = finished - first_at if first_at is not None else 0.0
-        yield stats()
+        yield self._context_stats(context, builder, stats, len(generated))
         yield Done(
-            stats=DoneStats(
-                tokens=len(generated),
-                thinking_tokens=thinking_tokens,
-                swaps=swaps,
-                retrievals=retrievals,
-                stop_reason=stop_reason,
-                ttft_s=round(ttft or 0.0, 4),
-                total_s=round(finished - started, 4),
-                tokens_per_s=round((len(generated) - 1) / decode_s, 3) if len(generated) > 1 and decode_s > 0 else 0.0,
-                retrieval_ms=round(retrieval_s * 1000, 2),
-                swap_ms=round(swap_s * 1000, 2),
-                extra={
-                    "prompt_tokens": len(prompt.prefix) + len(prompt.header),
-                    "prefill_ms": round(prefill_s * 1000, 2),
-                    "swaps_per_100_tokens": round(100 * swaps / max(len(generated), 1), 2),
-                    "deferred_swaps": deferred,
-                    "swap_tokens_reread": reread,
-                    "memory_ids": [h.id for h in hits],
+            stats=stats.done(
+                len(generated),
+                stop_reason,
+                {
+                    "prompt_tokens": context.prompt_tokens,
+                    "memory_ids": [h.id for h in context.hits],
                     "late_system_block": builder.late_system,
+                    "swap_mode": "exact" if context.exact else "slots",
+                    "sample_memories": sample_memories,
+                    "seed": seed,
                 },
             ),
             learned=learned,

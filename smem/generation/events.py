@@ -111,6 +111,11 @@ class MemoryUpdate(SseEvent):
     added: list[Hit]
     removed: list[Hit]
     at_token: int
+    exact: bool = wire(
+        default=True,
+        doc="True: the context was re-read exactly (`swap: exact`); false: only the changed memory slots were "
+        "rewritten and the text written so far kept its cache (`swap: slots`, see smem.generation.swap).",
+    )
 
 
 @dataclass(frozen=True)

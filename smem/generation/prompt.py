@@ -235,6 +235,19 @@ class PromptBuilder:
     def build(self, memories: Sequence[Union[Hit, Memory]]) -> Prompt:
         return Prompt(prefix=self.prefix, memory=self.memory_block(memories), header=self.header)
 
+    def block_frame(self) -> tuple[list[int], list[int]]:
+        """The fixed tokens around the memory lines, (head with the label, tail with the
+        instruction), for a block laid out in slots (`smem.generation.swap.SlotContext`)."""
+        return (
+            self.encode(self._block_before + MEMORY_LABEL + "\n"),
+            self.encode("\n" + MEMORY_INSTRUCTION + self._block_after),
+        )
+
+    def slot_line(self, memory: Union[Hit, Memory], length: int) -> list[int]:
+        """A memory line's ids trimmed to `length` (keeping its closing newline) for a slot."""
+        ids = self.encode(memory_line(memory) + "\n")
+        return ids if len(ids) <= length else [*ids[: length - 1], ids[-1]]
+
     def block_overhead(self) -> int:
         """Tokens a non-empty block costs beyond its memory lines (wrapper, label, instruction)."""
         if self._overhead is None:

@@ -24,7 +24,7 @@ from smem.memory.lexical import LexicalIndex
 from smem.memory.records import Hit, Memory, MemoryFileError, MemoryRecord, Pull, parse_records, validate_record
 from smem.memory.scoring import ScoringWeights
 from smem.memory.pool_file import check_pool_file
-from smem.memory.selection import Candidates, Selection, select
+from smem.memory.selection import Candidates, Selection, gumbel_noise, select
 from smem.memory.settings import DEFAULTS
 from smem.memory.store import PoolFileError, pool_file_bytes, read_pool_file, write_pool_file
 
@@ -408,10 +408,16 @@ class MemoryPool:
             link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
-            rng=self._rng if query.sample else None,
+            noise=self._noise(index, query.sample_seed) if query.sample else None,
             ceiling=0.0 if everything else ceiling,
             fewest_outside_tokens=int(self._tokens.min()),
         )
+
+    def _noise(self, index: np.ndarray, seed: Optional[int]) -> np.ndarray:
+        """Gumbel noise for the candidates at pool positions `index`."""
+        if seed is None:
+            return self._rng.gumbel(size=len(index))
+        return gumbel_noise(seed, index)
 
     def _choose(self, query: "_Query", exact: bool) -> tuple[np.ndarray, Selection]:
         """Select over the nearest candidates, widened until the selection is proven to be
@@ -492,6 +498,7 @@ class MemoryPool:
         incumbent_margin: float = 0.0,
         exact: bool = False,
         query_vector: Optional[np.ndarray] = None,
+        sample_seed: Optional[int] = None,
     ) -> list[Hit]:
         """Select up to `max_memories` for `query` (text or a vector).
 
@@ -501,7 +508,10 @@ class MemoryPool:
         `incumbents` (ids now in context) have their score raised by `incumbent_margin`,
         so a streaming answer does not swap memories on a near-tie. `exact` scores every
         memory; the fast path is proven to select the same memories with the same scores
-        (tests/test_retrieval_exact.py). `sample` always scores every memory.
+        (tests/test_retrieval_exact.py). `sample` always scores every memory and draws from the
+        softmax (Gumbel-max); with `sample_seed` the noise is fixed per (seed, memory), so a
+        streaming answer's re-retrievals are reproducible and change the set only where the
+        scores moved; without it the pool's own random stream rolls fresh noise.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
@@ -528,6 +538,7 @@ class MemoryPool:
             margin=incumbent_margin,
             graph=self._link_graph(),
             sample=sample,
+            sample_seed=sample_seed,
             max_memories=max_memories,
             token_budget=token_budget,
         )
@@ -719,6 +730,7 @@ class _Query:
     graph: Optional[LinkGraph]
     """Encoding + learned links, or None while the pool has none."""
     sample: bool
+    sample_seed: Optional[int]
     max_memories: int
     token_budget: Optional[int]
 

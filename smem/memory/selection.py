@@ -62,11 +62,19 @@ LinkLookup = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """Pool position → (neighbour pool positions, link weights)."""
 
 
-def softmax(values: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = values / max(temperature, 1e-6)
-    scaled = scaled - scaled.max()
-    weights = np.exp(scaled)
-    return weights / weights.sum()
+def gumbel_noise(seed: int, index: np.ndarray) -> np.ndarray:
+    """Gumbel(0, 1) noise fixed per (seed, pool position): a splitmix64 hash of the pair.
+
+    A streaming answer re-retrieves every few tokens; with fresh dice each time a sampled set
+    would change on every call (thrash). With noise tied to the memory, each draw is still a
+    softmax sample, but consecutive draws change only where the scores moved enough."""
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    uniform = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    return -np.log(-np.log(uniform))
 
 
 def select(
@@ -78,17 +86,21 @@ def select(
     link_weight: float,
     diversity_weight: float,
     temperature: float,
-    rng: Optional[np.random.Generator],
+    noise: Optional[np.ndarray],
     ceiling: float = 0.0,
     fewest_outside_tokens: int = 0,
 ) -> Selection:
-    """Choose up to `max_memories`; `rng` set means sample from the softmax, else argmax.
+    """Choose up to `max_memories`: argmax, or with `noise` (Gumbel, one per candidate) a
+    softmax draw by the Gumbel-max trick, argmax(score / temperature + noise). The first pick
+    is an exact softmax sample; the later ones are Gumbel-top-k, sequential draws without
+    replacement (exact while scores stay put; approximate where MMR damping and links move
+    them between picks).
 
     `ceiling` bounds the ranked score of every memory not among the candidates (0: none
     can be chosen) and `fewest_outside_tokens` their token counts from below. A softmax
     draw weighs every memory, so it needs them all (`ceiling` 0).
     """
-    if rng is not None and ceiling > 0:
+    if noise is not None and ceiling > 0:
         raise ValueError("a softmax draw needs every memory among the candidates")
     count = len(candidates.index)
     if count == 0 or max_memories <= 0:
@@ -114,14 +126,13 @@ def select(
             break
         ranked = favoured * mult * damping
         ranked[~available] = -np.inf
-        if rng is None:
+        if noise is None:
             pos = int(np.argmax(ranked))
             weakest = min(weakest, float(ranked[pos]))
             # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
             proven = proven and bool(ranked[pos] > ceiling)
         else:
-            live = np.flatnonzero(available)
-            pos = int(rng.choice(live, p=softmax(ranked[live], temperature)))
+            pos = int(np.argmax(ranked / max(temperature, 1e-6) + noise))
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
         available[pos] = False
         remaining -= float(candidates.tokens[pos])

@@ -301,6 +301,8 @@ def create_api(
                     "temperature": request.temperature,
                     "seed": request.seed,
                     "enable_thinking": request.enable_thinking,
+                    "sample_memories": request.sample_memories,
+                    "swap": None if request.swap == "auto" else request.swap,
                 },
                 cancel,
             )

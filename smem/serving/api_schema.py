@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smem.generation import events
+from smem.generation.swap import SwapChoice
 from smem.memory.records import Hit
 
 CHAT_PATH = "/chat/stream"
@@ -196,6 +197,18 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
             default=None, description="Sampling seed, for repeatable answers."
         )
         enable_thinking: bool = Field(default=True, description="Let a thinking model think first (streamed as `thinking` events).")
+        sample_memories: bool = Field(
+            default=True,
+            description="Draw the memories from the softmax over their scores (the memory set's temperature), as the "
+            "app does; false takes the top scores. Draws follow `seed`; the seed used is in `done.extra.seed`.",
+        )
+        swap: SwapChoice = Field(
+            default="auto",
+            description="How a memory swap edits the model's cache: `exact` re-reads the new memories, the header and "
+            "everything generated so far (exact; cost grows with the answer); `slots` rewrites only the changed "
+            "memory's fixed-size slot (approximate; cost independent of the answer's length). `auto`: exact on a "
+            "GPU, slots on a CPU.",
+        )
 
         @field_validator("message")
         @classmethod

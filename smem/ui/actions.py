@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from smem.generation.events import Done, Event
+from smem.generation.swap import SWAP_CHOICES
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
@@ -81,12 +82,27 @@ class GenerationSettings:
     temperature: float = 0.7
     max_new_tokens: int = 512
     enable_thinking: bool = True
+    sample_memories: bool = True
+    """Draw memories from the softmax, as the design and the "Softmax temperature" slider
+    promise (a visitor moving the slider expects the selection to change); every answer's seed
+    is in its Done statistics, so a draw can be replayed."""
+    swap: str = "auto"
+    """How memory swaps edit the cache: "exact", "slots" or "auto" (exact on GPUs, slots on CPUs)."""
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name == "enable_thinking":
+            if item.name in ("enable_thinking", "sample_memories"):
                 object.__setattr__(self, item.name, bool(value))
+                continue
+            if item.name == "swap":
+                if value not in SWAP_CHOICES:
+                    raise ValueError(f"Memory swap (swap) must be one of {', '.join(SWAP_CHOICES)}, got {value!r}")
+                continue
+            if item.name == "seed":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32):
+                    raise ValueError(f"seed must be an integer in [0, 2**32), got {value!r}")
                 continue
             setting = SETTINGS[item.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -115,7 +131,11 @@ class GenerationSettings:
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "enable_thinking": self.enable_thinking,
+            "sample_memories": self.sample_memories,
+            "swap": None if self.swap == "auto" else self.swap,
+            "seed": self.seed,
         }
+
 
 def gpu_seconds_for(max_new_tokens: int) -> int:
     """How long to reserve a ZeroGPU slice for one answer: longer answers need longer slots,

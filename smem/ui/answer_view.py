@@ -41,6 +41,8 @@ class Segment:
 
     start: int
     hits: tuple[Hit, ...]
+    exact: Optional[bool] = None
+    """How the swap that began it edited the cache: exact re-read or slot rewrite (None: the first set)."""
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -92,7 +94,7 @@ class AnswerView:
             return Changed.CHAT
         if isinstance(event, MemoryUpdate):
             self._anchor(event.at_token)
-            self._set_memories(event.memories, event.at_token, removed=event.removed)
+            self._set_memories(event.memories, event.at_token, removed=event.removed, exact=event.exact)
             return Changed.MEMORIES
         if isinstance(event, ContextStats):
             self.context.append(event)
@@ -116,14 +118,16 @@ class AnswerView:
         else:
             self.anchors.append((tokens, position))
 
-    def _set_memories(self, hits: Sequence[Hit], at_token: int, removed: Sequence[Hit]) -> None:
+    def _set_memories(
+        self, hits: Sequence[Hit], at_token: int, removed: Sequence[Hit], exact: Optional[bool] = None
+    ) -> None:
         before = {hit.id for hit in self.current}
         self.current = tuple(hits)
         self.just_added = frozenset(hit.id for hit in hits if hit.id not in before)
         self.just_removed = tuple(removed)
         for memory_id in self.just_added:
             self.entered[memory_id] = at_token
-        self.segments.append(Segment(at_token, self.current))
+        self.segments.append(Segment(at_token, self.current, exact))
 
     def take_learned(self) -> Any:
         """The learned Hebbian state, handed over once: the view is kept for the timeline and
@@ -153,6 +157,10 @@ class AnswerView:
     def swap_tokens(self) -> list[int]:
         """Token indices where the memory set changed (the first set is not a swap)."""
         return [segment.start for segment in self.segments[1:]]
+
+    def swaps(self) -> list[tuple[int, bool]]:
+        """(token index, exact?) of every swap, for the timeline's marks."""
+        return [(segment.start, bool(segment.exact)) for segment in self.segments[1:]]
 
     # -- the timeline ------------------------------------------------------------------------
 

@@ -346,6 +346,9 @@ def timeline_figure(view: AnswerView, at_token: Optional[int] = None) -> go.Figu
         )
     if at_token is not None:
         figure.add_vline(x=at_token, line={"width": 2, "color": "#111827"})
+    for token, exact in view.swaps():
+        # Solid: the swap re-read the context exactly; dotted: a slot rewrite (approximate).
+        figure.add_vline(x=token, line={"width": 1, "color": "#9ca3af", "dash": "solid" if exact else "dot"})
     if not intervals:
         _placeholder(figure, "The memories of each stretch of the answer appear here")
     rows = len(labels)

@@ -1,0 +1,270 @@
+"""Memory swaps: when the engine may change the memory block, and how it edits the KV cache.
+
+The prompt is prefix | memory block | assistant header, then the generated text (see
+`smem.generation.prompt`). Two ways to change the block under a running answer:
+
+* **exact** (`ExactContext`, the reference and the default on accelerators): crop the cache to
+  the longest common prefix of the old and new token sequences and re-read the rest, i.e. the
+  changed memory lines, the header and every generated token. The logits afterwards are those
+  of a fresh forward over the same tokens. Its cost grows with the answer.
+* **slots** (`SlotContext`, the default on CPUs): the block is a fixed number of slots of a
+  fixed token length (a memory line is trimmed or padded to its slot; padding and empty slots
+  are masked out of attention). Replacing the memory in slot i recomputes only slot i's keys
+  and values, at slot i's positions, attending to the prefix and the earlier slots exactly as a
+  fresh prefill would. The header and the generated tokens keep their cache entries and their
+  positions never move, so a swap costs one slot whatever the answer's length. It is an
+  approximation: the kept entries after slot i were computed while the old memory was there
+  (`bench/swap_fidelity.py` measures what that changes against exact).
+
+`SwapPolicy` decides when to re-retrieve. Slot swaps are cheap enough to run at every scheduled
+re-retrieval; exact swaps on a CPU are paid from a budget of re-read tokens per generated token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Sequence, get_args
+
+import torch
+from transformers import DynamicCache
+
+from smem.generation.prompt import Prompt, PromptBuilder
+from smem.memory.records import Hit
+
+SwapMode = Literal["exact", "slots"]
+SWAP_MODES: tuple[SwapMode, ...] = get_args(SwapMode)
+SwapChoice = Literal["auto", "exact", "slots"]
+"""What a user may ask for: a mode, or "auto" (`default_swap_mode`)."""
+SWAP_CHOICES: tuple[str, ...] = get_args(SwapChoice)
+
+CPU_SWAP_BUDGET = 6.0
+"""Re-read tokens per generated token that exact swaps may spend on a CPU. Here a decode step of
+the 0.5B model costs as much as prefilling ~35 tokens, so 6 keeps swaps near 15% of decode time.
+On an accelerator prefill is nearly free next to a decode step and swaps are not rationed."""
+
+DEFAULT_SLOT_TOKENS = 40
+"""Tokens per memory slot: the 99th percentile of a rendered memory line (tags included) in
+the shipped sets is 40.5 (tutor) and 41 (family) Qwen2.5 tokens, so 1 line in 100 is trimmed."""
+
+Forward = Callable[..., torch.Tensor]
+"""`forward(ids, cache, attention_mask=None) -> next-token logits`: appends `ids` to `cache`."""
+
+
+def default_swap_mode(device: torch.device) -> SwapMode:
+    """Exact where prefill is nearly free next to a decode step (accelerators); slots on CPUs,
+    where an exact swap late in an answer re-reads hundreds of tokens."""
+    return "exact" if device.type != "cpu" else "slots"
+
+
+def _common_prefix(cached: Sequence[int], sequence: Sequence[int]) -> int:
+    """How much of the cache a swap keeps: the shared head of the old and new token sequences."""
+    limit = min(len(cached), len(sequence))
+    common = 0
+    while common < limit and cached[common] == sequence[common]:
+        common += 1
+    return common
+
+
+def keep_order(old: Sequence[Hit], new: Sequence[Hit]) -> list[Hit]:
+    """The new set with the memories that stay first, in their old order (their cache entries
+    survive an exact swap), then the newcomers; every hit carries its fresh score."""
+    fresh = {h.id: h for h in new}
+    return [fresh[h.id] for h in old if h.id in fresh] + [h for h in new if h.id not in {o.id for o in old}]
+
+
+class ExactContext:
+    """The answer's cache when every swap crops and re-reads (logits exact)."""
+
+    exact = True
+
+    def __init__(self, forward: Forward, builder: PromptBuilder, hits: Sequence[Hit], config: Any) -> None:
+        self._forward = forward
+        self._builder = builder
+        self.prompt: Prompt = builder.build(hits)
+        self.hits = list(hits)
+        self.cache = DynamicCache(config=config)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.prefix) + len(self.prompt.header)
+
+    @property
+    def memory_tokens(self) -> int:
+        return len(self.prompt.memory)
+
+    def prefill(self) -> torch.Tensor:
+        return self._forward(self.prompt.ids, self.cache)
+
+    def step(self, token: int) -> torch.Tensor:
+        return self._forward([token], self.cache)
+
+    def cheapest_swap(self, fed: Sequence[int]) -> int:
+        """Any swap re-reads at least the header and the generated text."""
+        return len(self.prompt.header) + len(fed)
+
+    def swap_cost(self, hits: Sequence[Hit], fed: Sequence[int]) -> tuple[int, Prompt, int]:
+        """(tokens to re-read, the new prompt, tokens kept) for putting `hits` in context when
+        the cache holds the current prompt + `fed`."""
+        candidate = self._builder.build(hits)
+        sequence = [*candidate.ids, *fed]
+        keep = _common_prefix([*self.prompt.ids, *fed], sequence)
+        return len(sequence) - keep, candidate, keep
+
+    def swap(self, hits: Sequence[Hit], fed: Sequence[int], plan: Optional[tuple[int, Prompt, int]] = None) -> int:
+        """Crop to the common prefix and re-read the rest; return the tokens read."""
+        cost, candidate, keep = plan or self.swap_cost(hits, fed)
+        with torch.inference_mode():
+            self.cache.crop(keep - self.cache.get_seq_length())
+        if cost:
+            self._forward([*candidate.ids, *fed][keep:], self.cache)
+        self.prompt, self.hits = candidate, list(hits)
+        return cost
+
+
+class SlotContext:
+    """The answer's cache when the memory block is fixed slots rewritten in place (approximate)."""
+
+    exact = False
+
+    def __init__(
+        self,
+        forward: Forward,
+        builder: PromptBuilder,
+        hits: Sequence[Hit],
+        config: Any,
+        *,
+        slots: int,
+        slot_tokens: int,
+        max_new_tokens: int,
+        device: torch.device,
+    ) -> None:
+        if len(hits) > slots:
+            raise ValueError(f"{len(hits)} memories do not fit {slots} slots")
+        self._forward = forward
+        self._builder = builder
+        self._config = config
+        self.slot_tokens = slot_tokens
+        self.slots: list[Optional[Hit]] = [*hits, *[None] * (slots - len(hits))]
+        head, tail = builder.block_frame() if slots else ([], [])
+        self.first_slot = len(builder.prefix) + len(head)
+        self.layout = [*builder.prefix, *head, *[0] * (slots * slot_tokens), *tail, *builder.header]
+        self._frame = len(head) + len(tail)
+        # One attention-mask row for the whole answer: 0 for padding and empty slots.
+        self.mask = torch.ones(1, len(self.layout) + max_new_tokens + 1, dtype=torch.long, device=device)
+        self.length = 0
+        self.cache = DynamicCache(config=config)
+        for index, hit in enumerate(self.slots):
+            self._place(index, hit)
+
+    @property
+    def hits(self) -> list[Hit]:
+        return [hit for hit in self.slots if hit is not None]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._builder.prefix) + len(self._builder.header)
+
+    @property
+    def memory_tokens(self) -> int:
+        """Block tokens the model attends to (padding and empty slots excluded)."""
+        start = self.first_slot
+        visible = int(self.mask[0, start : start + len(self.slots) * self.slot_tokens].sum())
+        return visible + self._frame if self.slots else 0
+
+    def _span(self, index: int) -> slice:
+        start = self.first_slot + index * self.slot_tokens
+        return slice(start, start + self.slot_tokens)
+
+    def _place(self, index: int, hit: Optional[Hit]) -> list[int]:
+        """Write slot `index`'s ids into the layout and its visibility into the mask."""
+        ids = self._builder.slot_line(hit, self.slot_tokens) if hit is not None else []
+        span = self._span(index)
+        self.layout[span] = [*ids, *[0] * (self.slot_tokens - len(ids))]  # padding id: masked, never read
+        self.mask[0, span] = 0
+        self.mask[0, span.start : span.start + len(ids)] = 1
+        self.slots[index] = hit
+        return self.layout[span]
+
+    def prefill(self) -> torch.Tensor:
+        self.length = len(self.layout)
+        return self._forward(self.layout, self.cache, self.mask[:, : self.length])
+
+    def step(self, token: int) -> torch.Tensor:
+        self.length += 1
+        return self._forward([token], self.cache, self.mask[:, : self.length])
+
+    def cheapest_swap(self, fed: Sequence[int] = ()) -> int:
+        return self.slot_tokens
+
+    def assign(self, hits: Sequence[Hit]) -> list[tuple[int, Optional[Hit]]]:
+        """Slot changes that put `hits` in context: memories that stay keep their slot,
+        newcomers take the lowest free slots, slots left over are emptied."""
+        wanted = {h.id: h for h in hits}
+        changes: list[tuple[int, Optional[Hit]]] = []
+        free = []
+        for index, hit in enumerate(self.slots):
+            if hit is not None and hit.id in wanted:
+                self.slots[index] = wanted.pop(hit.id)  # fresh score, same slot
+            else:
+                free.append(index)
+        newcomers = list(wanted.values())
+        for index in free:
+            if newcomers:
+                changes.append((index, newcomers.pop(0)))
+            elif self.slots[index] is not None:
+                changes.append((index, None))
+        return changes
+
+    def swap(self, hits: Sequence[Hit], fed: Sequence[int] = ()) -> int:
+        """Rewrite the slots that change; return the tokens read (slot length per new memory).
+        `fed` (the generated text in the cache) is not re-read: it keeps its entries."""
+        read = 0
+        for index, hit in self.assign(hits):
+            ids = self._place(index, hit)
+            if hit is not None:
+                self._recompute(self._span(index), ids)
+                read += self.slot_tokens
+        return read
+
+    def _recompute(self, span: slice, ids: list[int]) -> None:
+        """Slot KV as a fresh prefill computes it: forward the slot over a view of the cache
+        cut at the slot's start (so its positions and attention are the prefill's), then write
+        the new keys/values into the cache at the slot's positions."""
+        view = DynamicCache(config=self._config)
+        with torch.inference_mode():
+            for index, layer in enumerate(self.cache.layers):
+                view.update(layer.keys[:, :, : span.start], layer.values[:, :, : span.start], index)
+            self._forward(ids, view, self.mask[:, : span.stop])
+            for layer, fresh in zip(self.cache.layers, view.layers):
+                layer.keys[:, :, span] = fresh.keys[:, :, span]
+                layer.values[:, :, span] = fresh.values[:, :, span]
+
+
+@dataclass
+class SwapPolicy:
+    """When to re-retrieve, and whether a swap may run now.
+
+    Every `every` generated tokens (0 = never). With a `budget` (re-read tokens per generated
+    token, exact swaps on a CPU) a swap the credit cannot pay is deferred, and while the credit
+    cannot pay even the cheapest swap the re-retrieval is skipped: its result could not change
+    the context, so the output is the same and the embedding time is saved.
+    """
+
+    every: int
+    budget: Optional[float] = None
+    credit: float = 0.0
+
+    def due(self, generated: int, cheapest: int) -> bool:
+        self.credit += self.budget or 0.0
+        if not self.every or generated % self.every:
+            return False
+        return self.budget is None or self.credit >= cheapest
+
+    def pay(self, cost: int) -> bool:
+        """Spend `cost` re-read tokens if the credit allows; False means deferred."""
+        if self.budget is None:
+            return True
+        if cost > self.credit:
+            return False
+        self.credit -= cost
+        return True
