@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from smem import MemoryPool, load_memories
-from smem.generation import tiny
+from smem.generation import sampling, tiny
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import Memories, MemoryUpdate, Thinking, Token
 from smem.generation.prompt import MEMORY_INSTRUCTION, MEMORY_LABEL, PromptBuilder, memory_text
@@ -107,29 +107,22 @@ def test_the_split_reassembles_the_real_rendering(tokenizer, thinking):
     )
 
 
-class Scripted(torch.nn.Module):
-    """The tiny model (a real cache) whose next token is dictated by a script."""
+class Reading(torch.nn.Module):
+    """The tiny model (a real cache), recording the token sequence it has read."""
 
-    def __init__(self, model: torch.nn.Module, script: list[int]) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.inner = model
         self.config = model.config
         self.generation_config = model.generation_config
-        self.script = script
         self.read: list[int] = []
-        self.calls = 0
 
     def forward(self, input_ids, past_key_values=None, **kwargs):
         self.read = self.read[: past_key_values.get_seq_length()] + input_ids[0].tolist()
-        out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
-        forced = torch.full_like(out.logits, -1e4)
-        forced[..., self.script[min(self.calls, len(self.script) - 1)]] = 0.0
-        self.calls += 1
-        out.logits = forced
-        return out
+        return self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
 
 
-def test_thinking_is_split_and_re_retrieval_swaps_inside_it(tokenizer):
+def test_thinking_is_split_and_re_retrieval_swaps_inside_it(tokenizer, monkeypatch):
     """Qwen3 on the Space thinks first; re-retrieval during the thinking must keep the real
     template's prompt intact and the thinking/answer split right."""
     model, _ = tiny.build(seed=0)
@@ -141,11 +134,14 @@ def test_thinking_is_split_and_re_retrieval_swaps_inside_it(tokenizer):
         "maybe soccer word problems and fractions warm-ups help.\n"
     )
     script = [think, *encode(tokenizer, thought), end_think, *encode(tokenizer, "\n\nStart with a soccer problem."), im_end]
-    scripted = Scripted(model, script)
+    # The engine writes the script: its token picker is told the next token.
+    monkeypatch.setattr(sampling.TokenPicker, "__call__", lambda self, generated, logits: script[len(generated)])
+    scripted = Reading(model)
     engine = StreamingEngine(scripted, tokenizer, pool, swap_budget=None)
     events = list(
         engine.stream(
-            MESSAGE, HISTORY, update_every_n=2, lookback_tokens=8, max_new_tokens=200, temperature=0.0, incumbent_margin=0.0
+            MESSAGE, HISTORY, update_every_n=2, lookback_tokens=8, max_new_tokens=200, temperature=0.0,
+            incumbent_margin=0.0, swap="exact",
         )
     )
     thinking = "".join(e.text for e in events if isinstance(e, Thinking))
