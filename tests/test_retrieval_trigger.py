@@ -27,6 +27,12 @@ def engine_parts():
     return tiny.build(seed=0), pool
 
 
+def squash(text: str) -> str:
+    """Text without whitespace or U+FFFD: a query decoded mid-character ends in U+FFFD where
+    the streamed text, decoded whole, has the character."""
+    return "".join(ch for ch in text if not ch.isspace() and ch != "\ufffd")
+
+
 def answer(engine: StreamingEngine, **kwargs) -> list:
     args = dict(update_every_n=1, max_new_tokens=24, temperature=0.0, learn=False, retrieval_trigger="uncertainty")
     return list(engine.stream(MESSAGE, **{**args, **kwargs}))
@@ -56,15 +62,14 @@ def test_query_is_the_message_and_the_sentence_without_its_newest_token(engine_p
     retrieve = pool.retrieve
     monkeypatch.setattr(pool, "retrieve", lambda text, **kw: queries.append(text) or retrieve(text, **kw))
     events = answer(engine, uncertainty_threshold=1.0, max_new_tokens=16)
-    written = "".join(e.text for e in events if isinstance(e, (Token, Thinking)))
+    written = squash("".join(e.text for e in events if isinstance(e, (Token, Thinking))))
     assert isinstance(events[-1], Done) and len(queries) == events[-1].stats.retrievals > 1
     assert queries[0] == MESSAGE
     for query in queries[1:]:
         assert query.startswith(MESSAGE)
-        sentence = query[len(MESSAGE) :].strip()
-        assert sentence.replace(" ", "") in written.replace(" ", "").replace("\n", "")
+        assert squash(query[len(MESSAGE) :]) in written
     # the newest token is left out: the last query cannot hold the whole answer
-    assert queries[-1][len(MESSAGE) :].strip().replace(" ", "") != written.replace(" ", "")
+    assert squash(queries[-1][len(MESSAGE) :]) != written
 
 
 def test_bad_trigger_is_refused(engine_parts):
