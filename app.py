@@ -2,7 +2,13 @@
 
 This file only wires widgets to `smem`: per-visitor actions live in `smem.ui.actions`, the event
 stream's reduction into view state in `smem.ui.answer_view`, figures and table rows in
-`smem.ui.viz`. The HTTP API (`smem.serving.api`) is served by the same process.
+`smem.ui.viz`, the MCP tools in `smem.ui.agent_tools`; long texts in `assets/*.md`. The HTTP
+API (`smem.serving.api`) is served by the same process, and so is an MCP server
+(`/gradio_api/mcp/`) offering `retrieve_memories`, `add_memory` and `chat`.
+
+Sending a message is two chained events, as in Gradio's chatbot demos: `echo` shows the
+question and clears the last answer's panels at once, then `respond` streams the answer.
+Handlers return `{component: value}` dicts, so each names what it changes.
 
 How it starts: locally (`python app.py`) the API app is served by uvicorn on 127.0.0.1:7860
 with the Gradio UI mounted at `/`. On a Space it calls `demo.launch()` (ZeroGPU hooks its
@@ -23,14 +29,17 @@ import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, AsyncIterator, Iterator, Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Mount  # noqa: E402
 
 from smem.generation import models  # noqa: E402
-from smem.ui import actions, answer_view, viz  # noqa: E402
-from smem.serving.api import create_api  # noqa: E402
+from smem.ui import actions, agent_tools, answer_view, recorded, viz  # noqa: E402
+from smem.serving.api import create_api, not_found  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
@@ -59,7 +68,7 @@ if ON_GPU:
 LIMITS = ApiSettings.from_env()
 """The same limits for the UI and the HTTP API (`main` replaces them with the CLI's, if given)."""
 SET_NAMES = RUNTIME.sets.names
-DEFAULT_SET = "tutor" if "tutor" in SET_NAMES else SET_NAMES[0]
+DEFAULT_SET = RUNTIME.sets.default
 # Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
 # topic when sampled hotter, so it runs cooler and shorter.
 DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
@@ -67,11 +76,16 @@ DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, te
 
 @spaces.GPU(duration=actions.gpu_seconds)
 def generate(
-    pool: MemoryPool, message: str, history: list[dict[str, str]], settings: actions.GenerationSettings
+    pool: MemoryPool,
+    message: str,
+    history: list[dict[str, str]],
+    settings: actions.GenerationSettings,
+    cancel: Optional[threading.Event] = None,
 ) -> Iterator[Event]:
     """The answer, as engine events. On ZeroGPU this runs in a forked worker: `pool` arrives
-    pickled and what it learns leaves in the final `Done` event."""
-    yield from actions.answer(RUNTIME.engine(pool), message, history, settings)
+    pickled and what it learns leaves in the final `Done` event; `cancel` cannot cross into
+    the worker, so there Stop closes the stream instead."""
+    yield from actions.answer(RUNTIME.engine(pool), message, history, settings, cancel)
 
 
 @spaces.GPU(duration=actions.api_gpu_seconds)
@@ -93,177 +107,10 @@ def generate_for_api(pool: MemoryPool, kwargs: dict[str, Any], cancel: threading
         stream.close()
 
 
-HEADER = """
-# 🧠 Streaming Memory
-A Hebbian memory for LLMs: while the model writes, the last tokens are re-embedded every few
-tokens and the memories in its context are **swapped on the fly**, without re-reading the
-conversation. Memories used together grow links, and those links shape the next retrieval.
-"""
-
-HOW_IT_WORKS = """
-1. **Retrieve.** Your message (and the last exchange) is embedded and scored against every
-   memory: similarity, boosted by recency, emotional weight, how often and for which kinds of
-   question a memory was useful before, and its links to memories already picked. A softmax
-   over the scores (*softmax temperature*) with a diversity penalty draws up to *max
-   memories*; within one answer the draws share their dice, so the set changes only when the
-   scores do.
-2. **Generate and re-retrieve.** Every *N* tokens the last *lookback* tokens of the answer
-   become the query. If the best set changed, the memory block — which sits late in the
-   prompt — is swapped. *Exact* swaps (the default on a GPU) cut the KV cache back to just
-   before the block and re-read the new block plus the answer so far. *Slot* swaps (the
-   default on a CPU) keep the block as fixed slots and re-read only the changed memory's slot,
-   so a swap costs the same at token 1,000 as at token 10; the timeline marks them dotted.
-   The conversation before the block is never re-read.
-3. **Learn.** When the answer ends, every memory that was in context is counted once, and each
-   pair that shared the context is linked, more strongly the longer they stayed together.
-   The network on the right shows those links; the next answer's retrieval feels their pull.
-
-The chart compares the context this takes with classic RAG, which keeps every memory it ever
-retrieved, and with putting all memories in the prompt. Each visitor has a private copy of
-the memory set: uploads, added memories and learning are never shared.
-"""
-
-
-def _frame(parts: Changed, view: AnswerView, pool: MemoryPool, chat: list, message: str) -> tuple:
-    memories = bool(parts & (Changed.MEMORIES | Changed.DONE))
-    return (
-        answer_view.chat_messages(chat, message, view),
-        viz.memory_rows(view.rows()) if memories else gr.skip(),
-        viz.network_figure(pool, view.current_ids, None if view.finished else view.together())
-        if memories
-        else gr.skip(),
-        viz.context_figure(view.context, view.swap_tokens()) if parts & (Changed.CONTEXT | Changed.DONE) else gr.skip(),
-        viz.timeline_figure(view) if memories else gr.skip(),
-    )
-
-
-def respond(
-    message: str,
-    chat: Optional[list],
-    pool: MemoryPool,
-    label: str,
-    update_every_n: float,
-    max_memories: float,
-    softmax_temperature: float,
-    diversity_weight: float,
-    association_weight: float,
-    lookback_tokens: float,
-    temperature: float,
-    max_new_tokens: float,
-    enable_thinking: bool,
-    sample_memories: bool,
-    swap: str,
-):
-    """Stream one answer into the chat, table, network and charts; learn into the visitor's pool."""
-    message = (message or "").strip()
-    chat = list(chat or [])
-    if not message:
-        raise gr.Error("Type a message first.")
-    try:
-        settings = actions.GenerationSettings(
-            update_every_n=update_every_n,
-            max_memories=max_memories,
-            softmax_temperature=softmax_temperature,
-            diversity_weight=diversity_weight,
-            association_weight=association_weight,
-            lookback_tokens=lookback_tokens,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            enable_thinking=enable_thinking,
-            sample_memories=sample_memories,
-            swap=swap,
-        )
-        fitted = prompt_budget.fit(RUNTIME.tokenizer, message, answer_view.model_history(chat), LIMITS)
-    except ValueError as error:
-        raise gr.Error(str(error)) from None
-    view = AnswerView()
-    waiting = RUNTIME.queue.waiting
-    note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else "🔎 Retrieving memories…"
-    if fitted.trimmed is not None:
-        note += f" (the oldest {fitted.trimmed.dropped} messages were left out to fit the prompt budget)"
-    idle = gr.skip()
-    yield (
-        answer_view.chat_messages(chat, message, view),
-        idle,
-        idle,
-        idle,
-        idle,
-        "",
-        gr.Slider(interactive=False),
-        note,
-        *[idle] * 4,
-    )
-    throttle = answer_view.Throttle()
-    with RUNTIME.queue.slot():
-        for event in generate(pool, message, fitted.history, settings):
-            parts = throttle.push(view.apply(event))
-            if parts:
-                yield (*_frame(parts, view, pool, chat, message), *[idle] * 7)
-    actions.apply_learned(pool, view.take_learned())
-    last = max(view.generated - 1, 0)
-    yield (
-        *_frame(Changed.DONE | Changed.MEMORIES | Changed.CONTEXT, view, pool, chat, message),
-        idle,
-        gr.Slider(minimum=0, maximum=max(last, 1), value=last, interactive=True),
-        answer_view.summary(view.done) if view.done else "",
-        view,
-        actions.describe(pool, label),
-        viz.memory_rows(view.rows_at(last)),
-        view.excerpt_at(last),
-    )
-
-
-def show_token(token: float, view: Optional[AnswerView]):
-    """The timeline cursor: which memories were in context at that token, and the text so far."""
-    if view is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    token = int(token)
-    return viz.timeline_figure(view, token), viz.memory_rows(view.rows_at(token)), view.excerpt_at(token)
-
-
-def _pool_changed(pool: MemoryPool, label: str, note: str = ""):
-    return (
-        pool,
-        label,
-        actions.describe(pool, label) + (f"\n\n{note}" if note else ""),
-        viz.network_figure(pool),
-        [],
-        gr.Dataset(samples=[[example] for example in RUNTIME.sets.examples(label)]),
-    )
-
-
-def choose_set(name: str):
-    return _pool_changed(RUNTIME.sets.pool(name), name)
-
-
-def _refused(error: MemoryFileError, what: str):
-    message = f"❌ {what}: {error}"
-    gr.Warning(message)
-    return gr.skip(), gr.skip(), html.escape(message), gr.skip(), gr.skip(), gr.skip()
-
-
-def upload_set(raw: Optional[bytes]):
-    try:
-        uploaded = actions.upload(RUNTIME.sets, raw, LIMITS)
-    except MemoryFileError as error:
-        return _refused(error, "That file was not loaded, your memories are unchanged")
-    return _pool_changed(uploaded, "uploaded set", "✅ Loaded your file (visible only to you).")
-
-
-def add_memory(content: str, memory_type: Optional[str], intensity: float, pool: MemoryPool, label: str):
-    try:
-        updated = actions.add_memory(pool, content, memory_type, intensity, LIMITS)
-    except MemoryFileError as error:
-        return _refused(error, "Memory not added")
-    return _pool_changed(updated, label, "✅ Memory added.")
-
-
-def reset_learning(pool: MemoryPool, label: str):
-    return _pool_changed(actions.reset_learning(pool), label, "↺ Hebbian state reset.")
-
-
-def save_learned(pool: MemoryPool, label: str) -> str:
-    return str(actions.save_learned(pool, label))
+ASSETS = Path(__file__).resolve().parent / "assets"
+EXAMPLE_RUN = ASSETS / "example-run.json"
+"""Recorded by scripts/record_example.py; the cached example replays it."""
+STOPS = actions.StopButtons()
 
 
 def build_demo() -> gr.Blocks:
@@ -274,12 +121,16 @@ def build_demo() -> gr.Blocks:
         pool_state = gr.State(initial_pool, time_to_live=4 * 3600)
         label_state = gr.State(DEFAULT_SET)
         view_state = gr.State(None)
-        gr.Markdown(HEADER)
+        layout_state = gr.State(viz.NetworkLayout())
+        stash_state = gr.State({}, time_to_live=4 * 3600)
+        with gr.Row(equal_height=True):
+            gr.Markdown((ASSETS / "header.md").read_text(encoding="utf-8"))
+            choose = gr.Dropdown(SET_NAMES, value=DEFAULT_SET, label="Memory set", scale=0, min_width=180)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=420):
                 chatbot = gr.Chatbot(
                     label="Chat",
-                    height=540,
+                    height=470,
                     buttons=["copy"],
                     elem_id="chat",
                     placeholder="Ask something the memories can help with, or pick an example below.",
@@ -295,113 +146,364 @@ def build_demo() -> gr.Blocks:
                     )
                     send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                     stop = gr.Button("Stop", scale=1, min_width=80, elem_id="stop")
+                status = gr.Markdown("", elem_id="status")
+                set_status = gr.Markdown(
+                    actions.describe(initial_pool, DEFAULT_SET), label="Memory set status", elem_id="set-status"
+                )
+                replay_slot = gr.Column()
                 examples = gr.Dataset(
                     label="Examples",
                     components=[message],
                     samples=[[e] for e in RUNTIME.sets.examples(DEFAULT_SET)],
                     elem_id="examples",
                 )
-                status = gr.Markdown(label="Status", elem_id="status")
-                with gr.Row():
-                    knobs = [gr.Slider(**_slider("update_every_n")), gr.Slider(**_slider("max_memories"))]
-                with gr.Accordion("Advanced", open=False):
-                    with gr.Row():
-                        knobs += [
-                            gr.Slider(**_slider(name))
-                            for name in ("softmax_temperature", "diversity_weight", "association_weight")
-                        ]
-                    with gr.Row():
-                        knobs += [
-                            gr.Slider(**_slider(name)) for name in ("lookback_tokens", "temperature", "max_new_tokens")
-                        ]
-                    knobs.append(gr.Checkbox(value=DEFAULTS.enable_thinking, label="Thinking (Qwen3)"))
-                    with gr.Row():
-                        knobs.append(
-                            gr.Checkbox(
-                                value=DEFAULTS.sample_memories,
-                                label="Sample memories",
-                                info="Draw from the softmax (off: always the top scores)",
-                            )
-                        )
-                        knobs.append(
-                            gr.Radio(
-                                list(actions.SWAP_CHOICES),
-                                value=DEFAULTS.swap,
-                                label="Memory swap",
-                                info="exact: re-read the context; slots: rewrite only the changed memory; auto: exact on GPU",
-                            )
-                        )
             with gr.Column(scale=4, min_width=380):
                 table = _memory_table("Memories in context now", "memories")
                 network = gr.Plot(
                     viz.network_figure(initial_pool), label="Hebbian network", show_label=False, elem_id="network"
                 )
-        with gr.Row(equal_height=False):
-            with gr.Column():
+        with gr.Tabs():
+            with gr.Tab("Context size", elem_id="tab-context"):
                 context = gr.Plot(viz.context_figure([]), label="Context size", show_label=False, elem_id="context")
-            with gr.Column():
-                timeline = gr.Plot(
-                    viz.timeline_figure(AnswerView()), label="Memory timeline", show_label=False, elem_id="timeline"
-                )
-                token = gr.Slider(
-                    0, 1, value=0, step=1, label="Token (after the answer ends)", interactive=False, elem_id="token"
-                )
-                token_text = gr.Textbox(label="Written by then", lines=2, max_lines=4, interactive=False)
-                token_table = _memory_table("Memories in context at that token", "token-memories")
-        with gr.Accordion("Memory set", open=True):
-            with gr.Row():
-                choose = gr.Dropdown(SET_NAMES, value=DEFAULT_SET, label="Memory set", scale=2)
-                upload = gr.UploadButton("Upload JSON or state", file_types=[".json", ".npz"], type="binary", scale=1, elem_id="upload")
-                reset = gr.Button("Reset Hebbian state", scale=1)
-                save = gr.Button("Download learned state", scale=1)
-            set_status = gr.Markdown(
-                actions.describe(initial_pool, DEFAULT_SET), label="Memory set status", elem_id="set-status"
-            )
-            learned_file = gr.File(label="Learned state (.npz)", interactive=False, visible=False)
-            with gr.Accordion("Add a memory", open=False):
+            with gr.Tab("Timeline and tokens", elem_id="tab-timeline"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        timeline = gr.Plot(
+                            viz.timeline_figure(AnswerView()), label="Memory timeline", show_label=False, elem_id="timeline"
+                        )
+                    with gr.Column(scale=2):
+                        token = gr.Slider(
+                            0, 1, value=0, step=1, label="Token (follows the answer, then scrub)", interactive=False,
+                            elem_id="token",
+                        )
+                        token_text = gr.Textbox(
+                            label="Written by then", lines=2, max_lines=4, interactive=False, elem_id="token-text"
+                        )
+                        token_table = _memory_table("Memories in context at that token", "token-memories")
+            with gr.Tab("Settings", elem_id="tab-settings"):
                 with gr.Row():
-                    new_content = gr.Textbox(label="Content", lines=2, scale=4, elem_id="new-memory")
+                    knobs = [gr.Slider(**_slider(name)) for name in ("update_every_n", "max_memories", "max_new_tokens")]
+                with gr.Row():
+                    knobs += [
+                        gr.Slider(**_slider(name))
+                        for name in ("softmax_temperature", "diversity_weight", "association_weight")
+                    ]
+                with gr.Row():
+                    knobs += [gr.Slider(**_slider(name)) for name in ("lookback_tokens", "temperature")]
+                    # Offered only to a model whose chat template can switch thinking on and off.
+                    knobs.append(
+                        gr.Checkbox(
+                            value=DEFAULTS.enable_thinking and RUNTIME.can_think,
+                            label="Thinking",
+                            visible=RUNTIME.can_think,
+                            elem_id="knob-thinking",
+                        )
+                    )
+                with gr.Row():
+                    knobs.append(
+                        gr.Checkbox(
+                            value=DEFAULTS.sample_memories,
+                            label="Sample memories",
+                            info="Draw from the softmax (off: always the top scores)",
+                        )
+                    )
+                    knobs.append(
+                        gr.Radio(
+                            list(actions.SWAP_CHOICES),
+                            value=DEFAULTS.swap,
+                            label="Memory swap",
+                            info="exact: re-read the context; slots: rewrite only the changed memory; auto: exact on GPU",
+                        )
+                    )
+            with gr.Tab("Memory set", elem_id="tab-set"):
+                with gr.Row():
+                    upload = gr.UploadButton(
+                        "Upload JSON or learned state", file_types=[".json", ".npz"], type="binary", elem_id="upload"
+                    )
+                    reset = gr.Button("Reset Hebbian state", elem_id="reset")
+                    save = gr.Button("Download learned state", elem_id="save")
+                learned_file = gr.File(label="Learned state (.npz)", interactive=False, visible=False)
+                with gr.Row():
+                    new_content = gr.Textbox(label="Add a memory", lines=2, scale=4, elem_id="new-memory")
                     new_type = gr.Dropdown(list(actions.MEMORY_TYPES), value=None, label="Type", scale=1)
                     new_intensity = gr.Slider(0, 1, value=0.5, step=0.05, label="Emotional intensity", scale=1)
                 add = gr.Button("Add memory", elem_id="add-memory")
-        with gr.Accordion("How it works", open=False):
-            gr.Markdown(HOW_IT_WORKS)
+            with gr.Tab("How it works"):
+                gr.Markdown((ASSETS / "how_it_works.md").read_text(encoding="utf-8"))
 
-        chat_inputs = [message, chatbot, pool_state, label_state, *knobs]
-        chat_outputs = [
-            chatbot,
-            table,
-            network,
-            context,
-            timeline,
-            message,
-            token,
-            status,
-            view_state,
-            set_status,
-            token_table,
-            token_text,
-        ]
-        sent = send.click(respond, chat_inputs, chat_outputs, api_name="chat", concurrency_limit=1)
-        submitted = message.submit(respond, chat_inputs, chat_outputs, api_name=False, concurrency_limit=1)
-        stop.click(None, cancels=[sent, submitted])
-        token.release(show_token, [token, view_state], [timeline, token_table, token_text], api_name="timeline")
-        examples.click(lambda sample: sample[0], examples, message, api_name=False)
+        blank = AnswerView()
 
-        set_outputs = [pool_state, label_state, set_status, network, table, examples]
-        choose.change(choose_set, choose, set_outputs, api_name="choose_set")
-        upload.upload(upload_set, upload, set_outputs, api_name="upload_set")
+        def cleared_panels() -> dict:
+            """The panels of an answer, emptied: a new answer or another set must not show
+            the previous one's."""
+            return {
+                table: [],
+                context: viz.context_figure([]),
+                timeline: viz.timeline_figure(blank),
+                token: gr.Slider(minimum=0, maximum=1, value=0, interactive=False),
+                token_text: "",
+                token_table: [],
+                view_state: None,
+            }
+
+        def echo(text: str, chat: Optional[list]):
+            """Show the question at once and clear the last answer's panels."""
+            text = (text or "").strip()
+            if not text:
+                raise gr.Error("Type a message first.")
+            return {
+                chatbot: [*(chat or []), {"role": "user", "content": text}],
+                message: "",
+                status: AnswerView().status_line(),
+                **cleared_panels(),
+            }
+
+        def respond(
+            chat: list,
+            pool: MemoryPool,
+            label: str,
+            layout: viz.NetworkLayout,
+            update_every_n: float,
+            max_memories: float,
+            max_new_tokens: float,
+            softmax_temperature: float,
+            diversity_weight: float,
+            association_weight: float,
+            lookback_tokens: float,
+            temperature: float,
+            enable_thinking: bool,
+            sample_memories: bool,
+            swap: str,
+            request: gr.Request,
+        ):
+            """Stream the answer to the chat's last message into every panel; learn into the pool."""
+            chat = list(chat or [])
+            if not chat or chat[-1].get("role") != "user":
+                raise gr.Error("Type a message first.")
+            try:
+                settings = actions.GenerationSettings(
+                    update_every_n=update_every_n,
+                    max_memories=max_memories,
+                    max_new_tokens=max_new_tokens,
+                    softmax_temperature=softmax_temperature,
+                    diversity_weight=diversity_weight,
+                    association_weight=association_weight,
+                    lookback_tokens=lookback_tokens,
+                    temperature=temperature,
+                    enable_thinking=enable_thinking,
+                    sample_memories=sample_memories,
+                    swap=swap,
+                )
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+            question = answer_view.message_text(chat[-1]["content"]).strip()
+            if not question:
+                raise gr.Error("Type a message first.")
+            try:
+                fitted = prompt_budget.fit(RUNTIME.tokenizer, question, answer_view.model_history(chat[:-1]), LIMITS)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+            view = AnswerView()
+            cancel = STOPS.arm(request.session_hash or "")
+            waiting = RUNTIME.queue.waiting
+            trimmed = (
+                f" (the oldest {fitted.trimmed.dropped} messages were left out to fit the prompt budget)"
+                if fitted.trimmed is not None
+                else ""
+            )
+            if waiting or trimmed:
+                note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else view.status_line()
+                yield {status: note + trimmed}
+            throttle = answer_view.Throttle()
+            with RUNTIME.queue.slot():
+                stream = generate(pool, question, fitted.history, settings, None if ON_SPACES else cancel)
+                for event in stream:
+                    parts = throttle.push(view.apply(event))
+                    if parts and not parts & Changed.DONE:  # the end is drawn once, below, with what was learned
+                        yield frame(parts, view, chat, pool, layout)
+                    if cancel.is_set() and ON_SPACES:
+                        view.stop()
+                        stream.close()
+                        break
+            actions.apply_learned(pool, view.take_learned())
+            last = max(view.generated - 1, 0)
+            yield {
+                **frame(Changed.DONE | Changed.MEMORIES | Changed.CONTEXT, view, chat, pool, layout),
+                token: gr.Slider(minimum=0, maximum=max(last, 1), value=last, interactive=True),
+                token_table: viz.memory_rows(view.rows_at(last)),
+                token_text: view.excerpt_at(last),
+                view_state: view,
+                set_status: actions.describe(pool, label),
+                layout_state: layout,
+            }
+
+        def frame(parts: Changed, view: AnswerView, chat: list, pool: MemoryPool, layout: viz.NetworkLayout) -> dict:
+            """What an event changed, redrawn; the per-token panel follows the live answer."""
+            out: dict = {chatbot: answer_view.chat_messages(chat, view), status: view.status_line()}
+            if parts & (Changed.MEMORIES | Changed.DONE):
+                live = max(view.tokens - 1, 0)
+                out |= {
+                    table: viz.memory_rows(view.rows()),
+                    network: viz.network_figure(
+                        pool, layout, view.current_ids, None if view.finished else view.together()
+                    ),
+                    timeline: viz.timeline_figure(view),
+                    token: gr.Slider(minimum=0, maximum=max(live, 1), value=live, interactive=False),
+                    token_table: viz.memory_rows(view.rows()),
+                    token_text: view.live_excerpt(),
+                }
+            if parts & (Changed.CONTEXT | Changed.DONE):
+                out[context] = viz.context_figure(view.context, view.swap_tokens())
+            return out
+
+        def stop_answer(request: gr.Request) -> None:
+            STOPS.press(request.session_hash or "")
+
+        def forget_stop(request: gr.Request) -> None:
+            STOPS.forget(request.session_hash or "")
+
+        def show_token(position: float, view: Optional[AnswerView]):
+            """The timeline cursor: which memories were in context at that token, and the text so far."""
+            if view is None:
+                return {}
+            position = int(position)
+            return {
+                timeline: viz.timeline_figure(view, position),
+                token_table: viz.memory_rows(view.rows_at(position)),
+                token_text: view.excerpt_at(position),
+            }
+
+        def pool_changed(pool: MemoryPool, label: str, layout: viz.NetworkLayout, note: str = "") -> dict:
+            return {
+                pool_state: pool,
+                label_state: label,
+                layout_state: layout,
+                set_status: actions.describe(pool, label) + (f"\n\n{note}" if note else ""),
+                network: viz.network_figure(pool, layout),
+            }
+
+        def switched(pool: MemoryPool, label: str, layout: Optional[viz.NetworkLayout], stash: dict) -> dict:
+            """A set taken up: its own network and status, an empty chat and answer panels."""
+            return {
+                **pool_changed(pool, label, layout or viz.NetworkLayout()),
+                **cleared_panels(),
+                stash_state: stash,
+                chatbot: [],
+                status: "",
+                examples: gr.Dataset(samples=[[example] for example in RUNTIME.sets.examples(label)]),
+            }
+
+        def choose_set(name: str, pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict):
+            if name == label:
+                return {}
+            pool, layout = actions.switch_set(stash, RUNTIME.sets, label, pool, layout, name)
+            return switched(pool, name, layout, stash)
+
+        def refused(error: MemoryFileError, what: str) -> dict:
+            note = f"❌ {what}: {error}"
+            gr.Warning(note)
+            return {set_status: html.escape(note)}
+
+        def upload_set(raw: Optional[bytes], pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict):
+            try:
+                uploaded = actions.upload(RUNTIME.sets, raw, LIMITS)
+            except MemoryFileError as error:
+                return refused(error, "That file was not loaded, your memories are unchanged")
+            stash[label] = (pool, layout)
+            return {
+                **switched(uploaded, UPLOADED, None, stash),
+                set_status: actions.describe(uploaded, UPLOADED) + "\n\n✅ Loaded your file (visible only to you).",
+            }
+
+        def add_memory(content: str, kind: Optional[str], intensity: float, pool: MemoryPool, label: str, layout):
+            try:
+                updated = actions.add_memory(pool, content, kind, intensity, LIMITS)
+            except MemoryFileError as error:
+                return refused(error, "Memory not added")
+            return pool_changed(updated, label, layout, "✅ Memory added.")
+
+        def reset_learning(pool: MemoryPool, label: str, layout: viz.NetworkLayout):
+            return pool_changed(actions.reset_learning(pool), label, layout, "↺ Hebbian state reset.")
+
+        def save_learned(pool: MemoryPool, label: str):
+            return {learned_file: gr.File(value=str(actions.save_learned(pool, label)), visible=True)}
+
+        if EXAMPLE_RUN.exists():
+            record = recorded.load(EXAMPLE_RUN)
+
+            def replay_example(text: str) -> dict:
+                """The recorded answer, all panels at once (cached after the first click)."""
+                pool = RUNTIME.sets.pool(record["memory_set"])
+                view = recorded.replay(record, pool)
+                return {
+                    chatbot: answer_view.chat_messages([{"role": "user", "content": record["message"]}], view),
+                    table: viz.memory_rows(view.rows()),
+                    network: viz.network_figure(pool, viz.NetworkLayout(), view.current_ids, view.together()),
+                    context: viz.context_figure(view.context, view.swap_tokens()),
+                    timeline: viz.timeline_figure(view),
+                    status: f"▶ A recorded answer by {record['model']}, replayed · {view.status_line()}",
+                }
+
+            with replay_slot:
+                gr.Examples(
+                    [[record["message"]]],
+                    inputs=[message],
+                    outputs=[chatbot, table, network, context, timeline, status],
+                    fn=replay_example,
+                    cache_examples=True,
+                    cache_mode="lazy",
+                    label="A recorded answer, replayed at once",
+                    example_labels=[f"▶ {record['message'][:90]}…"],
+                    elem_id="recorded",
+                    api_visibility="private",
+                )
+
+        answer_inputs = [chatbot, pool_state, label_state, layout_state, *knobs]
+        answer_outputs = [
+            chatbot, table, network, context, timeline, token, token_text, token_table, status, view_state,
+            set_status, layout_state,
+        ]  # fmt: skip
+        echo_outputs = [chatbot, message, status, table, context, timeline, token, token_text, token_table, view_state]
+        gr.on(
+            [send.click, message.submit], echo, [message, chatbot], echo_outputs, queue=False,
+            api_visibility="undocumented",
+        ).success(
+            respond, answer_inputs, answer_outputs, api_name="answer", api_visibility="undocumented",
+            concurrency_limit=1,
+        )  # fmt: skip
+        stop.click(stop_answer, None, None, queue=False, api_visibility="undocumented")
+        demo.unload(forget_stop)
+        token.release(
+            show_token, [token, view_state], [timeline, token_table, token_text], api_name="timeline",
+            api_visibility="undocumented",
+        )  # fmt: skip
+        examples.click(lambda sample: sample[0], examples, message, api_visibility="private")
+
+        set_inputs = [pool_state, label_state, layout_state, stash_state]
+        set_outputs = [
+            pool_state, label_state, layout_state, stash_state, set_status, network, chatbot, status, examples,
+            *cleared_panels(),
+        ]  # fmt: skip
+        choose.change(choose_set, [choose, *set_inputs], set_outputs, api_name="choose_set", api_visibility="undocumented")
+        upload.upload(upload_set, [upload, *set_inputs], set_outputs, api_name="upload_set", api_visibility="undocumented")
+        pool_outputs = [pool_state, label_state, layout_state, set_status, network]
         add.click(
-            add_memory,
-            [new_content, new_type, new_intensity, pool_state, label_state],
-            set_outputs,
-            api_name="add_memory",
+            add_memory, [new_content, new_type, new_intensity, pool_state, label_state, layout_state], pool_outputs,
+            api_name="add_visitor_memory", api_visibility="undocumented",
+        )  # fmt: skip
+        reset.click(
+            reset_learning, [pool_state, label_state, layout_state], pool_outputs, api_name="reset_learning",
+            api_visibility="undocumented",
+        )  # fmt: skip
+        save.click(
+            save_learned, [pool_state, label_state], learned_file, api_name="save_learned", api_visibility="undocumented"
         )
-        reset.click(reset_learning, [pool_state, label_state], set_outputs, api_name="reset_learning")
-        save.click(save_learned, [pool_state, label_state], learned_file, api_name="save_learned").then(
-            lambda: gr.File(visible=True), None, learned_file, api_name=False
-        )
+        for tool in agent_tools.tools(RUNTIME, generate, DEFAULT_SET, lambda: LIMITS):
+            gr.api(tool, api_name=tool.__name__)
     return demo
+
+
+UPLOADED = "uploaded set"
 
 
 def _memory_table(label: str, elem_id: str) -> gr.Dataframe:
@@ -412,6 +514,7 @@ def _memory_table(label: str, elem_id: str) -> gr.Dataframe:
         interactive=False,
         wrap=True,
         elem_id=elem_id,
+        max_height=260,
         column_widths=["13%", "49%", "16%", "11%", "11%"],
     )
 
@@ -460,6 +563,7 @@ def main() -> None:
             theme=THEME,
             css=CSS,
             ssr_mode=False,
+            mcp_server=True,
             max_file_size=LIMITS.max_upload_bytes,
             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "lifespan": mount_api},
         )
@@ -467,8 +571,18 @@ def main() -> None:
     import uvicorn
 
     app = gr.mount_gradio_app(
-        create_api(RUNTIME, LIMITS), demo, path="/", theme=THEME, css=CSS, ssr_mode=False, max_file_size=LIMITS.max_upload_bytes
+        create_api(RUNTIME, LIMITS),
+        demo,
+        path="/",
+        theme=THEME,
+        css=CSS,
+        ssr_mode=False,
+        mcp_server=True,
+        max_file_size=LIMITS.max_upload_bytes,
     )
+    # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
+    ui = next(route.app for route in app.routes if isinstance(route, Mount))
+    ui.add_exception_handler(StarletteHTTPException, not_found)
     # Streaming connections never finish by themselves; do not let them hold a restart for long.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 

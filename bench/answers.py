@@ -275,8 +275,6 @@ def conditions(names: Sequence[str], stream_every: int, threshold: Optional[floa
     chosen = sorted(dict.fromkeys(names), key=order.index)
     if "rag_wide" in chosen and "stream" not in chosen:
         raise SystemExit("rag_wide takes its k from stream: run stream too")
-    if "flare" in chosen and "retrieval_trigger" not in inspect.signature(StreamingEngine.stream).parameters:
-        raise SystemExit("flare needs the engine's uncertainty trigger (branch answers-flare), which this engine lacks")
     return [known[n] for n in chosen]
 
 

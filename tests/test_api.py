@@ -7,14 +7,14 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from smem.generation.events import Done
+from smem.generation.events import Done, Thinking, Token
 from smem.serving import sse
 from smem.serving.api import create_api
 from smem.serving.api_schema import ApiSettings
@@ -104,8 +104,10 @@ def holding_the_model(runtime: Runtime) -> Iterator[threading.Event]:
         thread.join(5)
 
 
-def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[Done]:
-    """The `Done` event of every answer the runtime's engines finish from now on."""
+def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hold_after: Optional[int] = None) -> list[Done]:
+    """The `Done` event of every answer the runtime's engines finish from now on. With
+    `hold_after`, an answer waits after that many text events until its cancel event is set
+    (60 s guard), so a fast model cannot finish before a disconnect is noticed."""
     finished: list[Done] = []
     make_engine = runtime.engine
 
@@ -114,9 +116,13 @@ def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[
         stream = built.stream
 
         def recording(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            texts = 0
             for event in stream(*args, **kwargs):
                 if isinstance(event, Done):
                     finished.append(event)
+                texts += isinstance(event, (Token, Thinking))
+                if texts == hold_after and kwargs.get("cancel") is not None:
+                    kwargs["cancel"].wait(60)
                 yield event
 
         monkeypatch.setattr(built, "stream", recording)
@@ -241,7 +247,7 @@ def test_a_session_over_your_own_memories_within_the_limits(tiny_runtime: Runtim
         too_many = small.post("/sessions", json={"memories": [{"content": f"note {i}"} for i in range(6)]})
         assert too_many.status_code == 422 and "at most 5" in too_many.json()["error"]["message"]
         bad = small.post("/sessions", json={"memories": [{"content": "ok"}, {"content": ""}]})
-        assert bad.status_code == 422 and "record 1" in bad.json()["error"]["message"]
+        assert bad.status_code == 422 and "record 2" in bad.json()["error"]["message"]
 
 
 def test_a_failed_answer_reports_an_error_event_and_leaves_the_session_as_it_was(
@@ -359,7 +365,7 @@ def test_concurrent_requests_to_one_session_apply_one_after_the_other(live: str)
 def test_a_client_that_disconnects_stops_its_generation(
     live: str, tiny_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    finished = recorded_answers(tiny_runtime, monkeypatch)
+    finished = recorded_answers(tiny_runtime, monkeypatch, hold_after=5)
     leaver = new_session(httpx.Client(base_url=live))
     body = {"message": MESSAGE, "memory_set": "tutor", "session": leaver, "max_new_tokens": 4000, "update_every_n": 20}
     with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=30) as response:
@@ -530,3 +536,22 @@ def test_stream_events_are_exactly_the_generated_models(client: TestClient) -> N
         assert type(adapter.validate_python(event)) is models[event["type"]]
         seen.add(event["type"])
     assert {"memories", "context", "done"} <= seen
+
+
+def test_the_original_projects_request_body_works_with_the_default_set(client: TestClient) -> None:
+    body = {"message": MESSAGE, "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            "update_every_n": 2, "max_memories": 3}  # fmt: skip
+    response = client.post("/chat/stream", json=body)
+    assert response.status_code == 200, response.text
+    events = list(sse.decode(response.text.split("\n")))
+    assert events[-1]["type"] == "done" and len(events[0]["memories"]) <= 3
+
+
+def test_a_wrong_method_is_a_405_in_the_error_shape_with_allow(client: TestClient) -> None:
+    for method, path in (("GET", "/chat/stream"), ("POST", "/health"), ("DELETE", "/memories")):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.json()["error"]["status"] == 405
+        assert response.headers["allow"] in ("POST", "GET")
+    response = client.get("/no/such/path")
+    assert response.status_code == 404 and response.json()["error"]["status"] == 404

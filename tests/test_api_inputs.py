@@ -68,7 +68,6 @@ CASES: list[tuple[str, bytes, str, int, str]] = [
     ("thinking-string", body(enable_thinking="yes"), "application/json", 422, "enable_thinking"),
     ("unknown-memory-set", body(memory_set="no-such-set"), "application/json", 422, "memory_set"),
     ("memory-set-path", body(memory_set="../memories/tutor"), "application/json", 422, "memory_set"),
-    ("missing-memory-set", body(memory_set=..., session=...), "application/json", 422, "memory_set"),
     ("memory-set-lone-surrogate", b'{"message": "hi", "memory_set": "tutor\\ud800"}', "application/json", 422, "memory_set"),
     ("session-bad-characters", body(session="../../etc/passwd"), "application/json", 422, "session"),
     ("session-too-long", body(session="s" * 200), "application/json", 422, "session"),

@@ -3,10 +3,12 @@ actions. The app runs as a subprocess on the tiny model (`app_server` in conftes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,13 @@ from gradio_client.exceptions import AppError
 
 from smem.memory.embedder import default_embedder
 from smem.memory.pool import MemoryPool
+from smem.ui.actions import GenerationSettings
 
 from conftest import REPO, run_app
 
-CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, MESSAGE, TOKEN, STATUS, SET_STATUS, TOKEN_TABLE, TOKEN_TEXT = range(11)
+# The outputs of /answer, and of /choose_set and /upload_set (State outputs are not returned).
+CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, TOKEN, TOKEN_TEXT, TOKEN_TABLE, STATUS, SET_STATUS = range(10)
+SET = {name: index for index, name in enumerate(["status", "network", "chat", "answer_status", "examples", "table"])}
 QUESTION = "How can I help Alex with fractions before his quiz?"
 
 
@@ -51,16 +56,35 @@ def trace(plot: dict, name: str) -> dict:
     return next(t for t in figure(plot)["data"] if t.get("name") == name)
 
 
+def downloaded(output: Any) -> str:
+    """The path of a file output (the save button also makes its file box visible)."""
+    return output["value"] if isinstance(output, dict) else output
+
+
 def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps([{"content": c, "type": "insight"} for c in contents]))
     return path
 
 
-def ask(c: Client, message: str = QUESTION, **settings: Any) -> tuple[list, tuple]:
+KNOBS = (
+    "update_every_n", "max_memories", "max_new_tokens", "softmax_temperature", "diversity_weight",
+    "association_weight", "lookback_tokens", "temperature", "enable_thinking", "sample_memories", "swap",
+)  # fmt: skip
+"""/answer's inputs after the chat, in order (an undocumented endpoint takes no keywords)."""
+
+
+def submit(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any):
+    """Send a message as the page does after echoing it: the chat, ending with the question."""
+    history = [*(chat or []), {"role": "user", "content": [{"type": "text", "text": message}]}]
+    values = {**dataclasses.asdict(GenerationSettings()), **settings}
+    return c.submit(history, *(values[name] for name in KNOBS), api_name="/answer")
+
+
+def ask(c: Client, message: str = QUESTION, chat: Any = None, **settings: Any) -> tuple[list, tuple]:
     """Send a message; return every streamed output and the final one."""
     settings = {"max_new_tokens": 60, "update_every_n": 3, **settings}
-    job = c.submit(message, api_name="/chat", **settings)
+    job = submit(c, message, chat, **settings)
     frames = list(job)
     return frames, job.result()
 
@@ -79,7 +103,7 @@ def test_chat_streams_growing_text_with_memories_graph_and_chart(app_server):
     assert len(graphs) < len(frames), "the network is not re-sent on every token"
     streaming = trace(final[CONTEXT], "streaming memory")
     assert streaming["x"][-1] >= 100
-    assert "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
+    assert "done" in final[STATUS] and "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
     assert final[TOKEN]["maximum"] >= 100 and final[TOKEN]["interactive"] is True
     assert rows(final[TOKEN_TABLE]) and final[TOKEN_TEXT]
 
@@ -95,17 +119,22 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
         if t.get("name") != "in context now" and isinstance(t.get("marker", {}).get("size"), list)
         for size in t["marker"]["size"]
     ]
-    assert max(sizes) > min(sizes), "retrieved memories grow in the network"
+    unlinked = trace(first[NETWORK], next(t["name"] for t in figure(first[NETWORK])["data"] if t.get("name", "").startswith("unlinked")))
+    assert min(sizes) > unlinked["marker"]["size"], "retrieved memories are drawn large, the unlinked ones faint"
 
     _, second = ask(c, "And what about his reading?", chat=first[CHAT])
     assert [m["role"] for m in second[CHAT]][:2] == ["user", "assistant"], "the second turn keeps the first"
     assert int(re.search(r"(\d+) learned links", second[SET_STATUS]).group(1)) >= links_after_first
 
-    saved = c.predict(api_name="/save_learned")
+    saved = downloaded(c.predict(api_name="/save_learned"))
     pool = MemoryPool.load(saved, default_embedder())
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
 
-    status, network, *_ = c.predict(api_name="/reset_learning")
+    status = c.predict(handle_file(saved), api_name="/upload_set")[SET["status"]]
+    restored = int(re.search(r"(\d+) learned links", status).group(1))
+    assert "Loaded your file" in status and restored == len(pool.links()), "the download uploads back, links and all"
+
+    status, network = c.predict(api_name="/reset_learning")
     assert "· 0 learned links · 0 answers learned from" in status
     assert not any(t["mode"] == "lines" for t in figure(network)["data"]), "no links are left"
 
@@ -113,7 +142,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
 def test_timeline_shows_the_memories_of_any_token(app_server):
     c = client(app_server)
     _, final = ask(c, max_new_tokens=80)
-    plot, table, text = c.predict(token=1, api_name="/timeline")
+    plot, table, text = c.predict(1, api_name="/timeline")
     assert rows(table), "some memories were in context at token 1"
     assert len(text) <= len(final[TOKEN_TEXT]) + 1
     cursor = figure(plot)["layout"]["shapes"]
@@ -123,7 +152,7 @@ def test_timeline_shows_the_memories_of_any_token(app_server):
 def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
     mine, theirs = client(app_server), client(app_server)
     private = memory_file(tmp_path, [f"ZEBRAQUOKKA private note {i}" for i in range(3)])
-    status, *_ = mine.predict(handle_file(str(private)), api_name="/upload_set")
+    status = mine.predict(handle_file(str(private)), api_name="/upload_set")[SET["status"]]
     assert "3 memories" in status
 
     results: dict[str, tuple] = {}
@@ -142,13 +171,14 @@ def test_two_concurrent_visitors_are_isolated(app_server, tmp_path):
     assert "ZEBRAQUOKKA" not in results["theirs"][NETWORK]["plot"]
     assert "**tutor** · 151 memories" in results["theirs"][SET_STATUS]
 
-    newcomer = MemoryPool.load(client(app_server).predict(api_name="/save_learned"), default_embedder())
+    newcomer = MemoryPool.load(downloaded(client(app_server).predict(api_name="/save_learned")), default_embedder())
     assert len(newcomer) == 151 and newcomer.links() == [], "a new visitor starts fresh: learning is never shared"
 
 
 def test_choosing_a_set_swaps_pool_and_example_prompts(app_server):
     c = client(app_server)
-    status, network, table, examples = c.predict("family", api_name="/choose_set")
+    outputs = c.predict("family", api_name="/choose_set")
+    status, network, table, examples = (outputs[SET[name]] for name in ("status", "network", "table", "examples"))
     assert status.startswith("**family** · ") and "0 learned links" in status
     assert rows(table) == [] and len(figure(network)["data"]) >= 2
     expected = (REPO / "memories" / "family.examples.txt").read_text(encoding="utf-8").split("\n")[0].strip()
@@ -161,23 +191,24 @@ def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_pa
     c = client(app_server)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"content": "fine"}, {"type": "insight"}]))
-    status, network, table, _ = c.predict(handle_file(str(bad)), api_name="/upload_set")
-    assert "record 1" in status and "content" in status and "unchanged" in status
+    outputs = c.predict(handle_file(str(bad)), api_name="/upload_set")
+    status, network, table = (outputs[SET[name]] for name in ("status", "network", "table"))
+    assert "record 2" in status and "content" in status and "unchanged" in status
     assert is_skip(network) and is_skip(table)
     _, final = ask(c, max_new_tokens=20)
     assert "**tutor** · 151 memories" in final[SET_STATUS]
 
     not_json = tmp_path / "notes.json"
     not_json.write_bytes(b"\xff\xfe not json")
-    status, *_ = c.predict(handle_file(str(not_json)), api_name="/upload_set")
+    status = c.predict(handle_file(str(not_json)), api_name="/upload_set")[SET["status"]]
     assert "UTF-8" in status or "JSON" in status
 
 
 def test_add_memory_is_validated(app_server):
     c = client(app_server)
-    status, *_ = c.predict("   ", "insight", 0.5, api_name="/add_memory")
+    status, _ = c.predict("   ", "insight", 0.5, api_name="/add_visitor_memory")
     assert "content" in status and "Memory not added" in status
-    status, network, *_ = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_memory")
+    status, network = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_visitor_memory")
     assert "152 memories" in status
     hovers = [text for t in figure(network)["data"] for text in t.get("hovertext") or []]
     assert any("Alex &lt;b&gt;loves&lt;/b&gt; chess puzzles" in text for text in hovers), "shown escaped"
@@ -197,14 +228,14 @@ def test_stream_coalesces_frames_of_a_long_answer(app_server):
     """Redraws are throttled, so a model writing hundreds of tokens a second does not send
     hundreds of frames; the final frame still holds the whole answer."""
     frames, final = ask(client(app_server), max_new_tokens=600, update_every_n=2)
-    tokens = int(re.match(r"(\d+) tokens", final[STATUS]).group(1))
+    tokens = int(re.search(r"(\d+) tokens in", final[STATUS]).group(1))
     assert len(frames) < tokens, "frames are coalesced, not one per token"
     assert chat_text(final[CHAT]).startswith(chat_text(frames[-2][CHAT])), "no text is lost by coalescing"
 
 
 def test_stop_releases_the_model(app_server):
     c = client(app_server)
-    job = c.submit(QUESTION, api_name="/chat", max_new_tokens=2048, update_every_n=1)
+    job = submit(c, max_new_tokens=2048, update_every_n=1)
     for frame in job:
         if len(chat_text(frame[CHAT])) > 20:
             break
@@ -236,7 +267,13 @@ def stream_api(url: str) -> list[str]:
 
 
 def test_one_process_serves_the_ui_and_the_http_api(app_server):
-    assert get_json(app_server.url + "/health")["status"] == "ok"
+    health = get_json(app_server.url + "/health")
+    assert health["status"] == "ok" and health["model"] == "tiny", "the model by name, not a cache path"
+    for method, path, status in (("GET", "/chat/stream", 405), ("POST", "/health", 405), ("GET", "/nope", 404)):
+        request = urllib.request.Request(app_server.url + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status and json.load(refused.value)["error"]["status"] == status, path
     assert get_json(app_server.url + "/openapi.json")["info"]["title"] == "Streaming Memory API"
     assert stream_api(app_server.url)[-1] == "done"
 
@@ -248,7 +285,7 @@ def test_app_waits_for_the_model_while_the_api_streams(app_server):
     with urllib.request.urlopen(request, timeout=60) as api_stream:
         while b'"type":"token"' not in api_stream.readline():
             pass
-        job = client(app_server).submit(QUESTION, api_name="/chat", max_new_tokens=16)
+        job = submit(client(app_server), max_new_tokens=16)
         first = next(iter(job))
         assert "Waiting for the model" in first[STATUS]
     final = job.result(timeout=60)

@@ -270,7 +270,7 @@ def test_fast_path_matches_exact_scoring_in_an_ann_pool(keyed):
 def test_add_validates_and_is_all_or_nothing(keyed):
     pool = MemoryPool(keyed())
     pool.add("first memory", id="a")
-    with pytest.raises(MemoryFileError, match=r"record 1, field 'emotional_intensity'"):
+    with pytest.raises(MemoryFileError, match=r"record 2, field 'emotional_intensity'"):
         pool.add_many([{"content": "fine"}, {"content": "bad", "emotional_intensity": 3}])
     with pytest.raises(MemoryFileError, match=r"field 'content'"):
         pool.add("   ")

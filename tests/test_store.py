@@ -127,12 +127,12 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('[{"content": "ok"}, {"content": "x", "emotional_intensity": "high"}]', r"record 1, field 'emotional_intensity'"),
-        ('[{"content": "ok"}, {"type": "pattern"}]', r"record 1, field 'content': Field required"),
-        ('[{"content": "ok", "type": "mood"}]', r"record 0, field 'type'"),
-        ('[{"content": "ok", "colour": "red"}]', r"record 0, field 'colour'"),
-        ('[{"content": "ok", "created_at": "yesterday"}]', r"record 0, field 'created_at'"),
-        ('[{"content": "a", "id": "x"}, {"content": "b", "id": "x"}]', r"record 1, field 'id': duplicate id 'x'"),
+        ('[{"content": "ok"}, {"content": "x", "emotional_intensity": "high"}]', r"record 2, field 'emotional_intensity'"),
+        ('[{"content": "ok"}, {"type": "pattern"}]', r"record 2, field 'content': Field required"),
+        ('[{"content": "ok", "type": "mood"}]', r"record 1, field 'type'"),
+        ('[{"content": "ok", "colour": "red"}]', r"record 1, field 'colour'"),
+        ('[{"content": "ok", "created_at": "yesterday"}]', r"record 1, field 'created_at'"),
+        ('[{"content": "a", "id": "x"}, {"content": "b", "id": "x"}]', r"record 2, field 'id': duplicate id 'x'"),
         ('{"content": "not a list"}', "must be a JSON list"),
         ("[]", "empty"),
         ('[{"content": "unterminated"', "not valid JSON"),

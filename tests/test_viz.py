@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -99,7 +100,7 @@ def test_each_event_reports_what_it_changed():
     assert view.apply(Token("x")) == Changed.CHAT
     assert view.apply(Thinking("y")) == Changed.CHAT
     assert view.apply(stats(1)) == Changed.CONTEXT
-    assert view.apply(MemoryUpdate([B], [B], [A], 1)) == Changed.MEMORIES
+    assert view.apply(MemoryUpdate([B], [B], [A], 1)) == Changed.MEMORIES | Changed.CHAT, "the swap shows in the chat"
     assert view.apply(done(1)) == Changed.DONE | Changed.CHAT
     with pytest.raises(TypeError):
         view.apply("not an event")
@@ -161,9 +162,10 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
             "metadata": {"title": "💭 Thinking"},
         },
         {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}], "metadata": None},
+        {"role": "user", "content": "Next?"},
     ]
     view.apply(Thinking("Hmm"))
-    messages = answer_view.chat_messages(history, "Next?", view)
+    messages = answer_view.chat_messages(history, view)
     assert messages[-2:] == [
         {"role": "user", "content": "Next?"},
         {
@@ -173,17 +175,58 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
         },
     ]
     view.apply(Token("Answer"))
-    messages = answer_view.chat_messages(history, "Next?", view)
+    messages = answer_view.chat_messages(history, view)
     assert messages[-2]["metadata"]["status"] == "done" and messages[-1] == {"role": "assistant", "content": "Answer"}
-    assert answer_view.model_history(history) == [
+    assert answer_view.model_history(history[:-1]) == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello!"},
     ], "Gradio 6 content blocks are flattened and thinking is left out"
 
 
-def test_summary_reads_like_a_status_line():
-    line = answer_view.summary(done(10).stats)
-    assert line.startswith("10 tokens in 1.2 s · 1 memory swaps") and "the model finished" in line
+def test_swaps_show_inline_where_they_happened_and_history_reads_one_answer(pool):
+    view = AnswerView()
+    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    view.apply(Memories([x, y]))
+    view.apply(Token("Before the swap. "))
+    view.apply(MemoryUpdate(memories=[y, z], added=[z], removed=[x], at_token=37))
+    view.apply(Token("After it."))
+    messages = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
+    assert [m["content"] for m in messages[1:] if not m.get("metadata")] == ["Before the swap. ", "After it."]
+    swap = messages[2]
+    assert swap["metadata"]["title"] == "🔄 Memories swapped at token 37"
+    swapped_in, swapped_out = swap["content"].split("**out:**")
+    assert "Fractions with pizza" in swapped_in and "onerror" in swapped_out
+    assert answer_view.model_history(messages) == [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "Before the swap. After it."},
+    ], "swap blocks are not read by the model, and the answer's pieces are one message again"
+
+
+def test_status_line_follows_the_phases_and_counts():
+    view = AnswerView()
+    assert view.phase == "retrieving" and "0 tokens" in view.status_line(now=0.0)
+    view.apply(Memories([]), now=0.0)
+    view.apply(Thinking("hm"), now=0.5)
+    assert view.phase == "thinking"
+    view.apply(Token("Hi"), now=1.0)
+    view.apply(Token(" there"), now=1.5)
+    line = view.status_line(now=2.0)
+    assert view.phase == "answering" and "3 tokens" in line and "0 swaps" in line and "1.5 tokens/s" in line
+    assert view.live_excerpt(width=5) == "…there", "the per-token view follows the live answer"
+    view.stop()
+    assert view.phase == "stopped" and "stopped" in view.status_line(now=2.0)
+    finished = AnswerView()
+    finished.apply(done(10))
+    assert finished.phase == "done" and "10 tokens in 1.2 s · 1 memory swaps" in finished.status_line()
+    assert "the model finished" in finished.status_line()
+
+
+def test_a_stopped_answer_shows_echoed_headings_as_text():
+    view = AnswerView()
+    view.apply(Token("## Memories\nAlex likes # signs"))
+    assert answer_view.chat_messages([], view)[-1]["content"].startswith("## Memories")
+    view.stop()
+    assert answer_view.chat_messages([], view)[-1]["content"] == "\\## Memories\nAlex likes # signs"
 
 
 def test_throttle_coalesces_chat_and_panels_and_flushes_at_the_end():
@@ -224,15 +267,22 @@ def traces(figure) -> dict[str, dict]:
 def test_network_nodes_sized_by_count_coloured_by_type_and_ringed_in_context(pool):
     figure = viz.network_figure(pool, in_context=["y", "z"], forming={("y", "z"): 0.5})
     by_name = traces(figure)
-    assert {"behavior", "relationship", "what works", "untyped", "in context now", "forming now"} <= set(by_name)
+    assert {"behavior", "relationship", "what works", "in context now", "forming now"} <= set(by_name)
     assert by_name["relationship"]["marker"]["color"] == viz.TYPE_COLOURS["relationship"]
-    assert by_name["untyped"]["marker"]["color"] == viz.UNTYPED_COLOUR
+    untyped = traces(viz.network_figure(pool, in_context=["w"]))["untyped"]
+    assert untyped["marker"]["color"] == viz.UNTYPED_COLOUR, "an untyped memory in context is drawn large, in grey"
     assert by_name["relationship"]["marker"]["size"][0] > by_name["what works"]["marker"]["size"][0]
     assert len(by_name["in context now"]["x"]) == 2
     widths = sorted(t.line.width for t in figure.data if t.mode == "lines" and t.name != "forming now")
     assert len(widths) == 2 and widths[0] < widths[1], "a stronger link is drawn wider"
-    link_hover = next(t for t in figure.data if t.name == "links").hovertext
-    assert any("x ↔ y" in text for text in link_hover)
+    assert all(t.hoverinfo == "skip" for t in figure.data if t.mode == "lines"), "links have no hover"
+    assert by_name["unlinked (1)"]["marker"]["opacity"] < 0.5, "the unlinked memory is a faint dot"
+
+
+def test_network_labels_the_linked_and_in_context_memories_with_their_text(pool):
+    figure = viz.network_figure(pool, viz.NetworkLayout(), in_context=["z"])
+    labels = [text for trace in figure.data if trace.mode == "markers+text" for text in trace.text if text]
+    assert "Alex likes soccer" in labels and any(label.startswith("Fractions with pizza") for label in labels)
 
 
 def test_memory_text_is_escaped_everywhere_in_figures(pool):
@@ -250,10 +300,16 @@ def test_memory_text_is_escaped_everywhere_in_figures(pool):
     assert viz.memory_rows(view.rows())[0][1] == XSS, "table cells stay plain text; the table shows them as text"
 
 
-def test_layout_is_stable_while_links_do_not_change(pool):
-    first = viz.network_figure(pool, in_context=["x"])
-    second = viz.network_figure(pool, in_context=["y"], forming={("x", "y"): 1.0})
-    assert traces(first)["behavior"]["x"] == traces(second)["behavior"]["x"]
+def test_layout_keeps_known_memories_in_place_and_spreads_newcomers():
+    layout = viz.NetworkLayout()
+    first = layout.place(["a", "b", "c"], [("a", "b", 1.0), ("b", "c", 1.0)])
+    assert layout.place(["a", "b", "c"], [("a", "b", 1.0), ("b", "c", 1.0)]) == first, "nothing new: no layout"
+    nodes = [f"n{i}" for i in range(40)]
+    links = [(f"n{i}", f"n{j}", 1.0) for i in range(40) for j in range(i + 1, min(i + 4, 40))]
+    placed = layout.place(nodes, links)
+    gaps = sorted(min(math.dist(placed[a], placed[b]) for b in nodes if b != a) for a in nodes)
+    extent = max(max(abs(x), abs(y)) for x, y in placed.values())
+    assert gaps[len(gaps) // 2] > 0.05 * extent, "the linked memories spread out instead of knotting"
 
 
 def test_context_chart_compares_streaming_rag_and_all_memories():
@@ -328,7 +384,7 @@ def test_learned_state_is_applied_only_to_a_pool_of_the_same_shape(pool):
 
 def test_upload_errors_name_the_record_and_field(minilm):
     sets = MemorySets(minilm)
-    with pytest.raises(MemoryFileError, match="record 1, field 'content'"):
+    with pytest.raises(MemoryFileError, match="record 2, field 'content'"):
         actions.upload(sets, json.dumps([{"content": "ok"}, {"content": ""}]).encode(), LIMITS)
     with pytest.raises(MemoryFileError, match="no file"):
         actions.upload(sets, None, LIMITS)
@@ -352,6 +408,15 @@ def test_a_downloaded_learned_state_uploads_back_whole(pool, minilm, tmp_path):
     assert restored.memories == pool.memories and restored.links() == pool.links() and restored.links()
     with pytest.raises(MemoryFileError, match="not a readable pool file"):
         actions.upload(MemorySets(minilm), path.read_bytes()[:-40], LIMITS)
+
+
+def test_switching_sets_puts_the_left_set_aside_and_gives_it_back(pool, minilm):
+    sets = MemorySets(minilm)
+    stash: dict = {}
+    family, layout = actions.switch_set(stash, sets, "tutor", pool, "tutor layout", "family")
+    assert layout is None and len(family.links()) == 0, "a first visit starts fresh"
+    tutor, layout = actions.switch_set(stash, sets, "family", family, None, "tutor")
+    assert tutor is pool and layout == "tutor layout" and list(stash) == ["family"]
 
 
 def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minilm, tmp_path):

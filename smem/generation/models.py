@@ -271,6 +271,23 @@ def resolve_model_id(model_id: Optional[str], device: str) -> str:
     return GPU_DEFAULT if device.startswith("cuda") else PACKAGED
 
 
+def display_name(model_id: str) -> str:
+    """How a model is named to people (/health, the app): a hub id as it is, the packaged model
+    by its own name, a local folder by its folder name, never a cache path."""
+    if model_id == PACKAGED:
+        return f"{PACKAGED_NAME} (packaged)"
+    if Path(model_id).is_dir():
+        return Path(model_id).name
+    return model_id
+
+
+def can_think(tokenizer: object) -> bool:
+    """Whether the model writes `<think>` blocks that the chat template can switch off
+    (Qwen3's `enable_thinking`); Qwen2.5 and most others cannot think."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return isinstance(template, str) and "enable_thinking" in template and "<think>" in getattr(tokenizer, "get_vocab", dict)()
+
+
 def load(
     model_id: Optional[str] = None,
     device: Optional[Union[str, torch.device]] = None,

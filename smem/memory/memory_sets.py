@@ -16,6 +16,7 @@ from smem.memory.records import MemoryFileError, load_memories, parse_memory_jso
 from smem.memory.pool import MemoryPool
 from smem.memory.settings import MemorySettings
 
+DEFAULT_SET = "tutor"
 
 
 def memory_directory() -> Path:
@@ -41,6 +42,15 @@ class MemorySets:
     @property
     def names(self) -> list[str]:
         return sorted(path.stem for path in self.directory.glob("*.json"))
+
+    @property
+    def default(self) -> str:
+        """The set a visitor or an API request without `memory_set` starts with: the tutor
+        set (the original project's only one) when present, else the first by name."""
+        names = self.names
+        if not names:
+            raise UnknownMemorySet(f"no memory sets in {self.directory}")
+        return DEFAULT_SET if DEFAULT_SET in names else names[0]
 
     def examples(self, name: str) -> list[str]:
         path = self.directory / f"{name}.examples.txt"

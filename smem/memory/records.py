@@ -55,7 +55,7 @@ _RECORDS = TypeAdapter(list[MemoryRecord])
 
 
 class MemoryFileError(ValueError):
-    """A memory set that cannot be loaded; the message names record index and field."""
+    """A memory set that cannot be loaded; the message names the record (counted from 1) and field."""
 
 
 def _describe(error: ValidationError) -> str:
@@ -64,7 +64,7 @@ def _describe(error: ValidationError) -> str:
         loc = list(item["loc"])
         where = ""
         if loc and isinstance(loc[0], int):
-            where = f"record {loc.pop(0)}"
+            where = f"record {loc.pop(0) + 1}"  # people count records from 1
         field = ".".join(str(part) for part in loc)
         if field:
             where = f"{where}, field '{field}'" if where else f"field '{field}'"
@@ -89,7 +89,7 @@ def parse_records(data: Any, max_records: Optional[int] = None) -> list[MemoryRe
     except ValidationError as exc:
         raise MemoryFileError(_describe(exc)) from None
     seen: dict[str, int] = {}
-    for index, record in enumerate(records):
+    for index, record in enumerate(records, start=1):
         if record.id is None:
             continue
         if record.id in seen:

@@ -32,8 +32,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -347,7 +349,8 @@ def create_api(
             if request.memory_set is not None and request.memory_set != label:
                 raise ApiError(422, "memory_set", f"memory_set: session uses {label!r}, not {request.memory_set!r}; omit memory_set or create another session")
         elif request.memory_set is None:
-            raise ApiError(422, "memory_set", "memory_set: required when no session is given")
+            # The original Streaming Memory body names no set: it gets the default one.
+            request.memory_set = runtime.sets.default
         try:
             fitted = prompt_budget.fit(runtime.tokenizer, request.message, [m.model_dump() for m in request.history], settings)
         except prompt_budget.MessageTooLong as exc:
@@ -515,7 +518,34 @@ def create_api(
             limits=Limits(**{name: getattr(settings, name) for name in Limits.model_fields}),
         )
 
+    refuse_other_methods(app)
     return app
+
+
+def refuse_other_methods(app: FastAPI) -> None:
+    """A wrong method on an API path is a 405 in the error shape, with `Allow`, even when a UI
+    is mounted at `/` behind the API (Starlette would hand the request to that mount, and the
+    UI would answer 404)."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            allowed.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in allowed.items():
+        allow = ", ".join(sorted(methods))
+
+        def refuse(allow: str = allow) -> None:
+            raise ApiError(405, None, "method not allowed", headers={"Allow": allow})
+
+        others = sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - methods)
+        app.add_api_route(path, refuse, methods=others, include_in_schema=False)
+
+
+async def not_found(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """For an app mounted behind the API (the UI): a 404 in the API's error shape; its other
+    errors keep that app's own form."""
+    if exc.status_code == 404:
+        return error_response(404, [ErrorDetail(field=None, message=f"no such path: {request.url.path}")])
+    return await http_exception_handler(request, exc)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

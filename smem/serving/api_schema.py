@@ -134,7 +134,9 @@ class ErrorResponse(BaseModel):
 # -- request and response models -------------------------------------------------------------
 
 
-def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str]]) -> type[BaseModel]:
+def chat_request_model(
+    settings: ApiSettings, memory_sets: Callable[[], list[str]]
+) -> type[BaseModel]:
     """The body of `POST /chat/stream`, with this deployment's limits and memory sets (as
     found at startup) in its schema; a set is checked against those present now.
 
@@ -177,8 +179,9 @@ def chat_request_model(settings: ApiSettings, memory_sets: Callable[[], list[str
         )
         memory_set: Optional[str] = Field(
             default=None,
-            description="Which memory set to draw from (see `GET /health`). Required without `session`; "
-            "with one, the session's own set is used and this may be omitted (if given, it must match).",
+            description="Which memory set to draw from (see `GET /health`). Without `session`, the default set (`tutor`) when "
+            "omitted, so the original Streaming Memory body (`message`, `history`, `update_every_n`, `max_memories`) "
+            "works as it is; with one, the session's own set is used and this may be omitted (if given, it must match).",
             json_schema_extra={"enum": memory_sets()},
             examples=memory_sets()[:1],
         )

@@ -62,11 +62,15 @@ class Runtime:
             tokenizer=tokenizer,
             embedder=embedder,
             sets=MemorySets(embedder, memory_dir, token_counter=line_tokens),
-            model_name=str(getattr(model.config, "_name_or_path", "") or model_id or "model"),
+            model_name=models.display_name(models.resolve_model_id(model_id, str(device or "cpu"))),
             line_tokens=line_tokens,
         )
         log.info("runtime ready in %.1fs: model %s, embedder %s", time.perf_counter() - started, runtime.model_name, embedder.name)
         return runtime
+
+    @property
+    def can_think(self) -> bool:
+        return models.can_think(self.tokenizer)
 
     def engine(self, pool: MemoryPool) -> StreamingEngine:
         """An engine over `pool` (cheap: the pool's token counts are already in this model's tokens)."""

@@ -15,6 +15,7 @@ import html
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -153,11 +154,43 @@ def api_gpu_seconds(pool: Any, kwargs: dict[str, Any], *_: Any) -> int:
     return gpu_seconds_for(int(kwargs["max_new_tokens"]))
 
 
-def answer(engine: Any, message: str, history: Sequence[Any], settings: GenerationSettings) -> Iterator[Event]:
+def answer(
+    engine: Any,
+    message: str,
+    history: Sequence[Any],
+    settings: GenerationSettings,
+    cancel: Optional[threading.Event] = None,
+) -> Iterator[Event]:
     """Stream one answer from `engine` (over the pool it was built with), returning the
-    learned Hebbian state in the final `Done` so it survives a process boundary."""
+    learned Hebbian state in the final `Done` so it survives a process boundary. Setting
+    `cancel` ends the answer with a "cancelled" `Done` that still learns from what was written."""
     settings.apply_to(engine.pool)
-    yield from engine.stream(message, list(history), return_learned=True, **settings.stream_kwargs())
+    yield from engine.stream(message, list(history), return_learned=True, cancel=cancel, **settings.stream_kwargs())
+
+
+class StopButtons:
+    """The Stop button of each visitor's page, keyed by Gradio session: pressing it sets the
+    event their running answer polls, so the answer ends itself and reports how it ended
+    (cancelling the handler instead would leave the page saying "answering")."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, session: str) -> threading.Event:
+        with self._lock:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def press(self, session: str) -> None:
+        with self._lock:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+    def forget(self, session: str) -> None:
+        with self._lock:
+            self._events.pop(session, None)
 
 
 def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
@@ -180,6 +213,17 @@ def upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> 
     """A private pool from an uploaded memory-set file or a downloaded learned state (.npz),
     within the deployment's limits; MemoryFileError names the bad record, field or limit."""
     return uploads.load_upload(sets, raw, settings)
+
+
+def switch_set(
+    stash: dict[str, tuple[MemoryPool, Any]], sets: MemorySets, leaving: str, pool: MemoryPool, layout: Any, name: str
+) -> tuple[MemoryPool, Any]:
+    """Put the set the visitor leaves (its pool, with what it learned, and its network layout)
+    aside, and take the chosen set back as they left it, or fresh on a first visit."""
+    stash[leaving] = (pool, layout)
+    if name in stash:
+        return stash.pop(name)
+    return sets.pool(name), None
 
 
 def add_memory(

@@ -12,6 +12,8 @@ Nothing here imports Gradio: the app, tests and notebooks share it.
 from __future__ import annotations
 
 import bisect
+import re
+import textwrap
 import time
 from dataclasses import dataclass, field
 from enum import Flag, auto
@@ -21,6 +23,10 @@ from smem.generation.events import ContextStats, Done, DoneStats, Event, Memorie
 from smem.memory.records import Hit
 
 THINKING_TITLE = "💭 Thinking"
+SWAP_TITLE = "🔄 Memories swapped at token {at_token}"
+
+RETRIEVING, THINKING, ANSWERING, STOPPED, DONE = "retrieving", "thinking", "answering", "stopped", "done"
+PHASE_ICONS = {RETRIEVING: "🔎", THINKING: "💭", ANSWERING: "✍️", STOPPED: "⏹", DONE: "✅"}
 
 ADDED, KEPT, REMOVED = "added", "kept", "removed"
 
@@ -67,6 +73,17 @@ class Interval:
     end: int
 
 
+@dataclass(frozen=True)
+class Swap:
+    """One change of the memory set while the answer was written, and where in the text it
+    happened (so the chat can show it inline, between the words written before and after)."""
+
+    at_token: int
+    added: tuple[Hit, ...]
+    removed: tuple[Hit, ...]
+    answer_chars: int
+
+
 @dataclass
 class AnswerView:
     """Reducer state of one streamed answer; feed it events with `apply`."""
@@ -82,20 +99,33 @@ class AnswerView:
     anchors: list[tuple[int, int]] = field(default_factory=list)
     """(generated tokens, characters of thinking + answer) at moments both are known."""
     generated: int = 0
+    text_events: int = 0
+    """Thinking and answer pieces received: the engine sends one per decoded token (pieces it
+    holds back while a multi-byte character completes are the exception), so this is the
+    live token count between the exact figures that swaps and context reports carry."""
+    swaps: list[Swap] = field(default_factory=list)
+    started: Optional[float] = None
+    stopped: bool = False
+    """The visitor pressed Stop (the engine may not have said so yet)."""
     done: Optional[DoneStats] = None
     learned: Any = None
 
-    def apply(self, event: Event) -> Changed:
+    def apply(self, event: Event, now: Optional[float] = None) -> Changed:
+        if self.started is None:
+            self.started = time.monotonic() if now is None else now
         if isinstance(event, Token):
             self.answer += event.text
+            self.text_events += 1
             return Changed.CHAT
         if isinstance(event, Thinking):
             self.thinking += event.text
+            self.text_events += 1
             return Changed.CHAT
         if isinstance(event, MemoryUpdate):
             self._anchor(event.at_token)
             self._set_memories(event.memories, event.at_token, removed=event.removed, exact=event.exact)
-            return Changed.MEMORIES
+            self.swaps.append(Swap(event.at_token, tuple(event.added), tuple(event.removed), len(self.answer)))
+            return Changed.MEMORIES | Changed.CHAT
         if isinstance(event, ContextStats):
             self.context.append(event)
             self._anchor(event.generated_tokens)
@@ -106,9 +136,45 @@ class AnswerView:
         if isinstance(event, Done):
             self.done = event.stats
             self.learned = event.learned
+            self.stopped = self.stopped or event.stats.stop_reason == "cancelled"
             self._anchor(event.stats.tokens)
             return Changed.DONE | Changed.CHAT
         raise TypeError(f"unknown event {type(event).__name__}")
+
+    def stop(self) -> None:
+        """The visitor pressed Stop: the answer ends where it is, whether or not the engine
+        gets to report it (on ZeroGPU its stream is simply closed)."""
+        self.stopped = True
+
+    # -- the status line ---------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        if self.stopped:
+            return STOPPED
+        if self.finished:
+            return DONE
+        if self.answer.strip():
+            return ANSWERING
+        if self.thinking:
+            return THINKING
+        return RETRIEVING
+
+    @property
+    def tokens(self) -> int:
+        return self.done.tokens if self.done else max(self.generated, self.text_events)
+
+    def status_line(self, now: Optional[float] = None) -> str:
+        """What is happening and how fast: the phase, tokens, swaps and tokens/s."""
+        phase = self.phase
+        if self.done:
+            return f"{PHASE_ICONS[phase]} **{phase}** · {summary(self.done)}"
+        parts = [f"{PHASE_ICONS[phase]} **{phase}**", f"{self.tokens} tokens", f"{len(self.swaps)} swaps"]
+        if self.started is not None and self.tokens:
+            elapsed = (time.monotonic() if now is None else now) - self.started
+            if elapsed > 0:
+                parts.append(f"{self.tokens / elapsed:.1f} tokens/s")
+        return " · ".join(parts)
 
     def _anchor(self, tokens: int) -> None:
         self.generated = max(self.generated, tokens)
@@ -158,7 +224,7 @@ class AnswerView:
         """Token indices where the memory set changed (the first set is not a swap)."""
         return [segment.start for segment in self.segments[1:]]
 
-    def swaps(self) -> list[tuple[int, bool]]:
+    def swap_marks(self) -> list[tuple[int, bool]]:
         """(token index, exact?) of every swap, for the timeline's marks."""
         return [(segment.start, bool(segment.exact)) for segment in self.segments[1:]]
 
@@ -241,6 +307,11 @@ class AnswerView:
         (t0, c0), (t1, c1) = self.anchors[index - 1], self.anchors[index]
         return round(c0 + (c1 - c0) * (token - t0) / (t1 - t0))
 
+    def live_excerpt(self, width: int = 160) -> str:
+        """The last `width` characters written so far (thinking, then the answer)."""
+        text = self.thinking + self.answer
+        return ("…" if len(text) > width else "") + text[-width:]
+
     def excerpt_at(self, token: int, width: int = 160) -> str:
         """The last `width` characters written by token `token` (thinking, then the answer)."""
         text = self.thinking + self.answer
@@ -265,31 +336,69 @@ def message_text(content: Any) -> str:
 
 def model_history(chat: Optional[Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
     """What the model should read of past turns: user and assistant text, without the
-    collapsible thinking messages (the chat template drops past reasoning anyway)."""
+    collapsible thinking and swap messages (the chat template drops past reasoning anyway).
+    An answer shown in pieces around its swaps is read as one message again."""
     history: list[dict[str, str]] = []
     for message in chat or ():
         metadata = message.get("metadata") or {}
         if metadata.get("title"):
             continue
         role = message.get("role")
-        text = message_text(message.get("content")).strip()
-        if role in ("user", "assistant") and text:
+        text = message_text(message.get("content"))
+        if role not in ("user", "assistant") or not text.strip():
+            continue
+        if history and role == "assistant" and history[-1]["role"] == "assistant":
+            history[-1]["content"] += text
+        else:
             history.append({"role": role, "content": text})
-    return history
+    return [{"role": item["role"], "content": item["content"].strip()} for item in history]
 
 
-def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], message: str, view: AnswerView) -> list[dict[str, Any]]:
-    """The chat as it should look now: past turns, the question, then the answer so far,
-    its thinking in a collapsible message above it."""
+_HEADING = re.compile(r"^(\s{0,3})(#{1,6})(?=\s|$)", re.MULTILINE)
+
+
+def inert_headings(text: str) -> str:
+    """A partial answer whose lines start with `#` (the model echoing a heading of its prompt
+    when stopped mid-way) is shown as text, not as a page-sized Markdown heading."""
+    return _HEADING.sub(lambda match: match.group(1) + "\\" + match.group(2), text)
+
+
+def _short(hits: Sequence[Hit], width: int = 70) -> str:
+    return "; ".join(textwrap.shorten(hit.content, width=width, placeholder="…") for hit in hits) or "none"
+
+
+def swap_message(swap: Swap) -> dict[str, Any]:
+    """A collapsed chat block for one swap: "swapped in …, out …, at token 37"."""
+    content = f"**in:** {_short(swap.added)}\n\n**out:** {_short(swap.removed)}"
+    return {
+        "role": "assistant",
+        "content": content,
+        "metadata": {"title": SWAP_TITLE.format(at_token=swap.at_token), "status": "done"},
+    }
+
+
+def _answer_piece(view: AnswerView, text: str) -> list[dict[str, Any]]:
+    if not text.strip():
+        return []
+    return [{"role": "assistant", "content": inert_headings(text) if view.stopped else text}]
+
+
+def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView) -> list[dict[str, Any]]:
+    """The chat as it should look now: past turns (ending with the question), then the answer
+    so far: its thinking in a collapsible message, and each memory swap as a collapsed block
+    at the place in the answer where it happened."""
     messages: list[dict[str, Any]] = [dict(item) for item in chat or ()]
-    messages.append({"role": "user", "content": message})
     if view.thinking:
-        status = "done" if view.answer or view.finished else "pending"
+        status = "done" if view.answer or view.finished or view.stopped else "pending"
         messages.append(
             {"role": "assistant", "content": view.thinking, "metadata": {"title": THINKING_TITLE, "status": status}}
         )
-    if view.answer:
-        messages.append({"role": "assistant", "content": view.answer})
+    shown = 0
+    for swap in view.swaps:
+        messages += _answer_piece(view, view.answer[shown : swap.answer_chars])
+        shown = max(shown, swap.answer_chars)
+        messages.append(swap_message(swap))
+    messages += _answer_piece(view, view.answer[shown:])
     return messages
 
 

@@ -9,13 +9,14 @@ enters a figure. Table cells are plain strings (the table shows them as text).
 from __future__ import annotations
 
 import bisect
-import functools
 import html
 import math
 import textwrap
-from typing import Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import networkx as nx
+import numpy as np
 import plotly.graph_objects as go
 
 from smem.generation.events import ContextStats
@@ -37,6 +38,7 @@ UNTYPED_COLOUR = "#7f7f7f"
 IN_CONTEXT_COLOUR = "#f5b700"
 FORMING_COLOUR = "#f5b700"
 LINK_COLOUR = "#6b7280"
+UNLINKED_COLOUR = "#9ca3af"
 
 STATUS_LABELS = {ADDED: "🟢 added", KEPT: "⚪ kept", REMOVED: "🔴 removed"}
 MEMORY_HEADERS = ["status", "memory", "type", "score", "from token"]
@@ -88,75 +90,176 @@ def memory_rows(rows: Iterable[MemoryRow]) -> list[list[object]]:
 
 # -- the Hebbian network ---------------------------------------------------------------------
 
+MAX_LAID_OUT = 300
+"""Most memories the spring layout places. Its cost is quadratic in the nodes it moves
+(networkx's dense Fruchterman-Reingold below 500 nodes); docs/benchmarks.md has the figures.
+Past this many linked memories, the most strongly linked are drawn and the rest join the
+faint background."""
+LABELLED = 8
+"""Linked memories that carry a text label besides those in context: more overlap at 480 px."""
+FAINT_VISIBLE_UP_TO = 2000
+"""Larger pools start with their unlinked background hidden (click its legend entry to show
+it): thousands of faint dots would only grey the plot out."""
+GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
+ITERATIONS = 15
+"""Cooling steps when memories join a laid-out picture (50, networkx's default, for the first)."""
+GRAVITY = 0.05
+"""Weight of each memory's pull to the centre, against 1 for a learned link. Tried 0.02, 0.05
+and 0.2 over eight simulated answers (8 memories each): 0.05 kept the median gap to the
+nearest neighbour at 0.13–0.17 of the picture's half-width (no knot), and known memories
+moved on average 15% of it when newcomers joined."""
 
-@functools.lru_cache(maxsize=32)
-def _layout(
-    ids: tuple[str, ...], types: tuple[str, ...], links: tuple[tuple[str, str, float], ...]
-) -> dict[str, tuple[float, float]]:
-    """Node positions: each type gathers around a fixed hub on a ring, and learned links pull
-    the memories they join towards each other (so what is used together moves to the middle).
 
-    Hubs are pinned, so clusters cannot drift apart and the picture keeps its scale. Cached
-    on the exact graph: redraws during an answer (only the highlight changes) reuse the
-    positions, so nodes stay put until the links themselves change.
-    """
-    if not ids:
-        return {}
-    graph = nx.Graph()
-    graph.add_nodes_from(ids)
-    kinds = sorted(set(types))
-    # Hub nodes are tuples, so no memory id (a string) can collide with one.
-    hubs = {
-        ("hub", kind): (math.cos(2 * math.pi * (i + 0.5) / len(kinds)), math.sin(2 * math.pi * (i + 0.5) / len(kinds)))
-        for i, kind in enumerate(kinds)
-    }
-    start: dict[object, tuple[float, float]] = dict(hubs)
-    for order, (memory_id, kind) in enumerate(zip(ids, types, strict=True)):
-        hub_x, hub_y = hubs[("hub", kind)]
-        angle, radius = order * 2.399, 0.15 * math.sqrt((order % 17) / 17)
-        start[memory_id] = (hub_x + radius * math.cos(angle), hub_y + radius * math.sin(angle))
-        graph.add_edge(memory_id, ("hub", kind), weight=1.0)
-    strongest = max((w for _, _, w in links), default=1.0) or 1.0
-    for a, b, weight in links:
-        graph.add_edge(a, b, weight=0.5 + 2.0 * weight / strongest)
-    positions = nx.spring_layout(graph, pos=start, fixed=list(hubs), k=0.12, iterations=100, seed=0, weight="weight")
-    return {node: (float(positions[node][0]), float(positions[node][1])) for node in ids}
+@dataclass
+class NetworkLayout:
+    """Where each drawn memory sits, kept between redraws so that a new link moves only the
+    memories it brings in: known memories stay pinned, newcomers start beside the memories
+    they link to and settle around them. One per visitor and memory set."""
+
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def place(self, nodes: Sequence[str], links: Sequence[tuple[str, str, float]]) -> dict[str, tuple[float, float]]:
+        """Positions of `nodes` (linked or in context), laid out again only when one is new.
+
+        The new layout starts from the cached positions (newcomers beside their neighbours)
+        and runs only a few cooling steps, so known memories move a little, not anew."""
+        new = [node for node in nodes if node not in self.positions]
+        if new:
+            graph = nx.Graph()
+            graph.add_nodes_from(nodes)
+            graph.add_weighted_edges_from(links)
+            start: dict[Any, tuple[float, float]] = {node: self.positions[node] for node in nodes if node in self.positions}
+            k = 1 / math.sqrt(len(nodes))  # networkx's default natural length on the unit square
+            for node in new:
+                start[node] = self._beside(node, graph, start, k)
+            # A weak pull towards the centre: without it, groups that share no link repel
+            # each other without bound and the picture shrinks to far-apart specks.
+            # (A tuple, so no memory id, a string, can collide with it.)
+            centre = ("centre",)
+            start[centre] = (0.0, 0.0)
+            graph.add_weighted_edges_from((node, centre, GRAVITY) for node in nodes)
+            placed = nx.spring_layout(
+                graph, pos=start, k=k, iterations=ITERATIONS if self.positions else 50, seed=0, weight="weight"
+            )
+            self.positions = {node: (float(placed[node][0]), float(placed[node][1])) for node in nodes}
+        return {node: self.positions[node] for node in nodes}
+
+    @staticmethod
+    def _beside(node: str, graph: nx.Graph, start: Mapping[Any, tuple[float, float]], k: float) -> tuple[float, float]:
+        """A newcomer's starting point: one spacing from its placed neighbours' centre, else
+        on a spiral around the picture."""
+        turn = len(start) * GOLDEN_ANGLE
+        near = [start[other] for other in graph.neighbors(node) if other in start]
+        if near:
+            x = sum(p[0] for p in near) / len(near)
+            y = sum(p[1] for p in near) / len(near)
+            return x + k * math.cos(turn), y + k * math.sin(turn)
+        radius = 0.6 + 0.4 * (len(start) % 7) / 7
+        return radius * math.cos(turn), radius * math.sin(turn)
+
+
+def background_positions(count: int, inner: float = 1.25, outer: float = 1.6) -> np.ndarray:
+    """Unlinked memories on a faint sunflower ring around the linked picture, as (count, 2)
+    points: O(n), stable, no layout (the ring's order is the pool's)."""
+    order = np.arange(count)
+    radius = np.sqrt(inner**2 + (outer**2 - inner**2) * (order + 0.5) / max(count, 1))
+    angle = order * GOLDEN_ANGLE
+    return np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
 
 
 def node_size(count: float) -> float:
     """Area grows with retrieval count, but a much-retrieved memory must not hide the rest."""
-    return 9.0 + 5.0 * math.sqrt(max(count, 0.0))
+    return 14.0 + 4.0 * math.sqrt(max(count, 0.0))
+
+
+def label(memory: Memory, width: int = 28) -> str:
+    """A node's short escaped label: the start of its content."""
+    return escape(textwrap.shorten(memory.content, width=width, placeholder="…"))
+
+
+def _hover(memory: Memory, count: float) -> str:
+    return f"<b>{escape(type_label(memory.type))}</b> · retrieved {count:g}×<br>{escape_wrapped(memory.content)}"
+
+
+def _drawn(
+    links: Sequence[tuple[str, str, float]], in_context: Sequence[str], forming: Mapping[tuple[str, str], float]
+) -> list[str]:
+    """The memories drawn large: in context, forming a link now, or linked (the most
+    strongly linked first, up to MAX_LAID_OUT in all)."""
+    strength: dict[str, float] = {}
+    for a, b, weight in links:
+        strength[a] = strength.get(a, 0.0) + weight
+        strength[b] = strength.get(b, 0.0) + weight
+    must = list(dict.fromkeys([*in_context, *(node for pair in forming for node in pair)]))
+    ranked = sorted((node for node in strength if node not in must), key=lambda node: (-strength[node], node))
+    return must + ranked[: max(MAX_LAID_OUT - len(must), 0)]
+
+
+def _segments(
+    pairs: Iterable[tuple[str, str]], pos: Mapping[str, tuple[float, float]]
+) -> tuple[list[Optional[float]], list[Optional[float]]]:
+    """Line segments between node pairs as one Plotly trace's x and y (None breaks the line)."""
+    xs: list[Optional[float]] = []
+    ys: list[Optional[float]] = []
+    for a, b in pairs:
+        xs += [pos[a][0], pos[b][0], None]
+        ys += [pos[a][1], pos[b][1], None]
+    return xs, ys
 
 
 def network_figure(
     pool: MemoryPool,
+    layout: Optional[NetworkLayout] = None,
     in_context: Iterable[str] = (),
     forming: Optional[Mapping[tuple[str, str], float]] = None,
 ) -> go.Figure:
-    """The Hebbian network: memories as nodes (size by retrieval count, colour by type), learned
-    co-retrieval links as edges (width by strength), the memories in context now ringed, and
-    the links the current answer is forming dashed."""
+    """The Hebbian network: linked and in-context memories large, labelled and coloured by
+    type (size by retrieval count, full text on hover), learned co-retrieval links as edges
+    (width by strength, no hover), the memories in context now ringed, the links the current
+    answer is forming dotted, and every other memory a faint dot on an outer ring."""
+    layout = layout if layout is not None else NetworkLayout()
+    forming = {pair: share for pair, share in (forming or {}).items() if share > 0}
     memories = pool.memories
-    ids = tuple(memory.id for memory in memories)
-    types = tuple(type_name(memory.type) for memory in memories)
-    links = tuple(sorted((a, b, round(w, 4)) for a, b, w in pool.links()))
-    pos = _layout(ids, types, links)
-    counts = {memory.id: pool.retrieval_count(memory.id) for memory in memories}
+    by_id = {memory.id: memory for memory in memories}
+    in_context = [memory_id for memory_id in in_context if memory_id in by_id]
+    links = sorted((a, b, round(w, 4)) for a, b, w in pool.links())
+    drawn = _drawn(links, in_context, forming)
+    drawn_set = set(drawn)
+    drawn_links = [(a, b, w) for a, b, w in links if a in drawn_set and b in drawn_set]
+    pos = layout.place(drawn, drawn_links)
+    counts = pool.learning.counts
+    count = {memory.id: float(counts[index]) for index, memory in enumerate(memories) if memory.id in drawn_set}
     figure = go.Figure()
 
-    strongest = max((w for _, _, w in links), default=0.0)
-    bins: dict[int, tuple[list[Optional[float]], list[Optional[float]]]] = {}
-    mid_x, mid_y, mid_text = [], [], []
-    for a, b, weight in links:
-        level = min(int(4 * weight / strongest), 3) if strongest > 0 else 0
-        xs, ys = bins.setdefault(level, ([], []))
-        (x0, y0), (x1, y1) = pos[a], pos[b]
-        xs += [x0, x1, None]
-        ys += [y0, y1, None]
-        mid_x.append((x0 + x1) / 2)
-        mid_y.append((y0 + y1) / 2)
-        mid_text.append(f"link {escape(a)} ↔ {escape(b)}<br>strength {weight:.3f}")
-    for level, (xs, ys) in sorted(bins.items()):
+    background = [memory for memory in memories if memory.id not in drawn_set]
+    extent = max((max(abs(x), abs(y)) for x, y in pos.values()), default=1.0)
+    ring = background_positions(len(background), inner=1.2 * extent, outer=1.5 * extent)
+    # One colour and unwrapped hover text: per-point colours and wrapping cost seconds at 10k
+    # memories (bench/network_layout.py), and these dots are meant to recede anyway. Past
+    # FAINT_VISIBLE_UP_TO they start hidden and carry no text at all.
+    faint = len(background) <= FAINT_VISIBLE_UP_TO
+    if background:
+        figure.add_trace(
+            go.Scatter(
+                x=ring[:, 0],
+                y=ring[:, 1],
+                mode="markers",
+                name=f"unlinked ({len(background)})",
+                hovertext=[escape(textwrap.shorten(m.content, width=120, placeholder="…")) for m in background]
+                if faint
+                else None,
+                hoverinfo="text" if faint else "skip",
+                marker={"size": 5, "color": UNLINKED_COLOUR, "opacity": 0.35},
+                visible=True if faint else "legendonly",
+            )
+        )
+
+    strongest = max((w for _, _, w in drawn_links), default=0.0)
+    levels: dict[int, list[tuple[str, str]]] = {}
+    for a, b, weight in drawn_links:
+        levels.setdefault(min(int(4 * weight / strongest), 3) if strongest > 0 else 0, []).append((a, b))
+    for level, pairs in sorted(levels.items()):
+        xs, ys = _segments(pairs, pos)
         figure.add_trace(
             go.Scatter(
                 x=xs,
@@ -168,80 +271,58 @@ def network_figure(
                 opacity=0.35 + 0.15 * level,
             )
         )
-    if mid_x:
+    if forming:
+        xs, ys = _segments(forming, pos)
         figure.add_trace(
             go.Scatter(
-                x=mid_x,
-                y=mid_y,
-                mode="markers",
-                hovertext=mid_text,
-                hoverinfo="text",
-                showlegend=False,
-                marker={"size": 8, "opacity": 0},
-                name="links",
+                x=xs,
+                y=ys,
+                mode="lines",
+                hoverinfo="skip",
+                name="forming now",
+                line={"width": 1.5, "color": FORMING_COLOUR, "dash": "dot"},
             )
         )
 
-    if forming:
-        xs, ys = [], []
-        for (a, b), share in forming.items():
-            if a in pos and b in pos and share > 0:
-                xs += [pos[a][0], pos[b][0], None]
-                ys += [pos[a][1], pos[b][1], None]
-        if xs:
-            figure.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    hoverinfo="skip",
-                    name="forming now",
-                    line={"width": 1.5, "color": FORMING_COLOUR, "dash": "dot"},
-                )
-            )
-
-    hover = {
-        memory.id: (
-            f"<b>{escape(type_label(memory.type))}</b> · {escape(memory.id)} · "
-            f"retrieved {counts[memory.id]:g}×<br>{escape_wrapped(memory.content)}"
-        )
-        for memory in memories
-    }
-    for kind in sorted(set(types)):
-        members = [memory for memory in memories if type_name(memory.type) == kind]
+    labelled = set(in_context) | set(drawn[len(in_context) : len(in_context) + LABELLED])
+    for kind in sorted({type_name(by_id[node].type) for node in drawn}):
+        members = [by_id[node] for node in drawn if type_name(by_id[node].type) == kind]
         figure.add_trace(
             go.Scatter(
                 x=[pos[m.id][0] for m in members],
                 y=[pos[m.id][1] for m in members],
-                mode="markers",
+                mode="markers+text",
                 name=escape(type_label(kind)),
-                hovertext=[hover[m.id] for m in members],
+                text=[label(m) if m.id in labelled else "" for m in members],
+                textposition="top center",
+                textfont={"size": 10, "color": "#374151"},
+                hovertext=[_hover(m, count[m.id]) for m in members],
                 hoverinfo="text",
                 marker={
-                    "size": [node_size(counts[m.id]) for m in members],
+                    "size": [node_size(count[m.id]) for m in members],
                     "color": type_colour(members[0].type),
-                    "line": {"width": 0.8, "color": "white"},
-                    "opacity": 0.9,
+                    "line": {"width": 1, "color": "white"},
+                    "opacity": 0.95,
                 },
             )
         )
-    ringed = [memory_id for memory_id in in_context if memory_id in pos]
     figure.add_trace(
         go.Scatter(
-            x=[pos[i][0] for i in ringed],
-            y=[pos[i][1] for i in ringed],
+            x=[pos[i][0] for i in in_context],
+            y=[pos[i][1] for i in in_context],
             mode="markers",
             name="in context now",
-            hovertext=[hover[i] for i in ringed],
-            hoverinfo="text",
+            hoverinfo="skip",
             marker={
-                "size": [node_size(counts[i]) + 10 for i in ringed],
+                "size": [node_size(count[i]) + 10 for i in in_context],
                 "symbol": "circle-open",
                 "color": IN_CONTEXT_COLOUR,
                 "line": {"width": 3, "color": IN_CONTEXT_COLOUR},
             },
         )
     )
+    if not drawn:
+        _placeholder(figure, "Links form here as memories are used together")
     figure.update_layout(
         title={"text": f"Hebbian network · {len(memories)} memories · {len(links)} links", "x": 0.01},
         showlegend=True,
@@ -249,7 +330,7 @@ def network_figure(
         xaxis={"visible": False},
         yaxis={"visible": False, "scaleanchor": "x"},
         margin={"l": 8, "r": 8, "t": 36, "b": 8},
-        height=480,
+        height=440,
         hovermode="closest",
         plot_bgcolor="rgba(0,0,0,0)",
         paper_bgcolor="rgba(0,0,0,0)",
@@ -346,7 +427,7 @@ def timeline_figure(view: AnswerView, at_token: Optional[int] = None) -> go.Figu
         )
     if at_token is not None:
         figure.add_vline(x=at_token, line={"width": 2, "color": "#111827"})
-    for token, exact in view.swaps():
+    for token, exact in view.swap_marks():
         # Solid: the swap re-read the context exactly; dotted: a slot rewrite (approximate).
         figure.add_vline(x=token, line={"width": 1, "color": "#9ca3af", "dash": "solid" if exact else "dot"})
     if not intervals:
