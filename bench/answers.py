@@ -59,7 +59,7 @@ from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
-from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, MEMORY_INTRO, PromptBuilder  # noqa: E402
+from smem.generation.prompt import FIXED_TEXTS, PromptBuilder  # noqa: E402
 
 RAG_K = 5
 """k for `rag` and `stream` (the issue's protocol; also the engine's default max_memories)."""
@@ -275,8 +275,6 @@ def conditions(names: Sequence[str], stream_every: int, threshold: Optional[floa
     chosen = sorted(dict.fromkeys(names), key=order.index)
     if "rag_wide" in chosen and "stream" not in chosen:
         raise SystemExit("rag_wide takes its k from stream: run stream too")
-    if "flare" in chosen and "retrieval_trigger" not in inspect.signature(StreamingEngine.stream).parameters:
-        raise SystemExit("flare needs the engine's uncertainty trigger (branch answers-flare), which this engine lacks")
     return [known[n] for n in chosen]
 
 
@@ -440,7 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for key, value in settings.items():  # what this run used, nanoGPT style
         print(f"{key} = {value}")
 
-    instructions = [DEFAULT_SYSTEM_PROMPT, MEMORY_INTRO, SHORT_ANSWER, TEMPORAL_HINT]
+    instructions = [*FIXED_TEXTS, SHORT_ANSWER, TEMPORAL_HINT]
     records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in plan}
     started = time.perf_counter()
     by_conversation: dict[int, list[int]] = {}

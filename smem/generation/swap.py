@@ -46,6 +46,14 @@ DEFAULT_SLOT_TOKENS = 40
 """Tokens per memory slot: the 99th percentile of a rendered memory line (tags included) in
 the shipped sets is 40.5 (tutor) and 41 (family) Qwen2.5 tokens, so 1 line in 100 is trimmed."""
 
+RetrievalTrigger = Literal["interval", "uncertainty"]
+RETRIEVAL_TRIGGERS: tuple[str, ...] = get_args(RetrievalTrigger)
+
+DEFAULT_UNCERTAINTY_THRESHOLD = 0.4
+"""Token probability under which the "uncertainty" trigger re-retrieves (FLARE's θ, a free
+parameter there too). Not tuned: bench/answers.py reports how often it fires (retrievals per
+answer) and takes `--uncertainty-threshold` to try others."""
+
 Forward = Callable[..., torch.Tensor]
 """`forward(ids, cache, attention_mask=None) -> next-token logits`: appends `ids` to `cache`."""
 
@@ -244,21 +252,35 @@ class SlotContext:
 class SwapPolicy:
     """When to re-retrieve, and whether a swap may run now.
 
-    Every `every` generated tokens (0 = never). With a `budget` (re-read tokens per generated
-    token, exact swaps on a CPU) a swap the credit cannot pay is deferred, and while the credit
-    cannot pay even the cheapest swap the re-retrieval is skipped: its result could not change
-    the context, so the output is the same and the embedding time is saved.
+    `trigger` "interval": every `every` generated tokens (0 = never). "uncertainty" (FLARE,
+    Jiang et al. 2023, "Active Retrieval Augmented Generation"): when the token just written had
+    a probability below `threshold`, at most once per `every` tokens. With a `budget` (re-read
+    tokens per generated token, exact swaps on a CPU) a swap the credit cannot pay is deferred,
+    and while the credit cannot pay even the cheapest swap the re-retrieval is skipped: its result
+    could not change the context, so the output is the same and the embedding time is saved.
     """
 
     every: int
     budget: Optional[float] = None
     credit: float = 0.0
+    trigger: RetrievalTrigger = "interval"
+    threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD
+    last: int = 0
+    """Generated tokens at the last uncertainty-triggered retrieval."""
 
-    def due(self, generated: int, cheapest: int) -> bool:
+    def due(self, generated: int, cheapest: int, confidence: float = 1.0) -> bool:
         self.credit += self.budget or 0.0
-        if not self.every or generated % self.every:
+        if not self.every:
             return False
-        return self.budget is None or self.credit >= cheapest
+        if self.trigger == "uncertainty":
+            if confidence >= self.threshold or generated - self.last < self.every:
+                return False
+        elif generated % self.every:
+            return False
+        if self.budget is not None and self.credit < cheapest:
+            return False
+        self.last = generated
+        return True
 
     def pay(self, cost: int) -> bool:
         """Spend `cost` re-read tokens if the credit allows; False means deferred."""
