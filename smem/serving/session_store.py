@@ -20,13 +20,14 @@ columns with `pool BYTEA` and the same single-row `UPDATE` per answer, configure
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
+
+from smem.serving.settings import ServerSettings
 
 ID_BYTES = 24
 """192 bits of randomness per session id; the issue asks for at least 128."""
@@ -91,9 +92,9 @@ def new_session_id() -> str:
 
 
 def state_dir() -> Path:
-    """Where durable state lives: $SMEM_STATE_DIR (on a Space with persistent storage, `/data`),
-    else ~/.local/state/smem."""
-    return Path(os.environ.get("SMEM_STATE_DIR") or Path.home() / ".local" / "state" / "smem")
+    """Where durable state lives: `ServerSettings.state_dir` ($SMEM_STATE_DIR; on a Space with
+    persistent storage, `/data`)."""
+    return ServerSettings().state_dir
 
 
 class SQLiteSessionStore:

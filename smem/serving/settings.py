@@ -30,6 +30,11 @@ class ServerSettings(BaseSettings):
     port: int = Field(
         7860, gt=0, lt=65536, validation_alias=AliasChoices("port", "GRADIO_SERVER_PORT"), description="port to bind"
     )
+    state_dir: Path = Field(
+        Path.home() / ".local" / "state" / "smem",
+        validation_alias=AliasChoices("state_dir", "SMEM_STATE_DIR"),
+        description="durable sessions and visitors' learned state (SQLite); on a Space with persistent storage: `/data`",
+    )
 
 
 class Settings(BaseSettings):
