@@ -126,9 +126,9 @@ class MemoryPool:
         self._token_key = token_counter.key if token_counter is not None else CONTENT_TOKENS
         self._tokens = np.zeros(0, dtype=np.int32)  # (N,) prompt tokens of each memory, under _token_key
         self._token_total = 0
-        self._created = np.zeros(0, dtype=np.float64)
-        self._emotion = np.zeros(0, dtype=np.float32)
-        self.learning = LearningState.empty(0, self.dim)
+        self._created = np.zeros(0, dtype=np.float64)  # (N,) creation time, epoch seconds
+        self._emotion = np.zeros(0, dtype=np.float32)  # (N,) emotional_intensity in [0, 1]
+        self.learning = LearningState.empty(0, self.dim)  # per-memory counts (N,), query sums (N, D), links
 
     @property
     def embedder(self) -> Embedder:

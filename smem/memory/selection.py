@@ -28,14 +28,17 @@ class Candidates:
     """The memories that can still be chosen, as parallel arrays."""
 
     index: np.ndarray
-    """Pool positions (int64)."""
+    """(C,) pool positions (int64)."""
     vectors: np.ndarray
+    """(C, D) unit float32 embeddings, for the MMR damping between picks."""
     similarity: np.ndarray
+    """(C,) hybrid similarity to the query (cosine blended with normalised BM25)."""
     boost: np.ndarray
-    """Sum of the boost terms that do not depend on earlier picks."""
+    """(C,) sum of the boost terms that do not depend on earlier picks."""
     tokens: np.ndarray
+    """(C,) prompt tokens of each candidate's rendered line, for the budget."""
     favour: np.ndarray
-    """Per-candidate factor ≥ 1 (incumbent hysteresis); 1 for most."""
+    """(C,) per-candidate factor ≥ 1 (incumbent hysteresis); 1 for most."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ def select(
         return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
     gate = scoring.gate(candidates.similarity.astype(np.float64))
     available = gate > 0.0
-    link_sum = np.zeros(count)
-    damping = np.ones(count)
+    link_sum = np.zeros(count)  # (C,) link weight from the picks so far
+    damping = np.ones(count)  # (C,) MMR factor: min over picks of 1 − diversity × cosine²
     remaining = np.inf if token_budget is None else float(token_budget)
     order = np.argsort(candidates.index)
     sorted_index = candidates.index[order]
