@@ -401,6 +401,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--temperature", type=float, default=None,
                         help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
+    parser.add_argument(
+        "--swap", default="exact", choices=["exact", "slots", "auto"],
+        help="swap mode (default exact, the reference: slot mode trims each memory line to its slot, "
+        "40 tokens, and LoCoMo turns are often longer)",
+    )
     args = parser.parse_args(argv)
     config = print_run_config(args)
 
@@ -448,7 +453,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for conv_index, q_indices in by_conversation.items():
         conv = conversations[conv_index]
         pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
-        engine = StreamingEngine(model, tokenizer, pool)
+        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap)
         all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)

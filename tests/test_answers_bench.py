@@ -151,9 +151,13 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
     conv = answers.load(locomo_file(tmp_path / "d.json", conversations=1, questions=2))[0]
     pool = answers.build_pool(conv, minilm, minilm.encode(conv.texts))
     seen: list[list[int]] = []
-    handle = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
+    # Hook the embedding layer: every token the model reads passes it, whichever path (prefill,
+    # decode step, slot rewrite) fed it.
+    handle = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].flatten().tolist()))
     try:
-        engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+        # Exact swaps: the slot layout trims a memory line to its slot (40 tokens), which cuts the
+        # tiny tokenizer's long encodings before the word this test looks for.
+        engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None)
         for index in range(len(conv.questions)):
             question = answers.question_at(conv, index)
             for every in (0, 1):
