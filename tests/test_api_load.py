@@ -48,7 +48,7 @@ only. Anything a request leaked would grow it every round."""
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, psutil.Process]]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     # One torch thread: the tiny model gains nothing from two, and the serving path, not the
     # model, is under test here; it also keeps the figures steadier on a shared machine.
@@ -61,6 +61,8 @@ def server() -> Iterator[tuple[str, psutil.Process]]:
         "TOKENIZERS_PARALLELISM": "false",
         "SMEM_THREADS": "1",
         "SMEM_API_MAX_QUEUE_PER_CLIENT": str(CLIENTS),
+        # Its own store: the test counts the sessions it created, and other servers of the run share the default.
+        "SMEM_STATE_DIR": str(tmp_path_factory.mktemp("load-state")),
     }
     command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
