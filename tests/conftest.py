@@ -94,6 +94,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def api_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """`python -m smem.serving.api` on the tiny model with `env` over ours; yields its URL, its
+    process and the seconds until `/health` answered, and stops it (if a test has not) on exit."""
+    port = free_port()
+    command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, process.stdout.read().decode(errors="replace") if process.stdout else "server exited"
+            assert time.monotonic() < deadline, "the API server did not come up in 180 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        yield url, process, time.perf_counter() - started
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
 @dataclass
 class AppServer:
     url: str

@@ -20,9 +20,7 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from conftest import api_server as serve_api
 from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +44,10 @@ LONG = {"max_new_tokens": 4000, "update_every_n": 20, "temperature": 0.8}
 FIGURES: dict[str, Any] = {}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def api_server(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen, float]]:
     """The API on the tiny model; yields its URL, process and seconds until `/health` answered."""
-    port = free_port()
     env = {
-        **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "SMEM_THREADS": "1",
@@ -66,29 +57,8 @@ def api_server(state_dir: Path) -> Iterator[tuple[str, subprocess.Popen, float]]
         # raised past their number so that this test exercises the queue freeing their places.
         "SMEM_API_MAX_QUEUE_PER_CLIENT": str(GHOSTS + 8),
     }
-    command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert process.poll() is None, process.stdout.read().decode(errors="replace") if process.stdout else "server exited"
-            assert time.monotonic() < deadline, "the API server did not come up in 180 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url, process, time.perf_counter() - started
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    with serve_api(env) as served:
+        yield served
 
 
 class Holder:

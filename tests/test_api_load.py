@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import free_port
+from conftest import api_server
 from smem.serving import sse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +47,11 @@ only. Anything a request leaked would grow it every round."""
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, psutil.Process]]:
-    port = free_port()
     # One torch thread: the tiny model gains nothing from two, and the serving path, not the
     # model, is under test here; it also keeps the figures steadier on a shared machine.
     # The clients all come from 127.0.0.1; without sessions (the warm-up) they count as one
     # client, so the per-client limit is raised to let them stand for 8 different people.
     env = {
-        **os.environ,
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -64,27 +60,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, psut
         # Its own store: the test counts the sessions it created, and other servers of the run share the default.
         "SMEM_STATE_DIR": str(tmp_path_factory.mktemp("load-state")),
     }
-    command = [sys.executable, "-m", "smem.serving.api", "--model", "tiny", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert process.poll() is None, process.stdout.read().decode(errors="replace") if process.stdout else "server exited"
-            assert time.monotonic() < deadline, "the API server did not come up in 180 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with api_server(env) as (url, process, _):
         yield url, psutil.Process(process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def ask(url: str, body: dict[str, Any]) -> dict[str, Any]:
