@@ -228,10 +228,18 @@ def choose_set(page, name: str) -> None:
 
 def test_status_line_shows_phase_tokens_swaps_and_speed_and_stop_says_stopped(page):
     watch_status(page)
-    send(page, "Can you help me plan Thursday's algebra session with Alex?")
-    page.wait_for_function("() => /answering|thinking/.test(document.querySelector('#status').innerText)")
-    page.click("#stop")
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('stopped')")
+    # The tiny model's random weights sometimes end an answer before the click lands; that answer
+    # says "tokens in", not "stopped", and the next question tries again.
+    for question in ("Can you help me plan Thursday's algebra session with Alex?", "How is Alex doing?", "Why?"):
+        send(page, question)
+        page.wait_for_function("() => /answering|thinking/.test(document.querySelector('#status').innerText)")
+        page.click("#stop")
+        page.wait_for_function(
+            "() => /stopped|tokens in/.test(document.querySelector('#status').innerText)", timeout=120_000
+        )
+        if "stopped" in page.inner_text("#status"):
+            break
+    assert "stopped" in page.inner_text("#status"), statuses_seen(page)
     seen = " | ".join(statuses_seen(page))
     assert "retrieving" in seen, seen
     live = next(s for s in statuses_seen(page) if "answering" in s or "thinking" in s)
