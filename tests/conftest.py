@@ -130,6 +130,8 @@ class AppServer:
     url: str
     process: subprocess.Popen
     log: Path
+    uploads: Path
+    """Gradio's cache folder for this app (GRADIO_TEMP_DIR), where uploads land."""
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -149,6 +151,7 @@ def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[App
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(log_dir / f"gradio-{port}"),
         "PYTHONUNBUFFERED": "1",
         **env,
     }
@@ -157,7 +160,7 @@ def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[App
             [sys.executable, "app.py"], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = AppServer(f"http://127.0.0.1:{port}", process, log)
+    server = AppServer(f"http://127.0.0.1:{port}", process, log, Path(environment["GRADIO_TEMP_DIR"]))
     try:
         deadline = time.monotonic() + timeout_s
         while True:

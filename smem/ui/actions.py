@@ -11,6 +11,7 @@ mutating the old one, so an answer still streaming from the old pool is never di
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -188,9 +189,13 @@ class StopButtons:
         if event is not None:
             event.set()
 
-    def forget(self, session: str) -> None:
+    def leave(self, session: str) -> None:
+        """The visitor closed or reloaded the page: stop their answer (nobody is left to read
+        it, and it would hold the shared model) and drop their button."""
         with self._lock:
-            self._events.pop(session, None)
+            event = self._events.pop(session, None)
+        if event is not None:
+            event.set()
 
 
 def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
@@ -213,6 +218,21 @@ def upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> 
     """A private pool from an uploaded memory-set file or a downloaded learned state (.npz),
     within the deployment's limits; MemoryFileError names the bad record, field or limit."""
     return uploads.load_upload(sets, raw, settings)
+
+
+def take_upload(path: Optional[str]) -> Optional[bytes]:
+    """The bytes of a file Gradio received, which is removed once read, accepted or not:
+    Gradio keeps uploads in its cache folder, and a refused file must not stay there (issue 14
+    found a rejected 50 MB upload left behind)."""
+    if not path:
+        return None
+    file = Path(path)
+    try:
+        return file.read_bytes()
+    finally:
+        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # Gradio's per-upload folder, if now empty
+            file.parent.rmdir()
 
 
 def switch_set(
