@@ -33,12 +33,16 @@ Moment = Union[datetime, float, None]
 
 MIN_CANDIDATES = 64
 CANDIDATES_PER_PICK = 4
-"""First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
+"""First look: max(4k, 64) nearest for k picks. Chosen, then measured: with 64 the clustered
+shapes of docs/benchmarks.md "Retrieval latency" prove in one round at 1k and 100k (median 64
+candidates scored, 1.0 selection rounds); LoCoMo-like pools need 1.7–2.2 rounds."""
 WIDENING_HEADROOM = 0.97
 """Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
 under new neighbours' damping still prove in one more round."""
 MAX_WIDENINGS = 4
-"""After this many unproven rounds, score every memory."""
+"""After this many unproven rounds, score every memory (chosen: the latency bench's worst shape
+needs 2.2 rounds on average, docs/benchmarks.md "Retrieval latency"; four keeps a pathological
+query from scanning more than a few times before the one full pass)."""
 LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
@@ -221,7 +225,7 @@ class MemoryPool:
         id: Optional[str] = None,
         type: Optional[str] = None,
         subject: Optional[str] = None,
-        emotional_intensity: float = 0.5,
+        emotional_intensity: float = 0.5,  # MemoryRecord's default: the middle of the scale
         created_at: Optional[datetime] = None,
     ) -> Memory:
         record = validate_record(
@@ -464,7 +468,8 @@ class MemoryPool:
             left = reach[~np.isin(learned, index, assume_unique=True)]
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
-            # Float slack: the bound's tanh and products round like the scores they bound.
+            # Float slack: the bound's tanh and products round like the scores they bound (1e-9 relative:
+            # far above float64 rounding of a few operations, ~1e-15; at worst a pick needs one more round).
             selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
             linked = np.zeros(0, dtype=np.int64)
             if query.graph is not None and selection.picks:
@@ -488,7 +493,7 @@ class MemoryPool:
     def retrieve(
         self,
         query: Query,
-        max_memories: int = 5,
+        max_memories: int = 5,  # the app's context size (the engine's default)
         token_budget: Optional[int] = None,
         now: Moment = None,
         sample: bool = False,
@@ -599,6 +604,7 @@ class MemoryPool:
         """
         unknown = [memory_id for memory_id in ids if memory_id not in self._position]
         if unknown:
+            # The first five are enough to find the mistake (chosen).
             raise KeyError(f"unknown memory id(s): {', '.join(map(repr, unknown[:5]))}")
         vector = None if query is None else self._query_vector(query)
         self.learning.reinforce(

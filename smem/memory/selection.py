@@ -71,11 +71,14 @@ def gumbel_noise(seed: int, index: np.ndarray) -> np.ndarray:
     A streaming answer re-retrieves every few tokens; with fresh dice each time a sampled set
     would change on every call (thrash). With noise tied to the memory, each draw is still a
     softmax sample, but consecutive draws change only where the scores moved enough."""
+    # splitmix64's constants and shifts (Steele, Lea & Flood, "Fast splittable pseudorandom number
+    # generators", OOPSLA 2014); uint64 overflow is the intended modular arithmetic.
     with np.errstate(over="ignore"):
         z = index.astype(np.uint64) + np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
+    # The top 53 bits as a float64 in (0, 1), never 0 or 1, so both logs are finite.
     uniform = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
     return -np.log(-np.log(uniform))
 
@@ -135,6 +138,7 @@ def select(
             # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
             proven = proven and bool(ranked[pos] > ceiling)
         else:
+            # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
             pos = int(np.argmax(ranked / max(temperature, 1e-6) + noise))
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
         available[pos] = False

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smem.serving.api_schema import (
     CHAT_PATH,
+    LABEL_MAX_CHARS,
     SESSION_PATTERN,
     ErrorBody,
     ErrorDetail,
@@ -238,7 +239,12 @@ def generate_here(runtime: Runtime) -> Generate:
 
 
 SWEEP_EVERY_S = 3600
-"""How often expired sessions are deleted; until then they only read as absent."""
+"""How often expired sessions are deleted; until then they only read as absent (chosen: an hour
+is nothing against the 30-day lifetime, and a sweep is one indexed DELETE)."""
+
+RETRY_AFTER_S = "5"
+"""`Retry-After` on 429 and 503 (chosen: a tiny-model answer takes well under a second and a GPU
+answer tens of seconds, so 5 s neither hammers the queue nor leaves a free model idle for long)."""
 
 
 def create_api(
@@ -357,10 +363,10 @@ def create_api(
             raise ApiError(422, "message", str(exc)) from None
         client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
         if runtime.queue.waiting >= settings.max_queue:
-            raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": "5"})
+            raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": RETRY_AFTER_S})
         if runtime.queue.held_by(client) >= settings.max_queue_per_client:
             message = f"this client already has {settings.max_queue_per_client} answers generating or queued; wait for one to finish"
-            raise ApiError(429, None, message, headers={"Retry-After": "5"})
+            raise ApiError(429, None, message, headers={"Retry-After": RETRY_AFTER_S})
         return request, client, fitted
 
     @app.post(
@@ -477,7 +483,7 @@ def create_api(
         responses=_responses(413, 422),
         openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
     )
-    async def import_session(http: Request, label: str = Query(default="imported", max_length=80)) -> SessionCreated:
+    async def import_session(http: Request, label: str = Query(default="imported", max_length=LABEL_MAX_CHARS)) -> SessionCreated:
         raw = await http.body()
         try:
             pool = await asyncio.to_thread(uploads.load_upload, runtime.sets, raw, settings)
@@ -497,6 +503,7 @@ def create_api(
             content, label = sessions.export(session)
         except SessionNotFound as exc:
             raise ApiError(404, "session", f"session: {exc}") from None
+        # 40 characters (chosen): a file name that stays readable in a download bar.
         slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "session"
         return Response(content, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="smem-{slug}.npz"'})
 
