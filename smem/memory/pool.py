@@ -343,7 +343,7 @@ class MemoryPool:
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
         w, state = self.weights, self.learning
-        last = state.last_retrieved[index]
+        last = state.last_retrieved[index]  # (C,) float64 epoch seconds, NaN if never retrieved
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
@@ -351,10 +351,10 @@ class MemoryPool:
             boost += w.time * timeref.inside(self._created[index], list(named))
         # Learned terms exist only for memories some query retrieved: gather those rows
         # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
-        known = np.flatnonzero(state.query_slot[index] >= 0)
+        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
         if len(known):
-            rows = index[known]
-            sums, counts, squares = state.query_rows(rows)
+            rows = index[known]  # (K,) pool positions
+            sums, counts, squares = state.query_rows(rows)  # (K, D) float32 query sums; (K,) weights; (K,) squared weights
             specificity = scoring.specificity(sums, counts, squares)
             confidence = counts / (counts + w.confidence_queries)
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
@@ -387,6 +387,8 @@ class MemoryPool:
         return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
+        """(C,) float64 hybrid similarity of the memories at `index` (C,), from their cosines (C,)
+        and the whole pool's normalised BM25 scores (N,), if the query has text."""
         if lexical is None:
             return cosine.astype(np.float64)
         weight = self.lexical_weight
@@ -437,20 +439,21 @@ class MemoryPool:
         scores them all.
         """
         size = len(self)
-        everything = np.arange(size)
+        everything = np.arange(size)  # (N,) every pool position
         if exact or query.sample:
             return everything, self._select(everything, query, ceiling=0.0)
         scan, lexical, named = query.scan, query.lexical, query.named
         learned = self._learned()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
+            # (L,) the exact ranked-score ceiling of each memory with learned state, `learned` (L,)
             reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
             reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
         else:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
             learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
         count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
-        found, cosine_bound = scan.top(count)
+        found, cosine_bound = scan.top(count)  # (≥count,) pool positions; cosine of all others ≤ bound
         lexical_bound = -np.inf
         if lexical is not None and count < size:
             lexical_top = np.argpartition(-lexical, count)
@@ -728,6 +731,7 @@ class _Query:
 
     scan: Scan
     lexical: Optional[np.ndarray]
+    """(N,) normalised BM25 score of every memory, or None for a vector-only query."""
     named: Sequence[tuple[float, float]]
     now: float
     favoured: np.ndarray

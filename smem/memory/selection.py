@@ -111,15 +111,15 @@ def select(
     count = len(candidates.index)
     if count == 0 or max_memories <= 0:
         return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
-    gate = scoring.gate(candidates.similarity.astype(np.float64))
-    available = gate > 0.0
+    gate = scoring.gate(candidates.similarity.astype(np.float64))  # (C,) float64 max(sim, 0)²
+    available = gate > 0.0  # (C,) bool, still choosable
     link_sum = np.zeros(count)  # (C,) link weight from the picks so far
     damping = np.ones(count)  # (C,) MMR factor: min over picks of 1 − diversity × cosine²
     remaining = np.inf if token_budget is None else float(token_budget)
-    order = np.argsort(candidates.index)
-    sorted_index = candidates.index[order]
-    favoured = gate * candidates.favour
-    mult = scoring.multiplier(candidates.boost)
+    order = np.argsort(candidates.index)  # (C,) candidate rows by pool position
+    sorted_index = candidates.index[order]  # (C,) pool positions, ascending, to find linked candidates
+    favoured = gate * candidates.favour  # (C,) float64 gate with the incumbents' bonus
+    mult = scoring.multiplier(candidates.boost)  # (C,) float64 in [1, 2), links not yet lent
     picks: list[Pick] = []
     weakest = np.inf
     proven = True
