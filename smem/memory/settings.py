@@ -8,7 +8,7 @@ all read these fields. Each field can be set in the environment as `SMEM_<NAME>`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,15 @@ class MemorySettings(BaseSettings):
         description="pool size from which candidates come from an 8-bit quantised scan (below: exact float32 scan)",
     )
 
+
+    def pool_options(self) -> dict[str, Any]:
+        """The `MemoryPool` keyword arguments these settings give: what every pool of a
+        deployment (`smem.serving.runtime.Runtime`) is built with."""
+        return {name: getattr(self, name) for name in POOL_FIELDS}
+
+
+POOL_FIELDS = ("softmax_temperature", "diversity_weight", "association_weight", "lexical_weight", "quantized_threshold")
+"""The fields that are `MemoryPool` arguments (the others say where files live)."""
 
 DEFAULTS = MemorySettings.model_construct()
 """The field defaults, without reading the environment: what a `MemoryPool()` gets unless told otherwise."""
