@@ -631,7 +631,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Serve the API alone (no UI): `python -m smem.serving.api --port 8000 [--model tiny]`."""
     parser = argparse.ArgumentParser(description="Serve the Streaming Memory HTTP API.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000)  # uvicorn's own default; the app keeps 7860
     parser.add_argument("--model", default=None, help="hub id, local folder, 'tiny' or 'packaged' (default: $SMEM_MODEL, else the platform default)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
