@@ -577,6 +577,8 @@ def _slider(name: str) -> dict[str, Any]:
 
 
 demo = build_demo()
+# Widget sizes in build_demo (heights, widths, scales, label lengths) were chosen by eye, like
+# the figures' (smem.ui.viz); none is measured and none changes an answer.
 THEME = gr.themes.Soft(primary_hue="indigo")
 CSS = "#memories td { vertical-align: top; } footer { display: none !important; }"
 
@@ -587,6 +589,8 @@ def main() -> None:
     LIMITS = settings.api
     logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
     host, port = settings.server.host, settings.server.port
+    # 4 UI events at once (chosen): answers serialise in the runtime's queue anyway; this only
+    # lets table edits, uploads and figure redraws of other visitors proceed beside them.
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
@@ -627,7 +631,8 @@ def main() -> None:
     # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
     ui = next(route.app for route in app.routes if isinstance(route, Mount))
     ui.add_exception_handler(StarletteHTTPException, not_found)
-    # Streaming connections never finish by themselves; do not let them hold a restart for long.
+    # Streaming connections never finish by themselves; do not let them hold a restart for long
+    # (3 s, chosen: a stopped answer's last event is out well within it).
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
 

@@ -27,6 +27,22 @@ def test_environment_sets_each_layer(monkeypatch):
     assert settings.server.port == 7001
 
 
+def test_environment_and_flags_reach_every_pool_the_runtime_hands_out(monkeypatch, minilm):
+    """The retrieval knobs are not only parsed: the pools the app and the API answer from use them."""
+    from smem.serving.runtime import Runtime
+
+    monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
+    monkeypatch.setenv("SMEM_LEXICAL_WEIGHT", "0.1")
+    from_env = Runtime.load("tiny", embedder=minilm)
+    pool = from_env.sets.pool(from_env.sets.default)
+    assert (pool.diversity_weight, pool.lexical_weight, pool.softmax_temperature) == (0.25, 0.1, DEFAULTS.softmax_temperature)
+
+    flags = Settings.from_cli(["--memory.diversity_weight", "0.75", "--memory.softmax_temperature", "0.4"])
+    from_flags = Runtime.load("tiny", embedder=minilm, memory=flags.memory)
+    pool = from_flags.sets.pool(from_flags.sets.default)
+    assert (pool.diversity_weight, pool.lexical_weight, pool.softmax_temperature) == (0.75, 0.1, 0.4)
+
+
 def test_cli_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
     settings = Settings.from_cli(["--memory.diversity_weight", "0.75", "--api.max_queue_per_client", "9"])

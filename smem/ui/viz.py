@@ -4,6 +4,10 @@ context-size chart and the memory timeline.
 Plotly renders a subset of HTML in hover text, tick labels and titles, and memory contents
 come from visitors' uploads, so every piece of memory text is HTML-escaped before it
 enters a figure. Table cells are plain strings (the table shows them as text).
+
+Presentation numbers (font and marker sizes, line widths, opacities, margins, heights, wrap
+widths, colours) were chosen by eye in the app at its 480 px panel width; none is measured,
+and none changes what is retrieved. The layout constants below say where theirs came from.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ LABELLED = 8
 FAINT_VISIBLE_UP_TO = 2000
 """Larger pools start with their unlinked background hidden (click its legend entry to show
 it): thousands of faint dots would only grey the plot out."""
-GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
+GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))  # Vogel's sunflower spiral: successive points never line up
 ITERATIONS = 15
 """Cooling steps when memories join a laid-out picture (50, networkx's default, for the first)."""
 GRAVITY = 0.05
@@ -154,6 +158,7 @@ class NetworkLayout:
             x = sum(p[0] for p in near) / len(near)
             y = sum(p[1] for p in near) / len(near)
             return x + k * math.cos(turn), y + k * math.sin(turn)
+        # Radius 0.6–1.0 cycling over 7 steps (chosen: inside the background ring at 1.25).
         radius = 0.6 + 0.4 * (len(start) % 7) / 7
         return radius * math.cos(turn), radius * math.sin(turn)
 
