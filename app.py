@@ -45,8 +45,7 @@ from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
 from smem.serving import prompt_budget  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
-from smem.serving.api_schema import ApiSettings  # noqa: E402
-from smem.serving.session_store import SQLiteSessionStore, state_dir  # noqa: E402
+from smem.serving.session_store import SQLiteSessionStore  # noqa: E402
 from smem.serving.settings import Settings  # noqa: E402
 from smem.ui.answer_view import AnswerView, Changed  # noqa: E402
 from smem.ui.visitor_state import VisitorStates, browser_secret  # noqa: E402
@@ -60,21 +59,24 @@ ON_GPU = torch.cuda.is_available()
 
 # Loaded at import (ZeroGPU packs module-level CUDA tensors at launch); read onto the CPU
 # first and then moved, the pattern ZeroGPU supports, in the dtype the GPU wants.
+SETTINGS = Settings.from_cli() if __name__ == "__main__" else Settings()
+"""Every knob, from the environment and, for `python app.py`, its flags (read before the model
+loads, so `--model.*` and `--memory.*` flags count too); logged by `main`."""
 RUNTIME = Runtime.load(
-    models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"),
+    models.resolve_model_id(SETTINGS.model.model, "cuda" if ON_GPU else "cpu"),
     device="cpu",
-    dtype=models.choose_dtype("cuda") if ON_GPU else None,
+    dtype=models.choose_dtype("cuda", SETTINGS.model.dtype) if ON_GPU else SETTINGS.model.dtype,
+    threads=SETTINGS.model.threads,
+    memory=SETTINGS.memory,
 )
 if ON_GPU:
     RUNTIME.model.to("cuda")
 
-LIMITS = ApiSettings.from_env()
-"""The same limits for the UI and the HTTP API (`main` replaces them with the CLI's, if given)."""
+LIMITS = SETTINGS.api
+"""The same limits for the UI and the HTTP API."""
 SET_NAMES = RUNTIME.sets.names
 DEFAULT_SET = RUNTIME.sets.default
-# Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
-# topic when sampled hotter, so it runs cooler and shorter.
-DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
+DEFAULTS = actions.app_defaults(SETTINGS.memory, ON_GPU)
 
 
 @spaces.GPU(duration=actions.gpu_seconds)
@@ -115,7 +117,9 @@ EXAMPLE_RUN = ASSETS / "example-run.json"
 """Recorded by scripts/record_example.py; the cached example replays it."""
 STOPS = actions.StopButtons()
 VISITORS = VisitorStates(
-    SQLiteSessionStore(state_dir() / "visitors.sqlite3", ttl_s=LIMITS.session_ttl_s), RUNTIME.sets, RUNTIME.embedder
+    SQLiteSessionStore(SETTINGS.server.state_dir / "visitors.sqlite3", ttl_s=LIMITS.session_ttl_s),
+    RUNTIME.sets,
+    RUNTIME.embedder,
 )
 """Visitors' learned state, kept across reloads and restarts (their browsers keep only ids)."""
 
@@ -132,7 +136,7 @@ def build_demo() -> gr.Blocks:
         stash_state = gr.State({}, time_to_live=4 * 3600)
         # The ids of the visitor's stored sets: kept by their browser (`browser_ring`), mirrored in
         # a State for the handlers, since API clients (gradio_client) send no browser state.
-        browser_ring = gr.BrowserState({}, storage_key="smem-visitor", secret=browser_secret(state_dir()))
+        browser_ring = gr.BrowserState({}, storage_key="smem-visitor", secret=browser_secret(SETTINGS.server.state_dir))
         ring = gr.State({})
         with gr.Row(equal_height=True):
             gr.Markdown((ASSETS / "header.md").read_text(encoding="utf-8"))
@@ -584,11 +588,8 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 
 def main() -> None:
-    global LIMITS
-    settings = Settings.from_cli()
-    LIMITS = settings.api
-    logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
-    host, port = settings.server.host, settings.server.port
+    logging.getLogger("smem").info("settings: %s", json.dumps(SETTINGS.as_log()))
+    host, port = SETTINGS.server.host, SETTINGS.server.port
     # 4 UI events at once (chosen): answers serialise in the runtime's queue anyway; this only
     # lets table edits, uploads and figure redraws of other visitors proceed beside them.
     demo.queue(default_concurrency_limit=4)

@@ -83,7 +83,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,9 +138,9 @@ class AppServer:
 
 
 @contextlib.contextmanager
-def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[AppServer]:
-    """Start `python app.py` on a free loopback port (tiny model unless `SMEM_MODEL` is given),
-    wait until it serves, and always stop it (its own process group, by id)."""
+def run_app(log_dir: Path, timeout_s: float = 120.0, args: Sequence[str] = (), **env: str) -> Iterator[AppServer]:
+    """Start `python app.py *args` on a free loopback port (tiny model unless `SMEM_MODEL` is
+    given), wait until it serves, and always stop it (its own process group, by id)."""
     port = free_port()
     log = log_dir / f"app-{port}.log"
     environment = {
@@ -157,7 +157,7 @@ def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[App
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
+            [sys.executable, "app.py", *args], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     server = AppServer(f"http://127.0.0.1:{port}", process, log, Path(environment["GRADIO_TEMP_DIR"]))

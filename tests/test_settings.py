@@ -75,3 +75,22 @@ def test_readme_table_is_rendered_from_the_classes():
     match = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
     assert match, "README.md lacks the settings table block"
     assert match.group(1) == markdown_table(), "run `python scripts/settings_table.py`"
+
+
+def test_app_flags_reach_the_model_the_pools_and_the_sliders(tmp_path):
+    """`python app.py --model.* --memory.*`: read before the model loads, so they count."""
+    import json
+    import urllib.request
+
+    from conftest import run_app
+
+    flags = ["--model.threads", "1", "--memory.diversity_weight", "0.3", "--api.max_queue", "7"]
+    with run_app(tmp_path, args=flags) as server:
+        with urllib.request.urlopen(server.url + "/config", timeout=30) as response:
+            config = json.load(response)
+        log = server.log.read_text(errors="replace")
+    assert "using 1 CPU thread(s)" in log, log[-2000:]
+    logged = json.loads(next(line for line in log.splitlines() if " settings: " in line).split(" settings: ", 1)[1])
+    assert logged["memory"]["diversity_weight"] == 0.3 and logged["api"]["max_queue"] == 7
+    slider = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "knob-diversity-weight")
+    assert slider["props"]["value"] == 0.3, "the app's slider starts at the flag's value"

@@ -30,9 +30,11 @@ class MemorySettings(BaseSettings):
         Path.home() / ".cache" / "smem", description="what smem can rebuild: embeddings, converted models"
     )
     # Chosen, not measured: the recall bench draws by argmax; at 0.15 a score gap of 0.15
-    # (scores lie in [0, 2)) makes the lower memory e times less likely to be drawn.
+    # (scores lie in [0, 2)) makes the lower memory e times less likely to be drawn. The upper
+    # bounds here and on association_weight are the ranges the app offers per answer
+    # (smem.ui.actions.SETTINGS), so a deployment's default is one a visitor can also pick.
     softmax_temperature: float = Field(
-        0.15, gt=0, description="softmax temperature of the memory draw (lower = sharper)"
+        0.15, gt=0, le=1, description="softmax temperature of the memory draw (lower = sharper)"
     )
     # Chosen, then kept: MMR at 0.5 joined the hybrid similarity in the step that lifted LoCoMo dev
     # recall@10 from 0.552 to 0.676 (docs/benchmarks.md, "Where the gain over cosine comes from").
@@ -40,7 +42,7 @@ class MemorySettings(BaseSettings):
         0.5, ge=0, le=1, description="MMR penalty for memories similar to those already picked"
     )
     # Chosen, not tuned: removing the association term moves recall@10 by 0.000 (docs/benchmarks.md, Ablation).
-    association_weight: float = Field(0.5, ge=0, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
+    association_weight: float = Field(0.5, ge=0, le=2, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
     # Measured: best recall@10 of the shares tried on LoCoMo dev (docs/benchmarks.md, "Where the gain ...").
     lexical_weight: float = Field(
         0.2, ge=0, lt=1, description="share of normalised BM25 in the similarity (0.2: best recall@10 on LoCoMo dev)"

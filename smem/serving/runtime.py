@@ -51,6 +51,7 @@ class Runtime:
         embedder: Optional[Embedder] = None,
         memory_dir: Optional[Path] = None,
         memory: Optional[MemorySettings] = None,
+        threads: Optional[int] = None,
     ) -> "Runtime":
         """Load model and embedder (the offline packaged defaults unless named); `dtype` as in
         `smem.generation.models.load`. Every pool the sets hand out takes its retrieval knobs
@@ -58,7 +59,7 @@ class Runtime:
         the UI's and the API's pools alike."""
         started = time.perf_counter()
         memory = memory or MemorySettings()
-        model, tokenizer = models.load(model_id, device=device, dtype=dtype)
+        model, tokenizer = models.load(model_id, device=device, dtype=dtype, threads=threads)
         embedder = embedder or default_embedder(memory.embedder)
         # Every pool the sets hand out is counted in this model's tokens once, when it is built.
         line_tokens = MemoryLineTokens(tokenizer)

@@ -151,6 +151,20 @@ class GenerationSettings:
         }
 
 
+def app_defaults(memory: MemorySettings, on_gpu: bool) -> GenerationSettings:
+    """Where the app's sliders start: the deployment's memory knobs (its environment and flags),
+    and per device the answer length and temperature. Qwen3 with thinking is sampled at 0.6 (its
+    card's advice); the CPU model wanders off topic when sampled hotter, so it runs cooler and
+    shorter."""
+    return GenerationSettings(
+        max_new_tokens=1024 if on_gpu else 256,
+        temperature=0.6 if on_gpu else 0.3,
+        softmax_temperature=memory.softmax_temperature,
+        diversity_weight=memory.diversity_weight,
+        association_weight=memory.association_weight,
+    )
+
+
 def gpu_seconds_for(max_new_tokens: int) -> int:
     """How long to reserve a ZeroGPU slice for one answer: longer answers need longer slots,
     and a short one should not queue behind a needlessly long reservation."""
