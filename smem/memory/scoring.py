@@ -48,26 +48,28 @@ class ScoringWeights:
     association_threshold: float = 0.8
     links: float = 1.5
     """Weight of the link term each pick lends to the memories linked to it (saturating, see
-    `link_strength`). LoCoMo dev recall@10, learning on: 0.717 / 0.738 / 0.722 at 0.5 / 1.5 / 3
+    `link_strength`). LoCoMo dev recall@10, learning on: 0.742 / 0.754 / 0.748 at 0.75 / 1.5 / 3
     (docs/benchmarks.md, sensitivity)."""
     learned_links: float = 0.0
     """Scale of learned links against encoding links (an adjacent turn's encoding link is 1).
     Learned links are still formed, saved, listed and drawn, but lend nothing by default:
     unlabelled co-retrieval is mostly noise on LoCoMo (98% of learned links join no two
     evidence turns). Recall@10 / @5 with habituation 0.5: 0.754 / 0.662 at 0, 0.750 / 0.652
-    at 0.1; without habituation 0.747 / 0.738 / 0.722 at 0 / 0.1 / 0.3 (docs/benchmarks.md)."""
+    at 0.1; without habituation, recall@10 0.747 / 0.738 / 0.722 at 0 / 0.1 / 0.3 (docs/benchmarks.md)."""
     encoding_window: int = 2
     """Memories added together and dated the same day are linked to this many neighbours each
-    side (LoCoMo dev recall@10: 0.726 / 0.738 / 0.737 at 1 / 2 / 3; 0 turns encoding links off)."""
+    side (LoCoMo dev recall@10, before habituation: 0.726 / 0.738 / 0.737 at 1 / 2 / 3; 0 turns
+    encoding links off)."""
     time: float = 0.5
     """Boost for memories dated inside a time the query names ("in May 2023"). LoCoMo dev
-    recall@10, learning on: 0.729 / 0.738 / 0.741 at 0.25 / 0.5 / 1; learning off: 0.727 at 0, 0.752 at 0.5."""
+    recall@10, learning on, before habituation: 0.729 / 0.738 / 0.741 at 0.25 / 0.5 / 1; learning off:
+    0.727 at 0, 0.752 at 0.5."""
     habituation: float = 0.5
-    """Repetition suppression of hubs (see `habituation`). On LoCoMo dev, at equal rank, a turn
-    that was among the top 5 for ≥ 4 earlier questions is evidence 2.6× less often than one never
-    retrieved (docs/benchmarks.md, "Hubs"). Recall@10 / @5, learning on, learned links 0:
-    0.753 / 0.661 · 0.754 / 0.662 · 0.751 / 0.660 · 0.744 / 0.648 at 0.25 / 0.5 / 0.75 / 1;
-    without it 0.747 / 0.646 (learning off: 0.752 / 0.653)."""
+    """Repetition suppression of hubs (see `habituation`). On LoCoMo dev, in the first 5, a turn
+    that 4–7 earlier questions had in their first 5 is evidence 2.6× less often than one never
+    retrieved (docs/benchmarks.md, "Why learning from use cost recall"). Recall@10 / @5,
+    learning on: 0.747 / 0.646 · 0.755 / 0.659 · 0.754 / 0.662 · 0.749 / 0.661 · 0.743 / 0.647
+    at 0 / 0.25 / 0.5 / 0.75 / 1 (learning off: 0.752 / 0.653)."""
     confidence_queries: float = 2.0
     """How many past queries make a learned association fully trusted (n / (n + this))."""
 
