@@ -155,7 +155,6 @@ def run_pool(
     *,
     learn: bool = True,
     context: int = CONTEXT,
-    learn_links: bool = True,
     order: Optional[Sequence[int]] = None,
     per_question: Optional[list[float]] = None,
     **options,
@@ -178,7 +177,6 @@ def run_pool(
                 query=query,
                 now=conv.now,
                 activity=[hit.score / top if top > 0 else 0.0 for hit in used],
-                link_strength=1.0 if learn_links else 0.0,
             )
         ranked = [hit.id for hit in hits]
         if recall is not None:

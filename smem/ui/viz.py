@@ -4,6 +4,10 @@ context-size chart and the memory timeline.
 Plotly renders a subset of HTML in hover text, tick labels and titles, and memory contents
 come from visitors' uploads, so every piece of memory text is HTML-escaped before it
 enters a figure. Table cells are plain strings (the table shows them as text).
+
+Presentation numbers (font and marker sizes, line widths, opacities, margins, heights, wrap
+widths, colours) were chosen by eye in the app at its 480 px panel width; none is measured,
+and none changes what is retrieved. The layout constants below say where theirs came from.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ LABELLED = 8
 FAINT_VISIBLE_UP_TO = 2000
 """Larger pools start with their unlinked background hidden (click its legend entry to show
 it): thousands of faint dots would only grey the plot out."""
-GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
+GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))  # Vogel's sunflower spiral: successive points never line up
 ITERATIONS = 15
 """Cooling steps when memories join a laid-out picture (50, networkx's default, for the first)."""
 GRAVITY = 0.05
@@ -157,6 +161,7 @@ class NetworkLayout:
             x = sum(p[0] for p in near) / len(near)
             y = sum(p[1] for p in near) / len(near)
             return x + k * math.cos(turn), y + k * math.sin(turn)
+        # Radius 0.6–1.0 cycling over 7 steps (chosen: inside the background ring at 1.25).
         radius = 0.6 + 0.4 * (len(start) % 7) / 7
         return radius * math.cos(turn), radius * math.sin(turn)
 
@@ -198,6 +203,19 @@ def _drawn(
     return must + ranked[: max(MAX_LAID_OUT - len(must), 0)]
 
 
+def _encoding_among(pool: MemoryPool, drawn: Sequence[str]) -> list[tuple[str, str, float]]:
+    """Encoding links whose both ends are drawn, found over the link arrays (a dated pool has
+    about two per memory, too many to list as tuples on every redraw of a large pool)."""
+    state = pool.learning
+    positions = np.array([pool.position(memory_id) for memory_id in drawn], dtype=np.int64)
+    inside = np.isin(state.encoded_a, positions) & np.isin(state.encoded_b, positions)
+    memories = pool.memories
+    return sorted(
+        (memories[a].id, memories[b].id, w)
+        for a, b, w in zip(state.encoded_a[inside].tolist(), state.encoded_b[inside].tolist(), state.encoded_w[inside].tolist())
+    )
+
+
 def _segments(
     pairs: Iterable[tuple[str, str]], pos: Mapping[str, tuple[float, float]]
 ) -> tuple[list[Optional[float]], list[Optional[float]]]:
@@ -235,9 +253,7 @@ def network_figure(
     drawn = _drawn(links, in_context, forming)
     drawn_set = set(drawn)
     drawn_links = [(a, b, w) for a, b, w in links if a in drawn_set and b in drawn_set]
-    encoding = sorted(
-        (a, b, w) for a, b, w in pool.links("encoding") if a in drawn_set and b in drawn_set
-    )
+    encoding = _encoding_among(pool, drawn)
     pos = layout.place(drawn, drawn_links + encoding)
     counts = pool.learning.counts
     count = {memory.id: float(counts[index]) for index, memory in enumerate(memories) if memory.id in drawn_set}
