@@ -297,6 +297,18 @@ def learning_curve(setup: Setup, shuffles: int = 3, parts: int = 5) -> None:
         print(f"| {name} | " + " | ".join(f"{a:.3f} / {b:.3f} / {a - b:+.3f}" for a, b in zip(on, off)) + " |")
 
 
+def by_conversation(setup: Setup) -> None:
+    """Learning on minus off, per conversation: is the overall difference one conversation's?"""
+    print("\nLearning on − off per conversation (dev): recall@10 on / off (difference; recall@5 difference)")
+    print("| conversation | questions | recall@10 on / off | difference | recall@5 difference |\n|---|---|---|---|---|")
+    for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+        on, off = Recall(), Recall()
+        for learn, recall in ((True, on), (False, off)):
+            run_pool(conv, setup.embedder, vectors, queries, recall, learn=learn, **setup.options)
+        (on5, on10, _), (off5, off10, _) = on.row(), off.row()
+        print(f"| {conv.sample_id} | {len(conv.questions)} | {on10:.3f} / {off10:.3f} | {on10 - off10:+.3f} | {on5 - off5:+.3f} |")
+
+
 def hubs_report(setup: Setup, buckets: Sequence[int] = (0, 1, 2, 4, 8)) -> None:
     """Learning off, for the report only: how often a memory at a given rank is evidence, by
     how many earlier questions had it among their first `context` — do hubs answer less?"""
@@ -353,6 +365,7 @@ def main() -> None:
     parser.add_argument("--curve", action="store_true", help="learning curve, file order vs shuffled")
     parser.add_argument("--links", action="store_true", help="link statistics after one pass")
     parser.add_argument("--hubs", action="store_true", help="evidence share by rank and earlier retrievals")
+    parser.add_argument("--by-conversation", action="store_true", help="learning on − off per conversation")
     parser.add_argument("--sweep", nargs="*", default=[], help="knob=v1,v2 ... (one knob at a time)")
     parser.add_argument("--skip-main", action="store_true", help="only the extra tables")
     args = parser.parse_args()
@@ -401,6 +414,8 @@ def main() -> None:
         links_report(setup)
     if args.hubs:
         hubs_report(setup)
+    if args.by_conversation:
+        by_conversation(setup)
     print(f"\n{time.perf_counter() - started:.0f}s")
 
 
