@@ -362,6 +362,21 @@ class MemoryPool:
             boost[known] += specificity * learned
         return boost
 
+    def _habituation(self, index: np.ndarray) -> np.ndarray:
+        """Gate factor of each memory at `index` (`scoring.habituation`): below 1 only for
+        memories some query retrieved, since it needs the queries' specificity. Never above 1,
+        so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
+        factor = np.ones(len(index))  # (C,) float64
+        state = self.learning
+        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
+        if len(known) and self.weights.habituation > 0:
+            rows = index[known]  # (K,) pool positions
+            specificity = scoring.specificity(*state.query_rows(rows))
+            factor[known] = scoring.habituation(
+                state.counts[rows].astype(np.float64), specificity, state.mean_active_count(), self.weights.habituation
+            )
+        return factor
+
     def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
         """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
         outside `_learned()`. Links are not included: see `_choose`.
@@ -405,6 +420,7 @@ class MemoryPool:
             boost=self._boost(index, scan.query, query.now, query.named),
             tokens=self._tokens[index],
             favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
+            habituation=self._habituation(index),
         )
         return select(
             candidates,
@@ -666,6 +682,7 @@ class MemoryPool:
             },
             "updates": self.learning.updates,
             "answers": self.learning.answers,
+            "total_count": self.learning.total_count,
             "token_key": self._token_key,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
@@ -700,7 +717,9 @@ class MemoryPool:
         pool._token_key = str(meta.get("token_key", CONTENT_TOKENS))
         # "events" is what files saved before the updates/answers split called updates.
         updates = int(meta.get("updates", meta.get("events", 0)))
-        pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
+        pool.learning = LearningState.from_arrays(
+            arrays, updates, int(meta.get("answers", 0)), total_count=meta.get("total_count")
+        )
         return pool
 
     def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:

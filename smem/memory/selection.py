@@ -39,6 +39,8 @@ class Candidates:
     """(C,) prompt tokens of each candidate's rendered line, for the budget."""
     favour: np.ndarray
     """(C,) per-candidate factor ≥ 1 (incumbent hysteresis); 1 for most."""
+    habituation: np.ndarray
+    """(C,) factor in (0, 1] on the gate (`scoring.habituation`); 1 for most."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def select(
     count = len(candidates.index)
     if count == 0 or max_memories <= 0:
         return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
-    gate = scoring.gate(candidates.similarity.astype(np.float64))  # (C,) float64 max(sim, 0)²
+    gate = scoring.gate(candidates.similarity.astype(np.float64)) * candidates.habituation  # (C,) float64 max(sim, 0)² × habituation
     available = gate > 0.0  # (C,) bool, still choosable
     link_sum = np.zeros(count)  # (C,) link weight from the picks so far
     damping = np.ones(count)  # (C,) MMR factor: min over picks of 1 − diversity × cosine²
