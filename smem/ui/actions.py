@@ -74,7 +74,7 @@ SETTINGS: dict[str, Setting] = {
         0.0, 1.0, MEMORY_SETTINGS.diversity_weight, 0.05, "Diversity weight", "Penalty for near-duplicate memories"
     ),
     "association_weight": Setting(
-        0.0, 2.0, MEMORY_SETTINGS.association_weight, 0.05, "Association weight", "Pull of learned co-retrieval links"
+        0.0, 2.0, MEMORY_SETTINGS.association_weight, 0.05, "Association weight", "Pull toward memories that served similar questions before"
     ),
     "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
     "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
