@@ -45,33 +45,38 @@ from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
 from smem.serving import prompt_budget  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
-from smem.serving.api_schema import ApiSettings  # noqa: E402
+from smem.serving.session_store import SQLiteSessionStore  # noqa: E402
 from smem.serving.settings import Settings  # noqa: E402
 from smem.ui.answer_view import AnswerView, Changed  # noqa: E402
+from smem.ui.visitor_state import VisitorStates, browser_secret  # noqa: E402
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+LOG = logging.getLogger("smem.app")
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
 ON_GPU = torch.cuda.is_available()
 
 # Loaded at import (ZeroGPU packs module-level CUDA tensors at launch); read onto the CPU
 # first and then moved, the pattern ZeroGPU supports, in the dtype the GPU wants.
+SETTINGS = Settings.from_cli() if __name__ == "__main__" else Settings()
+"""Every knob, from the environment and, for `python app.py`, its flags (read before the model
+loads, so `--model.*` and `--memory.*` flags count too); logged by `main`."""
 RUNTIME = Runtime.load(
-    models.resolve_model_id(None, "cuda" if ON_GPU else "cpu"),
+    models.resolve_model_id(SETTINGS.model.model, "cuda" if ON_GPU else "cpu"),
     device="cpu",
-    dtype=models.choose_dtype("cuda") if ON_GPU else None,
+    dtype=models.choose_dtype("cuda", SETTINGS.model.dtype) if ON_GPU else SETTINGS.model.dtype,
+    threads=SETTINGS.model.threads,
+    memory=SETTINGS.memory,
 )
 if ON_GPU:
     RUNTIME.model.to("cuda")
 
-LIMITS = ApiSettings.from_env()
-"""The same limits for the UI and the HTTP API (`main` replaces them with the CLI's, if given)."""
+LIMITS = SETTINGS.api
+"""The same limits for the UI and the HTTP API."""
 SET_NAMES = RUNTIME.sets.names
 DEFAULT_SET = RUNTIME.sets.default
-# Qwen3 with thinking is sampled at 0.6 (its card's advice); the 0.5B CPU fallback wanders off
-# topic when sampled hotter, so it runs cooler and shorter.
-DEFAULTS = actions.GenerationSettings(max_new_tokens=1024 if ON_GPU else 256, temperature=0.6 if ON_GPU else 0.3)
+DEFAULTS = actions.app_defaults(SETTINGS.memory, ON_GPU)
 
 
 @spaces.GPU(duration=actions.gpu_seconds)
@@ -111,6 +116,12 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLE_RUN = ASSETS / "example-run.json"
 """Recorded by scripts/record_example.py; the cached example replays it."""
 STOPS = actions.StopButtons()
+VISITORS = VisitorStates(
+    SQLiteSessionStore(SETTINGS.server.state_dir / "visitors.sqlite3", ttl_s=LIMITS.session_ttl_s),
+    RUNTIME.sets,
+    RUNTIME.embedder,
+)
+"""Visitors' learned state, kept across reloads and restarts (their browsers keep only ids)."""
 
 
 def build_demo() -> gr.Blocks:
@@ -123,6 +134,10 @@ def build_demo() -> gr.Blocks:
         view_state = gr.State(None)
         layout_state = gr.State(viz.NetworkLayout())
         stash_state = gr.State({}, time_to_live=4 * 3600)
+        # The ids of the visitor's stored sets: kept by their browser (`browser_ring`), mirrored in
+        # a State for the handlers, since API clients (gradio_client) send no browser state.
+        browser_ring = gr.BrowserState({}, storage_key="smem-visitor", secret=browser_secret(SETTINGS.server.state_dir))
+        ring = gr.State({})
         with gr.Row(equal_height=True):
             gr.Markdown((ASSETS / "header.md").read_text(encoding="utf-8"))
             choose = gr.Dropdown(SET_NAMES, value=DEFAULT_SET, label="Memory set", scale=0, min_width=180)
@@ -218,7 +233,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Memory set", elem_id="tab-set"):
                 with gr.Row():
                     upload = gr.UploadButton(
-                        "Upload JSON or learned state", file_types=[".json", ".npz"], type="binary", elem_id="upload"
+                        "Upload JSON or learned state", file_types=[".json", ".npz"], type="filepath", elem_id="upload"
                     )
                     reset = gr.Button("Reset Hebbian state", elem_id="reset")
                     save = gr.Button("Download learned state", elem_id="save")
@@ -245,6 +260,10 @@ def build_demo() -> gr.Blocks:
                 token_table: [],
                 view_state: None,
             }
+
+        def keep(keys: dict) -> dict:
+            """The visitor's key ring, for the handlers and for their browser."""
+            return {ring: keys, browser_ring: keys}
 
         def echo(text: str, chat: Optional[list]):
             """Show the question at once and clear the last answer's panels."""
@@ -274,6 +293,7 @@ def build_demo() -> gr.Blocks:
             enable_thinking: bool,
             sample_memories: bool,
             swap: str,
+            keys: dict,
             request: gr.Request,
         ):
             """Stream the answer to the chat's last message into every panel; learn into the pool."""
@@ -317,17 +337,24 @@ def build_demo() -> gr.Blocks:
             throttle = answer_view.Throttle()
             with RUNTIME.queue.slot():
                 stream = generate(pool, question, fitted.history, settings, None if ON_SPACES else cancel)
-                for event in stream:
-                    parts = throttle.push(view.apply(event))
-                    if parts and not parts & Changed.DONE:  # the end is drawn once, below, with what was learned
-                        yield frame(parts, view, chat, pool, layout)
-                    if cancel.is_set() and ON_SPACES:
-                        view.stop()
-                        stream.close()
-                        break
-            actions.apply_learned(pool, view.take_learned())
+                try:
+                    for event in stream:
+                        parts = throttle.push(view.apply(event))
+                        if parts and not parts & Changed.DONE:  # the end is drawn once, below, with what was learned
+                            yield frame(parts, view, chat, pool, layout)
+                        if cancel.is_set() and ON_SPACES:
+                            view.stop()
+                            break
+                finally:
+                    # Also when Gradio closes this handler because the page went away: the
+                    # model stops at once and its queue slot is freed.
+                    stream.close()
+                    ended = view.done.stop_reason if view.done else "page left"
+                    LOG.info("answer ended (%s) after %d tokens", ended, view.tokens)
+            learned = actions.apply_learned(pool, view.take_learned())
             last = max(view.generated - 1, 0)
             yield {
+                **(keep(VISITORS.save(keys, label, pool, answered=True)) if learned else {}),
                 **frame(Changed.DONE | Changed.MEMORIES | Changed.CONTEXT, view, chat, pool, layout),
                 token: gr.Slider(minimum=0, maximum=max(last, 1), value=last, interactive=True),
                 token_table: viz.memory_rows(view.rows_at(last)),
@@ -359,8 +386,8 @@ def build_demo() -> gr.Blocks:
         def stop_answer(request: gr.Request) -> None:
             STOPS.press(request.session_hash or "")
 
-        def forget_stop(request: gr.Request) -> None:
-            STOPS.forget(request.session_hash or "")
+        def leave(request: gr.Request) -> None:
+            STOPS.leave(request.session_hash or "")
 
         def show_token(position: float, view: Optional[AnswerView]):
             """The timeline cursor: which memories were in context at that token, and the text so far."""
@@ -393,37 +420,57 @@ def build_demo() -> gr.Blocks:
                 examples: gr.Dataset(samples=[[example] for example in RUNTIME.sets.examples(label)]),
             }
 
-        def choose_set(name: str, pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict):
-            if name == label:
-                return {}
+        def choose_set(name: str, pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict, keys: dict):
+            if name == label:  # e.g. the dropdown set by `restore_visitor`
+                return {label_state: gr.skip()}
             pool, layout = actions.switch_set(stash, RUNTIME.sets, label, pool, layout, name)
-            return switched(pool, name, layout, stash)
+            return {**switched(pool, name, layout, stash), **keep(VISITORS.opened(keys, name))}
+
+        def restore_visitor(keys: dict):
+            """A returning visitor's sets as they left them (their browser keeps the ids)."""
+            restored = VISITORS.restore(keys)
+            if restored is None:
+                return {ring: gr.skip()}
+            out = switched(restored.pool, restored.label, None, restored.stash)
+            out[set_status] += "\n\n" + restored.note
+            if restored.label in SET_NAMES:
+                out[choose] = restored.label
+            return {**out, **keep(restored.ring.as_json())}
 
         def refused(error: MemoryFileError, what: str) -> dict:
             note = f"❌ {what}: {error}"
             gr.Warning(note)
             return {set_status: html.escape(note)}
 
-        def upload_set(raw: Optional[bytes], pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict):
+        def upload_set(
+            path: Optional[str], pool: MemoryPool, label: str, layout: viz.NetworkLayout, stash: dict, keys: dict
+        ):
             try:
-                uploaded = actions.upload(RUNTIME.sets, raw, LIMITS)
+                uploaded = actions.upload(RUNTIME.sets, actions.take_upload(path), LIMITS)
             except MemoryFileError as error:
                 return refused(error, "That file was not loaded, your memories are unchanged")
             stash[label] = (pool, layout)
             return {
                 **switched(uploaded, UPLOADED, None, stash),
+                **keep(VISITORS.save(keys, UPLOADED, uploaded)),
                 set_status: actions.describe(uploaded, UPLOADED) + "\n\n✅ Loaded your file (visible only to you).",
             }
 
-        def add_memory(content: str, kind: Optional[str], intensity: float, pool: MemoryPool, label: str, layout):
+        def add_memory(
+            content: str, kind: Optional[str], intensity: float, pool: MemoryPool, label: str, layout, keys: dict
+        ):
             try:
                 updated = actions.add_memory(pool, content, kind, intensity, LIMITS)
             except MemoryFileError as error:
                 return refused(error, "Memory not added")
-            return pool_changed(updated, label, layout, "✅ Memory added.")
+            return {**pool_changed(updated, label, layout, "✅ Memory added."), **keep(VISITORS.save(keys, label, updated))}
 
-        def reset_learning(pool: MemoryPool, label: str, layout: viz.NetworkLayout):
-            return pool_changed(actions.reset_learning(pool), label, layout, "↺ Hebbian state reset.")
+        def reset_learning(pool: MemoryPool, label: str, layout: viz.NetworkLayout, keys: dict):
+            updated = actions.reset_learning(pool)
+            return {
+                **pool_changed(updated, label, layout, "↺ Hebbian state reset."),
+                **keep(VISITORS.save(keys, label, updated)),
+            }
 
         def save_learned(pool: MemoryPool, label: str):
             return {learned_file: gr.File(value=str(actions.save_learned(pool, label)), visible=True)}
@@ -458,10 +505,10 @@ def build_demo() -> gr.Blocks:
                     api_visibility="private",
                 )
 
-        answer_inputs = [chatbot, pool_state, label_state, layout_state, *knobs]
+        answer_inputs = [chatbot, pool_state, label_state, layout_state, *knobs, ring]
         answer_outputs = [
             chatbot, table, network, context, timeline, token, token_text, token_table, status, view_state,
-            set_status, layout_state,
+            set_status, layout_state, ring, browser_ring,
         ]  # fmt: skip
         echo_outputs = [chatbot, message, status, table, context, timeline, token, token_text, token_table, view_state]
         gr.on(
@@ -472,27 +519,28 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=1,
         )  # fmt: skip
         stop.click(stop_answer, None, None, queue=False, api_visibility="undocumented")
-        demo.unload(forget_stop)
+        demo.unload(leave)
         token.release(
             show_token, [token, view_state], [timeline, token_table, token_text], api_name="timeline",
             api_visibility="undocumented",
         )  # fmt: skip
         examples.click(lambda sample: sample[0], examples, message, api_visibility="private")
 
-        set_inputs = [pool_state, label_state, layout_state, stash_state]
+        set_inputs = [pool_state, label_state, layout_state, stash_state, ring]
         set_outputs = [
-            pool_state, label_state, layout_state, stash_state, set_status, network, chatbot, status, examples,
-            *cleared_panels(),
+            pool_state, label_state, layout_state, stash_state, set_status, network, chatbot, status, examples, ring,
+            browser_ring, *cleared_panels(),
         ]  # fmt: skip
         choose.change(choose_set, [choose, *set_inputs], set_outputs, api_name="choose_set", api_visibility="undocumented")
+        demo.load(restore_visitor, browser_ring, [*set_outputs, choose], api_visibility="private")
         upload.upload(upload_set, [upload, *set_inputs], set_outputs, api_name="upload_set", api_visibility="undocumented")
-        pool_outputs = [pool_state, label_state, layout_state, set_status, network]
+        pool_outputs = [pool_state, label_state, layout_state, set_status, network, ring, browser_ring]
         add.click(
-            add_memory, [new_content, new_type, new_intensity, pool_state, label_state, layout_state], pool_outputs,
+            add_memory, [new_content, new_type, new_intensity, pool_state, label_state, layout_state, ring], pool_outputs,
             api_name="add_visitor_memory", api_visibility="undocumented",
         )  # fmt: skip
         reset.click(
-            reset_learning, [pool_state, label_state, layout_state], pool_outputs, api_name="reset_learning",
+            reset_learning, [pool_state, label_state, layout_state, ring], pool_outputs, api_name="reset_learning",
             api_visibility="undocumented",
         )  # fmt: skip
         save.click(
@@ -533,16 +581,17 @@ def _slider(name: str) -> dict[str, Any]:
 
 
 demo = build_demo()
+# Widget sizes in build_demo (heights, widths, scales, label lengths) were chosen by eye, like
+# the figures' (smem.ui.viz); none is measured and none changes an answer.
 THEME = gr.themes.Soft(primary_hue="indigo")
 CSS = "#memories td { vertical-align: top; } footer { display: none !important; }"
 
 
 def main() -> None:
-    global LIMITS
-    settings = Settings.from_cli()
-    LIMITS = settings.api
-    logging.getLogger("smem").info("settings: %s", json.dumps(settings.as_log()))
-    host, port = settings.server.host, settings.server.port
+    logging.getLogger("smem").info("settings: %s", json.dumps(SETTINGS.as_log()))
+    host, port = SETTINGS.server.host, SETTINGS.server.port
+    # 4 UI events at once (chosen): answers serialise in the runtime's queue anyway; this only
+    # lets table edits, uploads and figure redraws of other visitors proceed beside them.
     demo.queue(default_concurrency_limit=4)
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
@@ -583,7 +632,8 @@ def main() -> None:
     # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
     ui = next(route.app for route in app.routes if isinstance(route, Mount))
     ui.add_exception_handler(StarletteHTTPException, not_found)
-    # Streaming connections never finish by themselves; do not let them hold a restart for long.
+    # Streaming connections never finish by themselves; do not let them hold a restart for long
+    # (3 s, chosen: a stopped answer's last event is out well within it).
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
 

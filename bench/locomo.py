@@ -155,7 +155,6 @@ def run_pool(
     *,
     learn: bool = True,
     context: int = CONTEXT,
-    learn_links: bool = True,
     order: Optional[Sequence[int]] = None,
     per_question: Optional[list[float]] = None,
     **options,
@@ -178,7 +177,6 @@ def run_pool(
                 query=query,
                 now=conv.now,
                 activity=[hit.score / top if top > 0 else 0.0 for hit in used],
-                link_strength=1.0 if learn_links else 0.0,
             )
         ranked = [hit.id for hit in hits]
         if recall is not None:
@@ -243,13 +241,14 @@ def ablation(setup: Setup) -> None:
         "full system, learning off": dict(learn=False),
         "full system, learning on": {},
         "− encoding links": with_weights(setup, encoding_window=0),
-        "− learned links (learning forms none)": dict(learn_links=False),
         "− all links (lending weight 0)": with_weights(setup, links=0.0),
         "− query association": dict(association_weight=0.0),
         "− frequency": with_weights(setup, frequency=0.0),
         "− recency": with_weights(setup, recency=0.0),
         "− time named in the query": with_weights(setup, time=0.0),
         "− emotion": with_weights(setup, emotion=0.0),
+        "− habituation": with_weights(setup, habituation=0.0),
+        "+ learned links lend (learned_links 0.1)": with_weights(setup, learned_links=0.1),
     }
     print("\nAblation (dev):\n" + table_header("system"))
     for name, run_options in rows.items():
@@ -298,6 +297,45 @@ def learning_curve(setup: Setup, shuffles: int = 3, parts: int = 5) -> None:
         print(f"| {name} | " + " | ".join(f"{a:.3f} / {b:.3f} / {a - b:+.3f}" for a, b in zip(on, off)) + " |")
 
 
+def by_conversation(setup: Setup) -> None:
+    """Learning on minus off, per conversation: is the overall difference one conversation's?"""
+    print("\nLearning on − off per conversation (dev): recall@10 on / off (difference; recall@5 difference)")
+    print("| conversation | questions | recall@10 on / off | difference | recall@5 difference |\n|---|---|---|---|---|")
+    for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+        on, off = Recall(), Recall()
+        for learn, recall in ((True, on), (False, off)):
+            run_pool(conv, setup.embedder, vectors, queries, recall, learn=learn, **setup.options)
+        (on5, on10, _), (off5, off10, _) = on.row(), off.row()
+        print(f"| {conv.sample_id} | {len(conv.questions)} | {on10:.3f} / {off10:.3f} | {on10 - off10:+.3f} | {on5 - off5:+.3f} |")
+
+
+def hubs_report(setup: Setup, buckets: Sequence[int] = (0, 1, 2, 4, 8)) -> None:
+    """Learning off, for the report only: how often a memory at a given rank is evidence, by
+    how many earlier questions had it among their first `context` — do hubs answer less?"""
+    context = setup.options.get("context", CONTEXT)
+    ranks = ((0, 5), (5, 10), (10, max(KS)))
+    hits = np.zeros((len(ranks), len(buckets))), np.zeros((len(ranks), len(buckets)))
+    for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
+        pool = build_pool(conv, setup.embedder, vectors, **{k: v for k, v in setup.options.items() if k != "context"})
+        seen: dict[str, int] = {}
+        for (question, evidence, _), query in zip(conv.questions, queries):
+            ranked = [hit.id for hit in pool.retrieve(question, max_memories=max(KS), now=conv.now, learn=False, query_vector=query)]
+            for rank, memory_id in enumerate(ranked):
+                row = next(i for i, (low, high) in enumerate(ranks) if low <= rank < high)
+                column = int(np.searchsorted(buckets, seen.get(memory_id, 0), side="right")) - 1
+                hits[0][row, column] += memory_id in evidence
+                hits[1][row, column] += 1
+            for memory_id in ranked[:context]:
+                seen[memory_id] = seen.get(memory_id, 0) + 1
+    labels = [f"{low}" if high == low + 1 else f"{low}–{high - 1}" for low, high in zip(buckets, [*buckets[1:], 0])]
+    labels[-1] = f"≥ {buckets[-1]}"
+    print(f"\nHubs (dev, learning off; evidence used only here): share of memories at a rank that are evidence,"
+          f" by earlier questions that had them in their first {context}")
+    print("| rank | " + " | ".join(f"{label} earlier" for label in labels) + " |\n" + "|---" * (len(buckets) + 1) + "|")
+    for (low, high), evidence, total in zip(ranks, *hits):
+        print(f"| {low + 1}–{high} | " + " | ".join(f"{e / max(t, 1):.3f} ({t:.0f})" for e, t in zip(evidence, total)) + " |")
+
+
 def links_report(setup: Setup) -> None:
     totals: dict[str, float] = {}
     for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
@@ -326,6 +364,8 @@ def main() -> None:
     parser.add_argument("--ablate", action="store_true", help="one row per Hebbian term removed")
     parser.add_argument("--curve", action="store_true", help="learning curve, file order vs shuffled")
     parser.add_argument("--links", action="store_true", help="link statistics after one pass")
+    parser.add_argument("--hubs", action="store_true", help="evidence share by rank and earlier retrievals")
+    parser.add_argument("--by-conversation", action="store_true", help="learning on − off per conversation")
     parser.add_argument("--sweep", nargs="*", default=[], help="knob=v1,v2 ... (one knob at a time)")
     parser.add_argument("--skip-main", action="store_true", help="only the extra tables")
     args = parser.parse_args()
@@ -372,6 +412,10 @@ def main() -> None:
         learning_curve(setup)
     if args.links:
         links_report(setup)
+    if args.hubs:
+        hubs_report(setup)
+    if args.by_conversation:
+        by_conversation(setup)
     print(f"\n{time.perf_counter() - started:.0f}s")
 
 

@@ -5,7 +5,8 @@
 Drives a running app (start it with `python app.py`, or `SMEM_MODEL=tiny python app.py` for a
 fast one) at 1440×900: the page loaded, the recorded example replayed, mid-answer, after the
 answer, the network after three answers, and the set switched away and back. Uses Debian's chromium through playwright
-(playwright's own browser download does not work offline).
+(playwright's own browser download does not work offline); the app's icons are emoji, so install
+Debian's `fonts-noto-color-emoji` too, or they show as empty boxes.
 """
 
 from __future__ import annotations

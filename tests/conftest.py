@@ -83,7 +83,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,15 +130,17 @@ class AppServer:
     url: str
     process: subprocess.Popen
     log: Path
+    uploads: Path
+    """Gradio's cache folder for this app (GRADIO_TEMP_DIR), where uploads land."""
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 @contextlib.contextmanager
-def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[AppServer]:
-    """Start `python app.py` on a free loopback port (tiny model unless `SMEM_MODEL` is given),
-    wait until it serves, and always stop it (its own process group, by id)."""
+def run_app(log_dir: Path, timeout_s: float = 120.0, args: Sequence[str] = (), **env: str) -> Iterator[AppServer]:
+    """Start `python app.py *args` on a free loopback port (tiny model unless `SMEM_MODEL` is
+    given), wait until it serves, and always stop it (its own process group, by id)."""
     port = free_port()
     log = log_dir / f"app-{port}.log"
     environment = {
@@ -149,15 +151,16 @@ def run_app(log_dir: Path, timeout_s: float = 120.0, **env: str) -> Iterator[App
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(log_dir / f"gradio-{port}"),
         "PYTHONUNBUFFERED": "1",
         **env,
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
+            [sys.executable, "app.py", *args], cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = AppServer(f"http://127.0.0.1:{port}", process, log)
+    server = AppServer(f"http://127.0.0.1:{port}", process, log, Path(environment["GRADIO_TEMP_DIR"]))
     try:
         deadline = time.monotonic() + timeout_s
         while True:

@@ -248,7 +248,8 @@ def test_status_line_shows_phase_tokens_swaps_and_speed_and_stop_says_stopped(pa
     assert "stopped" in page.inner_text("#status"), "nothing overwrites the stopped status"
 
 
-def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
+def learn_something(page) -> int:
+    """Answers until the tutor set has learned links; how many it has."""
     # The tiny model's random weights sometimes end an answer at once, which links nothing.
     for question in ("Can you help me plan Thursday's algebra session with Alex?", "How is Alex doing?"):
         send(page, question)
@@ -257,6 +258,11 @@ def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
             break
     learned = links_learned(page)
     assert learned > 0, (page.inner_text("#status"), page.inner_text("#set-status"))
+    return learned
+
+
+def test_switching_sets_keeps_what_each_learned_and_clears_the_panels(page):
+    learned = learn_something(page)
     choose_set(page, "family")
     assert links_learned(page) == 0 and "family" in page.inner_text("#set-status")
     assert page.locator("#chat .message").count() == 0, "the other set's chat is gone"
@@ -293,3 +299,63 @@ def test_memory_swaps_show_inline_in_the_chat(page):
     wait_for_answer(page)
     chat = page.inner_text("#chat")
     assert "Memories swapped at token" in chat, chat[:500]
+
+
+# -- what outlives the page ------------------------------------------------------------------
+
+
+def test_what_a_visitor_taught_survives_a_reload(page):
+    learned = learn_something(page)
+    choose_set(page, "family")
+    page.reload()
+    page.wait_for_selector("#message textarea", timeout=30_000)
+    page.wait_for_function(
+        "() => (document.querySelector('#set-status')?.innerText || '').includes('Welcome back')", timeout=30_000
+    )
+    assert "family" in page.inner_text("#set-status"), "the set that was open is open again"
+    choose_set(page, "tutor")
+    assert links_learned(page) == learned, "the tutor set's learned links came back"
+
+
+def answers_ended(server) -> list[str]:
+    return [line for line in server.log.read_text(errors="replace").splitlines() if "answer ended" in line]
+
+
+def test_leaving_the_page_stops_its_answer(browser, app_server):
+    # As in the stop test, the tiny model may end an answer by itself before the page closes.
+    for _ in range(3):
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        page = context.new_page()
+        page.goto(app_server.url + "/")
+        page.wait_for_selector("#message textarea", timeout=30_000)
+        page.get_by_role("tab", name="Settings").click()
+        page.fill("#knob-max-new-tokens input[type=number]", "2048")
+        page.press("#knob-max-new-tokens input[type=number]", "Enter")
+        before = len(answers_ended(app_server))
+        send(page, "Can you help me plan Thursday's algebra session with Alex?")
+        page.wait_for_function("() => /answering|thinking/.test(document.querySelector('#status').innerText)")
+        context.close()
+        page_deadline = 240  # polls of 0.5 s: the answer's own end, or the stop, must come first
+        for _ in range(page_deadline):
+            ended = answers_ended(app_server)
+            if len(ended) > before:
+                break
+            threading.Event().wait(0.5)
+        else:
+            pytest.fail(f"the answer never ended after the page closed:\n{app_server.log_tail()}")
+        if "(cancelled)" in ended[-1] or "(page left)" in ended[-1]:
+            return
+    pytest.fail(f"three answers ended by themselves before their page closed: {ended[-3:]}")
+
+
+def test_uploaded_files_do_not_stay_on_the_server(page, app_server, tmp_path):
+    refused = tmp_path / "refused-upload-c0ffee.json"
+    refused.write_text(json.dumps([{"content": "fine"}, {"content": 42}]))
+    accepted = tmp_path / "accepted-upload-c0ffee.json"
+    accepted.write_text(json.dumps([{"content": "I water the ferns on Sundays."}]))
+    upload(page, refused)
+    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('record 2')", timeout=20_000)
+    upload(page, accepted)
+    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('Loaded your file')")
+    left = sorted(str(path) for path in app_server.uploads.rglob("*upload-c0ffee*"))
+    assert not left, f"uploads left in Gradio's cache: {left}"

@@ -21,7 +21,7 @@ def unit(dim: int, *pairs: tuple[int, float]) -> np.ndarray:
 
 
 def weights(**overrides) -> ScoringWeights:
-    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
+    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0, habituation=0.0)
     return ScoringWeights(**{**base, **overrides})
 
 
@@ -76,7 +76,7 @@ def test_links_never_lift_an_irrelevant_memory(keyed):
 
 
 def test_learned_links_are_reported_as_learned(keyed):
-    pool = session_pool(keyed, links=2.0)
+    pool = session_pool(keyed, links=2.0, learned_links=1.0)
     for _ in range(3):
         pool.reinforce(["m0", "m4"], now=DAY)
     hits = pool.retrieve(unit(8, (0, 1.0)), max_memories=3, now=DAY, learn=False)

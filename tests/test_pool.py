@@ -22,8 +22,8 @@ def basis(dim: int, *pairs: tuple[int, float]) -> np.ndarray:
 
 
 def neutral(**overrides) -> ScoringWeights:
-    """Weights with every boost off unless a test turns it on."""
-    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0)
+    """Weights with every boost (and habituation) off unless a test turns it on."""
+    base = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, habituation=0.0)
     base.update(overrides)
     return ScoringWeights(**base)
 
@@ -134,7 +134,7 @@ def test_specificity_damps_generalists(keyed):
 
 def test_links_boost_the_partner_of_a_pick(keyed):
     dim = 4
-    pool = MemoryPool(keyed(dim=dim), weights=neutral(links=1.0), association_weight=0.5, diversity_weight=0.0)
+    pool = MemoryPool(keyed(dim=dim), weights=neutral(links=1.0, learned_links=1.0), association_weight=0.5, diversity_weight=0.0)
     pool.add_many(
         [{"content": "anchor"}, {"content": "partner"}, {"content": "stranger"}],
         embeddings=np.stack([basis(dim, (0, 1.0)), basis(dim, (0, 0.6), (1, 0.8)), basis(dim, (0, 0.6), (2, 0.8))]),

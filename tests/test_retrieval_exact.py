@@ -60,6 +60,7 @@ def build_pool(keyed, data, rng: np.random.Generator) -> tuple[MemoryPool, np.nd
         quantized_threshold=threshold,
         weights=ScoringWeights(
             learned_links=data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="learned links"),
+            habituation=data.draw(st.sampled_from([0.0, 0.5, 2.0]), label="habituation"),
             encoding_window=data.draw(st.sampled_from([0, 2]), label="encoding window"),
             time=data.draw(st.sampled_from([0.0, 0.3]), label="time match"),
             links=data.draw(st.sampled_from([0.1, 3.0]), label="link weight"),  # 3: a link can outweigh similarity

@@ -27,6 +27,22 @@ def test_environment_sets_each_layer(monkeypatch):
     assert settings.server.port == 7001
 
 
+def test_environment_and_flags_reach_every_pool_the_runtime_hands_out(monkeypatch, minilm):
+    """The retrieval knobs are not only parsed: the pools the app and the API answer from use them."""
+    from smem.serving.runtime import Runtime
+
+    monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
+    monkeypatch.setenv("SMEM_LEXICAL_WEIGHT", "0.1")
+    from_env = Runtime.load("tiny", embedder=minilm)
+    pool = from_env.sets.pool(from_env.sets.default)
+    assert (pool.diversity_weight, pool.lexical_weight, pool.softmax_temperature) == (0.25, 0.1, DEFAULTS.softmax_temperature)
+
+    flags = Settings.from_cli(["--memory.diversity_weight", "0.75", "--memory.softmax_temperature", "0.4"])
+    from_flags = Runtime.load("tiny", embedder=minilm, memory=flags.memory)
+    pool = from_flags.sets.pool(from_flags.sets.default)
+    assert (pool.diversity_weight, pool.lexical_weight, pool.softmax_temperature) == (0.75, 0.1, 0.4)
+
+
 def test_cli_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("SMEM_DIVERSITY_WEIGHT", "0.25")
     settings = Settings.from_cli(["--memory.diversity_weight", "0.75", "--api.max_queue_per_client", "9"])
@@ -59,3 +75,22 @@ def test_readme_table_is_rendered_from_the_classes():
     match = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
     assert match, "README.md lacks the settings table block"
     assert match.group(1) == markdown_table(), "run `python scripts/settings_table.py`"
+
+
+def test_app_flags_reach_the_model_the_pools_and_the_sliders(tmp_path):
+    """`python app.py --model.* --memory.*`: read before the model loads, so they count."""
+    import json
+    import urllib.request
+
+    from conftest import run_app
+
+    flags = ["--model.threads", "1", "--memory.diversity_weight", "0.3", "--api.max_queue", "7"]
+    with run_app(tmp_path, args=flags) as server:
+        with urllib.request.urlopen(server.url + "/config", timeout=30) as response:
+            config = json.load(response)
+        log = server.log.read_text(errors="replace")
+    assert "using 1 CPU thread(s)" in log, log[-2000:]
+    logged = json.loads(next(line for line in log.splitlines() if " settings: " in line).split(" settings: ", 1)[1])
+    assert logged["memory"]["diversity_weight"] == 0.3 and logged["api"]["max_queue"] == 7
+    slider = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "knob-diversity-weight")
+    assert slider["props"]["value"] == 0.3, "the app's slider starts at the flag's value"

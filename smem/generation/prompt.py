@@ -42,6 +42,7 @@ MEMORY_INSTRUCTION = (
 )
 FIXED_TEXTS = (DEFAULT_SYSTEM_PROMPT, MEMORY_LABEL, MEMORY_INSTRUCTION)
 """The prompt's own wording: an answer that copies it is degenerate (`smem.generation.degenerate`)."""
+# The first 40 characters of a sentence (chosen) identify it; a model echoing it rarely copies more exactly.
 _ECHO_PREFIXES = (
     MEMORY_LABEL,
     MEMORY_INSTRUCTION[:40],

@@ -81,7 +81,7 @@ Emoji: 😀 🎉 👍 🍕 ⚽ 🎵 🧠 ❤️ 👨‍👩‍👧 — mixed wit
 """
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=4)  # a few vocab sizes per test process; each entry is small JSON
 def _trained_tokenizer_json(vocab_size: int) -> str:
     """Train once per process; BPE training on a fixed corpus is deterministic."""
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -100,6 +100,7 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    # The corpus four times over (chosen): enough pair counts for BPE to reach the small vocab.
     tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
     # Like Qwen3: the think markers are single added tokens, but not "special" ones.
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in THINK_TOKENS])
@@ -119,7 +120,11 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(tokenizer: PreTrainedTokenizerFast, vocab_size: int | None = None) -> Qwen3Config:
-    """A 2-layer, 64-wide Qwen3 whose ids match the tokenizer's; `vocab_size` may pad it."""
+    """A 2-layer, 64-wide Qwen3 whose ids match the tokenizer's; `vocab_size` may pad it.
+
+    Sizes chosen as the smallest that keep Qwen3's real code paths (grouped-query attention:
+    4 query heads over 2 key/value heads; RoPE) so tests run in milliseconds; the init range
+    0.5 (Qwen3's default is 0.02) makes random weights give varied, non-uniform tokens."""
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     return Qwen3Config(

@@ -261,8 +261,11 @@ class LearningState:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], updates: int, answers: int) -> "LearningState":
-        """Inverse of `to_arrays`; files saved before encoding links existed load with none."""
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], updates: int, answers: int, total_count: Optional[float] = None
+    ) -> "LearningState":
+        """Inverse of `to_arrays`; files saved before encoding links existed load with none.
+        `total_count` is the saved running total (None: the sum of the counts)."""
         counts = arrays["counts"].astype(np.float32)
         link_a, link_b = arrays["link_a"].astype(np.int64), arrays["link_b"].astype(np.int64)
         empty_int, empty_float = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
@@ -274,7 +277,7 @@ class LearningState:
             query_count=arrays["query_count"].astype(np.float32),
             query_count_sq=arrays["query_count_sq"].astype(np.float32),
             slots_used=len(arrays["query_count"]),
-            total_count=float(counts.sum()),
+            total_count=float(counts.sum(dtype=np.float64)) if total_count is None else float(total_count),
             active_count=int(np.count_nonzero(counts)),
             link_a=link_a,
             link_b=link_b,

@@ -33,12 +33,16 @@ Moment = Union[datetime, float, None]
 
 MIN_CANDIDATES = 64
 CANDIDATES_PER_PICK = 4
-"""First look: max(4k, 64) nearest; most queries are proven there (docs/benchmarks.md)."""
+"""First look: max(4k, 64) nearest for k picks. Chosen, then measured: with 64 the clustered
+shapes of docs/benchmarks.md "Retrieval latency" prove in one round at 1k and 100k (median 64
+candidates scored, 1.0 selection rounds); LoCoMo-like pools need 1.7–2.2 rounds."""
 WIDENING_HEADROOM = 0.97
 """Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
 under new neighbours' damping still prove in one more round."""
 MAX_WIDENINGS = 4
-"""After this many unproven rounds, score every memory."""
+"""After this many unproven rounds, score every memory (chosen: the latency bench's worst shape
+needs 2.2 rounds on average, docs/benchmarks.md "Retrieval latency"; four keeps a pathological
+query from scanning more than a few times before the one full pass)."""
 LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
@@ -221,7 +225,7 @@ class MemoryPool:
         id: Optional[str] = None,
         type: Optional[str] = None,
         subject: Optional[str] = None,
-        emotional_intensity: float = 0.5,
+        emotional_intensity: float = 0.5,  # MemoryRecord's default: the middle of the scale
         created_at: Optional[datetime] = None,
     ) -> Memory:
         record = validate_record(
@@ -339,7 +343,7 @@ class MemoryPool:
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
         w, state = self.weights, self.learning
-        last = state.last_retrieved[index]
+        last = state.last_retrieved[index]  # (C,) float64 epoch seconds, NaN if never retrieved
         reference = np.where(np.isnan(last), self._created[index], last)
         boost = w.recency * scoring.recency(now - reference, w.recency_half_life_days)
         boost += w.emotion * self._emotion[index]
@@ -347,16 +351,31 @@ class MemoryPool:
             boost += w.time * timeref.inside(self._created[index], list(named))
         # Learned terms exist only for memories some query retrieved: gather those rows
         # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
-        known = np.flatnonzero(state.query_slot[index] >= 0)
+        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
         if len(known):
-            rows = index[known]
-            sums, counts, squares = state.query_rows(rows)
+            rows = index[known]  # (K,) pool positions
+            sums, counts, squares = state.query_rows(rows)  # (K, D) float32 query sums; (K,) weights; (K,) squared weights
             specificity = scoring.specificity(sums, counts, squares)
             confidence = counts / (counts + w.confidence_queries)
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
             boost[known] += specificity * learned
         return boost
+
+    def _habituation(self, index: np.ndarray) -> np.ndarray:
+        """Gate factor of each memory at `index` (`scoring.habituation`): below 1 only for
+        memories some query retrieved, since it needs the queries' specificity. Never above 1,
+        so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
+        factor = np.ones(len(index))  # (C,) float64
+        state = self.learning
+        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
+        if len(known) and self.weights.habituation > 0:
+            rows = index[known]  # (K,) pool positions
+            specificity = scoring.specificity(*state.query_rows(rows))
+            factor[known] = scoring.habituation(
+                state.counts[rows].astype(np.float64), specificity, state.mean_active_count(), self.weights.habituation
+            )
+        return factor
 
     def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
         """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
@@ -383,6 +402,8 @@ class MemoryPool:
         return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
+        """(C,) float64 hybrid similarity of the memories at `index` (C,), from their cosines (C,)
+        and the whole pool's normalised BM25 scores (N,), if the query has text."""
         if lexical is None:
             return cosine.astype(np.float64)
         weight = self.lexical_weight
@@ -399,6 +420,7 @@ class MemoryPool:
             boost=self._boost(index, scan.query, query.now, query.named),
             tokens=self._tokens[index],
             favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
+            habituation=self._habituation(index),
         )
         return select(
             candidates,
@@ -433,20 +455,21 @@ class MemoryPool:
         scores them all.
         """
         size = len(self)
-        everything = np.arange(size)
+        everything = np.arange(size)  # (N,) every pool position
         if exact or query.sample:
             return everything, self._select(everything, query, ceiling=0.0)
         scan, lexical, named = query.scan, query.lexical, query.named
         learned = self._learned()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
+            # (L,) the exact ranked-score ceiling of each memory with learned state, `learned` (L,)
             reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
             reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
         else:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
             learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
         count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
-        found, cosine_bound = scan.top(count)
+        found, cosine_bound = scan.top(count)  # (≥count,) pool positions; cosine of all others ≤ bound
         lexical_bound = -np.inf
         if lexical is not None and count < size:
             lexical_top = np.argpartition(-lexical, count)
@@ -464,7 +487,8 @@ class MemoryPool:
             left = reach[~np.isin(learned, index, assume_unique=True)]
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
-            # Float slack: the bound's tanh and products round like the scores they bound.
+            # Float slack: the bound's tanh and products round like the scores they bound (1e-9 relative:
+            # far above float64 rounding of a few operations, ~1e-15; at worst a pick needs one more round).
             selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
             linked = np.zeros(0, dtype=np.int64)
             if query.graph is not None and selection.picks:
@@ -488,7 +512,7 @@ class MemoryPool:
     def retrieve(
         self,
         query: Query,
-        max_memories: int = 5,
+        max_memories: int = 5,  # the app's context size (the engine's default)
         token_budget: Optional[int] = None,
         now: Moment = None,
         sample: bool = False,
@@ -599,6 +623,7 @@ class MemoryPool:
         """
         unknown = [memory_id for memory_id in ids if memory_id not in self._position]
         if unknown:
+            # The first five are enough to find the mistake (chosen).
             raise KeyError(f"unknown memory id(s): {', '.join(map(repr, unknown[:5]))}")
         vector = None if query is None else self._query_vector(query)
         self.learning.reinforce(
@@ -657,6 +682,7 @@ class MemoryPool:
             },
             "updates": self.learning.updates,
             "answers": self.learning.answers,
+            "total_count": self.learning.total_count,
             "token_key": self._token_key,
             "memories": [{**memory.to_record(), "tokens": memory.tokens} for memory in self._memories],
         }
@@ -691,7 +717,9 @@ class MemoryPool:
         pool._token_key = str(meta.get("token_key", CONTENT_TOKENS))
         # "events" is what files saved before the updates/answers split called updates.
         updates = int(meta.get("updates", meta.get("events", 0)))
-        pool.learning = LearningState.from_arrays(arrays, updates, int(meta.get("answers", 0)))
+        pool.learning = LearningState.from_arrays(
+            arrays, updates, int(meta.get("answers", 0)), total_count=meta.get("total_count")
+        )
         return pool
 
     def _restore(self, records: list[dict[str, Any]], vectors: np.ndarray) -> None:
@@ -722,6 +750,7 @@ class _Query:
 
     scan: Scan
     lexical: Optional[np.ndarray]
+    """(N,) normalised BM25 score of every memory, or None for a vector-only query."""
     named: Sequence[tuple[float, float]]
     now: float
     favoured: np.ndarray

@@ -53,6 +53,7 @@ WEIGHT_BOUNDS: dict[str, tuple[float, float]] = {
     "confidence_queries": (math.ulp(0.0), math.inf),  # 0 would make an unqueried memory's confidence 0/0
     "association_threshold": (-1.0, 1.0),
     "encoding_window": (0.0, math.inf),
+    "habituation": (0.0, math.inf),  # negative would raise a hub's gate past its similarity
 }
 """Weights that must lie in a range; every other weight need only be finite."""
 
@@ -64,6 +65,10 @@ class StoredMeta(BaseModel):
     answers: int = Field(default=0, ge=0)
     events: int = Field(default=0, ge=0)
     """What files saved before the updates/answers split called updates."""
+    total_count: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
+    """The learning state's running count total, saved so that a loaded pool scores to the
+    last bit like the saved one (summing the float32 counts again rounds differently);
+    files saved before it existed sum the counts."""
     params: StoredParams
     memories: list[StoredMemory]
 

@@ -16,6 +16,13 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 MAX_CONTENT_CHARS = 2000
+"""Longest memory, in characters. Chosen with headroom: the sample sets' longest memory has 151
+characters and the longest LoCoMo dev turn, worded as a memory with its caption, 474; a note
+of 2,000 (~500 tokens) would already crowd a 5-memory context."""
+MAX_LABEL_CHARS = 200
+"""Longest `subject` or `id` (chosen: a name or a slug, never prose)."""
+MAX_ERRORS_SHOWN = 10
+"""Validation errors listed per file (chosen: enough to fix a file in one go, short enough to read)."""
 
 
 class MemoryType(str, Enum):
@@ -37,10 +44,11 @@ class MemoryRecord(BaseModel):
 
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     type: Optional[MemoryType] = None
-    subject: Optional[str] = Field(default=None, max_length=200)
+    subject: Optional[str] = Field(default=None, max_length=MAX_LABEL_CHARS)
+    # 0.5 (chosen): the middle of the [0, 1] scale, for records that do not say.
     emotional_intensity: float = Field(default=0.5, ge=0.0, le=1.0)
     created_at: Optional[datetime] = None
-    id: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    id: Optional[str] = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS)
 
     @field_validator("created_at")
     @classmethod
@@ -60,7 +68,7 @@ class MemoryFileError(ValueError):
 
 def _describe(error: ValidationError) -> str:
     lines = []
-    for item in error.errors()[:10]:
+    for item in error.errors()[:MAX_ERRORS_SHOWN]:
         loc = list(item["loc"])
         where = ""
         if loc and isinstance(loc[0], int):

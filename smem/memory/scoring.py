@@ -12,6 +12,10 @@ The learned terms (frequency and query association) are scaled by *query specifi
 the mean pairwise similarity of the queries that retrieved a memory before. A "generalist"
 memory reached by many unrelated queries gets little learned boost — that is what keeps
 self-reinforcement from crowding relevant memories out.
+
+*Habituation* goes one step further for such generalists: the gate of a memory retrieved by
+many *different* queries is divided by 1 + habituation × log(1 + diverse retrievals / the
+average memory's), a factor in (0, 1]. It only ever lowers a score, so every bound above holds.
 """
 
 from __future__ import annotations
@@ -38,26 +42,49 @@ class ScoringWeights:
     docs/benchmarks.md; round values, not the sweep optimum, to avoid fitting five conversations)."""
 
     recency: float = 0.02
+    """Weight of recency of retrieval. Chosen as a tie-breaker (tanh(0.02) ≈ 0.02, a 2% nudge at
+    most); removing it moves LoCoMo dev recall@10 by 0.000 (+0.002 before habituation;
+    docs/benchmarks.md, Ablation)."""
     recency_half_life_days: float = 30.0
+    """Chosen: a month, the time scale of a tutor's or a family's notes; not swept."""
     frequency: float = 0.02
+    """Weight of how often a memory was retrieved (scaled by query specificity). Chosen as a
+    tie-breaker like recency; removing it moves recall@10 by −0.002 (+0.002 before habituation;
+    Ablation)."""
     emotion: float = 0.1
+    """Weight of `emotional_intensity` (a 10% nudge at most). Chosen, not tuned: LoCoMo gives every
+    memory the same intensity, so only the sample sets show it (Ablation: −emotion, 0.000)."""
     association_threshold: float = 0.8
+    """Cosine to the mean of past queries above which a query earns the learned association:
+    above the 0.3–0.5 that loosely related sentences share with MiniLM-like embedders (see
+    `query_alignment`). Chosen; removing the association term moves recall@10 by 0.000 (Ablation)."""
     links: float = 1.5
     """Weight of the link term each pick lends to the memories linked to it (saturating, see
-    `link_strength`). LoCoMo dev recall@10, learning on: 0.717 / 0.738 / 0.722 at 0.5 / 1.5 / 3
+    `link_strength`). LoCoMo dev recall@10, learning on: 0.742 / 0.754 / 0.748 at 0.75 / 1.5 / 3
     (docs/benchmarks.md, sensitivity)."""
-    learned_links: float = 0.1
+    learned_links: float = 0.0
     """Scale of learned links against encoding links (an adjacent turn's encoding link is 1).
-    Small on purpose: unlabelled co-retrieval is mostly noise on LoCoMo (recall@10 0.747 /
-    0.738 / 0.722 at 0 / 0.1 / 0.3); 0.1 keeps a visible pull of use in the app."""
+    Learned links are still formed, saved, listed and drawn, but lend nothing by default:
+    unlabelled co-retrieval is mostly noise on LoCoMo (98% of learned links join no two
+    evidence turns). Recall@10 / @5 with habituation 0.5: 0.754 / 0.662 at 0, 0.750 / 0.652
+    at 0.1; without habituation, recall@10 0.747 / 0.738 / 0.722 at 0 / 0.1 / 0.3 (docs/benchmarks.md)."""
     encoding_window: int = 2
     """Memories added together and dated the same day are linked to this many neighbours each
-    side (LoCoMo dev recall@10: 0.726 / 0.738 / 0.737 at 1 / 2 / 3; 0 turns encoding links off)."""
+    side (LoCoMo dev recall@10, before habituation: 0.726 / 0.738 / 0.737 at 1 / 2 / 3; 0 turns
+    encoding links off)."""
     time: float = 0.5
     """Boost for memories dated inside a time the query names ("in May 2023"). LoCoMo dev
-    recall@10, learning on: 0.729 / 0.738 / 0.741 at 0.25 / 0.5 / 1; learning off: 0.727 at 0, 0.752 at 0.5."""
+    recall@10, learning on, before habituation: 0.729 / 0.738 / 0.741 at 0.25 / 0.5 / 1; learning off:
+    0.727 at 0, 0.752 at 0.5."""
+    habituation: float = 0.5
+    """Repetition suppression of hubs (see `habituation`). On LoCoMo dev, in the first 5, a turn
+    that 4–7 earlier questions had in their first 5 is evidence 2.6× less often than one never
+    retrieved (docs/benchmarks.md, "Why learning from use cost recall"). Recall@10 / @5,
+    learning on: 0.747 / 0.646 · 0.755 / 0.659 · 0.754 / 0.662 · 0.749 / 0.661 · 0.743 / 0.647
+    at 0 / 0.25 / 0.5 / 0.75 / 1 (learning off: 0.752 / 0.653)."""
     confidence_queries: float = 2.0
-    """How many past queries make a learned association fully trusted (n / (n + this))."""
+    """How many past queries make a learned association trusted: confidence n / (n + 2) is one
+    half after two queries (chosen: one query is an accident, a few are a habit)."""
 
 
 def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -92,6 +119,8 @@ def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray
     norm2 = np.einsum("ij,ij->i", query_sum, query_sum, dtype=np.float64)
     total = weight.astype(np.float64)
     pairs = total * total - weight_sq
+    # A single query leaves `pairs` = w² − w², zero up to float64 rounding (~1e-16); 1e-9 tells
+    # that apart from any real pair of queries (weights are activities, rarely below 0.01).
     mean_pair = np.divide(norm2 - weight_sq, pairs, out=np.ones_like(total), where=pairs > 1e-9)
     return np.where(total > 0, np.clip(mean_pair, 0.0, 1.0), 0.0)
 
@@ -116,6 +145,22 @@ def frequency(counts: np.ndarray, mean_active_count: float) -> np.ndarray:
     if mean_active_count <= 0:
         return np.zeros_like(counts, dtype=np.float64)
     return np.log1p(counts / mean_active_count)
+
+
+def habituation(
+    counts: np.ndarray, specificity: np.ndarray, mean_active_count: float, weight: float
+) -> np.ndarray:
+    """Factor in (0, 1] on the gate: 1 / (1 + weight × log(1 + diverse / mean_active_count)).
+
+    `diverse` = counts × (1 − specificity) counts retrievals by queries unlike each other: a
+    memory asked for again and again by the same need is not a hub (that is what frequency
+    rewards), one reached by unrelated needs is — the memory-side analogue of IDF, and of
+    repetition suppression in cortex. Logarithmic, like frequency, so it saturates.
+    """
+    if weight <= 0 or mean_active_count <= 0:
+        return np.ones(len(counts))
+    diverse = np.maximum(counts, 0.0) * (1.0 - np.clip(specificity, 0.0, 1.0))
+    return 1.0 / (1.0 + weight * np.log1p(diverse / mean_active_count))
 
 
 def link_strength(weights: np.ndarray) -> np.ndarray:

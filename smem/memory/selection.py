@@ -39,6 +39,8 @@ class Candidates:
     """(C,) prompt tokens of each candidate's rendered line, for the budget."""
     favour: np.ndarray
     """(C,) per-candidate factor ≥ 1 (incumbent hysteresis); 1 for most."""
+    habituation: np.ndarray
+    """(C,) factor in (0, 1] on the gate (`scoring.habituation`); 1 for most."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,14 @@ def gumbel_noise(seed: int, index: np.ndarray) -> np.ndarray:
     A streaming answer re-retrieves every few tokens; with fresh dice each time a sampled set
     would change on every call (thrash). With noise tied to the memory, each draw is still a
     softmax sample, but consecutive draws change only where the scores moved enough."""
+    # splitmix64's constants and shifts (Steele, Lea & Flood, "Fast splittable pseudorandom number
+    # generators", OOPSLA 2014); uint64 overflow is the intended modular arithmetic.
     with np.errstate(over="ignore"):
         z = index.astype(np.uint64) + np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
+    # The top 53 bits as a float64 in (0, 1), never 0 or 1, so both logs are finite.
     uniform = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
     return -np.log(-np.log(uniform))
 
@@ -108,15 +113,15 @@ def select(
     count = len(candidates.index)
     if count == 0 or max_memories <= 0:
         return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
-    gate = scoring.gate(candidates.similarity.astype(np.float64))
-    available = gate > 0.0
+    gate = scoring.gate(candidates.similarity.astype(np.float64)) * candidates.habituation  # (C,) float64 max(sim, 0)² × habituation
+    available = gate > 0.0  # (C,) bool, still choosable
     link_sum = np.zeros(count)  # (C,) link weight from the picks so far
     damping = np.ones(count)  # (C,) MMR factor: min over picks of 1 − diversity × cosine²
     remaining = np.inf if token_budget is None else float(token_budget)
-    order = np.argsort(candidates.index)
-    sorted_index = candidates.index[order]
-    favoured = gate * candidates.favour
-    mult = scoring.multiplier(candidates.boost)
+    order = np.argsort(candidates.index)  # (C,) candidate rows by pool position
+    sorted_index = candidates.index[order]  # (C,) pool positions, ascending, to find linked candidates
+    favoured = gate * candidates.favour  # (C,) float64 gate with the incumbents' bonus
+    mult = scoring.multiplier(candidates.boost)  # (C,) float64 in [1, 2), links not yet lent
     picks: list[Pick] = []
     weakest = np.inf
     proven = True
@@ -135,6 +140,7 @@ def select(
             # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
             proven = proven and bool(ranked[pos] > ceiling)
         else:
+            # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
             pos = int(np.argmax(ranked / max(temperature, 1e-6) + noise))
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
         available[pos] = False

@@ -8,7 +8,7 @@ all read these fields. Each field can be set in the environment as `SMEM_<NAME>`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,22 +29,41 @@ class MemorySettings(BaseSettings):
     cache: Path = Field(
         Path.home() / ".cache" / "smem", description="what smem can rebuild: embeddings, converted models"
     )
+    # Chosen, not measured: the recall bench draws by argmax; at 0.15 a score gap of 0.15
+    # (scores lie in [0, 2)) makes the lower memory e times less likely to be drawn. The upper
+    # bounds here and on association_weight are the ranges the app offers per answer
+    # (smem.ui.actions.SETTINGS), so a deployment's default is one a visitor can also pick.
     softmax_temperature: float = Field(
-        0.15, gt=0, description="softmax temperature of the memory draw (lower = sharper)"
+        0.15, gt=0, le=1, description="softmax temperature of the memory draw (lower = sharper)"
     )
+    # Chosen, then kept: MMR at 0.5 joined the hybrid similarity in the step that lifted LoCoMo dev
+    # recall@10 from 0.552 to 0.676 (docs/benchmarks.md, "Where the gain over cosine comes from").
     diversity_weight: float = Field(
         0.5, ge=0, le=1, description="MMR penalty for memories similar to those already picked"
     )
-    association_weight: float = Field(0.5, ge=0, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
+    # Chosen, not tuned: removing the association term moves recall@10 by 0.000 (docs/benchmarks.md, Ablation).
+    association_weight: float = Field(0.5, ge=0, le=2, description="pull of learned query associations (links have their own weight, ScoringWeights.links)")
+    # Measured: best recall@10 of the shares tried on LoCoMo dev (docs/benchmarks.md, "Where the gain ...").
     lexical_weight: float = Field(
         0.2, ge=0, lt=1, description="share of normalised BM25 in the similarity (0.2: best recall@10 on LoCoMo dev)"
     )
+    # Chosen, not swept: below 20k a float32 pass is a few ms of CPU (brute force 0.25 ms at 1k,
+    # 12.7 ms at 100k in docs/benchmarks.md "Retrieval latency"), less than training codes is worth.
     quantized_threshold: int = Field(
         20_000,
         gt=0,
         description="pool size from which candidates come from an 8-bit quantised scan (below: exact float32 scan)",
     )
 
+
+    def pool_options(self) -> dict[str, Any]:
+        """The `MemoryPool` keyword arguments these settings give: what every pool of a
+        deployment (`smem.serving.runtime.Runtime`) is built with."""
+        return {name: getattr(self, name) for name in POOL_FIELDS}
+
+
+POOL_FIELDS = ("softmax_temperature", "diversity_weight", "association_weight", "lexical_weight", "quantized_threshold")
+"""The fields that are `MemoryPool` arguments (the others say where files live)."""
 
 DEFAULTS = MemorySettings.model_construct()
 """The field defaults, without reading the environment: what a `MemoryPool()` gets unless told otherwise."""

@@ -17,7 +17,7 @@ MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augus
           "november", "december")
 _MONTH = r"(?P<month>" + "|".join(MONTHS) + r")"
 _DAY = r"(?P<day>[0-3]?\d)(?:st|nd|rd|th)?"
-_YEAR = r"(?P<year>(?:19|20)\d\d)"
+_YEAR = r"(?P<year>(?:19|20)\d\d)"  # 1900–2099: a number outside reads as a count, not a year
 # Most specific first; each match is blanked out so "May 2023" inside "7 May 2023" counts once.
 _PATTERNS = (
     ("day", re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH},?\s+{_YEAR}\b", re.IGNORECASE)),

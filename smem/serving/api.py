@@ -28,8 +28,9 @@ import time
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -42,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smem.serving.api_schema import (
     CHAT_PATH,
+    LABEL_MAX_CHARS,
     SESSION_PATTERN,
     ErrorBody,
     ErrorDetail,
@@ -205,7 +207,7 @@ def _responses(*statuses: int, streaming: bool = False) -> dict[int | str, dict[
     return {status: {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"schema": schema}}} for status in statuses}
 
 
-# -- the app --------------------------------------------------------------------------------
+# -- what the routes share ---------------------------------------------------------------
 
 STREAM_DESCRIPTION = """\
 Answers as Server-Sent Events: one `data: {json}` line per event, each with a `type`:
@@ -238,7 +240,328 @@ def generate_here(runtime: Runtime) -> Generate:
 
 
 SWEEP_EVERY_S = 3600
-"""How often expired sessions are deleted; until then they only read as absent."""
+"""How often expired sessions are deleted; until then they only read as absent (chosen: an hour
+is nothing against the 30-day lifetime, and a sweep is one indexed DELETE)."""
+
+RETRY_AFTER_S = "5"
+"""`Retry-After` on 429 and 503 (chosen: a tiny-model answer takes well under a second and a GPU
+answer tens of seconds, so 5 s neither hammers the queue nor leaves a free model idle for long)."""
+
+Emit = Callable[[Optional[dict[str, Any]]], None]
+"""Posts one SSE payload to the client's stream (`None` ends it); callable from any thread."""
+Admitted = tuple[Any, str, prompt_budget.FittedPrompt]
+"""An admitted chat request, the client it counts against, and its history fitted to the budget."""
+
+
+@dataclass
+class ApiState:
+    """What every route group reads: the runtime (model, memory sets, generation queue), the
+    limits, the sessions, where answers run, and the one thread the model works on."""
+
+    runtime: Runtime
+    settings: ApiSettings
+    sessions: Sessions
+    generate: Generate
+    model_thread: ThreadPoolExecutor
+    last_sweep: float = 0.0
+
+    def sweep(self) -> None:
+        """Delete expired sessions, at most once per `SWEEP_EVERY_S`."""
+        now = time.monotonic()
+        if now - self.last_sweep > SWEEP_EVERY_S:
+            self.last_sweep = now
+            removed = self.sessions.sweep()
+            if removed:
+                log.info("deleted %d expired sessions", removed)
+
+    def pool_for(self, request: Any) -> ContextManager[MemoryPool]:
+        """The session's pool, held for one answer (its learning kept if the answer ends normally),
+        else a fresh pool of the request's memory set."""
+        return self.sessions.checkout(request.session) if request.session else nullcontext(self.runtime.sets.pool(request.memory_set))
+
+    def session_state(self, session: str) -> tuple[MemoryPool, Any, int, str]:
+        try:
+            return self.sessions.state(session)
+        except SessionNotFound as exc:
+            raise ApiError(404, "session", f"session: {exc}") from None
+
+    def unknown_set(self, memory_set: str) -> ApiError:
+        return ApiError(404, "memory_set", f"memory_set: unknown memory set {memory_set!r}; available: {', '.join(self.runtime.sets.names)}")
+
+    def created(self, session_id: str, pool: MemoryPool, label: str) -> SessionCreated:
+        return SessionCreated(session=session_id, memory_set=label, memories=len(pool), ttl_s=self.settings.session_ttl_s)
+
+
+# -- answering: admit, queue, stream ------------------------------------------------------
+
+
+def engine_arguments(request: Any, fitted: prompt_budget.FittedPrompt) -> dict[str, Any]:
+    """The request's knobs as `StreamingEngine.stream` keywords (history as fitted to the budget)."""
+    return {
+        "message": request.message,
+        "history": fitted.history,
+        "update_every_n": request.update_every_n,
+        "max_memories": request.max_memories,
+        "lookback_tokens": request.lookback_tokens,
+        "max_new_tokens": request.max_new_tokens,
+        "temperature": request.temperature,
+        "seed": request.seed,
+        "enable_thinking": request.enable_thinking,
+        "sample_memories": request.sample_memories,
+        "swap": None if request.swap == "auto" else request.swap,
+    }
+
+
+def answer(state: ApiState, request: Any, fitted: prompt_budget.FittedPrompt, emit: Emit, cancel: threading.Event) -> None:
+    """Runs on the one model thread. Answers are serialised anyway, and keeping the model's
+    and the pools' allocations on one thread lets the allocator reuse one arena instead of
+    growing one per request thread (measured: RSS settles instead of creeping)."""
+    if fitted.trimmed is not None:
+        emit(fitted.trimmed.to_sse())
+    with state.pool_for(request) as pool:
+        stream = state.generate(pool, engine_arguments(request, fitted), cancel)
+        try:
+            for event in stream:
+                if isinstance(event, Done) and event.learned is not None and len(event.learned) == len(pool):
+                    pool.set_learning_state(event.learned)
+                emit(event.to_sse())
+        finally:
+            stream.close()
+
+
+def queue_and_answer(state: ApiState, admitted: Admitted, emit: Emit, cancel: threading.Event) -> None:
+    """One answer, from its request's thread: wait for the model, then have the model thread
+    stream it. Queue slot before session lock, always, so two answers never wait on each other."""
+    request, client, fitted = admitted
+    try:
+        on_wait = lambda ahead: emit({"type": "queued", "position": ahead})  # noqa: E731
+        with state.runtime.queue.slot(on_wait=on_wait, cancel=cancel, client=client):
+            if cancel.is_set():
+                raise Cancelled()
+            state.model_thread.submit(answer, state, request, fitted, emit, cancel).result()
+    except Cancelled:
+        log.info("client left while queued (session %s)", request.session)
+    except Exception as exc:
+        log.exception("answer failed (session %s)", request.session)
+        detail = ErrorDetail(field=None, message=f"generation failed: {type(exc).__name__}")
+        emit({"type": "error", "error": error_body(500, [detail]).model_dump()})
+
+
+def admit(state: ApiState, http: Request, request: Any) -> Admitted:
+    """Refuse before the stream starts (after that the status is already 200): an unknown
+    session, a set that does not match it, a message over its token limit, a full queue.
+    Returns the request, the client the answer is counted against (its session, else its
+    address) and the history that fits the prompt budget. The queue check and the later
+    `slot` are not one step, so a burst may overshoot a limit by the few requests admitted at
+    the same instant; callers that leave free their place at once."""
+    settings, runtime = state.settings, state.runtime
+    if request.session is not None:
+        try:
+            label = state.sessions.label(request.session)
+        except SessionNotFound as exc:
+            raise ApiError(404, "session", f"session: {exc}") from None
+        if request.memory_set is not None and request.memory_set != label:
+            raise ApiError(422, "memory_set", f"memory_set: session uses {label!r}, not {request.memory_set!r}; omit memory_set or create another session")
+    elif request.memory_set is None:
+        # The original Streaming Memory body names no set: it gets the default one.
+        request.memory_set = runtime.sets.default
+    try:
+        fitted = prompt_budget.fit(runtime.tokenizer, request.message, [m.model_dump() for m in request.history], settings)
+    except prompt_budget.MessageTooLong as exc:
+        raise ApiError(422, "message", str(exc)) from None
+    client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
+    if runtime.queue.waiting >= settings.max_queue:
+        raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": RETRY_AFTER_S})
+    if runtime.queue.held_by(client) >= settings.max_queue_per_client:
+        message = f"this client already has {settings.max_queue_per_client} answers generating or queued; wait for one to finish"
+        raise ApiError(429, None, message, headers={"Retry-After": RETRY_AFTER_S})
+    return request, client, fitted
+
+
+def start_answer(state: ApiState, admitted: Admitted, inbox: "asyncio.Queue[Optional[dict[str, Any]]]", cancel: threading.Event) -> None:
+    """Run the answer on a worker thread that posts each event to `inbox` on this event loop,
+    then `None`; if the loop is gone (nobody is listening any more) it cancels the answer."""
+    loop = asyncio.get_running_loop()
+
+    def emit(payload: Optional[dict[str, Any]]) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, payload)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            cancel.set()
+
+    def work() -> None:
+        try:
+            queue_and_answer(state, admitted, emit, cancel)
+        finally:
+            emit(None)
+
+    threading.Thread(target=work, name="smem-api-answer", daemon=True).start()
+
+
+def chat_routes(app: FastAPI, state: ApiState) -> None:
+    """`POST /chat/stream`. The request model is built from the limits, so the route is made here."""
+    ChatRequest = chat_request_model(state.settings, lambda: state.runtime.sets.names)
+
+    def admit_request(http: Request, request: ChatRequest) -> Admitted:  # type: ignore[valid-type]
+        # The route takes the body only through this dependency: naming it twice would
+        # validate it, and list its errors, twice.
+        return admit(state, http, request)
+
+    @app.post(
+        CHAT_PATH,
+        response_class=EventSourceResponse,
+        summary="Stream an answer while memories are re-retrieved",
+        description=STREAM_DESCRIPTION,
+        responses=_responses(400, 404, 413, 422, 429, 503, streaming=True),
+    )
+    async def chat_stream(admitted: Admitted = Depends(admit_request)) -> AsyncIterable[StreamEvent]:
+        """Relays the worker thread's events. When the client disconnects, the server cancels
+        this generator, and its `finally` cancels the answer."""
+        inbox: asyncio.Queue[Optional[dict[str, Any]]] = asyncio.Queue()
+        cancel = threading.Event()
+        start_answer(state, admitted, inbox, cancel)
+        try:
+            while (payload := await inbox.get()) is not None:
+                yield payload
+        finally:
+            cancel.set()
+
+
+# -- reading memories and sessions --------------------------------------------------------
+
+
+def memories_response(pool: MemoryPool, learned: Any, answers: int, label: str, session: Optional[str]) -> MemoriesResponse:
+    items = pool.memories
+    return MemoriesResponse(
+        memory_set=label,
+        session=session,
+        answers=answers,
+        memories=[
+            MemoryState(
+                **memory.to_record(),
+                tokens=memory.tokens,
+                retrieval_count=float(learned.counts[index]),
+                last_retrieved=_iso(float(learned.last_retrieved[index])),
+            )
+            for index, memory in enumerate(items)
+        ],
+        links=[Link(source=items[a].id, target=items[b].id, weight=round(weight, 6)) for a, b, weight in learned.edges()],
+    )
+
+
+def memory_routes(app: FastAPI, state: ApiState) -> None:
+    """`GET /memories` (a set, or a session's view of it) and `GET /sessions/{id}`."""
+    names = state.runtime.sets.names
+
+    @app.get("/memories", response_model=MemoriesResponse, summary="A memory set and its learned state", responses=_responses(404, 422))
+    def memories(
+        memory_set: str = Query(description="The memory set.", json_schema_extra={"enum": names}),
+        session: Optional[str] = Query(
+            default=None, pattern=SESSION_PATTERN, description="Show this session's learned state (it must use `memory_set`; or see `GET /sessions/{id}`)."
+        ),
+    ) -> MemoriesResponse:
+        if memory_set not in state.runtime.sets.names:
+            raise state.unknown_set(memory_set)
+        if session is None:
+            pool = state.runtime.sets.pool(memory_set)
+            return memories_response(pool, pool.learning_state(), 0, memory_set, None)
+        pool, learned, answers, label = state.session_state(session)
+        if memory_set != label:
+            raise ApiError(404, "memory_set", f"memory_set: session uses {label!r}, not {memory_set!r}")
+        return memories_response(pool, learned, answers, label, session)
+
+    @app.get("/sessions/{session}", response_model=MemoriesResponse, summary="A session's memories and learned state", responses=_responses(404, 422))
+    def session_memories(session: str = Path(pattern=SESSION_PATTERN)) -> MemoriesResponse:
+        pool, learned, answers, label = state.session_state(session)
+        return memories_response(pool, learned, answers, label, session)
+
+
+# -- making, exporting and deleting sessions ----------------------------------------------
+
+
+def session_routes(app: FastAPI, state: ApiState) -> None:
+    """`POST /sessions`, `POST /imports`, `GET /sessions/{id}/export`, `DELETE /sessions/{id}`."""
+
+    @app.post(
+        "/sessions",
+        response_model=SessionCreated,
+        status_code=201,
+        summary="Create a session: a private, durable copy of a memory set (or of your memories)",
+        responses=_responses(400, 404, 413, 422),
+    )
+    def create_session(body: SessionRequest) -> SessionCreated:
+        state.sweep()
+        if (body.memory_set is None) == (body.memories is None):
+            raise ApiError(422, "memory_set", "memory_set: give exactly one of memory_set or memories")
+        if body.memory_set is not None:
+            if body.memory_set not in state.runtime.sets.names:
+                raise state.unknown_set(body.memory_set)
+            pool, label = state.runtime.sets.pool(body.memory_set), body.memory_set
+        else:
+            try:
+                pool = uploads.load_records(state.runtime.sets, body.memories, state.settings)
+            except MemoryFileError as exc:
+                raise ApiError(422, "memories", f"memories: {exc}") from None
+            label = body.label
+        return state.created(state.sessions.create(pool, label), pool, label)
+
+    @app.post(
+        "/imports",
+        response_model=SessionCreated,
+        status_code=201,
+        summary="Create a session from an exported state file (or a memory-set JSON file)",
+        responses=_responses(413, 422),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def import_session(http: Request, label: str = Query(default="imported", max_length=LABEL_MAX_CHARS)) -> SessionCreated:
+        raw = await http.body()
+        try:
+            pool = await asyncio.to_thread(uploads.load_upload, state.runtime.sets, raw, state.settings)
+        except MemoryFileError as exc:
+            raise ApiError(422, "body", f"body: {exc}") from None
+        state.sweep()
+        return state.created(await asyncio.to_thread(state.sessions.create, pool, label), pool, label)
+
+    @app.get(
+        "/sessions/{session}/export",
+        summary="A session's memories, vectors and learned state as a pool file (.npz)",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "The pool file."}, **_responses(404, 422)},
+    )
+    def export_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
+        try:
+            content, label = state.sessions.export(session)
+        except SessionNotFound as exc:
+            raise ApiError(404, "session", f"session: {exc}") from None
+        # 40 characters (chosen): a file name that stays readable in a download bar.
+        slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "session"
+        return Response(content, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="smem-{slug}.npz"'})
+
+    @app.delete("/sessions/{session}", status_code=204, summary="Delete a session and everything it learned", responses=_responses(404, 422))
+    def delete_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
+        if not state.sessions.delete(session):
+            raise ApiError(404, "session", f"session: no session {session!r} (never created, expired or deleted)")
+        return Response(status_code=204)
+
+
+def health_routes(app: FastAPI, state: ApiState) -> None:
+    """`GET /health`: model, memory sets, queue, sessions and every limit in force."""
+
+    @app.get("/health", response_model=HealthResponse, summary="Model, memory sets, queue and sessions")
+    def health() -> HealthResponse:
+        runtime, settings = state.runtime, state.settings
+        return HealthResponse(
+            status="ok",
+            model=runtime.model_name,
+            embedder=runtime.embedder.name,
+            memory_sets=runtime.sets.names,
+            queue=QueueState(mode="serialised", length=runtime.queue.waiting, limit=settings.max_queue),
+            sessions=SessionStats(stored=len(state.sessions), ttl_s=settings.session_ttl_s),
+            limits=Limits(**{name: getattr(settings, name) for name in Limits.model_fields}),
+        )
+
+
+# -- the app --------------------------------------------------------------------------------
 
 
 def create_api(
@@ -252,20 +575,14 @@ def create_api(
     the runtime's, shared with any UI mounted on the same app. `generate` is where answers run
     (default: this process)."""
     settings = settings or ApiSettings.from_env()
-    generate_answer = generate or generate_here(runtime)
     store = SQLiteSessionStore(ttl_s=settings.session_ttl_s) if store is None else store
-    sessions = Sessions(store, runtime.embedder)
-    ChatRequest = chat_request_model(settings, lambda: runtime.sets.names)
-    last_sweep = [0.0]
-
-    def sweep() -> None:
-        now = time.monotonic()
-        if now - last_sweep[0] > SWEEP_EVERY_S:
-            last_sweep[0] = now
-            removed = sessions.sweep()
-            if removed:
-                log.info("deleted %d expired sessions", removed)
-
+    state = ApiState(
+        runtime=runtime,
+        settings=settings,
+        sessions=Sessions(store, runtime.embedder),
+        generate=generate or generate_here(runtime),
+        model_thread=ThreadPoolExecutor(max_workers=1, thread_name_prefix="smem-api-model"),
+    )
     app = FastAPI(
         title="Streaming Memory API",
         version="1.0.0",
@@ -278,246 +595,8 @@ def create_api(
         BodyLimit,
         limits={CHAT_PATH: settings.max_body_bytes, "/sessions": settings.max_upload_bytes, "/imports": settings.max_upload_bytes},
     )
-
-    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smem-api-model")
-
-    def session_pool(request: Any) -> Any:
-        return sessions.checkout(request.session) if request.session else nullcontext(runtime.sets.pool(request.memory_set))
-
-    def answer(request: Any, fitted: prompt_budget.FittedPrompt, emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
-        """Runs on the one model thread. Answers are serialised anyway, and keeping the model's
-        and the pools' allocations on one thread lets the allocator reuse one arena instead of
-        growing one per request thread (measured: RSS settles instead of creeping)."""
-        if fitted.trimmed is not None:
-            emit(fitted.trimmed.to_sse())
-        with session_pool(request) as pool:
-            stream = generate_answer(
-                pool,
-                {
-                    "message": request.message,
-                    "history": fitted.history,
-                    "update_every_n": request.update_every_n,
-                    "max_memories": request.max_memories,
-                    "lookback_tokens": request.lookback_tokens,
-                    "max_new_tokens": request.max_new_tokens,
-                    "temperature": request.temperature,
-                    "seed": request.seed,
-                    "enable_thinking": request.enable_thinking,
-                    "sample_memories": request.sample_memories,
-                    "swap": None if request.swap == "auto" else request.swap,
-                },
-                cancel,
-            )
-            try:
-                for event in stream:
-                    if isinstance(event, Done) and event.learned is not None and len(event.learned) == len(pool):
-                        pool.set_learning_state(event.learned)
-                    emit(event.to_sse())
-            finally:
-                stream.close()
-
-    def generate(request: Any, admitted: tuple[str, prompt_budget.FittedPrompt], emit: Callable[[dict[str, Any]], None], cancel: threading.Event) -> None:
-        """One answer, from its request's thread: wait for the model, then have the model thread
-        stream it. Queue slot before session lock, always, so two answers never wait on each other."""
-        _, client, fitted = admitted
-        try:
-            on_wait = lambda ahead: emit({"type": "queued", "position": ahead})  # noqa: E731
-            with runtime.queue.slot(on_wait=on_wait, cancel=cancel, client=client):
-                if cancel.is_set():
-                    raise Cancelled()
-                model_thread.submit(answer, request, fitted, emit, cancel).result()
-        except Cancelled:
-            log.info("client left while queued (session %s)", request.session)
-        except Exception as exc:
-            log.exception("answer failed (session %s)", request.session)
-            detail = ErrorDetail(field=None, message=f"generation failed: {type(exc).__name__}")
-            emit({"type": "error", "error": error_body(500, [detail]).model_dump()})
-
-    def admit(http: Request, request: ChatRequest) -> tuple[Any, str, prompt_budget.FittedPrompt]:  # type: ignore[valid-type]
-        """Refuse before the stream starts (after that the status is already 200): an unknown
-        session, a set that does not match it, a message over its token limit, a full queue.
-        Returns the request, the client the answer is counted against (its session, else its
-        address) and the history that fits the prompt budget. (The route takes the body only
-        through this dependency: naming it twice would validate it, and list its errors, twice.) The queue check and the later `slot` are not
-        one step, so a burst may overshoot a limit by the few requests admitted at the same
-        instant; callers that leave free their place at once."""
-        if request.session is not None:
-            try:
-                label = sessions.label(request.session)
-            except SessionNotFound as exc:
-                raise ApiError(404, "session", f"session: {exc}") from None
-            if request.memory_set is not None and request.memory_set != label:
-                raise ApiError(422, "memory_set", f"memory_set: session uses {label!r}, not {request.memory_set!r}; omit memory_set or create another session")
-        elif request.memory_set is None:
-            # The original Streaming Memory body names no set: it gets the default one.
-            request.memory_set = runtime.sets.default
-        try:
-            fitted = prompt_budget.fit(runtime.tokenizer, request.message, [m.model_dump() for m in request.history], settings)
-        except prompt_budget.MessageTooLong as exc:
-            raise ApiError(422, "message", str(exc)) from None
-        client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
-        if runtime.queue.waiting >= settings.max_queue:
-            raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": "5"})
-        if runtime.queue.held_by(client) >= settings.max_queue_per_client:
-            message = f"this client already has {settings.max_queue_per_client} answers generating or queued; wait for one to finish"
-            raise ApiError(429, None, message, headers={"Retry-After": "5"})
-        return request, client, fitted
-
-    @app.post(
-        CHAT_PATH,
-        response_class=EventSourceResponse,
-        summary="Stream an answer while memories are re-retrieved",
-        description=STREAM_DESCRIPTION,
-        responses=_responses(400, 404, 413, 422, 429, 503, streaming=True),
-    )
-    async def chat_stream(admitted: tuple[Any, str, Any] = Depends(admit)) -> AsyncIterable[StreamEvent]:
-        """Relays the worker thread's events. When the client disconnects, the server cancels
-        this generator, and its `finally` cancels the answer."""
-        request = admitted[0]
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[Optional[dict[str, Any]]] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(payload: Optional[dict[str, Any]]) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, payload)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                cancel.set()
-
-        def work() -> None:
-            try:
-                generate(request, admitted, emit, cancel)
-            finally:
-                emit(None)
-
-        threading.Thread(target=work, name="smem-api-answer", daemon=True).start()
-        try:
-            while (payload := await inbox.get()) is not None:
-                yield payload
-        finally:
-            cancel.set()
-
-    def describe(pool: MemoryPool, learned: Any, answers: int, label: str, session: Optional[str]) -> MemoriesResponse:
-        items = pool.memories
-        return MemoriesResponse(
-            memory_set=label,
-            session=session,
-            answers=answers,
-            memories=[
-                MemoryState(
-                    **memory.to_record(),
-                    tokens=memory.tokens,
-                    retrieval_count=float(learned.counts[index]),
-                    last_retrieved=_iso(float(learned.last_retrieved[index])),
-                )
-                for index, memory in enumerate(items)
-            ],
-            links=[Link(source=items[a].id, target=items[b].id, weight=round(weight, 6)) for a, b, weight in learned.edges()],
-        )
-
-    def session_state(session: str) -> tuple[MemoryPool, Any, int, str]:
-        try:
-            return sessions.state(session)
-        except SessionNotFound as exc:
-            raise ApiError(404, "session", f"session: {exc}") from None
-
-    @app.get("/memories", response_model=MemoriesResponse, summary="A memory set and its learned state", responses=_responses(404, 422))
-    def memories(
-        memory_set: str = Query(description="The memory set.", json_schema_extra={"enum": runtime.sets.names}),
-        session: Optional[str] = Query(
-            default=None, pattern=SESSION_PATTERN, description="Show this session's learned state (it must use `memory_set`; or see `GET /sessions/{id}`)."
-        ),
-    ) -> MemoriesResponse:
-        if memory_set not in runtime.sets.names:
-            raise ApiError(404, "memory_set", f"memory_set: unknown memory set {memory_set!r}; available: {', '.join(runtime.sets.names)}")
-        if session is None:
-            pool = runtime.sets.pool(memory_set)
-            return describe(pool, pool.learning_state(), 0, memory_set, None)
-        pool, learned, answers, label = session_state(session)
-        if memory_set != label:
-            raise ApiError(404, "memory_set", f"memory_set: session uses {label!r}, not {memory_set!r}")
-        return describe(pool, learned, answers, label, session)
-
-    @app.get("/sessions/{session}", response_model=MemoriesResponse, summary="A session's memories and learned state", responses=_responses(404, 422))
-    def session_memories(session: str = Path(pattern=SESSION_PATTERN)) -> MemoriesResponse:
-        pool, learned, answers, label = session_state(session)
-        return describe(pool, learned, answers, label, session)
-
-    def created(session_id: str, pool: MemoryPool, label: str) -> SessionCreated:
-        return SessionCreated(session=session_id, memory_set=label, memories=len(pool), ttl_s=settings.session_ttl_s)
-
-    @app.post(
-        "/sessions",
-        response_model=SessionCreated,
-        status_code=201,
-        summary="Create a session: a private, durable copy of a memory set (or of your memories)",
-        responses=_responses(400, 404, 413, 422),
-    )
-    def create_session(body: SessionRequest) -> SessionCreated:
-        sweep()
-        if (body.memory_set is None) == (body.memories is None):
-            raise ApiError(422, "memory_set", "memory_set: give exactly one of memory_set or memories")
-        if body.memory_set is not None:
-            if body.memory_set not in runtime.sets.names:
-                raise ApiError(404, "memory_set", f"memory_set: unknown memory set {body.memory_set!r}; available: {', '.join(runtime.sets.names)}")
-            pool, label = runtime.sets.pool(body.memory_set), body.memory_set
-        else:
-            try:
-                pool = uploads.load_records(runtime.sets, body.memories, settings)
-            except MemoryFileError as exc:
-                raise ApiError(422, "memories", f"memories: {exc}") from None
-            label = body.label
-        return created(sessions.create(pool, label), pool, label)
-
-    @app.post(
-        "/imports",
-        response_model=SessionCreated,
-        status_code=201,
-        summary="Create a session from an exported state file (or a memory-set JSON file)",
-        responses=_responses(413, 422),
-        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-    )
-    async def import_session(http: Request, label: str = Query(default="imported", max_length=80)) -> SessionCreated:
-        raw = await http.body()
-        try:
-            pool = await asyncio.to_thread(uploads.load_upload, runtime.sets, raw, settings)
-        except MemoryFileError as exc:
-            raise ApiError(422, "body", f"body: {exc}") from None
-        sweep()
-        return created(await asyncio.to_thread(sessions.create, pool, label), pool, label)
-
-    @app.get(
-        "/sessions/{session}/export",
-        summary="A session's memories, vectors and learned state as a pool file (.npz)",
-        response_class=Response,
-        responses={200: {"content": {"application/octet-stream": {}}, "description": "The pool file."}, **_responses(404, 422)},
-    )
-    def export_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
-        try:
-            content, label = sessions.export(session)
-        except SessionNotFound as exc:
-            raise ApiError(404, "session", f"session: {exc}") from None
-        slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "session"
-        return Response(content, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="smem-{slug}.npz"'})
-
-    @app.delete("/sessions/{session}", status_code=204, summary="Delete a session and everything it learned", responses=_responses(404, 422))
-    def delete_session(session: str = Path(pattern=SESSION_PATTERN)) -> Response:
-        if not sessions.delete(session):
-            raise ApiError(404, "session", f"session: no session {session!r} (never created, expired or deleted)")
-        return Response(status_code=204)
-
-    @app.get("/health", response_model=HealthResponse, summary="Model, memory sets, queue and sessions")
-    def health() -> HealthResponse:
-        return HealthResponse(
-            status="ok",
-            model=runtime.model_name,
-            embedder=runtime.embedder.name,
-            memory_sets=runtime.sets.names,
-            queue=QueueState(mode="serialised", length=runtime.queue.waiting, limit=settings.max_queue),
-            sessions=SessionStats(stored=len(sessions), ttl_s=settings.session_ttl_s),
-            limits=Limits(**{name: getattr(settings, name) for name in Limits.model_fields}),
-        )
-
+    for add_routes in (chat_routes, memory_routes, session_routes, health_routes):
+        add_routes(app, state)
     refuse_other_methods(app)
     return app
 
@@ -552,7 +631,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Serve the API alone (no UI): `python -m smem.serving.api --port 8000 [--model tiny]`."""
     parser = argparse.ArgumentParser(description="Serve the Streaming Memory HTTP API.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000)  # uvicorn's own default; the app keeps 7860
     parser.add_argument("--model", default=None, help="hub id, local folder, 'tiny' or 'packaged' (default: $SMEM_MODEL, else the platform default)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

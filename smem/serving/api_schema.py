@@ -25,6 +25,10 @@ from smem.memory.records import Hit
 
 CHAT_PATH = "/chat/stream"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+"""A session id as the store makes them (32 URL-safe characters for 192 bits) with room to spare;
+a longer or stranger id is refused as a 422 before any lookup."""
+LABEL_MAX_CHARS = 80
+"""Longest session label (chosen: a title, never prose); it names the export file too."""
 JSON_ESCAPE_BYTES = 12
 """Most bytes one character can take in a JSON body: an emoji sent as a `\\u` surrogate pair."""
 
@@ -50,14 +54,19 @@ class ApiSettings(BaseSettings):
     )
     """Thirty days: a person who comes back within a month finds what their assistant learned."""
     max_new_tokens: int = Field(2048, gt=0, description="most new tokens one answer may ask for")
+    """Chosen: Qwen3's thinking plus an answer fits; at the 20 tokens/s the GPU sizing assumes
+    (smem.ui.actions) it is ~100 s, inside ZeroGPU's reservation cap."""
     default_max_new_tokens: Optional[int] = Field(
         None, gt=0, description="new tokens when a request names none; unset: 512, or max_new_tokens if lower"
     )
     max_message_chars: int = Field(8000, gt=0, description="longest user message, in characters (checked before tokenizing)")
+    """Chosen: a long chat message (a few pages) fits; tokenizing more is refused before it starts."""
     max_message_tokens: int = Field(2048, gt=0, description="longest user message, in model tokens")
     """About the 8,000-character bound in English."""
     max_history_messages: int = Field(50, gt=0, description="most history messages in one request (the UI keeps the newest)")
+    """Chosen: 25 exchanges, more than `max_prompt_tokens` holds of ordinary turns."""
     max_history_chars: int = Field(32000, gt=0, description="longest history, in characters")
+    """Four messages at the message limit (chosen); token trimming (`max_prompt_tokens`) does the rest."""
     max_prompt_tokens: int = Field(
         4096, gt=0, description="message plus history, in model tokens; older history is dropped to fit and the stream says so"
     )
@@ -65,6 +74,8 @@ class ApiSettings(BaseSettings):
     token on the packaged CPU model under load (issue 14). 4,096 keeps a GPU answer's prefill well
     under a second and bounds the CPU fallback to a few minutes at worst."""
     max_queue: int = Field(32, gt=0, description="answers that may wait for the model before new ones get 503")
+    """Chosen: at a GPU answer's ~10–30 s, the 32nd in line waits minutes, the most a visitor
+    would sit through; docs/benchmarks.md "Durability and fairness" tests it with 40 clients."""
     max_queue_per_client: int = Field(
         4, gt=0, description="answers one client (a session, else an address) may have generating or queued before 429"
     )
@@ -76,6 +87,8 @@ class ApiSettings(BaseSettings):
         description="bodies beyond this are refused (413) before they are read; well above any valid body, so an "
         "oversized field is still answered with a 422 naming it",
     )
+    """4 MiB, about 7× `largest_valid_body` (~0.6 MB at the default limits); the validator below
+    keeps it above that whatever the other limits are set to."""
     max_upload_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="largest uploaded or imported file (also Gradio's max_file_size)"
     )
@@ -85,10 +98,13 @@ class ApiSettings(BaseSettings):
     """The embedder managed ~240 records/s on the shared CPU (100k records took 413 s, issue 14),
     so 2,000 is under ten seconds of embedding."""
     max_pool_memories: int = Field(2000, gt=0, description="most memories in one visitor's or session's pool")
+    """As `max_upload_records`, so any accepted upload fits; a session of 2,000 memories is ~10 MiB
+    in RAM, against ~1.5 MiB for a sample set (docs/benchmarks.md, API)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "ApiSettings":
         if self.default_max_new_tokens is None:
+            # 512 (chosen): a full answer without thinking at length, a quarter of the cap.
             object.__setattr__(self, "default_max_new_tokens", min(512, self.max_new_tokens))
         if self.default_max_new_tokens > self.max_new_tokens:
             raise ValueError("ApiSettings.default_max_new_tokens must not exceed max_new_tokens")
@@ -108,6 +124,7 @@ class ApiSettings(BaseSettings):
     @property
     def largest_valid_body(self) -> int:
         """Bytes of the largest body the limits allow, every character escaped, with room for formatting."""
+        # 64 KiB (chosen) covers every other field, the keys and the history's roles and punctuation.
         return JSON_ESCAPE_BYTES * (self.max_message_chars + self.max_history_chars) + 64 * 1024
 
 
@@ -191,6 +208,10 @@ def chat_request_model(
             description="A session id from `POST /sessions`: the answer uses and teaches that session's Hebbian state. "
             "An unknown or expired id is refused (404). Omit it to start from the memory set's initial state and keep nothing.",
         )
+        # Defaults are the engine's (`StreamingEngine.stream`); the ranges of update_every_n and
+        # max_memories are the app's sliders' (smem.ui.actions.SETTINGS); lookback up to 1024 tokens
+        # and temperature up to 2.0 are chosen wider than the sliders for API experiments; the
+        # seed is 32-bit, what numpy's and torch's generators take.
         update_every_n: JsonInt = Field(default=10, ge=1, le=20, description="Re-retrieve memories every N generated tokens.")
         max_memories: JsonInt = Field(default=5, ge=1, le=15, description="Memories in context at once.")
         lookback_tokens: JsonInt = Field(default=60, ge=1, le=1024, description="Generated tokens that make up each re-retrieval query.")
@@ -263,7 +284,7 @@ class SessionRequest(BaseModel):
         description="Or start from these memories (records as in a memory-set file: `content`, optional `type`, "
         "`subject`, `emotional_intensity`, `created_at`, `id`); at most `max_upload_records` of them.",
     )
-    label: str = Field(default="uploaded", min_length=1, max_length=80, description="A name for `memories`.")
+    label: str = Field(default="uploaded", min_length=1, max_length=LABEL_MAX_CHARS, description="A name for `memories`.")
 
 
 class SessionCreated(BaseModel):

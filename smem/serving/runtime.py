@@ -19,6 +19,7 @@ from smem.generation.engine import StreamingEngine
 from smem.generation.prompt import MemoryLineTokens
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
+from smem.memory.settings import MemorySettings
 from smem.serving.queueing import GenerationQueue
 
 log = logging.getLogger("smem")
@@ -49,19 +50,24 @@ class Runtime:
         dtype: Union[str, torch.dtype, None] = None,
         embedder: Optional[Embedder] = None,
         memory_dir: Optional[Path] = None,
+        memory: Optional[MemorySettings] = None,
+        threads: Optional[int] = None,
     ) -> "Runtime":
         """Load model and embedder (the offline packaged defaults unless named); `dtype` as in
-        `smem.generation.models.load`."""
+        `smem.generation.models.load`. Every pool the sets hand out takes its retrieval knobs
+        from `memory` (default: `SMEM_*` in the environment), so a deployment's settings reach
+        the UI's and the API's pools alike."""
         started = time.perf_counter()
-        model, tokenizer = models.load(model_id, device=device, dtype=dtype)
-        embedder = embedder or default_embedder()
+        memory = memory or MemorySettings()
+        model, tokenizer = models.load(model_id, device=device, dtype=dtype, threads=threads)
+        embedder = embedder or default_embedder(memory.embedder)
         # Every pool the sets hand out is counted in this model's tokens once, when it is built.
         line_tokens = MemoryLineTokens(tokenizer)
         runtime = cls(
             model=model,
             tokenizer=tokenizer,
             embedder=embedder,
-            sets=MemorySets(embedder, memory_dir, token_counter=line_tokens),
+            sets=MemorySets(embedder, memory_dir or memory.memories, token_counter=line_tokens, **memory.pool_options()),
             model_name=models.display_name(models.resolve_model_id(model_id, str(device or "cpu"))),
             line_tokens=line_tokens,
         )

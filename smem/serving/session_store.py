@@ -100,7 +100,7 @@ def state_dir() -> Path:
 class SQLiteSessionStore:
     """The default `SessionStore`: one SQLite file in WAL mode, safe for this process's threads."""
 
-    def __init__(self, path: Optional[Path] = None, ttl_s: float = 30 * 24 * 3600) -> None:
+    def __init__(self, path: Optional[Path] = None, ttl_s: float = 30 * 24 * 3600) -> None:  # ApiSettings.session_ttl_s's default
         self.path = Path(path or state_dir() / "sessions.sqlite3")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl_s = float(ttl_s)

@@ -11,6 +11,7 @@ mutating the old one, so an answer still streaming from the old pool is never di
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -26,15 +27,23 @@ from smem.generation.swap import SWAP_CHOICES
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
-from smem.memory.settings import DEFAULTS as MEMORY_DEFAULTS
+from smem.memory.settings import MemorySettings
 from smem.serving import uploads
 from smem.serving.api_schema import ApiSettings
 
+MEMORY_SETTINGS = MemorySettings()
+"""Read from the environment once, so `SMEM_*` retrieval knobs set the sliders' defaults as they
+set the runtime's pools (`Runtime.load`)."""
+
 GPU_TOKENS_PER_S = 20.0
-"""A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation."""
+"""A conservative decode rate for Qwen3-8B on a ZeroGPU slice, to size the GPU reservation
+(chosen, not measured: no GPU has been lent to measure it)."""
 GPU_OVERHEAD_S = 15.0
-"""Moving the weights onto the GPU for the first call, prefill and swaps."""
+"""Moving the weights onto the GPU for the first call, prefill and swaps (chosen with headroom, not measured)."""
 GPU_MAX_S = 240
+"""Longest GPU reservation asked for: under the ~5 minutes ZeroGPU grants one call at most
+(zero-gpu-explorers/README discussion #7), and shorter reservations are queued sooner
+(ZeroGPU README, "Duration")."""
 
 MEMORY_TYPES = tuple(member.value for member in MemoryType)
 
@@ -51,17 +60,21 @@ class Setting:
     info: str = ""
 
 
+# Slider ranges (chosen, not measured): wide enough to show each knob's effect, narrow enough
+# that every value works. `max_memories` 15 and `max_new_tokens` 2048 match the API's limits;
+# `update_every_n` 20 and `lookback_tokens` 200 bound re-retrieval at roughly a sentence and a
+# paragraph; memory defaults come from the memory settings, the rest from GenerationSettings.
 SETTINGS: dict[str, Setting] = {
     "update_every_n": Setting(1, 20, 5, 1, "Update every N tokens", "How often memories are re-retrieved"),
     "max_memories": Setting(1, 15, 5, 1, "Max memories", "Memories in context at once"),
     "softmax_temperature": Setting(
-        0.01, 1.0, MEMORY_DEFAULTS.softmax_temperature, 0.01, "Softmax temperature", "Lower = sharper selection"
+        0.01, 1.0, MEMORY_SETTINGS.softmax_temperature, 0.01, "Softmax temperature", "Lower = sharper selection"
     ),
     "diversity_weight": Setting(
-        0.0, 1.0, MEMORY_DEFAULTS.diversity_weight, 0.05, "Diversity weight", "Penalty for near-duplicate memories"
+        0.0, 1.0, MEMORY_SETTINGS.diversity_weight, 0.05, "Diversity weight", "Penalty for near-duplicate memories"
     ),
     "association_weight": Setting(
-        0.0, 2.0, MEMORY_DEFAULTS.association_weight, 0.05, "Association weight", "Pull of learned co-retrieval links"
+        0.0, 2.0, MEMORY_SETTINGS.association_weight, 0.05, "Association weight", "Pull toward memories that served similar questions before"
     ),
     "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
     "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
@@ -74,14 +87,14 @@ class GenerationSettings:
     """Every knob of one answer; validated so the app's API endpoint rejects bad values
     with the knob's name rather than failing deep inside the engine."""
 
-    update_every_n: int = 5
-    max_memories: int = 5
-    softmax_temperature: float = 0.15
-    diversity_weight: float = 0.5
-    association_weight: float = 0.5
-    lookback_tokens: int = 60
-    temperature: float = 0.7
-    max_new_tokens: int = 512
+    update_every_n: int = 5  # chosen for the demo: twice the engine's rate, so swaps are seen
+    max_memories: int = 5  # the engine's default context size
+    softmax_temperature: float = MEMORY_SETTINGS.softmax_temperature
+    diversity_weight: float = MEMORY_SETTINGS.diversity_weight
+    association_weight: float = MEMORY_SETTINGS.association_weight
+    lookback_tokens: int = 60  # the engine's default
+    temperature: float = 0.7  # Qwen2.5's generation_config temperature (smem.generation.decoding)
+    max_new_tokens: int = 512  # the API's default answer length; app.py sets its own per device
     enable_thinking: bool = True
     sample_memories: bool = True
     """Draw memories from the softmax, as the design and the "Softmax temperature" slider
@@ -138,6 +151,20 @@ class GenerationSettings:
         }
 
 
+def app_defaults(memory: MemorySettings, on_gpu: bool) -> GenerationSettings:
+    """Where the app's sliders start: the deployment's memory knobs (its environment and flags),
+    and per device the answer length and temperature. Qwen3 with thinking is sampled at 0.6 (its
+    card's advice); the CPU model wanders off topic when sampled hotter, so it runs cooler and
+    shorter."""
+    return GenerationSettings(
+        max_new_tokens=1024 if on_gpu else 256,
+        temperature=0.6 if on_gpu else 0.3,
+        softmax_temperature=memory.softmax_temperature,
+        diversity_weight=memory.diversity_weight,
+        association_weight=memory.association_weight,
+    )
+
+
 def gpu_seconds_for(max_new_tokens: int) -> int:
     """How long to reserve a ZeroGPU slice for one answer: longer answers need longer slots,
     and a short one should not queue behind a needlessly long reservation."""
@@ -188,9 +215,13 @@ class StopButtons:
         if event is not None:
             event.set()
 
-    def forget(self, session: str) -> None:
+    def leave(self, session: str) -> None:
+        """The visitor closed or reloaded the page: stop their answer (nobody is left to read
+        it, and it would hold the shared model) and drop their button."""
         with self._lock:
-            self._events.pop(session, None)
+            event = self._events.pop(session, None)
+        if event is not None:
+            event.set()
 
 
 def apply_learned(pool: MemoryPool, done: Optional[Done | Any]) -> bool:
@@ -213,6 +244,21 @@ def upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> 
     """A private pool from an uploaded memory-set file or a downloaded learned state (.npz),
     within the deployment's limits; MemoryFileError names the bad record, field or limit."""
     return uploads.load_upload(sets, raw, settings)
+
+
+def take_upload(path: Optional[str]) -> Optional[bytes]:
+    """The bytes of a file Gradio received, which is removed once read, accepted or not:
+    Gradio keeps uploads in its cache folder, and a refused file must not stay there (issue 14
+    found a rejected 50 MB upload left behind)."""
+    if not path:
+        return None
+    file = Path(path)
+    try:
+        return file.read_bytes()
+    finally:
+        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # Gradio's per-upload folder, if now empty
+            file.parent.rmdir()
 
 
 def switch_set(
@@ -243,6 +289,7 @@ def reset_learning(pool: MemoryPool) -> MemoryPool:
 
 
 DOWNLOAD_TTL_S = 3600
+"""Saved files older than an hour are removed (chosen: ample time to click the download link)."""
 
 
 def save_learned(pool: MemoryPool, label: str, directory: Optional[Path] = None) -> Path:

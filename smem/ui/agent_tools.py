@@ -61,7 +61,7 @@ def tools(runtime: Runtime, answer: Answer, default_set: str, limits: Callable[[
         Returns:
             a JSON list of the chosen memories, best first, each with id, content, type, score and similarity
         """
-        max_memories = min(max(int(max_memories), 1), 15)
+        max_memories = min(max(int(max_memories), 1), 15)  # the API's and the slider's range
         hits = pools.pool(memory_set).retrieve(query, max_memories=max_memories, learn=False)
         return json.dumps([hit.to_dict() for hit in hits])
 
@@ -87,6 +87,7 @@ def tools(runtime: Runtime, answer: Answer, default_set: str, limits: Callable[[
         memory = pool.memories[-1]
         return json.dumps({"id": memory.id, "content": memory.content, "memories": len(pool)})
 
+    # 256 new tokens by default: the app's CPU answer length (app.py DEFAULTS), short for an agent's turn.
     def chat(message: str, memory_set: str = default_set, max_new_tokens: int = 256) -> str:
         """Ask the model with streaming memory: memories are re-retrieved while it writes and
         swapped in and out of its context; the memories used together are linked afterwards.

@@ -307,6 +307,7 @@ class AnswerView:
         (t0, c0), (t1, c1) = self.anchors[index - 1], self.anchors[index]
         return round(c0 + (c1 - c0) * (token - t0) / (t1 - t0))
 
+    # Excerpt and label widths (160, 70 characters) are presentation, chosen by eye like viz's.
     def live_excerpt(self, width: int = 160) -> str:
         """The last `width` characters written so far (thinking, then the answer)."""
         text = self.thinking + self.answer
@@ -354,7 +355,7 @@ def model_history(chat: Optional[Sequence[Mapping[str, Any]]]) -> list[dict[str,
     return [{"role": item["role"], "content": item["content"].strip()} for item in history]
 
 
-_HEADING = re.compile(r"^(\s{0,3})(#{1,6})(?=\s|$)", re.MULTILINE)
+_HEADING = re.compile(r"^(\s{0,3})(#{1,6})(?=\s|$)", re.MULTILINE)  # CommonMark §4.2 ATX headings
 
 
 def inert_headings(text: str) -> str:
@@ -422,6 +423,9 @@ class Throttle:
     Every redraw carries the chat text, so text is never more than one interval stale.
     """
 
+    # Chat text up to 20 times a second (chosen: smooth to the eye, far below a GPU's token rate);
+    # panels 4 times a second: one network redraw costs 0.19–0.34 s of CPU (docs/benchmarks.md,
+    # "The Hebbian network figure"), so faster would fall behind.
     def __init__(self, chat_interval_s: float = 0.05, panel_interval_s: float = 0.25) -> None:
         self.chat_interval_s = chat_interval_s
         self.panel_interval_s = panel_interval_s

@@ -4,6 +4,10 @@ context-size chart and the memory timeline.
 Plotly renders a subset of HTML in hover text, tick labels and titles, and memory contents
 come from visitors' uploads, so every piece of memory text is HTML-escaped before it
 enters a figure. Table cells are plain strings (the table shows them as text).
+
+Presentation numbers (font and marker sizes, line widths, opacities, margins, heights, wrap
+widths, colours) were chosen by eye in the app at its 480 px panel width; none is measured,
+and none changes what is retrieved. The layout constants below say where theirs came from.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ UNTYPED_COLOUR = "#7f7f7f"
 IN_CONTEXT_COLOUR = "#f5b700"
 FORMING_COLOUR = "#f5b700"
 LINK_COLOUR = "#6b7280"
+ENCODING_COLOUR = "#60a5fa"
+LEARNED_NAME = "learned link (used together)"
+ENCODING_NAME = "encoding link (written together)"
 UNLINKED_COLOUR = "#9ca3af"
 
 STATUS_LABELS = {ADDED: "🟢 added", KEPT: "⚪ kept", REMOVED: "🔴 removed"}
@@ -100,7 +107,7 @@ LABELLED = 8
 FAINT_VISIBLE_UP_TO = 2000
 """Larger pools start with their unlinked background hidden (click its legend entry to show
 it): thousands of faint dots would only grey the plot out."""
-GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
+GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))  # Vogel's sunflower spiral: successive points never line up
 ITERATIONS = 15
 """Cooling steps when memories join a laid-out picture (50, networkx's default, for the first)."""
 GRAVITY = 0.05
@@ -154,6 +161,7 @@ class NetworkLayout:
             x = sum(p[0] for p in near) / len(near)
             y = sum(p[1] for p in near) / len(near)
             return x + k * math.cos(turn), y + k * math.sin(turn)
+        # Radius 0.6–1.0 cycling over 7 steps (chosen: inside the background ring at 1.25).
         radius = 0.6 + 0.4 * (len(start) % 7) / 7
         return radius * math.cos(turn), radius * math.sin(turn)
 
@@ -195,6 +203,19 @@ def _drawn(
     return must + ranked[: max(MAX_LAID_OUT - len(must), 0)]
 
 
+def _encoding_among(pool: MemoryPool, drawn: Sequence[str]) -> list[tuple[str, str, float]]:
+    """Encoding links whose both ends are drawn, found over the link arrays (a dated pool has
+    about two per memory, too many to list as tuples on every redraw of a large pool)."""
+    state = pool.learning
+    positions = np.array([pool.position(memory_id) for memory_id in drawn], dtype=np.int64)
+    inside = np.isin(state.encoded_a, positions) & np.isin(state.encoded_b, positions)
+    memories = pool.memories
+    return sorted(
+        (memories[a].id, memories[b].id, w)
+        for a, b, w in zip(state.encoded_a[inside].tolist(), state.encoded_b[inside].tolist(), state.encoded_w[inside].tolist())
+    )
+
+
 def _segments(
     pairs: Iterable[tuple[str, str]], pos: Mapping[str, tuple[float, float]]
 ) -> tuple[list[Optional[float]], list[Optional[float]]]:
@@ -214,9 +235,15 @@ def network_figure(
     forming: Optional[Mapping[tuple[str, str], float]] = None,
 ) -> go.Figure:
     """The Hebbian network: linked and in-context memories large, labelled and coloured by
-    type (size by retrieval count, full text on hover), learned co-retrieval links as edges
-    (width by strength, no hover), the memories in context now ringed, the links the current
-    answer is forming dotted, and every other memory a faint dot on an outer ring."""
+    type (size by retrieval count, full text on hover), learned co-retrieval links as solid
+    grey edges (width by strength, no hover), encoding links (memories added together on one
+    day) as thin dashed blue edges, each kind with its legend entry, the memories in context
+    now ringed, the links the current answer is forming dotted, and every other memory a faint
+    dot on an outer ring.
+
+    Learned links choose which memories are drawn; encoding links are drawn only between
+    memories drawn anyway. A dated memory set has an encoding link for almost every memory,
+    so letting them choose would draw the whole set from the first answer on."""
     layout = layout if layout is not None else NetworkLayout()
     forming = {pair: share for pair, share in (forming or {}).items() if share > 0}
     memories = pool.memories
@@ -226,7 +253,8 @@ def network_figure(
     drawn = _drawn(links, in_context, forming)
     drawn_set = set(drawn)
     drawn_links = [(a, b, w) for a, b, w in links if a in drawn_set and b in drawn_set]
-    pos = layout.place(drawn, drawn_links)
+    encoding = _encoding_among(pool, drawn)
+    pos = layout.place(drawn, drawn_links + encoding)
     counts = pool.learning.counts
     count = {memory.id: float(counts[index]) for index, memory in enumerate(memories) if memory.id in drawn_set}
     figure = go.Figure()
@@ -258,7 +286,7 @@ def network_figure(
     levels: dict[int, list[tuple[str, str]]] = {}
     for a, b, weight in drawn_links:
         levels.setdefault(min(int(4 * weight / strongest), 3) if strongest > 0 else 0, []).append((a, b))
-    for level, pairs in sorted(levels.items()):
+    for number, (level, pairs) in enumerate(sorted(levels.items())):
         xs, ys = _segments(pairs, pos)
         figure.add_trace(
             go.Scatter(
@@ -266,9 +294,24 @@ def network_figure(
                 y=ys,
                 mode="lines",
                 hoverinfo="skip",
-                showlegend=False,
+                name=LEARNED_NAME,
+                legendgroup=LEARNED_NAME,
+                showlegend=number == 0,
                 line={"width": 1.0 + 1.6 * level, "color": LINK_COLOUR},
                 opacity=0.35 + 0.15 * level,
+            )
+        )
+    if encoding:
+        xs, ys = _segments(((a, b) for a, b, _ in encoding), pos)
+        figure.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                hoverinfo="skip",
+                name=ENCODING_NAME,
+                line={"width": 1.2, "color": ENCODING_COLOUR, "dash": "dash"},
+                opacity=0.8,
             )
         )
     if forming:
@@ -324,7 +367,10 @@ def network_figure(
     if not drawn:
         _placeholder(figure, "Links form here as memories are used together")
     figure.update_layout(
-        title={"text": f"Hebbian network · {len(memories)} memories · {len(links)} links", "x": 0.01},
+        title={
+            "text": f"Hebbian network · {len(memories)} memories · {len(links)} learned links",
+            "x": 0.01,
+        },
         showlegend=True,
         legend={"orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
         xaxis={"visible": False},
