@@ -104,6 +104,10 @@ Past this many linked memories, the most strongly linked are drawn and the rest 
 faint background."""
 LABELLED = 8
 """Linked memories that carry a text label besides those in context: more overlap at 480 px."""
+LABEL_BOX = (1.3, 0.12)
+"""A label's width and height in units of the layout's extent: the plot shows about 3 extents
+in ~340 px (440 px high, less title and legend), so 1 px is ~0.009 extent, and a 28-character
+label at 10 px is ~150 px wide and ~13 px high. Labels closer than this would overlap."""
 FAINT_VISIBLE_UP_TO = 2000
 """Larger pools start with their unlinked background hidden (click its legend entry to show
 it): thousands of faint dots would only grey the plot out."""
@@ -228,6 +232,26 @@ def _segments(
     return xs, ys
 
 
+def spaced_labels(
+    candidates: Sequence[str], pos: Mapping[str, tuple[float, float]], extent: float, limit: int
+) -> set[str]:
+    """Which nodes get a text label: in priority order, each whose label would not overlap one
+    already kept (`LABEL_BOX`), `limit` at most; the others keep their hover text. A dense
+    cluster otherwise stacks its labels into an unreadable smear. (A loop over at most
+    `limit` kept labels, ~13, not over the pool.)"""
+    width, height = LABEL_BOX[0] * extent, LABEL_BOX[1] * extent
+    kept: list[tuple[float, float]] = []
+    chosen: set[str] = set()
+    for node in candidates:
+        if len(chosen) >= limit:
+            break
+        x, y = pos[node]
+        if all(abs(x - kx) >= width or abs(y - ky) >= height for kx, ky in kept):
+            kept.append((x, y))
+            chosen.add(node)
+    return chosen
+
+
 def network_figure(
     pool: MemoryPool,
     layout: Optional[NetworkLayout] = None,
@@ -327,7 +351,10 @@ def network_figure(
             )
         )
 
-    labelled = set(in_context) | set(drawn[len(in_context) : len(in_context) + LABELLED])
+    # Those in context first, then the most linked (`drawn`'s order).
+    context_set = set(in_context)
+    candidates = [*in_context, *(node for node in drawn if node not in context_set)]
+    labelled = spaced_labels(candidates, pos, extent, limit=len(in_context) + LABELLED)
     for kind in sorted({type_name(by_id[node].type) for node in drawn}):
         members = [by_id[node] for node in drawn if type_name(by_id[node].type) == kind]
         figure.add_trace(
