@@ -79,8 +79,8 @@ def main() -> None:
             page.get_by_role("tab", name="Timeline and tokens").click()
         send(page, QUESTIONS[0])
         page.wait_for_function(
-            "() => /answering|thinking/.test(document.querySelector('#status').innerText)"
-            " && document.querySelector('#chat').innerText.length > 200",
+            "() => Number((document.querySelector('#status').innerText.match(/(?:answering|thinking)\\D*(\\d+) tokens/)"
+            " || [0, 0])[1]) >= 40",
             timeout=300_000,
         )
         shoot(page, args.out, "screenshot-mid-answer.png")
