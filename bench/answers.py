@@ -406,8 +406,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         help="swap mode (default exact, the reference: slot mode trims each memory line to its slot, "
         "40 tokens, and LoCoMo turns are often longer)",
     )
+    parser.add_argument(
+        "--swap-budget", default="auto",
+        help="exact swaps' re-read tokens per generated token: auto (the engine's: rationed on a CPU), "
+        "none (every swap runs: the reference against slot swaps) or a number",
+    )
     args = parser.parse_args(argv)
     config = print_run_config(args)
+    budget_choice = args.swap_budget.lower()
+    swap_budget = "auto" if budget_choice == "auto" else None if budget_choice == "none" else float(budget_choice)
 
     from smem.generation.models import load as load_model
     from smem.memory.embedder import default_embedder, embed_documents
@@ -429,6 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "conditions": [c.name for c in plan],
         "k": RAG_K,
         "stream_update_every_n": args.update_every_n,
+        "swap": args.swap,
+        "swap_budget": args.swap_budget,
         **decoding,
         "temperature": "engine default" if args.temperature is None else args.temperature,
         "message_suffix": SHORT_ANSWER,
@@ -453,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for conv_index, q_indices in by_conversation.items():
         conv = conversations[conv_index]
         pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
-        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap)
+        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget)
         all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)

@@ -72,16 +72,18 @@ class VocabMask(LogitsProcessor):
 
 
 class FirstToken:
-    """A `generate` streamer that notes when the first new token arrives."""
+    """A `generate` streamer that notes when the first new token arrives (wall and CPU time)."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.first: Optional[float] = None
+        self.first_cpu: Optional[float] = None
 
     def put(self, value: torch.Tensor) -> None:
         self.calls += 1
         if self.calls == 2:
             self.first = time.perf_counter()
+            self.first_cpu = time.process_time()
 
     def end(self) -> None:
         pass
@@ -142,8 +144,9 @@ def padded_history(tokenizer: Any, pool: MemoryPool, target: int) -> list[dict[s
         index += 6
 
 
-def timed_generate(model, ids: list[int], new_tokens: int, extra: dict) -> tuple[float, float, list[int]]:
-    """(ttft, total) seconds and the new ids of one greedy `generate` call."""
+def timed_generate(model, ids: list[int], new_tokens: int, extra: dict) -> tuple[float, float, list[int], float]:
+    """(ttft, total) seconds, the new ids of one greedy `generate` call and the process CPU
+    seconds spent after its first token (a shared machine stretches wall time far more)."""
     inputs = torch.tensor([ids], device=model.device)
     streamer = FirstToken()
     sync(model.device)
@@ -160,11 +163,14 @@ def timed_generate(model, ids: list[int], new_tokens: int, extra: dict) -> tuple
         )
     sync(model.device)
     total = time.perf_counter() - start
-    return (streamer.first or time.perf_counter()) - start, total, out[0, len(ids) :].tolist()
+    decode_cpu = time.process_time() - (streamer.first_cpu or time.process_time())
+    return (streamer.first or time.perf_counter()) - start, total, out[0, len(ids) :].tolist(), decode_cpu
 
 
-def row(name: str, ttft: float, total: float, tokens: int, **more: Any) -> dict[str, Any]:
+def row(name: str, ttft: float, total: float, tokens: int, decode_cpu: Optional[float] = None, **more: Any) -> dict[str, Any]:
     decode = (total - ttft) / max(tokens - 1, 1)
+    if decode_cpu is not None:
+        more["cpu_ms_per_token"] = 1000 * decode_cpu / max(tokens - 1, 1)
     return {
         "method": name,
         "tokens": tokens,
@@ -178,23 +184,27 @@ def row(name: str, ttft: float, total: float, tokens: int, **more: Any) -> dict[
 
 def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: bool = False) -> tuple[dict[str, Any], list]:
     sync(engine.device)
-    events = list(
-        engine.stream(
-            QUESTION,
-            args.history,
-            update_every_n=every,
-            max_memories=args.max_memories,
-            lookback_tokens=args.lookback,
-            max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens,
-            temperature=0.0,
-            incumbent_margin=args.margin,
-            learn=False,
-            swap=swap,
-            sample_memories=sample,
-            seed=0,
-        )
-    )
+    first_cpu: Optional[float] = None
+    events = []
+    for event in engine.stream(
+        QUESTION,
+        args.history,
+        update_every_n=every,
+        max_memories=args.max_memories,
+        lookback_tokens=args.lookback,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        temperature=0.0,
+        incumbent_margin=args.margin,
+        learn=False,
+        swap=swap,
+        sample_memories=sample,
+        seed=0,
+    ):
+        if first_cpu is None and isinstance(event, (Token, Thinking)):
+            first_cpu = time.process_time()
+        events.append(event)
+    decode_cpu = time.process_time() - (first_cpu or time.process_time())
     stats = events[-1].stats
     assert isinstance(events[-1], Done) and stats.tokens == args.new_tokens
     if every == 0:
@@ -206,6 +216,7 @@ def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: boo
         stats.ttft_s,
         stats.total_s,
         stats.tokens,
+        decode_cpu,
         swaps=stats.swaps,
         swaps_per_100=100 * stats.swaps / stats.tokens,
         ms_per_swap=stats.extra["ms_per_swap"],
@@ -228,7 +239,7 @@ def run_naive(model, tokenizer, pool, args, builder: PromptBuilder, chunk: int, 
     while len(generated) < args.new_tokens:
         ids = builder.build(hits).ids + generated
         called = time.perf_counter()
-        first, _, new = timed_generate(model, ids, min(chunk, args.new_tokens - len(generated)), extra)
+        first, _, new, _ = timed_generate(model, ids, min(chunk, args.new_tokens - len(generated)), extra)
         if ttft is None:
             ttft = called - start + first
         generated += new
@@ -263,6 +274,7 @@ def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, lengt
     vocab = min(len(engine.tokenizer), 20000)  # ordinary tokens, no special ones at the end
     generated = [int(i) for i in torch.randint(100, vocab, (length,), generator=torch.Generator().manual_seed(0))]
     timings: dict[str, list[float]] = {"exact": [], "slots": [], "full_prefill": []}
+    cpu: dict[str, list[float]] = {name: [] for name in timings}
     read: dict[str, int] = {}
     for _ in range(repeats):
         for mode in ("exact", "slots"):
@@ -286,16 +298,18 @@ def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, lengt
                 context.length += length
                 context._forward(generated, context.cache, context.mask[:, : context.length])
             sync(device)
-            tick = time.perf_counter()
+            tick, tock = time.perf_counter(), time.process_time()
             read[mode] = context.swap(after, generated)
             sync(device)
             timings[mode].append(time.perf_counter() - tick)
+            cpu[mode].append(time.process_time() - tock)
         full = ExactContext(engine._forward, builder, after, model.config)
         sync(device)
-        tick = time.perf_counter()
+        tick, tock = time.perf_counter(), time.process_time()
         full._forward([*full.prompt.ids, *generated], full.cache)
         sync(device)
         timings["full_prefill"].append(time.perf_counter() - tick)
+        cpu["full_prefill"].append(time.process_time() - tock)
     prompt = builder.build(after)
     return {
         "generated_tokens": length,
@@ -303,6 +317,7 @@ def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, lengt
         "exact_tokens_read": read["exact"],
         "slot_tokens_read": read["slots"],
         **{f"{name}_ms": statistics.median(values) * 1000 for name, values in timings.items()},
+        **{f"{name}_cpu_ms": statistics.median(values) * 1000 for name, values in cpu.items()},
     }
 
 
@@ -394,8 +409,8 @@ def main() -> None:
     best: dict[str, dict[str, Any]] = {}
     spread: dict[str, list[float]] = {}
     for round_ in range(args.rounds):
-        ttft, total, _ = timed_generate(model, prompt_ids, args.new_tokens, extra)
-        candidates = [row("(a) model.generate, no memory updates", ttft, total, args.new_tokens)]
+        ttft, total, _, decode_cpu = timed_generate(model, prompt_ids, args.new_tokens, extra)
+        candidates = [row("(a) model.generate, no memory updates", ttft, total, args.new_tokens, decode_cpu)]
         for mode in args.swap_modes:
             candidates.append(run_engine(engine, args, 1, mode)[0])
             if args.sample_memories:
@@ -419,28 +434,37 @@ def main() -> None:
         print(json.dumps(swaps[-1]), flush=True)
 
     base = results[0]["ms_per_token"]
+    base_cpu = results[0].get("cpu_ms_per_token") or float("nan")
     print()
-    print("| method | TTFT ms | tokens/s | ms/token | × (a) | retrievals run/scheduled | swaps/100 tok | deferred | ms/swap |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| method | TTFT ms | tokens/s | ms/token | × (a) | CPU ms/token | × (a), CPU | retrievals run/scheduled "
+        "| swaps/100 tok | deferred | ms/swap |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         runs = f"{r['retrievals']}/{r['scheduled_retrievals']}" if "retrievals" in r else "–"
         per100 = f"{100 * r['swaps'] / r['tokens']:.1f}" if "swaps" in r else "–"
         per_swap = f"{r['ms_per_swap']:.0f}" if r.get("swaps") and "ms_per_swap" in r else "–"
         print(
             f"| {r['method']} | {r['ttft_ms']:.0f} | {r['tokens_per_s']:.2f} | {r['ms_per_token']:.1f} | "
-            f"{r['ms_per_token'] / base:.2f} | {runs} | {per100} | {r.get('deferred_swaps', '–')} | {per_swap} |"
+            f"{r['ms_per_token'] / base:.2f} | {r.get('cpu_ms_per_token', float('nan')):.1f} | "
+            f"{r.get('cpu_ms_per_token', float('nan')) / base_cpu:.2f} | {runs} | {per100} | {r.get('deferred_swaps', '–')} | {per_swap} |"
         )
     print()
     for method, times in spread.items():
         print(f"{method}: ms/token per round " + ", ".join(f"{t:.1f}" for t in times))
     if swaps:
         print()
-        print("| generated tokens | exact swap: tokens read | exact ms | slot swap: tokens read | slot ms | full re-prefill ms |")
+        print(
+            "| generated tokens | exact swap: tokens read | exact ms (CPU ms) | slot swap: tokens read | slot ms (CPU ms) "
+            "| full re-prefill ms (CPU ms) |"
+        )
         print("|---:|---:|---:|---:|---:|---:|")
         for s in swaps:
             print(
-                f"| {s['generated_tokens']} | {s['exact_tokens_read']} | {s['exact_ms']:.0f} | {s['slot_tokens_read']} | "
-                f"{s['slots_ms']:.0f} | {s['full_prefill_ms']:.0f} |"
+                f"| {s['generated_tokens']} | {s['exact_tokens_read']} | {s['exact_ms']:.0f} ({s['exact_cpu_ms']:.0f}) | "
+                f"{s['slot_tokens_read']} | {s['slots_ms']:.0f} ({s['slots_cpu_ms']:.0f}) | "
+                f"{s['full_prefill_ms']:.0f} ({s['full_prefill_cpu_ms']:.0f}) |"
             )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
