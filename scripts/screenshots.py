@@ -4,7 +4,8 @@
 
 Drives a running app (start it with `python app.py`, or `SMEM_MODEL=tiny python app.py` for a
 fast one) at 1440×900: the page loaded, the recorded example replayed, mid-answer, after the
-answer, the network after three answers, and the set switched away and back. Uses Debian's chromium through playwright
+answer, the network after three answers, the set switched away and back, and the page
+reloaded (what the visitor taught comes back). Uses Debian's chromium through playwright
 (playwright's own browser download does not work offline); the app's icons are emoji, so install
 Debian's `fonts-noto-color-emoji` too, or they show as empty boxes.
 """
@@ -43,6 +44,7 @@ def wait_done(page: Page, timeout_ms: int = 300_000) -> None:
 
 def shoot(page: Page, out: Path, name: str) -> Path:
     path = out / name
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(path))
     print(path)
     return path
@@ -52,6 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="set the answers' length first (a CPU model writes slowly)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -67,10 +72,15 @@ def main() -> None:
             page.wait_for_timeout(1000)
             shoot(page, args.out, "screenshot-recorded.png")
 
+        if args.max_new_tokens:
+            page.get_by_role("tab", name="Settings").click()
+            page.fill("#knob-max-new-tokens input[type=number]", str(args.max_new_tokens))
+            page.press("#knob-max-new-tokens input[type=number]", "Enter")
+            page.get_by_role("tab", name="Timeline and tokens").click()
         send(page, QUESTIONS[0])
         page.wait_for_function(
-            "() => /answering|thinking/.test(document.querySelector('#status').innerText)"
-            " && document.querySelector('#chat').innerText.length > 200",
+            "() => Number((document.querySelector('#status').innerText.match(/(?:answering|thinking)\\D*(\\d+) tokens/)"
+            " || [0, 0])[1]) >= 40",
             timeout=300_000,
         )
         shoot(page, args.out, "screenshot-mid-answer.png")
@@ -94,6 +104,10 @@ def main() -> None:
         page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('tutor')")
         page.wait_for_timeout(1000)
         shoot(page, args.out, "screenshot-switched-back.png")
+        page.reload()
+        page.wait_for_function("() => (document.querySelector('#set-status')?.innerText || '').includes('Welcome back')")
+        page.wait_for_timeout(1000)
+        shoot(page, args.out, "screenshot-reloaded.png")
         browser.close()
 
 

@@ -451,3 +451,26 @@ def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minil
 def test_status_line_escapes_the_label(pool):
     line = actions.describe(pool, "<b>mine</b>")
     assert "&lt;b&gt;mine&lt;/b&gt;" in line and "4 memories" in line and "2 learned links" in line
+
+
+def test_labels_that_would_overlap_are_left_to_the_hover_text():
+    pos = {"a": (0.0, 0.0), "b": (0.1, 0.02), "c": (0.0, 0.5), "d": (2.0, 0.0), "e": (0.05, 0.51)}
+    # b sits on a's label, e on c's: only the first of each pair is labelled, in priority order.
+    assert viz.spaced_labels(["a", "b", "c", "d", "e"], pos, extent=1.0, limit=10) == {"a", "c", "d"}
+    assert viz.spaced_labels(["b", "a"], pos, extent=1.0, limit=10) == {"b"}
+    assert viz.spaced_labels(["a", "c", "d"], pos, extent=1.0, limit=2) == {"a", "c"}
+
+
+def test_the_network_labels_no_two_memories_on_top_of_each_other(pool):
+    for question in ("fractions quiz", "soccer word problems", "algebra session Thursday", "frustrated"):
+        pool.retrieve(question)
+    figure = viz.network_figure(pool, viz.NetworkLayout())
+    labelled = [
+        (x, y) for trace in figure.data if trace.mode == "markers+text" for x, y, text in zip(trace.x, trace.y, trace.text) if text
+    ]
+    assert len(labelled) >= 3
+    extent = max(max(abs(x), abs(y)) for trace in figure.data if trace.mode == "markers+text" for x, y in zip(trace.x, trace.y))
+    width, height = viz.LABEL_BOX[0] * extent, viz.LABEL_BOX[1] * extent
+    for i, (x1, y1) in enumerate(labelled):
+        for x2, y2 in labelled[i + 1 :]:
+            assert abs(x1 - x2) >= width or abs(y1 - y2) >= height, "two labels overlap"

@@ -104,17 +104,24 @@ Past this many linked memories, the most strongly linked are drawn and the rest 
 faint background."""
 LABELLED = 8
 """Linked memories that carry a text label besides those in context: more overlap at 480 px."""
+LABEL_BOX = (1.3, 0.18)
+"""A label's width and height in units of the layout's extent: the plot shows about 3 extents
+in ~340 px (440 px high, less title and legend), so 1 px is ~0.009 extent, and a 28-character
+label at 10 px is ~150 px wide and ~13 px high; with ~6 px between lines (0.18 extent), labels
+closer than this overlap or read as one."""
 FAINT_VISIBLE_UP_TO = 2000
 """Larger pools start with their unlinked background hidden (click its legend entry to show
 it): thousands of faint dots would only grey the plot out."""
 GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))  # Vogel's sunflower spiral: successive points never line up
 ITERATIONS = 15
 """Cooling steps when memories join a laid-out picture (50, networkx's default, for the first)."""
-GRAVITY = 0.05
-"""Weight of each memory's pull to the centre, against 1 for a learned link. Tried 0.02, 0.05
-and 0.2 over eight simulated answers (8 memories each): 0.05 kept the median gap to the
-nearest neighbour at 0.13–0.17 of the picture's half-width (no knot), and known memories
-moved on average 15% of it when newcomers joined."""
+GRAVITY = 0.5
+"""Weight of each memory's pull to the centre, against 1 for a learned link
+(bench/network_spread.py, docs/benchmarks.md "The Hebbian network figure"). At 0.05 the
+weakly linked memories drifted far out and the strongly linked core, drawn to that scale,
+became a knot (median nearest-neighbour gap 0.09 of the half-width after 12 answers of the
+tutor set); 0.5 gives 0.16, at the price of known memories moving 0.31 of the half-width per
+answer instead of 0.25."""
 
 
 @dataclass
@@ -228,6 +235,26 @@ def _segments(
     return xs, ys
 
 
+def spaced_labels(
+    candidates: Sequence[str], pos: Mapping[str, tuple[float, float]], extent: float, limit: int
+) -> set[str]:
+    """Which nodes get a text label: in priority order, each whose label would not overlap one
+    already kept (`LABEL_BOX`), `limit` at most; the others keep their hover text. A dense
+    cluster otherwise stacks its labels into an unreadable smear. (A loop over at most
+    `limit` kept labels, ~13, not over the pool.)"""
+    width, height = LABEL_BOX[0] * extent, LABEL_BOX[1] * extent
+    kept: list[tuple[float, float]] = []
+    chosen: set[str] = set()
+    for node in candidates:
+        if len(chosen) >= limit:
+            break
+        x, y = pos[node]
+        if all(abs(x - kx) >= width or abs(y - ky) >= height for kx, ky in kept):
+            kept.append((x, y))
+            chosen.add(node)
+    return chosen
+
+
 def network_figure(
     pool: MemoryPool,
     layout: Optional[NetworkLayout] = None,
@@ -327,7 +354,10 @@ def network_figure(
             )
         )
 
-    labelled = set(in_context) | set(drawn[len(in_context) : len(in_context) + LABELLED])
+    # Those in context first, then the most linked (`drawn`'s order).
+    context_set = set(in_context)
+    candidates = [*in_context, *(node for node in drawn if node not in context_set)]
+    labelled = spaced_labels(candidates, pos, extent, limit=len(in_context) + LABELLED)
     for kind in sorted({type_name(by_id[node].type) for node in drawn}):
         members = [by_id[node] for node in drawn if type_name(by_id[node].type) == kind]
         figure.add_trace(
