@@ -235,6 +235,12 @@ def _segments(
     return xs, ys
 
 
+def _edges(pairs: Iterable[tuple[str, str]], pos: Mapping[str, tuple[float, float]], name: str, line: dict, **style: Any) -> go.Scatter:
+    """One kind of link as one trace of line segments, without hover (links have no text)."""
+    xs, ys = _segments(pairs, pos)
+    return go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name=name, line=line, **style)
+
+
 def spaced_labels(
     candidates: Sequence[str], pos: Mapping[str, tuple[float, float]], extent: float, limit: int
 ) -> set[str]:
@@ -314,45 +320,17 @@ def network_figure(
     for a, b, weight in drawn_links:
         levels.setdefault(min(int(4 * weight / strongest), 3) if strongest > 0 else 0, []).append((a, b))
     for number, (level, pairs) in enumerate(sorted(levels.items())):
-        xs, ys = _segments(pairs, pos)
+        line = {"width": 1.0 + 1.6 * level, "color": LINK_COLOUR}
         figure.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                hoverinfo="skip",
-                name=LEARNED_NAME,
-                legendgroup=LEARNED_NAME,
-                showlegend=number == 0,
-                line={"width": 1.0 + 1.6 * level, "color": LINK_COLOUR},
-                opacity=0.35 + 0.15 * level,
+            _edges(
+                pairs, pos, LEARNED_NAME, line, legendgroup=LEARNED_NAME, showlegend=number == 0, opacity=0.35 + 0.15 * level
             )
         )
     if encoding:
-        xs, ys = _segments(((a, b) for a, b, _ in encoding), pos)
-        figure.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                hoverinfo="skip",
-                name=ENCODING_NAME,
-                line={"width": 1.2, "color": ENCODING_COLOUR, "dash": "dash"},
-                opacity=0.8,
-            )
-        )
+        line = {"width": 1.2, "color": ENCODING_COLOUR, "dash": "dash"}
+        figure.add_trace(_edges(((a, b) for a, b, _ in encoding), pos, ENCODING_NAME, line, opacity=0.8))
     if forming:
-        xs, ys = _segments(forming, pos)
-        figure.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                hoverinfo="skip",
-                name="forming now",
-                line={"width": 1.5, "color": FORMING_COLOUR, "dash": "dot"},
-            )
-        )
+        figure.add_trace(_edges(forming, pos, "forming now", {"width": 1.5, "color": FORMING_COLOUR, "dash": "dot"}))
 
     # Those in context first, then the most linked (`drawn`'s order).
     context_set = set(in_context)
