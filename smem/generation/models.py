@@ -123,9 +123,12 @@ def choose_dtype(device: str, requested: Optional[str] = None) -> torch.dtype:
     what the hardware runs fastest.
 
     GPUs get bf16 (fp16 on a GPU without bf16). CPUs get bf16 only with native bf16 units;
-    elsewhere bf16 is emulated and float32 is ~4.8x faster to prefill and ~3x faster to decode
-    (issue 8's AVX2 measurement), at twice the memory (2 GB for the 0.5B model). The choice
-    and its reason are logged.
+    elsewhere bf16 matrix products are emulated. On this project's quiet AVX2-only EPYC, the
+    0.5B model in float32 reads a 300-token prompt 6.8x faster (1.6 s vs 10.5 s) but decodes
+    1.7x slower (8.0 vs 13.3 tokens/s; docs/benchmarks.md, "Weight dtype on CPUs"; issue 8's
+    machine measured float32 faster at both). Float32 wins there because the first token and
+    every memory swap are prompt reads, at twice the memory (2 GB for the 0.5B model). The
+    choice and its reason are logged.
     """
     wanted = (requested or ModelSettings().dtype).strip().lower()
     wanted = _ALIASES.get(wanted, wanted)

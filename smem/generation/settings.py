@@ -27,5 +27,5 @@ class ModelSettings(BaseSettings):
     dtype: str = Field(
         "auto",
         description="weight dtype: `auto` (bf16 on a GPU or a CPU with native bf16 (AVX-512 BF16 / AMX), "
-        "float32 on other CPUs, where bf16 is emulated and several times slower), `bf16`, `fp16` or `fp32`",
+        "float32 on other CPUs, where emulated bf16 reads prompts and swaps memories ~7x slower), `bf16`, `fp16` or `fp32`",
     )
