@@ -488,7 +488,8 @@ def build_demo() -> gr.Blocks:
                     network: viz.network_figure(pool, viz.NetworkLayout(), view.current_ids, view.together()),
                     context: viz.context_figure(view.context, view.swap_tokens()),
                     timeline: viz.timeline_figure(view),
-                    status: f"▶ A recorded answer by {record['model']}, replayed · {view.status_line()}",
+                    status: f"▶ A recorded answer by {record['model']} ({record['settings'].get('swap', 'auto')} swaps),"
+                    f" replayed · {view.status_line()}",
                 }
 
             with replay_slot:

@@ -36,8 +36,17 @@ def main() -> None:
     name = runtime.sets.default
     message = runtime.sets.examples(name)[0]
     # Swaps every 5 tokens and greedy decoding: a short answer that still shows several swaps.
+    # Greedy tokens and the top-scoring memories (no softmax draw), so a re-recording with the
+    # same model tells the same story. Exact swaps: in the slot layout the packaged 0.5B model
+    # answers this prompt "Please provide me with the user's message" (docs/benchmarks.md,
+    # "Swap modes"), so the showcase is recorded in the reference mode, and says so.
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, update_every_n=5, temperature=0.0, enable_thinking=runtime.can_think
+        max_new_tokens=args.max_new_tokens,
+        update_every_n=5,
+        temperature=0.0,
+        enable_thinking=runtime.can_think,
+        sample_memories=False,
+        swap="exact",
     )
     print(f"settings: {settings}")
     events = list(answer(runtime.engine(runtime.sets.pool(name)), message, [], settings))

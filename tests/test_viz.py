@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -474,3 +475,19 @@ def test_the_network_labels_no_two_memories_on_top_of_each_other(pool):
     for i, (x1, y1) in enumerate(labelled):
         for x2, y2 in labelled[i + 1 :]:
             assert abs(x1 - x2) >= width or abs(y1 - y2) >= height, "two labels overlap"
+
+
+def test_the_recorded_example_replays_whole(minilm):
+    """The app's cached example (assets/example-run.json, scripts/record_example.py) replays to
+    the answer it recorded, with its memories and swaps, on the memory set it names."""
+    from smem.memory.memory_sets import MemorySets
+    from smem.ui import recorded
+
+    record = recorded.load(Path(__file__).resolve().parents[1] / "assets" / "example-run.json")
+    pool = MemorySets(minilm).pool(record["memory_set"])
+    view = recorded.replay(record, pool)
+    done = next(event for event in record["events"] if event["type"] == "done")
+    assert view.done is not None and view.tokens == done["tokens"] > 0
+    assert len(view.swaps) == done["swaps"] and view.current_ids
+    assert set(view.current_ids) <= {memory.id for memory in pool.memories}
+    assert "done" in view.status_line()
