@@ -23,9 +23,10 @@ from smem.ui.actions import GenerationSettings
 
 from conftest import REPO, run_app
 
-# The outputs of /answer, and of /choose_set and /upload_set (State outputs are not returned).
-CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, TOKEN, TOKEN_TEXT, TOKEN_TABLE, STATUS, SET_STATUS = range(10)
-SET = {name: index for index, name in enumerate(["status", "network", "chat", "answer_status", "examples", "table"])}
+# The outputs of /answer, and of /choose_set and /upload_set (State outputs are not returned;
+# the visitor's key ring, a BrowserState, is).
+CHAT, TABLE, NETWORK, CONTEXT, TIMELINE, TOKEN, TOKEN_TEXT, TOKEN_TABLE, STATUS, SET_STATUS, RING = range(11)
+SET = {name: index for index, name in enumerate(["status", "network", "chat", "answer_status", "examples", "ring", "table"])}
 QUESTION = "How can I help Alex with fractions before his quiz?"
 
 
@@ -113,6 +114,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     _, first = ask(c)
     assert re.search(r"\*\*tutor\*\* · 151 memories · [1-9]\d* learned links", first[SET_STATUS])
     links_after_first = int(re.search(r"(\d+) learned links", first[SET_STATUS]).group(1))
+    assert first[RING]["current"] == "tutor" and first[RING]["sessions"]["tutor"], "the answer's learning is stored"
     sizes = [
         size
         for t in figure(first[NETWORK])["data"]
@@ -134,7 +136,7 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     restored = int(re.search(r"(\d+) learned links", status).group(1))
     assert "Loaded your file" in status and restored == len(pool.links()), "the download uploads back, links and all"
 
-    status, network = c.predict(api_name="/reset_learning")
+    status, network, _ = c.predict(api_name="/reset_learning")
     assert "· 0 learned links · 0 answers learned from" in status
     assert not any(t["mode"] == "lines" for t in figure(network)["data"]), "no links are left"
 
@@ -206,10 +208,10 @@ def test_bad_upload_names_record_and_field_and_keeps_the_pool(app_server, tmp_pa
 
 def test_add_memory_is_validated(app_server):
     c = client(app_server)
-    status, _ = c.predict("   ", "insight", 0.5, api_name="/add_visitor_memory")
+    status, _, _ = c.predict("   ", "insight", 0.5, api_name="/add_visitor_memory")
     assert "content" in status and "Memory not added" in status
-    status, network = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_visitor_memory")
-    assert "152 memories" in status
+    status, network, ring = c.predict("Alex <b>loves</b> chess puzzles", "insight", 0.7, api_name="/add_visitor_memory")
+    assert "152 memories" in status and ring["sessions"]["tutor"], "the added memory is stored"
     hovers = [text for t in figure(network)["data"] for text in t.get("hovertext") or []]
     assert any("Alex &lt;b&gt;loves&lt;/b&gt; chess puzzles" in text for text in hovers), "shown escaped"
     assert not any("<b>loves" in text for text in hovers)
