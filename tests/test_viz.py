@@ -184,6 +184,17 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
     ], "Gradio 6 content blocks are flattened and thinking is left out"
 
 
+def test_a_swap_inside_a_word_shows_after_the_word(pool):
+    view = AnswerView()
+    x, y = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xy")
+    view.apply(Memories([x]))
+    view.apply(Token("Plan for Thursda"))
+    view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=4))
+    view.apply(Token("y's session."))
+    texts = [m["content"] for m in answer_view.chat_messages([], view) if not m.get("metadata")]
+    assert texts == ["Plan for Thursday's", " session."], texts
+
+
 def test_swaps_show_inline_where_they_happened_and_history_reads_one_answer(pool):
     view = AnswerView()
     x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")

@@ -396,11 +396,20 @@ def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView)
         )
     shown = 0
     for swap in view.swaps:
-        messages += _answer_piece(view, view.answer[shown : swap.answer_chars])
-        shown = max(shown, swap.answer_chars)
+        end = max(shown, _word_end(view.answer, swap.answer_chars))
+        messages += _answer_piece(view, view.answer[shown:end])
+        shown = end
         messages.append(swap_message(swap))
     messages += _answer_piece(view, view.answer[shown:])
     return messages
+
+
+def _word_end(text: str, at: int) -> int:
+    """Where the word that position `at` falls in ends: a swap lands between two tokens, often
+    inside a word ("Thursda|y"), and its block must not cut the word in two on screen."""
+    if at <= 0 or at >= len(text) or text[at - 1].isspace():
+        return at
+    return re.compile(r"\S*").match(text, at).end()
 
 
 def summary(stats: DoneStats) -> str:
