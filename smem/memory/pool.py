@@ -342,6 +342,15 @@ class MemoryPool:
 
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
+        return self._terms(index, query, now, named)[0]
+
+    def _terms(
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_boost`'s terms and the habituation factor on the gate (`scoring.habituation`) of the
+        memories at `index`, from one gather of their learned rows. The factor is below 1 only
+        for memories some query retrieved, since it needs the queries' specificity, and never
+        above 1, so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]  # (C,) float64 epoch seconds, NaN if never retrieved
         reference = np.where(np.isnan(last), self._created[index], last)
@@ -349,6 +358,7 @@ class MemoryPool:
         boost += w.emotion * self._emotion[index]
         if named and w.time > 0:
             boost += w.time * timeref.inside(self._created[index], list(named))
+        habituation = np.ones(len(index))  # (C,) float64
         # Learned terms exist only for memories some query retrieved: gather those rows
         # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
         known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
@@ -360,22 +370,11 @@ class MemoryPool:
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
             boost[known] += specificity * learned
-        return boost
-
-    def _habituation(self, index: np.ndarray) -> np.ndarray:
-        """Gate factor of each memory at `index` (`scoring.habituation`): below 1 only for
-        memories some query retrieved, since it needs the queries' specificity. Never above 1,
-        so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
-        factor = np.ones(len(index))  # (C,) float64
-        state = self.learning
-        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
-        if len(known) and self.weights.habituation > 0:
-            rows = index[known]  # (K,) pool positions
-            specificity = scoring.specificity(*state.query_rows(rows))
-            factor[known] = scoring.habituation(
-                state.counts[rows].astype(np.float64), specificity, state.mean_active_count(), self.weights.habituation
-            )
-        return factor
+            if w.habituation > 0:
+                habituation[known] = scoring.habituation(
+                    state.counts[rows].astype(np.float64), specificity, state.mean_active_count(), w.habituation
+                )
+        return boost, habituation
 
     def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
         """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
@@ -413,14 +412,15 @@ class MemoryPool:
         """Score the candidates at `index` (sorted pool positions) and select among them."""
         everything = len(index) == len(self)
         scan = query.scan
+        boost, habituation = self._terms(index, scan.query, query.now, query.named)
         candidates = Candidates(
             index=index,
             vectors=self._index.vectors if everything else self._index.vectors[index],
             similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
-            boost=self._boost(index, scan.query, query.now, query.named),
+            boost=boost,
             tokens=self._tokens[index],
             favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
-            habituation=self._habituation(index),
+            habituation=habituation,
         )
         return select(
             candidates,
