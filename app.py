@@ -594,6 +594,15 @@ def main() -> None:
     # 4 UI events at once (chosen): answers serialise in the runtime's queue anyway; this only
     # lets table edits, uploads and figure redraws of other visitors proceed beside them.
     demo.queue(default_concurrency_limit=4)
+    # The UI's look, its MCP server and the upload limit, the same whether it launches (Space)
+    # or is mounted on the API (locally).
+    ui_options: dict[str, Any] = {
+        "theme": THEME,
+        "css": CSS,
+        "ssr_mode": False,
+        "mcp_server": True,
+        "max_file_size": LIMITS.max_upload_bytes,
+    }
     if ON_SPACES:
         # ZeroGPU runs its start-up (packing the CUDA weights for its workers) inside
         # Blocks.launch, so a Space must launch; the API joins the app Gradio serves, behind
@@ -610,26 +619,13 @@ def main() -> None:
         demo.launch(
             server_name=host,
             server_port=port,
-            theme=THEME,
-            css=CSS,
-            ssr_mode=False,
-            mcp_server=True,
-            max_file_size=LIMITS.max_upload_bytes,
+            **ui_options,
             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "lifespan": mount_api},
         )
         return
     import uvicorn
 
-    app = gr.mount_gradio_app(
-        create_api(RUNTIME, LIMITS),
-        demo,
-        path="/",
-        theme=THEME,
-        css=CSS,
-        ssr_mode=False,
-        mcp_server=True,
-        max_file_size=LIMITS.max_upload_bytes,
-    )
+    app = gr.mount_gradio_app(create_api(RUNTIME, LIMITS), demo, path="/", **ui_options)
     # Every path the API does not serve reaches the UI's app; its 404s take the API's shape.
     ui = next(route.app for route in app.routes if isinstance(route, Mount))
     ui.add_exception_handler(StarletteHTTPException, not_found)

@@ -404,12 +404,16 @@ def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView)
     return messages
 
 
+WORD_REST = re.compile(r"\S*")
+"""The rest of a word from some position: what a swap block waits for (`_word_end`)."""
+
+
 def _word_end(text: str, at: int) -> int:
     """Where the word that position `at` falls in ends: a swap lands between two tokens, often
     inside a word ("Thursda|y"), and its block must not cut the word in two on screen."""
     if at <= 0 or at >= len(text) or text[at - 1].isspace():
         return at
-    return re.compile(r"\S*").match(text, at).end()
+    return WORD_REST.match(text, at).end()
 
 
 def summary(stats: DoneStats) -> str:
