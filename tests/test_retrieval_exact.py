@@ -9,11 +9,14 @@ same ids in the same order with the same score, similarity and multiplier, bit f
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smem import MemoryPool
+from smem.memory import index as vector_index
 from smem.memory import timeref
 from smem.memory.scoring import dot_rows
 from smem.memory.scoring import ScoringWeights
@@ -87,6 +90,14 @@ def assert_same(fast, exact) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fast_path_selects_exactly_what_exact_scoring_selects(keyed, data):
+    # The first range search's size: small values make the sampled radius fall short (a
+    # top-k search follows) and the widening rescan; 4096 covers these pools whole.
+    first = data.draw(st.sampled_from([1, 16, 4096]), label="first range results")
+    with mock.patch.object(vector_index, "FIRST_RESULTS", first):
+        check_fast_path(keyed, data)
+
+
+def check_fast_path(keyed, data) -> None:
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     pool, centres = build_pool(keyed, data, rng)
     ids = [memory.id for memory in pool]
@@ -164,6 +175,36 @@ def test_quantisation_error_bound_holds_for_late_shifted_vectors(keyed):
         assert (pool._index.vectors[outside] @ query).max() <= bound
     assert pool._index._coded == len(pool)  # the late rows were folded into the codes
     assert pool._index.error != trained  # ... and measured (here: requantised with wider ranges)
+
+
+def test_the_8bit_query_and_the_range_search_are_bounded(keyed):
+    """The coded score's two errors are each within their share of the margin (the memory's
+    coding error, the query's rounding), and a range search misses no code above its radius."""
+    rng = np.random.default_rng(5)
+    dim = 64  # a multiple of 16, like 384: faiss's integer path
+    centres = unit(rng.standard_normal((6, dim)))
+    pool = MemoryPool(keyed(dim=dim), quantized_threshold=100)
+    vectors = unit(centres[rng.integers(0, 6, 3000)] + 0.4 * rng.standard_normal((3000, dim)) / np.sqrt(dim))
+    pool.add_many([{"content": "x"}] * 3000, embeddings=vectors)
+    pool.build_index()
+    index = pool._index
+    index._codes.make_direct_map()
+    decoded = index._centre.astype(np.float64) + index._step * index._codes.reconstruct_n(0, index._coded)
+    stored = index.vectors.astype(np.float64)
+    assert np.linalg.norm(stored - decoded, axis=1).max() <= index.error + 1e-6
+    for query in unit(centres + 0.3 * rng.standard_normal((6, dim))):
+        scan = index.scan(query)
+        assert 0 < scan.query_error
+        assert scan._margin >= index.error + (1 + index.error) * scan.query_error
+        scan._search(index._coded)
+        ids, approx = scan._ids.copy(), scan._approx.copy()
+        # x̂·q − x̂·q̂ is the query's rounding alone: within (1 + e)·|q − q̂|, and not zero.
+        rounding = np.abs(decoded[ids] @ query - approx)
+        assert rounding.max() <= (1 + index.error) * scan.query_error + 1e-6
+        assert rounding.max() > 0
+        for radius in np.quantile(approx, [0.5, 0.9, 0.99]):
+            scan._range(float(radius))
+            assert set(ids[approx > radius]) <= set(scan._ids.tolist())
 
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):

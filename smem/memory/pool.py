@@ -413,10 +413,11 @@ class MemoryPool:
         everything = len(index) == len(self)
         scan = query.scan
         boost, habituation = self._terms(index, scan.query, query.now, query.named)
+        vectors = self._index.vectors if everything else self._index.vectors[index]
         candidates = Candidates(
             index=index,
-            vectors=self._index.vectors if everything else self._index.vectors[index],
-            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
+            vectors=vectors,
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index, vectors), query.lexical),
             boost=boost,
             tokens=self._tokens[index],
             favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
