@@ -85,18 +85,20 @@ TEMPORAL_HINT = "Use the dates of the conversation to answer with an approximate
 """LoCoMo appends this to category-2 (temporal) questions (evaluate_gpts.py)."""
 
 REASONING_INSTRUCTION = (
-    'First write "Facts:" and one to three short sentences with the facts from the conversation that answer '
-    'the question. Then write "Answer:" and the answer as a short phrase, with exact words from the '
-    "conversation whenever possible."
+    'First write "Facts:" and, on the same line, one to three short sentences with the facts from the '
+    'conversation that answer the question. Then, on a new line, write "Answer:" and the answer as a short '
+    "phrase, with exact words from the conversation whenever possible."
 )
 """--reasoning: the format request, the same for every condition, appended to the system prompt
 (`REASONING_SYSTEM_PROMPT`) in place of SHORT_ANSWER in the message. Tried on the packaged 0.5B,
-greedy, on the first 3-5 of 8 dev questions: it wrote "Facts:" ... "Answer:" every time, in
-the system prompt (message = question only) or in the message; in the system prompt with
-SHORT_ANSWER still in the message it listed 5-7 facts (up to 121 tokens). The system prompt
-keeps the instruction out of the first retrieval's query, which embeds the message. Plain labels
-with a colon, not headings (a small model parrots headings); "Facts", not "Notes": the memory
-block is labelled "Notes from earlier conversations" and tells the model not to repeat them."""
+greedy, with k=5 memories, on dev questions: this wording gave "Facts:" ... "Answer:" in 5 of 5
+(19-68 tokens before the answer). Without "on the same line" / "on a new line" it often wrote
+numbered lists of 4-7 facts that ran into the 128-token cap before "Answer:"; asking for "one or
+two facts, on one line" dropped the "Answer:" line in 2 of 5. With SHORT_ANSWER still in the
+message it listed 5-7 facts. The system prompt keeps the instruction out of the first retrieval's
+query, which embeds the message. Plain labels with a colon, not headings (a small model parrots
+headings); "Facts", not "Notes": the memory block is labelled "Notes from earlier conversations"
+and tells the model not to repeat them."""
 
 REASONING_SYSTEM_PROMPT = f"{DEFAULT_SYSTEM_PROMPT} {REASONING_INSTRUCTION}"
 
@@ -107,9 +109,8 @@ _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
 ANSWER_MAX_NEW_TOKENS = 64
 """LoCoMo asks for a short phrase (its runs allow 32 tokens); 64 leaves room for a sentence."""
 REASONING_MAX_NEW_TOKENS = 128
-"""--reasoning: the packaged 0.5B's facts and answer took 27-57 tokens on the 5 probe questions
-(with the format request in the message, one listed five facts and hit 128); 128 leaves room for
-three sentences and the answer."""
+"""--reasoning: the packaged 0.5B's facts and answer took 32-71 tokens on the 5 probe questions
+of `REASONING_INSTRUCTION`; 128 leaves room for three sentences and the answer."""
 
 BOOTSTRAP_SAMPLES = 2000
 """Resamples for the 95% intervals; with 60 questions the interval ends move < 0.005 past ~1000."""
