@@ -402,7 +402,7 @@ class MemoryPool:
         """Positions with learned state (a query association or a count): every other
         memory's boost is recency, emotion and the time match alone."""
         state = self.learning
-        return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
+        return np.flatnonzero((state.query_slot >= 0) | (state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         """(C,) float64 hybrid similarity of the memories at `index` (C,), from their cosines (C,)

@@ -66,8 +66,8 @@ class Selection:
 
 
 LAZY_DAMPING = 64
-"""Candidates first brought up to date with the picks' damping, doubling each round (chosen:
-the first look's 64 candidates in one go). Measured on the latency bench's 100k pools:
+"""Candidates first brought up to date with the picks' damping, doubling each round; up to
+this many candidates are all damped after every pick (chosen: the first look's 64). Measured on the latency bench's 100k pools:
 9.5 against 11.7 ms of CPU per query with 20 broad topics (~2,800 candidates), 8.2 against
 8.3 on the LoCoMo shape, lazy against damping everything (load average 7 on 2 cores)."""
 
@@ -131,6 +131,9 @@ def select(
     favoured = gate * candidates.favour  # (C,) float64 gate with the incumbents' bonus
     mult = scoring.multiplier(candidates.boost)  # (C,) float64 in [1, 2), links not yet lent
     picks: list[Pick] = []
+    # Past LAZY_DAMPING candidates the damping is brought up to date lazily (below); a few
+    # dozen are damped after every pick, where the bookkeeping would cost more than it saves.
+    lazy = diversity_weight > 0 and count > LAZY_DAMPING
     folded = np.zeros(count, dtype=np.int64)  # (C,) how many picks each candidate's `damping` includes
     weakest = np.inf
     proven = True
@@ -141,20 +144,15 @@ def select(
             if ceiling > 0 and remaining >= fewest_outside_tokens:
                 return Selection(picks, proven=False, weakest=0.0)
             break
+        ranked, key = _ranked(favoured * mult * damping, available, noise, temperature)
         chunk = LAZY_DAMPING
-        while True:
-            ranked = favoured * mult * damping
-            ranked[~available] = -np.inf
-            # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
-            key = ranked if noise is None else ranked / max(temperature, 1e-6) + noise
-            stale = np.flatnonzero(available & (folded < len(picks)))
-            if diversity_weight == 0 or not len(stale):
-                break
+        while lazy:
             # A stale damping is an upper bound (each pick only lowers it): only candidates whose
             # bound reaches the best up-to-date key can be the argmax, so only they are damped
             # now, best bounds first. The argmax, its key and every tie are as with every
             # candidate damped after every pick, to the bit (same rows, same products, and min
             # is exact in any order).
+            stale = np.flatnonzero(available & (folded < len(picks)))
             current = available & (folded == len(picks))
             best = key[current].max() if current.any() else -np.inf
             stale = stale[key[stale] >= best]
@@ -168,6 +166,7 @@ def select(
                 overlap = np.maximum(scoring.dot_rows(candidates.vectors[rows], candidates.vectors[picks[step].position]), 0.0)
                 damping[rows] = np.minimum(damping[rows], 1.0 - diversity_weight * overlap * overlap)
             folded[stale] = len(picks)
+            ranked, key = _ranked(favoured * mult * damping, available, noise, temperature)
         pos = int(np.argmax(key))
         if noise is None:
             weakest = min(weakest, float(ranked[pos]))
@@ -176,6 +175,9 @@ def select(
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
         available[pos] = False
         remaining -= float(candidates.tokens[pos])
+        if diversity_weight > 0 and not lazy:
+            overlap = np.maximum(scoring.dot_rows(candidates.vectors, candidates.vectors[pos]), 0.0)
+            damping = np.minimum(damping, 1.0 - diversity_weight * overlap * overlap)
         neighbours, weights = links(int(candidates.index[pos]))
         if len(neighbours):
             found = np.minimum(np.searchsorted(sorted_index, neighbours), count - 1)
@@ -184,3 +186,12 @@ def select(
                 np.add.at(link_sum, order[found[hit]], weights[hit])
                 mult = scoring.multiplier(candidates.boost + link_weight * scoring.link_strength(link_sum))
     return Selection(picks, proven=proven, weakest=weakest)
+
+
+def _ranked(
+    ranked: np.ndarray, available: np.ndarray, noise: Optional[np.ndarray], temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ranked scores with the unavailable at −inf, the key the pick maximises)."""
+    ranked[~available] = -np.inf
+    # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
+    return ranked, ranked if noise is None else ranked / max(temperature, 1e-6) + noise
