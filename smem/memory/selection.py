@@ -65,11 +65,16 @@ class Selection:
     to settle the selection in one more round."""
 
 
+LAZY_DAMPING_FROM = 1024
+"""Past this many candidates the picks' damping is brought up to date lazily; below, every
+candidate is damped after every pick, where the bookkeeping costs more than it saves.
+Measured (CPU per query, load average 6 on 2 cores): 1k LoCoMo pool, text queries (~100–240
+candidates), 2.6–3.2 ms lazy against 1.3 ms eager; 100k, 20 broad topics (~2,800
+candidates), 9.5 ms lazy against 11.7 ms eager; 100k LoCoMo shape (~500), 8.2 against 8.3."""
+
 LAZY_DAMPING = 64
-"""Candidates first brought up to date with the picks' damping, doubling each round; up to
-this many candidates are all damped after every pick (chosen: the first look's 64). Measured on the latency bench's 100k pools:
-9.5 against 11.7 ms of CPU per query with 20 broad topics (~2,800 candidates), 8.2 against
-8.3 on the LoCoMo shape, lazy against damping everything (load average 7 on 2 cores)."""
+"""Candidates first brought up to date with the picks' damping, doubling each round (chosen:
+the exact path's first look)."""
 
 LinkLookup = Callable[[int], tuple[np.ndarray, np.ndarray]]
 """Pool position → (neighbour pool positions, link weights)."""
@@ -131,9 +136,7 @@ def select(
     favoured = gate * candidates.favour  # (C,) float64 gate with the incumbents' bonus
     mult = scoring.multiplier(candidates.boost)  # (C,) float64 in [1, 2), links not yet lent
     picks: list[Pick] = []
-    # Past LAZY_DAMPING candidates the damping is brought up to date lazily (below); a few
-    # dozen are damped after every pick, where the bookkeeping would cost more than it saves.
-    lazy = diversity_weight > 0 and count > LAZY_DAMPING
+    lazy = diversity_weight > 0 and count > LAZY_DAMPING_FROM
     folded = np.zeros(count, dtype=np.int64)  # (C,) how many picks each candidate's `damping` includes
     weakest = np.inf
     proven = True
