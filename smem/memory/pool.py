@@ -516,10 +516,14 @@ class MemoryPool:
 
     def _choose_approximately(self, query: "_Query") -> tuple[np.ndarray, Selection]:
         """Select over the approximate nearest candidates (`Scan.nearest`, and BM25's best for
-        a text query), the incumbents, and the memories linked to the picks (spreading, as in
-        `_choose`); nothing is proven about the memories left out."""
+        a text query), the memories with learned state while they are few (a learned boost
+        can lift one that is not among the nearest), the incumbents, and the memories linked
+        to the picks (spreading, as in `_choose`); nothing is proven about the memories left out."""
         count = APPROXIMATE_CANDIDATES_PER_PICK * max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
         found = query.scan.nearest(count)
+        learned = self._learned()
+        if len(learned) <= len(self) // LEARNED_EXACT_FRACTION:
+            found = np.concatenate([found, learned])
         if query.lexical is not None and count < len(self):
             found = np.concatenate([found, np.argpartition(-query.lexical, count)[:count]])
         joined = query.favoured
