@@ -19,6 +19,9 @@ codes were trained are scanned exactly (a float32 "tail") until the tail is wort
 in; folding measures their error too, and requantises from scratch when they fall outside
 the trained ranges (a fixed margin of 0.02 was not a bound: late vectors from a shifted
 topic erred by up to 0.045).
+
+`Scan.nearest` is the explicitly approximate search (`retrieve(..., approximate=True)`):
+the same codes in √N k-means inverted lists, a few lists visited, no bound on what it misses.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ log = logging.getLogger("smem")
 FIRST_RESULTS = 4096
 """A query's first look at the codes is one range search whose radius is set to return
 about max(4096, N/64) codes (chosen: the widest widening of the latency bench, 20 broad
-topics, scores ~2,800 of 100k and ~14k of 1M), so most queries need no second scan. A
+topics, scores ~2,800 of 100k, in one pass, and ~19k of 1M, where a second pass follows), so
+most queries need no second scan. A
 range search costs one pass whatever it returns; a top-k search keeps a heap, and k=1024
 cost 1.4× the pass (measured here at 100k)."""
 
