@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from smem import MemoryPool
 from smem.memory import index as vector_index
-from smem.memory import timeref
+from smem.memory import selection, timeref
 from smem.memory.scoring import dot_rows
 from smem.memory.scoring import ScoringWeights
+from smem.memory.selection import Candidates, select
 
 DIM = 24
 WORDS = [f"w{i}" for i in range(40)]
@@ -205,6 +206,48 @@ def test_the_8bit_query_and_the_range_search_are_bounded(keyed):
         for radius in np.quantile(approx, [0.5, 0.9, 0.99]):
             scan._range(float(radius))
             assert set(ids[approx > radius]) <= set(scan._ids.tolist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_lazy_damping_selects_as_damping_everything_after_every_pick(data):
+    """Damping only the candidates that could be the next pick changes no pick, score or
+    proof: the same selection as damping every candidate after every pick (the most lazy
+    against the eager extreme, with near-duplicate clumps, ties, links, budgets and noise)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    count = data.draw(st.integers(1, 300), label="candidates")
+    clump = unit(rng.standard_normal(DIM))
+    vectors = unit(rng.standard_normal((count, DIM)))
+    clumped = rng.random(count) < data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="clumped")
+    vectors[clumped] = unit(clump + 0.05 * rng.standard_normal((int(clumped.sum()), DIM)))
+    vectors[: count // 8] = vectors[0]  # exact duplicates: ties
+    index = np.sort(rng.choice(10 * count, count, replace=False))
+    candidates = Candidates(
+        index=index,
+        vectors=vectors,
+        similarity=np.round(rng.uniform(-0.2, 1.0, count), 1),  # rounded: ties
+        boost=rng.choice([0.0, 0.1, 0.5], count),
+        tokens=rng.integers(1, 30, count),
+        favour=np.where(rng.random(count) < 0.1, 1.2, 1.0),
+        habituation=np.where(rng.random(count) < 0.2, 0.7, 1.0),
+    )
+    linked = {int(i): (rng.choice(index, 3), rng.uniform(0, 2, 3)) for i in rng.choice(index, count // 4)}
+    noise = rng.gumbel(size=count) if data.draw(st.booleans(), label="sampled") else None
+    kwargs = dict(
+        max_memories=data.draw(st.integers(1, 12), label="k"),
+        token_budget=data.draw(st.sampled_from([None, 5, 40, 150]), label="budget"),
+        links=lambda position: linked.get(position, (np.zeros(0, dtype=np.int64), np.zeros(0))),
+        link_weight=1.5,
+        diversity_weight=data.draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]), label="diversity"),
+        temperature=0.15,
+        noise=noise,
+        ceiling=0.0 if noise is not None else data.draw(st.sampled_from([0.0, 0.2]), label="ceiling"),
+    )
+    with mock.patch.object(selection, "LAZY_DAMPING_FROM", 0), mock.patch.object(selection, "LAZY_DAMPING", 1):
+        lazy = select(candidates, **kwargs)
+    with mock.patch.object(selection, "LAZY_DAMPING_FROM", 10**9):
+        eager = select(candidates, **kwargs)
+    assert lazy == eager
 
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):
