@@ -26,6 +26,13 @@ Metrics (per condition and per category, mean with a 95% bootstrap interval over
   degenerate_rate     answers that copy the prompt's fixed text or loop (smem.generation.degenerate)
   answer_words        answer length
 
+--reasoning gives every condition the same request to write "Facts:" with one to three short
+sentences first, then "Answer:" and the short answer (a prompted reasoning phase for models
+that do not think, so a re-retrieval has text to act on). F1 is then scored on the text after
+the answer marker only, evidence_at_answer is taken at the first token of that final answer,
+and reasoning_words / answer_words / marker_missing_rate report the two parts' lengths and how
+often the marker never came (those answers are scored on their whole text).
+
 Labels (answers, evidence, categories) are used for scoring only: the pool gets the turns' text
 and dates, the engine gets the question.
 
@@ -38,6 +45,7 @@ import argparse
 import inspect
 import json
 import os
+import re
 import string
 import sys
 import time
@@ -59,7 +67,7 @@ from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
-from smem.generation.prompt import FIXED_TEXTS, PromptBuilder  # noqa: E402
+from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, FIXED_TEXTS, PromptBuilder  # noqa: E402
 
 RAG_K = 5
 """k for `rag` and `stream` (the issue's protocol; also the engine's default max_memories)."""
@@ -75,6 +83,34 @@ its F1 rewards short answers, so every condition gets the same request for one."
 
 TEMPORAL_HINT = "Use the dates of the conversation to answer with an approximate date."
 """LoCoMo appends this to category-2 (temporal) questions (evaluate_gpts.py)."""
+
+REASONING_INSTRUCTION = (
+    'First write "Facts:" and, on the same line, one to three short sentences with the facts from the '
+    'conversation that answer the question. Then, on a new line, write "Answer:" and the answer as a short '
+    "phrase, with exact words from the conversation whenever possible."
+)
+"""--reasoning: the format request, the same for every condition, appended to the system prompt
+(`REASONING_SYSTEM_PROMPT`) in place of SHORT_ANSWER in the message. Tried on the packaged 0.5B,
+greedy, with k=5 memories, on dev questions: this wording gave "Facts:" ... "Answer:" in 5 of 5
+(19-68 tokens before the answer). Without "on the same line" / "on a new line" it often wrote
+numbered lists of 4-7 facts that ran into the 128-token cap before "Answer:"; asking for "one or
+two facts, on one line" dropped the "Answer:" line in 2 of 5. With SHORT_ANSWER still in the
+message it listed 5-7 facts. The system prompt keeps the instruction out of the first retrieval's
+query, which embeds the message. Plain labels with a colon, not headings (a small model parrots
+headings); "Facts", not "Notes": the memory block is labelled "Notes from earlier conversations"
+and tells the model not to repeat them."""
+
+REASONING_SYSTEM_PROMPT = f"{DEFAULT_SYSTEM_PROMPT} {REASONING_INSTRUCTION}"
+
+ANSWER_MARKER = re.compile(r"[*_]*\banswer[*_]*\s*:[*_]*", re.IGNORECASE)
+"""Where the final answer begins ("Answer:", also markdown's "**Answer:**" or "Final answer:")."""
+_FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
+
+ANSWER_MAX_NEW_TOKENS = 64
+"""LoCoMo asks for a short phrase (its runs allow 32 tokens); 64 leaves room for a sentence."""
+REASONING_MAX_NEW_TOKENS = 128
+"""--reasoning: the packaged 0.5B's facts and answer took 32-71 tokens on the 5 probe questions
+of `REASONING_INSTRUCTION`; 128 leaves room for three sentences and the answer."""
 
 BOOTSTRAP_SAMPLES = 2000
 """Resamples for the 95% intervals; with 60 questions the interval ends move < 0.005 past ~1000."""
@@ -168,13 +204,25 @@ def question_at(conv: Conversation, index: int) -> Question:
     return Question(text, evidence, category, conv.answers[index])
 
 
-def question_message(question: Question) -> str:
-    """The chat message: the question and LoCoMo's instructions; nothing else of the label."""
+def question_message(question: Question, reasoning: bool = False) -> str:
+    """The chat message: the question and LoCoMo's instructions (with --reasoning, the format
+    request is in `REASONING_SYSTEM_PROMPT` instead of SHORT_ANSWER); nothing else of the label."""
     parts = [question.text]
     if question.category == 2:
         parts.append(TEMPORAL_HINT)
-    parts.append(SHORT_ANSWER)
+    if not reasoning:
+        parts.append(SHORT_ANSWER)
     return " ".join(parts)
+
+
+def split_reasoning(text: str) -> tuple[str, str, bool]:
+    """(reasoning, final answer, whether the answer marker was found). Without the marker the
+    whole text is the answer: a model that skipped the facts still answered, and one cut off
+    while listing facts is scored on what it wrote."""
+    match = ANSWER_MARKER.search(text)
+    if match is None:
+        return "", text.strip(), False
+    return _FACTS_LABEL.sub("", text[: match.start()].strip()).strip(), text[match.end() :].strip(), True
 
 
 @dataclass
@@ -188,14 +236,26 @@ class Answer:
     tokens: int
     swaps: int
     retrievals: int
+    reasoning_tokens: int = 0
+    """Answer tokens before the final answer's first token (--reasoning; 0 otherwise)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answer:
-    """Run one answer and record which memories were in context when, and for how long."""
+def ask(
+    engine: StreamingEngine, message: str, now: Any, answer_marker: Optional[re.Pattern[str]] = None, **options: Any
+) -> Answer:
+    """Run one answer and record which memories were in context when, and for how long.
+
+    The memories "at answer" are those in context when the first answer token is written: the
+    first token after any thinking, or, with `answer_marker`, the first token that puts text
+    after the marker (the final answer's first token; the first token if the marker never comes).
+    A `MemoryUpdate` is yielded before the token decoded under it, so `current` is the context
+    that token was written in."""
     current: set[str] = set()
     ever: set[str] = set()
+    at_first: Optional[set[str]] = None
     at_answer: Optional[set[str]] = None
+    reasoning_tokens = 0
     text: list[str] = []
     steps: list[tuple[int, int]] = []  # (generated tokens, memory tokens) at each context change
     done: Optional[Done] = None
@@ -205,9 +265,16 @@ def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answ
             current = {hit.id for hit in event.memories}
             ever |= current
         elif isinstance(event, Token):
-            if at_answer is None:
-                at_answer = set(current)
+            if at_first is None:
+                at_first = set(current)
             text.append(event.text)
+            if answer_marker is not None and at_answer is None:
+                written = "".join(text)
+                marker = answer_marker.search(written)
+                if marker is not None and written[marker.end() :].strip():
+                    at_answer = set(current)
+                else:
+                    reasoning_tokens += 1
         elif isinstance(event, ContextStats):
             steps.append((event.generated_tokens, event.memory_tokens))
         elif isinstance(event, Done):
@@ -221,9 +288,11 @@ def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answ
         sizes = np.array([s[1] for s in steps], dtype=float)
         spans = np.clip(np.diff(marks), 0, None)
         mean_tokens = float((spans * sizes).sum() / spans.sum()) if spans.sum() > 0 else float(sizes[-1])
+    if at_answer is None:  # no marker asked for, or it never came
+        at_answer, reasoning_tokens = (at_first if at_first is not None else set(current)), 0
     return Answer(
         text="".join(text).strip(),
-        at_answer=at_answer if at_answer is not None else set(current),
+        at_answer=at_answer,
         ever=ever,
         context_tokens=mean_tokens,
         seconds=done.stats.total_s,
@@ -231,6 +300,7 @@ def ask(engine: StreamingEngine, message: str, now: Any, **options: Any) -> Answ
         tokens=total,
         swaps=done.stats.swaps,
         retrievals=done.stats.retrievals,
+        reasoning_tokens=reasoning_tokens,
         extra={
             "thinking_tokens": done.stats.thinking_tokens,
             "stop": done.stats.stop_reason,
@@ -278,18 +348,27 @@ def conditions(names: Sequence[str], stream_every: int, threshold: Optional[floa
     return [known[n] for n in chosen]
 
 
-def score(record: dict[str, Any], question: Question, answer: Answer, instructions: Sequence[str]) -> None:
+def score(
+    record: dict[str, Any], question: Question, answer: Answer, instructions: Sequence[str], reasoning: bool = False
+) -> None:
+    """Score one answer; with `reasoning`, F1 and answer_words are on the final answer only, and
+    the degenerate check reads the whole text (a loop in the facts is a loop)."""
     evidence = set(question.evidence)
+    facts, final, marked = split_reasoning(answer.text) if reasoning else ("", answer.text, True)
     record.update(
         answer=answer.text,
-        f1=round(locomo_f1(answer.text, question.answer, question.category), 4),
+        final_answer=final,
+        marker_missing=not marked,
+        reasoning_words=len(facts.split()),
+        reasoning_tokens=answer.reasoning_tokens,
+        f1=round(locomo_f1(final, question.answer, question.category), 4),
         evidence_at_answer=len(evidence & answer.at_answer) / len(evidence),
         evidence_any=len(evidence & answer.ever) / len(evidence),
         context_tokens=round(answer.context_tokens, 1),
         seconds=answer.seconds,
         cpu_seconds=round(answer.cpu_seconds, 3),
         degenerate=degenerate(answer.text, instructions).reasons,
-        answer_words=len(answer.text.split()),
+        answer_words=len(final.split()),
         distinct_memories=len(answer.ever),
         tokens=answer.tokens,
         swaps=answer.swaps,
@@ -298,7 +377,10 @@ def score(record: dict[str, Any], question: Question, answer: Answer, instructio
     )
 
 
-METRICS = ("f1", "evidence_at_answer", "evidence_any", "context_tokens", "seconds", "cpu_seconds", "answer_words")
+METRICS = (
+    "f1", "evidence_at_answer", "evidence_any", "context_tokens", "seconds", "cpu_seconds", "reasoning_words",
+    "answer_words", "reasoning_tokens", "tokens",
+)
 
 
 def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
@@ -314,6 +396,7 @@ def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
             if metric.startswith("evidence"):
                 out[f"{metric}_ci"] = bootstrap_ci(values, seed)
         out["degenerate_rate"] = round(float(np.mean([bool(r["degenerate"]) for r in rows])), 4) if rows else 0.0
+        out["marker_missing_rate"] = round(float(np.mean([r["marker_missing"] for r in rows])), 4) if rows else 0.0
         out["swaps_per_answer"] = round(float(np.mean([r["swaps"] for r in rows])), 3) if rows else 0.0
         return out
 
@@ -349,11 +432,12 @@ def report(records: dict[str, list[dict[str, Any]]], model: str, settings: dict[
         "settings": settings,
     }
     paired = {}
-    if records.get("stream") and records.get("rag"):
-        for metric in ("f1", "evidence_any", "evidence_at_answer"):
-            paired[f"stream - rag, {metric}"] = paired_difference(
-                [r[metric] for r in records["stream"]], [r[metric] for r in records["rag"]], seed
-            )
+    for streaming in ("stream", "stream_n1", "flare"):
+        if records.get(streaming) and records.get("rag"):
+            for metric in ("f1", "evidence_any", "evidence_at_answer"):
+                paired[f"{streaming} - rag, {metric}"] = paired_difference(
+                    [r[metric] for r in records[streaming]], [r[metric] for r in records["rag"]], seed
+                )
     if records.get("stream") and records.get("rag_wide"):
         wide = result["conditions"]["rag_wide"]["context_tokens"]
         result["stream_context_vs_rag_wide"] = round(result["conditions"]["stream"]["context_tokens"] / max(wide, 1e-9), 3)
@@ -368,8 +452,9 @@ def model_name(model: Any) -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     print("\n| condition | F1 [95% CI] | evidence at answer | evidence any | context tokens | s/answer (CPU s) | "
-          "degenerate | words | " + " | ".join(f"F1 {name}" for name in CATEGORIES.values()) + " |")
-    print("|---" * (8 + len(CATEGORIES)) + "|")
+          "degenerate | reasoning words | answer words | no marker | "
+          + " | ".join(f"F1 {name}" for name in CATEGORIES.values()) + " |")
+    print("|---" * (10 + len(CATEGORIES)) + "|")
     for name, c in result["conditions"].items():
         cats = " | ".join(
             f"{c['per_category'][n]['f1']:.3f} (n={c['per_category'][n]['n']})" for n in CATEGORIES.values()
@@ -377,7 +462,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"| {name} | {c['f1']:.3f} [{c['f1_ci'][0]:.3f}, {c['f1_ci'][1]:.3f}] | {c['evidence_at_answer']:.3f} | "
             f"{c['evidence_any']:.3f} | {c['context_tokens']:.0f} | {c['seconds_per_answer']:.2f} ({c['cpu_seconds_per_answer']:.2f}) | "
-            f"{c['degenerate_rate']:.3f} | {c['answer_words']:.1f} | {cats} |"
+            f"{c['degenerate_rate']:.3f} | {c['reasoning_words']:.1f} | {c['answer_words']:.1f} | "
+            f"{c['marker_missing_rate']:.3f} | {cats} |"
         )
     for name, diff in result.get("paired", {}).items():
         print(f"{name}: {diff['mean']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}]")
@@ -396,8 +482,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
-    parser.add_argument("--max-new-tokens", type=int, default=64,
-                        help="LoCoMo asks for a short phrase (its runs allow 32 tokens); room for a sentence")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default 64: LoCoMo asks for a short phrase (its runs allow 32 tokens), room for a "
+                        "sentence; 128 with --reasoning: room for three short sentences of facts and the answer")
+    parser.add_argument("--reasoning", action="store_true",
+                        help="ask every condition for \"Facts:\" (1-3 short sentences), then \"Answer:\"; score "
+                        "the final answer only")
     parser.add_argument("--temperature", type=float, default=None,
                         help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
@@ -426,9 +516,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     model, tokenizer = load_model(args.model, args.device)
     context_limit = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     embedder = default_embedder()
-    decoding: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "enable_thinking": not args.no_thinking}
+    max_new_tokens = args.max_new_tokens or (REASONING_MAX_NEW_TOKENS if args.reasoning else ANSWER_MAX_NEW_TOKENS)
+    decoding: dict[str, Any] = {"max_new_tokens": max_new_tokens, "enable_thinking": not args.no_thinking}
     if args.temperature is not None:
         decoding["temperature"] = args.temperature
+    if args.reasoning:
+        decoding["system_prompt"] = REASONING_SYSTEM_PROMPT
     settings = {
         "data": str(args.data),
         "questions": len(picks),
@@ -440,7 +533,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "swap_budget": args.swap_budget,
         **decoding,
         "temperature": "engine default" if args.temperature is None else args.temperature,
-        "message_suffix": SHORT_ANSWER,
+        "reasoning": args.reasoning,
+        "message_suffix": "" if args.reasoning else SHORT_ANSWER,
         "temporal_hint": TEMPORAL_HINT,
         "learn": False,
         "embedder": getattr(embedder, "name", type(embedder).__name__),
@@ -452,7 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for key, value in settings.items():  # what this run used, nanoGPT style
         print(f"{key} = {value}")
 
-    instructions = [*FIXED_TEXTS, SHORT_ANSWER, TEMPORAL_HINT]
+    instructions = [*FIXED_TEXTS, REASONING_INSTRUCTION if args.reasoning else SHORT_ANSWER, TEMPORAL_HINT]
+    marker = ANSWER_MARKER if args.reasoning else None
     records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in plan}
     started = time.perf_counter()
     by_conversation: dict[int, list[int]] = {}
@@ -466,7 +561,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)
-            message = question_message(question)
+            message = question_message(question, args.reasoning)
             answers: dict[str, Answer] = {}
             for condition in plan:
                 k = condition.max_memories
@@ -481,12 +576,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     k = len(pool)
                 if not reused:
                     answers[condition.name] = ask(
-                        engine, message, conv.now, update_every_n=condition.update_every_n, max_memories=k,
+                        engine, message, conv.now, marker, update_every_n=condition.update_every_n, max_memories=k,
                         seed=args.seed + q_index, **decoding, **dict(condition.options),
                     )
                 record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
                           "gold": question.answer, "k": k, "reused_rag": reused}
-                score(record, question, answers[condition.name], instructions)
+                score(record, question, answers[condition.name], instructions, args.reasoning)
                 records[condition.name].append(record)
             done_count += 1
             elapsed = time.perf_counter() - started

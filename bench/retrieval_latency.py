@@ -12,7 +12,11 @@ Data shapes (`--shapes`):
 
 For every query the selection is compared with `retrieve(..., exact=True)` on the same
 state (ids in order and scores, bit for bit), and the candidates the fast path scored are
-counted. Brute force (float32 matrix-vector product + argpartition top-10) runs beside it,
+counted. With `--approximate`, `retrieve(..., approximate=True)` (inverted lists, no proof)
+is timed beside the exact fast path, both with learning off and interleaved, and its recall
+against exact is measured on the checked queries: the share of exact's picks it picks too
+(selection overlap) and the share of the 10 most similar memories among its candidates
+(top-10 similarity recall). Brute force (float32 matrix-vector product + argpartition top-10) runs beside it,
 interleaved query by query, with the same one-thread BLAS pinning. Both are timed by wall
 clock and by this thread's CPU time: on a shared, overloaded machine the CPU time is the
 figure that still says what a query costs.
@@ -134,11 +138,17 @@ def measure(shape: str, size: int, config: dict) -> dict:
     build_s = time.perf_counter() - started
     used = rss() - before
 
-    scored: list[int] = []
+    lists_s = 0.0
+    if config["approximate"] and pool._index.quantized:
+        started = time.perf_counter()
+        pool._index.lists()
+        lists_s = time.perf_counter() - started
+
+    scored: list[np.ndarray] = []
     choose = pool._select
 
     def counting(index, *args, **kwargs):
-        scored.append(len(index))
+        scored.append(index)
         return choose(index, *args, **kwargs)
 
     # One fixed `now`: recency moves with the clock, and exact and fast must see one state.
@@ -148,6 +158,7 @@ def measure(shape: str, size: int, config: dict) -> dict:
         ask(q, t, learn=False)
 
     brute, fast, checked, identical, candidates, rounds = [], [], 0, 0, [], []
+    unlearned, approximate, overlap, recall = [], [], [], []
     matrix = pool._index.vectors
     for number, (q, t) in enumerate(zip(query_vectors, text_queries)):
         with threadpool_limits(limits=1, user_api="blas"):
@@ -163,14 +174,38 @@ def measure(shape: str, size: int, config: dict) -> dict:
             pool._select = counting
             checked += 1
             identical += same(ask(q, t, learn=False), exact)
-            del pool._select
-            candidates.append(scored[-1])
+            candidates.append(len(scored[-1]))
             rounds.append(len(scored))
+            if config["approximate"]:
+                scored.clear()
+                picked = {hit.id for hit in ask(q, t, learn=False, approximate=True)}
+                overlap.append(len(picked & {hit.id for hit in exact}) / max(len(exact), 1))
+                recall.append(np.isin(top, scored[-1]).mean())
+            del pool._select
+        if config["approximate"]:
+            for timings, kwargs in ((unlearned, {}), (approximate, {"approximate": True})):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                ask(q, t, learn=False, **kwargs)
+                timings.append((time.perf_counter() - t0, time.thread_time() - c0))
         t0, c0 = time.perf_counter(), time.thread_time()
         ask(q, t, learn=True)
         fast.append((time.perf_counter() - t0, time.thread_time() - c0))
     fast, brute = np.array(fast), np.array(brute)
+    extra = {}
+    if config["approximate"]:
+        unlearned, approximate = np.array(unlearned), np.array(approximate)
+        extra = {
+            "exact_off_cpu_ms": 1e3 * float(np.median(unlearned[:, 1])),
+            "approximate_cpu_ms": 1e3 * float(np.median(approximate[:, 1])),
+            "approximate_ms": 1e3 * float(np.median(approximate[:, 0])),
+            "approximate_p95_ms": 1e3 * float(np.percentile(approximate[:, 0], 95)),
+            "overlap": float(np.mean(overlap)) if overlap else float("nan"),
+            "worst_overlap": min(overlap, default=float("nan")),
+            "recall": float(np.mean(recall)) if recall else float("nan"),
+            "lists_s": lists_s,
+        }
     return {
+        **extra,
         "shape": shape,
         "size": size,
         "median_ms": 1e3 * float(np.median(fast[:, 0])),
@@ -207,6 +242,7 @@ def main() -> None:
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--quantized-threshold", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--approximate", action="store_true", help="also time approximate=True and measure its recall")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
     args = parser.parse_args()
     config = vars(args)
@@ -217,6 +253,7 @@ def main() -> None:
         "| identical to exact | candidates scored (median, max) | rounds | memory used | build (quantisation) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for size in config["sizes"]:
         for shape in config["shapes"]:
             r = measure(shape, size, config)
@@ -228,7 +265,21 @@ def main() -> None:
                 f"{r['rss_mb']:.0f} MB | {r['build_s']:.1f} s ({r['index_s']:.1f} s) |",
                 flush=True,
             )
+            rows.append(r)
             gc.collect()
+    if config["approximate"]:
+        print(
+            "\n| shape | memories | exact fast path CPU (learning off) | approximate CPU | approximate wall median (p95) "
+            "| brute force CPU | selection overlap with exact (mean, worst) | top-10 similarity recall | lists build |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "approximate_cpu_ms" in r:
+                print(
+                    f"| {r['shape']} | {r['size']:,} | {r['exact_off_cpu_ms']:.2f} ms | {r['approximate_cpu_ms']:.2f} ms | "
+                    f"{r['approximate_ms']:.2f} ({r['approximate_p95_ms']:.2f}) ms | {r['brute_cpu_ms']:.2f} ms | "
+                    f"{r['overlap']:.3f}, {r['worst_overlap']:.2f} | {r['recall']:.3f} | {r['lists_s']:.1f} s |"
+                )
     print({"load_average_after": os.getloadavg()})
 
 

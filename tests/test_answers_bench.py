@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,7 @@ from bench import answers
 from smem.generation import tiny
 from smem.generation.degenerate import degenerate
 from smem.generation.engine import StreamingEngine
+from smem.generation.events import DoneStats, Done, Memories, MemoryUpdate, Token
 
 GOLD = "Zanzibar marmalade"
 """A gold answer whose words occur nowhere in the dialog, so any trace of it is a leak."""
@@ -138,6 +140,70 @@ def test_ordinary_answers_are_not_flagged(answer):
     assert not degenerate(answer, [HEADING])
 
 
+# -- the reasoning mode: final answer after the marker, evidence taken there -----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Facts: Ana adopted a cat called Pixel.\nAnswer: Pixel", ("Ana adopted a cat called Pixel.", "Pixel", True)),
+        ("**Facts:**\n1. She moved.\n**Answer:** Sweden", ("1. She moved.", "Sweden", True)),
+        ("Facts: she moved. Final answer: Sweden", ("she moved. Final", "Sweden", True)),
+        ("Sweden, I think", ("", "Sweden, I think", False)),  # no marker: the whole text is the answer
+    ],
+)
+def test_split_reasoning(text, expected):
+    assert answers.split_reasoning(text) == expected
+
+
+def test_reasoning_final_answer_f1_ignores_the_facts():
+    record: dict = {}
+    question = answers.Question("What did Ana adopt?", ["D1:1"], 4, "a cat")
+    answer = answers.Answer("Facts: Ana adopted a cat called Pixel last week.\nAnswer: a cat", {"D1:1"}, {"D1:1"},
+                            100.0, 1.0, 1.0, 20, 0, 1)
+    answers.score(record, question, answer, [], reasoning=True)
+    assert record["f1"] == 1.0 and record["final_answer"] == "a cat"
+    assert record["reasoning_words"] == 8 and record["answer_words"] == 2 and not record["marker_missing"]
+    answers.score(record, question, answer, [], reasoning=False)
+    assert record["f1"] < 0.5 and record["reasoning_words"] == 0
+
+
+class ScriptedEngine:
+    """Replays a fixed event stream: the memories change while the facts are written, and
+    again just before the final answer's first token."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+
+    def stream(self, message, **options):
+        a, b, c = (SimpleNamespace(id=i) for i in ("a", "b", "c"))
+        yield Memories([a])
+        for index, text in enumerate(self.tokens):
+            if index == 2:
+                yield MemoryUpdate([b], [b], [a], at_token=2)
+            if text == "<swap>":
+                yield MemoryUpdate([c], [c], [b], at_token=index)
+                continue
+            yield Token(text)
+        yield Done(DoneStats(len(self.tokens), 0, 2, 3, "eos", 0.0, 0.0, 0.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "marker", "at_answer", "reasoning_tokens"),
+    [
+        (["Facts", ":", " Ana", " adopted", "\nAnswer", ":", "<swap>", " a", " cat"], answers.ANSWER_MARKER, {"c"}, 6),
+        (["Facts", ":", " Ana", " adopted", "\nAnswer", "<swap>", ": a", " cat"], answers.ANSWER_MARKER, {"c"}, 5),
+        (["Facts", ":", " Ana", " adopted", "\nAnswer", "<swap>", ":", " cat"], answers.ANSWER_MARKER, {"c"}, 6),
+        (["Facts", ":", " Ana", " adopted", " a", " cat"], answers.ANSWER_MARKER, {"a"}, 0),  # never came: first token
+        (["A", " cat", "\nAnswer", ":", "<swap>", " cat"], None, {"a"}, 0),  # no reasoning mode: first token
+    ],
+)
+def test_evidence_at_answer_is_taken_at_the_final_answers_first_token(tokens, marker, at_answer, reasoning_tokens):
+    answer = answers.ask(ScriptedEngine(tokens), "q", None, marker)
+    assert answer.at_answer == at_answer and answer.reasoning_tokens == reasoning_tokens
+    assert answer.ever == ({"a", "b", "c"} if "<swap>" in tokens else {"a", "b"})
+
+
 # -- labels stay out of the pool and the prompt; the JSON contract -----------------------------
 
 
@@ -163,11 +229,16 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
             for every in (0, 1):
                 answers.ask(engine, answers.question_message(question), conv.now, update_every_n=every,
                             max_memories=2, max_new_tokens=6, temperature=0.0)
+                # --reasoning: its own message and system prompt, the answer marker
+                answers.ask(engine, answers.question_message(question, reasoning=True), conv.now,
+                            answers.ANSWER_MARKER, update_every_n=every, max_memories=2, max_new_tokens=6,
+                            temperature=0.0, system_prompt=answers.REASONING_SYSTEM_PROMPT)
     finally:
         handle.remove()
     read = tokenizer.decode([i for ids in seen for i in ids]).lower()
     stored = " ".join(m.content for m in pool.memories).lower()
     assert "pixel" in read  # the hook saw memories at all
+    assert answers.REASONING_INSTRUCTION.lower() in read  # ... and the reasoning mode's prompt
     for label in ("zanzibar", "marmalade", "d1:1", "evidence", *answers.CATEGORIES.values()):
         assert label not in read and label not in stored
 
@@ -190,3 +261,21 @@ def test_cli_writes_the_contracted_json(tmp_path, minilm):
     assert rag["evidence_at_answer"] == 1.0  # three turns, k=5: every turn is in context
     assert written["conditions"]["all"]["context_tokens"] == pytest.approx(rag["context_tokens"])
     assert result["conditions"].keys() == written["conditions"].keys()
+
+
+def test_cli_reasoning_mode(tmp_path, minilm):
+    out = tmp_path / "out.json"
+    answers.main(
+        ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
+         "--model", "tiny", "--max-new-tokens", "6", "--reasoning", "--conditions", "rag", "stream"]
+    )
+    written = json.loads(out.read_text())
+    assert written["settings"]["reasoning"] and written["settings"]["system_prompt"] == answers.REASONING_SYSTEM_PROMPT
+    assert set(written["paired"]) == {f"stream - rag, {m}" for m in ("f1", "evidence_any", "evidence_at_answer")}
+    for name, condition in written["conditions"].items():
+        assert {"reasoning_words", "answer_words", "marker_missing_rate", "f1_ci"} <= set(condition)
+        for record in written["answers"][name]:
+            facts, final, marked = answers.split_reasoning(record["answer"])
+            assert record["final_answer"] == final and record["marker_missing"] is not marked
+            assert record["f1"] == pytest.approx(answers.locomo_f1(final, record["gold"], record["category"]), abs=1e-4)
+            assert "Facts" not in record["question"]

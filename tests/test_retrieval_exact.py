@@ -9,14 +9,18 @@ same ids in the same order with the same score, similarity and multiplier, bit f
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smem import MemoryPool
-from smem.memory import timeref
+from smem.memory import index as vector_index
+from smem.memory import selection, timeref
 from smem.memory.scoring import dot_rows
 from smem.memory.scoring import ScoringWeights
+from smem.memory.selection import Candidates, select
 
 DIM = 24
 WORDS = [f"w{i}" for i in range(40)]
@@ -87,6 +91,14 @@ def assert_same(fast, exact) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_fast_path_selects_exactly_what_exact_scoring_selects(keyed, data):
+    # The first range search's size: small values make the sampled radius fall short (a
+    # top-k search follows) and the widening rescan; 4096 covers these pools whole.
+    first = data.draw(st.sampled_from([1, 16, 4096]), label="first range results")
+    with mock.patch.object(vector_index, "FIRST_RESULTS", first):
+        check_fast_path(keyed, data)
+
+
+def check_fast_path(keyed, data) -> None:
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     pool, centres = build_pool(keyed, data, rng)
     ids = [memory.id for memory in pool]
@@ -164,6 +176,78 @@ def test_quantisation_error_bound_holds_for_late_shifted_vectors(keyed):
         assert (pool._index.vectors[outside] @ query).max() <= bound
     assert pool._index._coded == len(pool)  # the late rows were folded into the codes
     assert pool._index.error != trained  # ... and measured (here: requantised with wider ranges)
+
+
+def test_the_8bit_query_and_the_range_search_are_bounded(keyed):
+    """The coded score's two errors are each within their share of the margin (the memory's
+    coding error, the query's rounding), and a range search misses no code above its radius."""
+    rng = np.random.default_rng(5)
+    dim = 64  # a multiple of 16, like 384: faiss's integer path
+    centres = unit(rng.standard_normal((6, dim)))
+    pool = MemoryPool(keyed(dim=dim), quantized_threshold=100)
+    vectors = unit(centres[rng.integers(0, 6, 3000)] + 0.4 * rng.standard_normal((3000, dim)) / np.sqrt(dim))
+    pool.add_many([{"content": "x"}] * 3000, embeddings=vectors)
+    pool.build_index()
+    index = pool._index
+    index._codes.make_direct_map()
+    decoded = index._centre.astype(np.float64) + index._step * index._codes.reconstruct_n(0, index._coded)
+    stored = index.vectors.astype(np.float64)
+    assert np.linalg.norm(stored - decoded, axis=1).max() <= index.error + 1e-6
+    for query in unit(centres + 0.3 * rng.standard_normal((6, dim))):
+        scan = index.scan(query)
+        assert 0 < scan.query_error
+        assert scan._margin >= index.error + (1 + index.error) * scan.query_error
+        scan._search(index._coded)
+        ids, approx = scan._ids.copy(), scan._approx.copy()
+        # x̂·q − x̂·q̂ is the query's rounding alone: within (1 + e)·|q − q̂|, and not zero.
+        rounding = np.abs(decoded[ids] @ query - approx)
+        assert rounding.max() <= (1 + index.error) * scan.query_error + 1e-6
+        assert rounding.max() > 0
+        for radius in np.quantile(approx, [0.5, 0.9, 0.99]):
+            scan._range(float(radius))
+            assert set(ids[approx > radius]) <= set(scan._ids.tolist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_lazy_damping_selects_as_damping_everything_after_every_pick(data):
+    """Damping only the candidates that could be the next pick changes no pick, score or
+    proof: the same selection as damping every candidate after every pick (the most lazy
+    against the eager extreme, with near-duplicate clumps, ties, links, budgets and noise)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    count = data.draw(st.integers(1, 300), label="candidates")
+    clump = unit(rng.standard_normal(DIM))
+    vectors = unit(rng.standard_normal((count, DIM)))
+    clumped = rng.random(count) < data.draw(st.sampled_from([0.0, 0.5, 1.0]), label="clumped")
+    vectors[clumped] = unit(clump + 0.05 * rng.standard_normal((int(clumped.sum()), DIM)))
+    vectors[: count // 8] = vectors[0]  # exact duplicates: ties
+    index = np.sort(rng.choice(10 * count, count, replace=False))
+    candidates = Candidates(
+        index=index,
+        vectors=vectors,
+        similarity=np.round(rng.uniform(-0.2, 1.0, count), 1),  # rounded: ties
+        boost=rng.choice([0.0, 0.1, 0.5], count),
+        tokens=rng.integers(1, 30, count),
+        favour=np.where(rng.random(count) < 0.1, 1.2, 1.0),
+        habituation=np.where(rng.random(count) < 0.2, 0.7, 1.0),
+    )
+    linked = {int(i): (rng.choice(index, 3), rng.uniform(0, 2, 3)) for i in rng.choice(index, count // 4)}
+    noise = rng.gumbel(size=count) if data.draw(st.booleans(), label="sampled") else None
+    kwargs = dict(
+        max_memories=data.draw(st.integers(1, 12), label="k"),
+        token_budget=data.draw(st.sampled_from([None, 5, 40, 150]), label="budget"),
+        links=lambda position: linked.get(position, (np.zeros(0, dtype=np.int64), np.zeros(0))),
+        link_weight=1.5,
+        diversity_weight=data.draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]), label="diversity"),
+        temperature=0.15,
+        noise=noise,
+        ceiling=0.0 if noise is not None else data.draw(st.sampled_from([0.0, 0.2]), label="ceiling"),
+    )
+    with mock.patch.object(selection, "LAZY_DAMPING_FROM", 0), mock.patch.object(selection, "LAZY_DAMPING", 1):
+        lazy = select(candidates, **kwargs)
+    with mock.patch.object(selection, "LAZY_DAMPING_FROM", 10**9):
+        eager = select(candidates, **kwargs)
+    assert lazy == eager
 
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):

@@ -1,26 +1,33 @@
 """Candidate search: which memories are worth scoring at all.
 
 Small pools are scanned exactly (one float32 pass over the vectors). Past
-`quantized_threshold` memories the scan runs over 8-bit scalar-quantised codes (faiss),
-a quarter of the memory traffic, and the candidates are then re-scored exactly in
-float32. Every answer comes with an upper bound on the cosine of any memory *not*
-returned, which the pool uses to widen the search until nothing outside can win.
+`quantized_threshold` memories the scan runs over signed 8-bit codes with an 8-bit query,
+an integer dot product in faiss (a quarter of the memory traffic, and integer arithmetic
+instead of per-value decoding), and the candidates are then re-scored exactly in float32.
+Every answer comes with an upper bound on the cosine of any memory *not* returned, which
+the pool uses to widen the search until nothing outside can win.
 
-The bound is measured, not assumed: for every coded vector the L2 norm of its
-dequantisation error e_i is computed when it is coded, and |approximate − exact| cosine
-≤ e_i · |query| = e_i (Cauchy–Schwarz), so the largest e_i bounds every coded memory.
-Vectors added after the codes were trained are scanned exactly (a float32 "tail") until
-the tail is worth folding in; folding measures their error too, and requantises from
-scratch when they fall outside the trained ranges (a fixed margin of 0.02 was not a
-bound: late vectors from a shifted topic erred by up to 0.045).
+The bound is measured, not assumed. A memory x is coded as x̂ = centre + step ⊙ c (c in
+[−127, 127] per dimension), the query q as q̂ = scale · u / step (u in [−127, 127]), so
+x̂ · q̂ = centre · q̂ + scale · (c · u), the integer part computed exactly by faiss. Then
 
-An inverted-file or graph index would be faster still at 1M memories, but measured here
-it missed 5–7% of the exact top-10 at 100k; the quantised flat scan misses none.
+    |x · q − x̂ · q̂| ≤ |x − x̂| · |q| + |x̂| · |q − q̂| ≤ e_i + (1 + e_i) · |q − q̂|
+
+(Cauchy–Schwarz twice), where e_i, the L2 norm of memory i's coding error, is measured
+when it is coded and |q − q̂| is computed exactly for each query. Vectors added after the
+codes were trained are scanned exactly (a float32 "tail") until the tail is worth folding
+in; folding measures their error too, and requantises from scratch when they fall outside
+the trained ranges (a fixed margin of 0.02 was not a bound: late vectors from a shifted
+topic erred by up to 0.045).
+
+`Scan.nearest` is the explicitly approximate search (`retrieve(..., approximate=True)`):
+the same codes in √N k-means inverted lists, a few lists visited, no bound on what it misses.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Optional
 
@@ -30,10 +37,25 @@ from smem.memory.scoring import dot_rows
 
 log = logging.getLogger("smem")
 
-FIRST_SEARCH = 1024
-"""Codes searched for at least this many nearest on a query's first look: faiss keeps a
-heap, and 1024 cost 1.1× a top-64 scan at 100k (bench machine), so the usual widening of
-a few hundred candidates needs no second scan."""
+FIRST_RESULTS = 4096
+"""A query's first look at the codes is one range search whose radius is set to return
+about max(4096, N/64) codes (chosen: the widest widening of the latency bench, 20 broad
+topics, scores ~2,800 of 100k, in one pass, and ~19k of 1M, where a second pass follows), so
+most queries need no second scan. A
+range search costs one pass whatever it returns; a top-k search keeps a heap, and k=1024
+cost 1.4× the pass (measured here at 100k)."""
+
+SAMPLE = 1024
+"""Memories scored exactly to set that radius (a strided sample: 0.1 ms at 384-d). A poor
+estimate costs a second scan, never a wrong answer."""
+
+CODE_LEVEL = 127
+"""Codes and the query use [−127, 127]: symmetric, so zero is exact and the products of
+384 of them (≤ 6.2M) are integers a float32 accumulator still holds exactly (< 2²⁴)."""
+
+RANGE_WIDENING = 0.05
+"""Each dimension's coded range is the pool's, widened 5% each side, so that most vectors
+added later still fit (the widening faiss's own 8-bit quantiser was given here before)."""
 
 FOLD_FRACTION = 16
 """The exact tail is folded into the codes once it exceeds 1/16 of them: at 4 bytes a
@@ -43,18 +65,29 @@ REQUANTISE_GROWTH = 1.5
 """Requantise from scratch when vectors being folded in err more than 1.5× the error
 measured at training (they fell outside the trained per-dimension ranges)."""
 
-DECODE_CHUNK = 65_536
-"""Rows decoded at a time while measuring errors (bounds the 1M-pool peak to ~100 MB)."""
+LIST_SAMPLE = 64
+"""k-means for the approximate lists trains on 64 vectors per list (faiss warns below 39)."""
+
+APPROXIMATE_PROBES = 32
+"""Inverted lists the approximate search visits: at least 32, and a tenth of the √N lists
+beyond 320 of them. At 100k (316 lists), measured against exact on the latency bench
+(load average 6 on 2 cores): 8 / 16 / 32 / 64 lists gave top-10 similarity recall
+0.905 / 0.930 / 0.975 / 0.995 with 2,000 topics of 50 (the hard shape for lists), 0.985 /
+1.000 / 1.000 / 1.000 on LoCoMo text queries, for 2.2 / 2.3 / 2.5 / 2.7 ms of CPU."""
+
+CODE_CHUNK = 65_536
+"""Rows coded at a time (bounds the 1M-pool peak of coding to ~100 MB)."""
 
 
 def rounding_margin(dim: int) -> float:
-    """Float32 rounding allowance between faiss's approximate score and the exact one.
+    """Float32 rounding allowance between the coded score and the exact one.
 
     A float32 dot product of n terms errs by at most γ_n·Σ|x_i y_i| ≤ γ_n·|x||y| with
-    γ_n ≈ n·2⁻²⁴ (Higham, *Accuracy and Stability*, §3.1); faiss's decoded dot product,
-    its decoding (one rounding per term), ours, and the measured error's own rounding
-    each contribute, hence 4·n·2⁻²⁴ (9.2e-5 at 384-d), far below the measured
-    dequantisation error (~0.01).
+    γ_n ≈ n·2⁻²⁴ (Higham, *Accuracy and Stability*, §3.1); our exact cosine, the
+    reconstruction x̂ the measured error refers to, the measured error's own rounding and
+    the unit norms each contribute, hence 4·n·2⁻²⁴ (9.2e-5 at 384-d), far below the
+    measured coding error (~0.01). The integer part of the coded score has its own
+    allowance (`Scan`).
     """
     return 4.0 * dim * 2.0**-24
 
@@ -71,6 +104,16 @@ class VectorIndex:
 
     def _reset_codes(self) -> None:
         self._codes = None
+        """faiss inverted file with a single list of signed 8-bit codes: its range search
+        returns every code above a threshold in one scan (the flat index's range search
+        does not use the SIMD path: 20× slower measured here)."""
+        self._lists = None
+        """The same codes in √N inverted lists by topic, for the approximate search (built on
+        its first use, dropped whenever the codes are retrained)."""
+        self._centroids = np.zeros((0, self.dim), dtype=np.float32)
+        """(L, D) unit centres of the lists."""
+        self._centre = np.zeros(self.dim, dtype=np.float32)
+        self._step = np.ones(self.dim, dtype=np.float32)
         self._coded = 0
         """Rows [0, _coded) are in the codes; rows after them form the exact tail."""
         self._trained_error = 0.0
@@ -83,7 +126,7 @@ class VectorIndex:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_buffer"] = self.vectors.copy()
-        state.update(_codes=None, _coded=0, _trained_error=0.0, error=0.0)  # rebuilt on first use
+        state.update(_codes=None, _lists=None, _coded=0, _trained_error=0.0, error=0.0)  # rebuilt on first use
         return state
 
     @property
@@ -125,11 +168,19 @@ class VectorIndex:
         # per 100k scan measured on 2 busy cores), and it fights the LLM for the cores.
         faiss.omp_set_num_threads(1)
         started = time.perf_counter()
-        codes = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        codes.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
-        codes.sq.rangestat_arg = 0.05  # per-dimension range widened 5%, so most later vectors fit
-        codes.train(self.vectors)
+        low, high = self.vectors.min(axis=0), self.vectors.max(axis=0)
+        width = (high - low) * (1.0 + 2.0 * RANGE_WIDENING)
+        self._centre = ((low + high) / 2.0).astype(np.float32)
+        # A dimension every vector shares needs no step: its codes are all 0, exactly.
+        self._step = np.where(width > 0, width / (2 * CODE_LEVEL), 1.0).astype(np.float32)
+        everything = faiss.IndexFlatIP(self.dim)
+        everything.add(np.zeros((1, self.dim), dtype=np.float32))
+        codes = faiss.IndexIVFScalarQuantizer(
+            everything, self.dim, 1, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT, False
+        )
+        codes.is_trained = True  # one list, no residuals, direct codes: nothing to train
         self._codes = codes
+        self._lists = None
         self._coded = 0
         self.error = 0.0
         self._trained_error = self._code_rows(self._size)
@@ -147,16 +198,57 @@ class VectorIndex:
         """Code rows [_coded, end) and raise `error` to their largest measured error (returned).
         With `trial`, only measure."""
         worst = 0.0
-        for start in range(self._coded, end, DECODE_CHUNK):
-            rows = self._buffer[start : min(start + DECODE_CHUNK, end)]
-            error = self._codes.sa_decode(self._codes.sa_encode(rows)) - rows
+        for start in range(self._coded, end, CODE_CHUNK):
+            rows = self._buffer[start : min(start + CODE_CHUNK, end)]
+            codes = self._encode(rows)
+            error = self._centre + self._step * codes - rows
             worst = max(worst, float(np.sqrt(np.einsum("ij,ij->i", error, error).max())))
             if not trial:
-                self._codes.add(rows)
+                self._codes.add(codes)  # direct codes: faiss stores each value as is
+                if self._lists is not None:
+                    self._list_rows(rows, codes)
         if not trial:
             self._coded = end
             self.error = max(self.error, worst)
         return worst
+
+
+    def _encode(self, rows: np.ndarray) -> np.ndarray:
+        """Signed 8-bit codes of `rows` (as float32 integers, the form faiss takes)."""
+        return np.clip(np.rint((rows - self._centre) / self._step), -CODE_LEVEL, CODE_LEVEL).astype(np.float32)
+
+    def lists(self):
+        """The approximate inverted lists (k-means over the vectors, √N lists), built now if due."""
+        if self._lists is None:
+            import faiss
+
+            started = time.perf_counter()
+            count = max(int(math.sqrt(self._coded)), 1)
+            sample = self.vectors[: self._coded : max(self._coded // (LIST_SAMPLE * count), 1)]
+            kmeans = faiss.Kmeans(self.dim, count, niter=10, seed=0, spherical=True)  # 10: faiss's IVF default
+            kmeans.train(np.ascontiguousarray(sample))
+            self._centroids = kmeans.centroids
+            lists = faiss.IndexIVFScalarQuantizer(
+                faiss.IndexFlatIP(self.dim), self.dim, count, faiss.ScalarQuantizer.QT_8bit_direct_signed,
+                faiss.METRIC_INNER_PRODUCT, False,
+            )
+            lists.is_trained = True  # lists are assigned here, in vector space: nothing to train
+            self._lists = lists
+            for start in range(0, self._coded, CODE_CHUNK):
+                rows = self._buffer[start : min(start + CODE_CHUNK, self._coded)]
+                self._list_rows(rows, self._encode(rows))
+            log.info("approximate lists: %d over %d memories in %.1fs", count, self._coded, time.perf_counter() - started)
+        return self._lists
+
+    def _list_rows(self, rows: np.ndarray, codes: np.ndarray) -> None:
+        """Append coded rows to the list of their nearest centre (ids continue the codes')."""
+        import faiss
+
+        centres = faiss.IndexFlatIP(self.dim)
+        centres.add(self._centroids)
+        _, nearest = centres.search(np.ascontiguousarray(rows), 1)
+        assigned = np.ascontiguousarray(nearest[:, 0], dtype=np.int64)
+        self._lists.add_core(len(rows), faiss.swig_ptr(codes), None, faiss.swig_ptr(assigned))
 
 
 class Scan:
@@ -172,11 +264,31 @@ class Scan:
         self.query = query
         self._all: Optional[np.ndarray] = None
         self._ids = np.zeros(0, dtype=np.int64)
-        self._approx = np.zeros(0, dtype=np.float32)
+        self._approx = np.zeros(0, dtype=np.float64)
+        self._floor: Optional[float] = None
+        """Every code whose coded score exceeds this is in `_ids` (None: no search yet)."""
         self._tail: Optional[np.ndarray] = None
-        self._margin = index.error + rounding_margin(index.dim)
         if index._codes is None:
             self._all = dot_rows(index.vectors, query)
+            return
+        # The query in code space: w = step ⊙ q, rounded to integers u = w / scale.
+        step = index._step.astype(np.float64)
+        weighted = step * query
+        self._scale = float(np.abs(weighted).max()) / CODE_LEVEL
+        units = np.rint(weighted / self._scale) if self._scale > 0 else np.zeros(index.dim)
+        rounded = self._scale * units / step  # q̂: the query the integer scan really scores
+        self._units = units.astype(np.float32).reshape(1, -1)
+        self._offset = float(index._centre.astype(np.float64) @ rounded)
+        self.query_error = float(np.linalg.norm(query.astype(np.float64) - rounded))
+        """|q − q̂|, the query's own rounding (exact, in float64)."""
+        # faiss may accumulate the integer products in float32: Higham's γ_n·Σ|c·u| with |c| ≤ 127.
+        integer_rounding = self._scale * index.dim * 2.0**-24 * CODE_LEVEL * float(np.abs(units).sum())
+        self._margin = (
+            index.error * float(np.linalg.norm(query))
+            + (1.0 + index.error) * self.query_error
+            + integer_rounding
+            + rounding_margin(index.dim)
+        )
 
     def exact_cosines(self) -> np.ndarray:
         """Every memory's cosine (one full float32 pass, kept for the rest of the query)."""
@@ -184,10 +296,12 @@ class Scan:
             self._all = dot_rows(self._index.vectors, self.query)
         return self._all
 
-    def cosines(self, positions: np.ndarray) -> np.ndarray:
+    def cosines(self, positions: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Exact cosines of the memories at `positions`; `rows`, their vectors if the caller
+        already gathered them (a gather of thousands of rows costs as much as the product)."""
         if self._all is not None:
             return self._all[positions]
-        return dot_rows(self._index.vectors[positions], self.query)
+        return dot_rows(self._index.vectors[positions] if rows is None else rows, self.query)
 
     def top(self, count: int) -> tuple[np.ndarray, float]:
         """At least the `count` nearest positions, and a bound on the cosine of any other."""
@@ -198,9 +312,15 @@ class Scan:
             part = np.argpartition(-self._all, count)
             return part[:count], float(self._all[part[count]])
         coded = self._index._coded
-        self._search(min(max(count + 1, FIRST_SEARCH), coded))
-        found = self._ids[:count]
-        bound = float(self._approx[count]) + self._margin if count < coded else -np.inf
+        if self._floor is None:
+            self._range(self._first_radius(count))
+        if len(self._ids) <= count < coded:
+            self._search(count + 1)
+        if count < coded:
+            part = np.argpartition(-self._approx, count)
+            found, bound = self._ids[part[:count]], float(self._approx[part[count]]) + self._margin
+        else:
+            found, bound = self._ids, -np.inf
         tail = self._tail_cosines()
         if count < len(tail):
             part = np.argpartition(-tail, count)
@@ -212,31 +332,69 @@ class Scan:
 
     def above(self, threshold: float) -> tuple[np.ndarray, float]:
         """Every position whose cosine may exceed `threshold`; no other's does."""
-        if self._all is None:
-            coded = self._index._coded
-            radius = threshold - self._margin
-            self._search(min(FIRST_SEARCH, coded))
-            while len(self._ids) < coded and self._approx[-1] > radius:
-                # Grow 16× per round (chosen: a handful of heap searches reach any pool size).
-                wanted = 16 * len(self._ids)
-                if wanted >= coded // 4:
-                    # Past a quarter of the pool a full float32 pass is as cheap as the
-                    # heap-bound code search, and exact.
-                    self.exact_cosines()
-                    break
-                self._search(wanted)
         if self._all is not None:
             return np.flatnonzero(self._all > threshold), threshold
-        found = self._ids[: int(np.searchsorted(-self._approx, -radius, side="left"))]
+        radius = threshold - self._margin
+        if self._floor is None or radius < self._floor:
+            self._range(radius)
+        found = self._ids[self._approx > radius]
         tail = self._tail_cosines()
         return np.concatenate([found, self._index._coded + np.flatnonzero(tail > threshold)]), threshold
 
+    def nearest(self, count: int) -> np.ndarray:
+        """About the `count` nearest positions, with no bound on what is missed: the codes of
+        the lists whose centres are nearest (`APPROXIMATE_PROBES` of √N), and the exact tail."""
+        size = len(self._index)
+        if count >= size:
+            return np.arange(size)
+        if self._all is not None:
+            return np.argpartition(-self._all, count)[:count]
+        index = self._index
+        lists = index.lists()
+        closeness = dot_rows(index._centroids, self.query)
+        probes = min(max(APPROXIMATE_PROBES, len(closeness) // 10), len(closeness))
+        visit = np.argpartition(-closeness, probes - 1)[:probes]
+        lists.nprobe = probes
+        _, ids = lists.search_preassigned(
+            self._units, count, visit.reshape(1, -1).astype(np.int64), closeness[visit].reshape(1, -1).astype(np.float32)
+        )
+        found = ids[0][ids[0] >= 0].astype(np.int64)
+        tail = self._tail_cosines()
+        if count < len(tail):
+            return np.concatenate([found, index._coded + np.argpartition(-tail, count)[:count]])
+        return np.concatenate([found, index._coded + np.arange(len(tail))])
+
+    def _first_radius(self, count: int) -> float:
+        """A coded-score radius that about max(FIRST_RESULTS, N/64, 2·count) codes exceed,
+        estimated from the exact cosines of a strided sample."""
+        coded = self._index._coded
+        wanted = max(FIRST_RESULTS, coded // 64, 2 * count)
+        if wanted >= coded:
+            return -np.inf
+        sample = dot_rows(self._index.vectors[: coded : max(coded // SAMPLE, 1)], self.query)
+        rank = min(int(len(sample) * wanted / coded), len(sample) - 1)
+        return -float(np.partition(-sample, rank)[rank])
+
+    def _range(self, radius: float) -> None:
+        """Every code whose coded score exceeds `radius`, in one pass (unordered)."""
+        lowest = -(CODE_LEVEL**2) * self._index.dim - 1  # below any code's integer score
+        limit = lowest
+        if self._scale > 0 and np.isfinite(radius):
+            # In integer units, one lower, so that rounding the radius can only let more in.
+            limit = max(math.floor((radius - self._offset) / self._scale) - 1, lowest)
+        _, integer, ids = self._index._codes.range_search(self._units, float(limit))
+        self._ids = ids.astype(np.int64)
+        self._approx = self._offset + self._scale * integer.astype(np.float64)
+        self._floor = -np.inf if limit == lowest else self._offset + self._scale * float(limit)
+
     def _search(self, count: int) -> None:
-        if count <= len(self._ids):
-            return
-        approx, ids = self._index._codes.search(self.query.reshape(1, -1), count)
+        """The `count` best codes (a top-k search)."""
+        integer, ids = self._index._codes.search(self._units, count)
         valid = ids[0] >= 0
-        self._ids, self._approx = ids[0][valid].astype(np.int64), approx[0][valid]
+        self._ids = ids[0][valid].astype(np.int64)
+        self._approx = self._offset + self._scale * integer[0][valid].astype(np.float64)
+        # Every code scoring above the last (lowest) one found is among them.
+        self._floor = -np.inf if len(self._ids) == self._index._coded else float(self._approx[-1])
 
     def _tail_cosines(self) -> np.ndarray:
         if self._tail is None:

@@ -47,6 +47,10 @@ LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
 
+APPROXIMATE_CANDIDATES_PER_PICK = 4
+"""The approximate search scores 4× the exact path's first look (256 candidates for k ≤ 16):
+a cheap margin against the lists' misses. Chosen; its recall is measured in the latency bench."""
+
 CONTENT_TOKENS = "embedder-content"
 """Key of the counts a pool keeps until a model's counter is given: the embedder's tokens of
 each memory's content, an estimate of what the memory costs in a prompt."""
@@ -398,7 +402,7 @@ class MemoryPool:
         """Positions with learned state (a query association or a count): every other
         memory's boost is recency, emotion and the time match alone."""
         state = self.learning
-        return np.union1d(np.flatnonzero(state.query_slot >= 0), np.flatnonzero(state.counts > 0))
+        return np.flatnonzero((state.query_slot >= 0) | (state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         """(C,) float64 hybrid similarity of the memories at `index` (C,), from their cosines (C,)
@@ -413,10 +417,11 @@ class MemoryPool:
         everything = len(index) == len(self)
         scan = query.scan
         boost, habituation = self._terms(index, scan.query, query.now, query.named)
+        vectors = self._index.vectors if everything else self._index.vectors[index]
         candidates = Candidates(
             index=index,
-            vectors=self._index.vectors if everything else self._index.vectors[index],
-            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index), query.lexical),
+            vectors=vectors,
+            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index, vectors), query.lexical),
             boost=boost,
             tokens=self._tokens[index],
             favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
@@ -509,6 +514,30 @@ class MemoryPool:
                 lexical_bound = target
         return everything, self._select(everything, query, ceiling=0.0)
 
+    def _choose_approximately(self, query: "_Query") -> tuple[np.ndarray, Selection]:
+        """Select over the approximate nearest candidates (`Scan.nearest`, and BM25's best for
+        a text query), the memories with learned state while they are few (a learned boost
+        can lift one that is not among the nearest), the incumbents, and the memories linked
+        to the picks (spreading, as in `_choose`); nothing is proven about the memories left out."""
+        count = APPROXIMATE_CANDIDATES_PER_PICK * max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
+        found = query.scan.nearest(count)
+        learned = self._learned()
+        if len(learned) <= len(self) // LEARNED_EXACT_FRACTION:
+            found = np.concatenate([found, learned])
+        if query.lexical is not None and count < len(self):
+            found = np.concatenate([found, np.argpartition(-query.lexical, count)[:count]])
+        joined = query.favoured
+        for _ in range(MAX_WIDENINGS):
+            index = np.union1d(found, joined)
+            selection = self._select(index, query, ceiling=0.0)
+            if query.graph is None or not selection.picks:
+                break
+            linked = np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
+            if not len(linked):
+                break
+            joined = np.union1d(joined, linked)
+        return index, selection
+
     def retrieve(
         self,
         query: Query,
@@ -523,6 +552,7 @@ class MemoryPool:
         exact: bool = False,
         query_vector: Optional[np.ndarray] = None,
         sample_seed: Optional[int] = None,
+        approximate: bool = False,
     ) -> list[Hit]:
         """Select up to `max_memories` for `query` (text or a vector).
 
@@ -536,6 +566,13 @@ class MemoryPool:
         softmax (Gumbel-max); with `sample_seed` the noise is fixed per (seed, memory), so a
         streaming answer's re-retrievals are reproducible and change the set only where the
         scores moved; without it the pool's own random stream rolls fresh noise.
+
+        `approximate` (off by default) is explicitly *approximate*: on a quantised pool the
+        candidates come from an inverted-file search over a few topic lists, scored exactly
+        but with no proof that a memory outside them would not have been chosen. Its recall
+        against exact scoring is measured in docs/benchmarks.md ("Retrieval latency"); use it
+        only where the exact path misses a latency budget. `exact` and `sample` win over it,
+        and a pool below `quantized_threshold` takes the exact fast path anyway.
         """
         if max_memories < 0:
             raise ValueError("max_memories must be >= 0")
@@ -566,7 +603,10 @@ class MemoryPool:
             max_memories=max_memories,
             token_budget=token_budget,
         )
-        index, selection = self._choose(asked, exact)
+        if approximate and not exact and not sample and self._index.quantized:
+            index, selection = self._choose_approximately(asked)
+        else:
+            index, selection = self._choose(asked, exact)
         picks = selection.picks
         positions = np.array([int(index[pick.position]) for pick in picks], dtype=np.int64)
         pulls = self._pulls(asked.graph, positions) if asked.graph is not None else [()] * len(picks)
