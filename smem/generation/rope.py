@@ -3,8 +3,8 @@
 Rotary position embeddings rotate each pair of key dimensions by an angle proportional to the
 token's position, `position × inv_freq`, and rotations compose: a key cached at position p,
 rotated once more by Δ × inv_freq, is exactly the key the same hidden state would have at
-position p + Δ. So when a memory line of a different length replaces another in the middle of
-the cache (`smem.generation.swap.SpliceContext`), the entries after it can slide to their new
+position p + Δ. So when memory lines are cut from or read into the middle of the cache
+(`smem.generation.swap.SpliceContext`), the entries after them can slide to their new
 positions with one element-wise product instead of being re-read. Values carry no position and
 stay as they are. (The same trick shifts the context window of llama.cpp and StreamingLLM.)
 
