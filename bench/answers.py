@@ -479,6 +479,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--device", default=None)
     parser.add_argument("--conditions", nargs="+", default=["none", "rag", "stream", "stream_n1", "rag_wide"])
     parser.add_argument("--all", action="store_true", help="add the every-memory condition (slow on a CPU)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLE_ID",
+                        help="ask only the sampled questions of these conversations: the sample is drawn over all "
+                        "of them first, so runs split over processes ask the same questions as one run")
     parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
@@ -513,6 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     plan = conditions(names, args.update_every_n, args.uncertainty_threshold)
     conversations = load(args.data)
     picks = sample_questions(conversations, args.questions, args.seed)
+    if args.only:
+        picks = [(c, q) for c, q in picks if conversations[c].sample_id in set(args.only)]
     model, tokenizer = load_model(args.model, args.device)
     context_limit = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     embedder = default_embedder()

@@ -279,3 +279,13 @@ def test_cli_reasoning_mode(tmp_path, minilm):
             assert record["final_answer"] == final and record["marker_missing"] is not marked
             assert record["f1"] == pytest.approx(answers.locomo_f1(final, record["gold"], record["category"]), abs=1e-4)
             assert "Facts" not in record["question"]
+
+
+def test_only_asks_the_same_sampled_questions(tmp_path, minilm):
+    data = locomo_file(tmp_path / "d.json", conversations=2, questions=3)
+    common = ["--data", str(data), "--questions", "4", "--seed", "0", "--model", "tiny", "--max-new-tokens", "2",
+              "--conditions", "rag"]
+    full = answers.main(common)["answers"]["rag"]
+    part = answers.main([*common, "--only", "conv-1"])["answers"]["rag"]
+    assert part and {r["conversation"] for r in part} == {"conv-1"}
+    assert [r["question"] for r in part] == [r["question"] for r in full if r["conversation"] == "conv-1"]
