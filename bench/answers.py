@@ -495,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
     parser.add_argument(
-        "--swap", default="exact", choices=["exact", "slots", "auto"],
+        "--swap", default="exact", choices=["exact", "splice", "slots", "auto"],
         help="swap mode (default exact, the reference: slot mode trims each memory line to its slot, "
         "40 tokens, and LoCoMo turns are often longer)",
     )

@@ -1,10 +1,11 @@
-"""Generation speed: plain decoding vs streaming memory (exact and slot swaps) vs re-feeding.
+"""Generation speed: plain decoding vs streaming memory (exact, splice and slot swaps) vs re-feeding.
 
 Same model, same prompt (system prompt + history + question + the first memory block), same
 number of new tokens, greedy. The ways to produce them:
   (a) `model.generate`, no memory updates (the floor);
   (b) smem, re-retrieving after every token (`update_every_n=1`), once per swap mode
-      (`--swap-modes`; exact swaps on a CPU are rationed by the swap budget, slot swaps never);
+      (`--swap-modes`; exact swaps on a CPU are rationed by the swap budget, splice and slot
+      swaps never);
   (c) smem, re-retrieving every 10 tokens (the engine's default mode);
   (d) the naive loop: re-retrieve every 10 tokens and call `generate` on the whole sequence
       again (what the original Streaming Memory did: every chunk re-reads everything);
@@ -12,8 +13,9 @@ number of new tokens, greedy. The ways to produce them:
       attention mask is the only difference a decode step sees).
 `--sample-memories` adds (b) with memories drawn from the softmax (same seed every round), to
 compare swaps per 100 tokens greedy vs sampled. Then the cost of one swap of one memory is
-timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs slots
-(rewrite one slot), next to a full re-prefill of the same context.
+timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs splice (read
+the new line, re-rotate what follows) vs slots (rewrite one slot), next to a full re-prefill of
+the same context.
 
     python bench/generation.py                       # packaged Qwen2.5-Coder-0.5B on CPU
     python bench/generation.py --device cuda --random-qwen3-8b --prompt-tokens 2048
@@ -44,7 +46,7 @@ from smem.generation.engine import StreamingEngine
 from smem.generation.events import Done, MemoryUpdate, Thinking, Token
 from smem.generation.models import configure_threads, load
 from smem.generation.prompt import PromptBuilder
-from smem.generation.swap import SWAP_MODES, ExactContext, SlotContext
+from smem.generation.swap import SWAP_MODES, ExactContext, SlotContext, SpliceContext
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = (
@@ -265,21 +267,26 @@ def run_naive(model, tokenizer, pool, args, builder: PromptBuilder, chunk: int, 
 
 def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, length: int, repeats: int) -> dict[str, Any]:
     """One swap of the last memory after `length` generated tokens: exact (crop to the common
-    prefix, re-read the changed line, the header and the generated text) vs slots (rewrite one
-    slot), and a full re-prefill of the same context for scale."""
+    prefix, re-read the changed line, the header and the generated text) vs splice (read the new
+    line, re-rotate what follows) vs slots (rewrite one slot), and a full re-prefill of the same
+    context for scale."""
     model, device = engine.model, engine.device
     current, spare = hits[:-1], hits[-1:]
     rest = [h for h in engine.pool.retrieve(QUESTION, max_memories=len(hits) + 1, learn=False) if h.id not in {x.id for x in hits}]
     before, after = [*current, *spare], [*current, *rest[:1]]
     vocab = min(len(engine.tokenizer), 20000)  # ordinary tokens, no special ones at the end
     generated = [int(i) for i in torch.randint(100, vocab, (length,), generator=torch.Generator().manual_seed(0))]
-    timings: dict[str, list[float]] = {"exact": [], "slots": [], "full_prefill": []}
+    timings: dict[str, list[float]] = {"exact": [], "splice": [], "slots": [], "full_prefill": []}
     cpu: dict[str, list[float]] = {name: [] for name in timings}
     read: dict[str, int] = {}
     for _ in range(repeats):
-        for mode in ("exact", "slots"):
+        for mode in ("exact", "splice", "slots"):
             if mode == "exact":
                 context: Any = ExactContext(engine._forward, builder, before, model.config)
+            elif mode == "splice":
+                # Unfused: the swap reads the new line itself, so its time is the swap's own (the
+                # engine fuses that read into the next decode step; the (b) rows include it).
+                context = SpliceContext(engine._forward, builder, before, model.config, rotation=engine.rotation, fuse=False)
             else:
                 context = SlotContext(
                     engine._forward,
@@ -293,6 +300,9 @@ def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, lengt
                 )
             context.prefill()
             if isinstance(context, ExactContext):
+                context._forward(generated, context.cache)
+            elif isinstance(context, SpliceContext):
+                context.tokens += generated
                 context._forward(generated, context.cache)
             else:
                 context.length += length
@@ -315,6 +325,7 @@ def time_swap(engine: StreamingEngine, builder: PromptBuilder, hits: list, lengt
         "generated_tokens": length,
         "context_tokens": len(prompt.ids) + length,
         "exact_tokens_read": read["exact"],
+        "splice_tokens_read": read["splice"],
         "slot_tokens_read": read["slots"],
         **{f"{name}_ms": statistics.median(values) * 1000 for name, values in timings.items()},
         **{f"{name}_cpu_ms": statistics.median(values) * 1000 for name, values in cpu.items()},
@@ -456,13 +467,14 @@ def main() -> None:
     if swaps:
         print()
         print(
-            "| generated tokens | exact swap: tokens read | exact ms (CPU ms) | slot swap: tokens read | slot ms (CPU ms) "
-            "| full re-prefill ms (CPU ms) |"
+            "| generated tokens | exact swap: tokens read | exact ms (CPU ms) | splice: tokens read | splice ms (CPU ms) "
+            "| slot swap: tokens read | slot ms (CPU ms) | full re-prefill ms (CPU ms) |"
         )
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for s in swaps:
             print(
                 f"| {s['generated_tokens']} | {s['exact_tokens_read']} | {s['exact_ms']:.0f} ({s['exact_cpu_ms']:.0f}) | "
+                f"{s['splice_tokens_read']} | {s['splice_ms']:.0f} ({s['splice_cpu_ms']:.0f}) | "
                 f"{s['slot_tokens_read']} | {s['slots_ms']:.0f} ({s['slots_cpu_ms']:.0f}) | "
                 f"{s['full_prefill_ms']:.0f} ({s['full_prefill_cpu_ms']:.0f}) |"
             )

@@ -1,8 +1,12 @@
-"""How far slot swaps are from exact swaps: next-token distributions over the same answers.
+"""How far splice and slot swaps are from exact swaps: next-token distributions over the same answers.
 
 For each question the engine writes a greedy answer in exact mode (re-retrieval every
 `--every` tokens, swaps unrationed), recording the next-token logits it decoded from. The same
 tokens and the same memory schedule (which set, from which token) are then replayed:
+  * splice   - lines tokenised one by one, each swap reading only the new lines and sliding
+    what follows by re-rotating its keys (`smem.generation.swap.SpliceContext`);
+  * splice, no swaps - the same layout with the first set kept (the line-by-line
+    tokenisation's own difference);
   * slots    - the slot layout, each swap rewriting only the changed slots;
   * slots, no swaps - the slot layout with the first set kept (isolates the layout's own
     difference: padding masked, lines tokenised one by one);
@@ -37,7 +41,7 @@ from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import Done, Memories, MemoryUpdate  # noqa: E402
 from smem.generation.models import configure_threads, load  # noqa: E402
 from smem.generation.prompt import PromptBuilder  # noqa: E402
-from smem.generation.swap import ExactContext, SlotContext  # noqa: E402
+from smem.generation.swap import ExactContext, SlotContext, SpliceContext  # noqa: E402
 from smem.memory.embedder import default_embedder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +150,12 @@ def main() -> None:
                     device=engine.device,
                 )
 
+            def splice(hits):
+                return SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation)
+
             variants = {
+                "splice": replay(splice(first), tokens, schedule, stop),
+                "splice, no swaps": replay(splice(first), tokens, {}, stop),
                 "slots": replay(slots(first), tokens, schedule, stop),
                 "slots, no swaps": replay(slots(first), tokens, {}, stop),
                 "once (no swaps, exact layout)": replay(ExactContext(engine._forward, builder, first, model.config), tokens, {}, stop),

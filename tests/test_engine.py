@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import LogitsProcessor
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LogitsProcessor
+from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from smem import MemoryPool, load_memories
 from smem.generation import tiny
@@ -21,7 +22,8 @@ from smem.generation.engine import StreamingEngine
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
 from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
 from smem.generation.sampling import MemoryDraws
-from smem.generation.swap import CPU_SWAP_BUDGET, SlotContext
+from smem.generation.rope import KeyRotation
+from smem.generation.swap import CPU_SWAP_BUDGET, SlotContext, SpliceContext
 from smem.generation.text import IncrementalDecoder
 from smem.memory.learning import LearningState
 
@@ -480,6 +482,134 @@ def test_pool_counts_rendered_lines_in_model_tokens_once(tiny_model, pool):
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
     stats = [e for e in events if isinstance(e, ContextStats)][-1]
     assert stats.all_memory_tokens == builder.block_overhead() + sum(len(ids) for ids in lines)
+
+
+# -- splice swaps ----------------------------------------------------------------------------
+
+
+def splice_context(tiny_model, hits, fuse: bool = False) -> tuple[SpliceContext, StreamingEngine]:
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, MemoryPool(embedder=default_embedder()))
+    builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
+    return SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation, fuse=fuse), engine
+
+
+def expected_tokens(context: SpliceContext, hits, fed) -> list[int]:
+    builder = context._builder
+    head, tail = builder.block_frame()
+    lines = [token for hit in hits for token in builder.line_ids(hit)]
+    block = [*head, *lines, *tail] if hits else []
+    return [*builder.prefix, *block, *builder.header, *fed]
+
+
+def test_key_rotation_moves_a_key_as_the_models_rotary_embedding_would(tiny_model):
+    model, _ = tiny_model
+    rotary = model.model.rotary_emb
+    rotation = KeyRotation.from_model(model)
+    keys = torch.randn(1, 2, 6, rotation.rotary_dims, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(40, 46)[None]
+    for shift in (7, -5, 300):
+        at = apply_rotary_pos_emb(keys, keys, *rotary(keys, positions))[1]
+        moved = apply_rotary_pos_emb(keys, keys, *rotary(keys, positions + shift))[1]
+        torch.testing.assert_close(rotation(at, shift), moved, atol=1e-5, rtol=1e-5)
+
+
+def test_splice_reads_only_the_new_line_and_slides_the_rest_by_rotation(tiny_model, pool):
+    model, _ = tiny_model
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    context, engine = splice_context(tiny_model, [a, b, c])
+    fed = [11, 12, 13, 14, 15]
+    context.prefill()
+    for token in fed:
+        context.step(token)
+    old = [(layer.keys.clone(), layer.values.clone()) for layer in context.cache.layers]
+    b_start = context.start + len(context._head) + len(context.lines[0][1])
+    c_start = b_start + len(context.lines[1][1])
+    c_end = c_start + len(context.lines[2][1])
+    b_len, d_len = len(context.lines[1][1]), len(context._builder.line_ids(d))
+
+    # b leaves, d comes: b's line is cut, d's line read after the last line that stays (c).
+    assert context.swap([a, d, c]) == d_len  # the new line, nothing else
+    assert context.hits == [a, c, d] and context.tokens == expected_tokens(context, [a, c, d], fed)
+    assert context.cache.get_seq_length() == len(context.tokens)  # positions stay contiguous
+    d_start = c_end - b_len
+    reference = DynamicCache(config=model.config)
+    for index, layer in enumerate(context.cache.layers):
+        reference.update(layer.keys[:, :, :d_start], layer.values[:, :, :d_start], index)
+    engine._forward(context._builder.line_ids(d), reference)  # d's line over what precedes it
+    for layer, fresh, (keys, values) in zip(context.cache.layers, reference.layers, old):
+        assert torch.equal(layer.keys[:, :, :b_start], keys[:, :, :b_start])  # before b: untouched
+        # c slides back by b's length, the header and the answer forward by d's minus b's.
+        for new, old_span, shift in ((slice(b_start, d_start), slice(c_start, c_end), -b_len),
+                                     (slice(d_start + d_len, None), slice(c_end, None), d_len - b_len)):
+            torch.testing.assert_close(layer.keys[:, :, new], context._rotation(keys[:, :, old_span], shift))
+            assert torch.equal(layer.values[:, :, new], values[:, :, old_span])
+        d_span = slice(d_start, d_start + d_len)
+        torch.testing.assert_close(layer.keys[:, :, d_span], fresh.keys[:, :, d_span])
+        torch.testing.assert_close(layer.values[:, :, d_span], fresh.values[:, :, d_span])
+
+
+def test_a_fused_splice_reads_the_new_lines_with_the_next_token_as_two_passes_would(tiny_model, pool):
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    runs = []
+    for fuse in (False, True):
+        context, _ = splice_context(tiny_model, [a, b, c], fuse=fuse)
+        context.prefill()
+        context.step(11)
+        read = context.swap([d, c])  # a and b leave, d comes
+        pending = context.cache.get_seq_length()
+        logits = [context.step(token) for token in (12, 13)]
+        runs.append((read, pending, logits, context))
+    (read, pending, logits, plain), (fused_read, fused_pending, fused_logits, fused) = runs
+    assert read == fused_read > 0 and fused.tokens == plain.tokens
+    assert fused_pending == pending - read  # fused: the lines were not read by the swap
+    for left, right in zip(logits, fused_logits):
+        torch.testing.assert_close(left, right, atol=1e-4, rtol=1e-4)
+    for left, right in zip(plain.cache.layers, fused.cache.layers):
+        torch.testing.assert_close(left.keys, right.keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(left.values, right.values, atol=1e-4, rtol=1e-4)
+
+
+def test_splice_cuts_appends_empties_and_refills_the_block(tiny_model, pool):
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    context, _ = splice_context(tiny_model, [a, b, c])
+    context.prefill()
+    context.step(11)
+    cases = [([a, c], 0), ([a, c, d, b], None), ([], 0), ([d], None)]
+    for hits, reads in cases:
+        read = context.swap(hits)
+        assert {h.id for h in context.hits} == {h.id for h in hits}
+        assert context.tokens == expected_tokens(context, context.hits, [11])
+        assert context.cache.get_seq_length() == len(context.tokens)
+        if reads is not None:
+            assert read == reads  # cutting a line reads nothing
+    assert context.memory_tokens == len(expected_tokens(context, [d], [])) - context.prompt_tokens
+    logits = context.step(12)
+    assert torch.isfinite(logits).all()
+
+
+def test_splice_mode_runs_every_re_retrieval_without_deferring(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool)
+    assert engine.swap == "splice"  # the CPU default for a RoPE model
+    events = run(engine, max_new_tokens=40)
+    stats = done(events).stats
+    assert stats.swaps > 0 and stats.extra["deferred_swaps"] == 0 and stats.extra["swap_mode"] == "splice"
+    assert stats.retrievals == 40
+    updates = [e for e in events if isinstance(e, MemoryUpdate)]
+    assert updates and not any(update.exact for update in updates)
+    builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
+    added = sum(len(builder.line_ids(hit)) for update in updates for hit in update.added)
+    assert stats.extra["swap_tokens_reread"] <= added  # new lines only (a refilled empty block adds its frame)
+
+
+def test_a_model_without_rotary_positions_swaps_exactly(pool):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
+    _, tokenizer = tiny.build(seed=0)
+    engine = StreamingEngine(model, tokenizer, pool)
+    assert engine.rotation is None and engine.swap == "exact"
+    with pytest.raises(ValueError, match="splice"):
+        StreamingEngine(model, tokenizer, pool, swap="splice")
 
 
 # -- slot swaps ------------------------------------------------------------------------------

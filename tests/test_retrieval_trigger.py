@@ -45,7 +45,7 @@ def test_policy_fires_on_low_confidence_at_most_once_per_gap():
     assert not SwapPolicy(0, trigger="uncertainty").due(1, 0, 0.0)  # every=0: never (RAG)
 
 
-@pytest.mark.parametrize("swap", ["exact", "slots"])
+@pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
 def test_threshold_bounds_the_retrievals(engine_parts, swap):
     (model, tokenizer), pool = engine_parts
     engine = StreamingEngine(model, tokenizer, pool, swap=swap, swap_budget=None)

@@ -3,11 +3,12 @@
 Why it is cheap: the prompt is prefix | memory block | assistant header (see `smem.generation.prompt`).
 Decoding runs one token per forward pass on a `DynamicCache`. Every `update_every_n` tokens
 the last `lookback_tokens` of generated text are embedded and the pool re-queried; only when
-the selected *set* changes is the memory block in the cache edited, in one of two ways
-(`smem.generation.swap`): exact (crop and re-read block, header and generated text; logits
-exact; the reference, default on accelerators) or slots (rewrite only the changed memory's
-fixed-size slot in place; cost independent of the answer's length; default on CPUs). The
-prefix (system prompt, history, user message) is read exactly once per answer.
+the selected *set* changes is the memory block in the cache edited (`smem.generation.swap`):
+exact (crop and re-read block, header and generated text; logits exact; the reference, default
+on accelerators), splice (cut the leaving memories' lines, read only the newcomers' lines and
+slide what follows by re-rotating its keys; cost independent of the answer's length; default
+on CPUs) or slots (fixed-size slots rewritten in place; kept for comparison). The prefix (system
+prompt, history, user message) is read exactly once per answer.
 
 Why it does not thrash: re-retrieval passes the current set as incumbents with a margin, so a
 near-tie in the last slot does not trigger a swap; sampled draws reuse the answer's random
@@ -57,11 +58,13 @@ from smem.generation.swap import (
     ExactContext,
     RetrievalTrigger,
     SlotContext,
+    SpliceContext,
     SwapMode,
     SwapPolicy,
     default_swap_mode,
     keep_order,
 )
+from smem.generation.rope import KeyRotation
 from smem.generation.text import TextSplitter
 from smem.memory.records import Hit
 
@@ -80,7 +83,7 @@ SENTENCE_END = re.compile(r"[.!?\n]")
 HISTORY_QUERY_WEIGHT = 0.25
 """Share of the recent-history vector in the first retrieval's query; the user's message leads."""
 
-Context = Union[ExactContext, SlotContext]
+Context = Union[ExactContext, SpliceContext, SlotContext]
 
 
 def _token_id(tokenizer: Any, token: str) -> Optional[int]:
@@ -97,7 +100,7 @@ class StreamingEngine:
 
     Each `stream()` call keeps its own cache and state; the pool is only touched under a lock,
     so several streams (threads) can share one engine. `swap` is the default swap mode ("auto":
-    exact on accelerators, slots on CPUs); `swap_budget` (re-read tokens per generated token
+    exact on accelerators, splice on CPUs; see `default_swap_mode`); `swap_budget` (re-read tokens per generated token
     for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited
     elsewhere; `slot_tokens` is the slot length of the slot mode. The pool counts its memories
     in this model's tokens (`line_tokens`, shared by engines of one model), so token budgets
@@ -130,7 +133,9 @@ class StreamingEngine:
         self.decoding = model_profile(model)
         if swap not in (*SWAP_MODES, "auto"):
             raise ValueError(f"swap must be one of {SWAP_MODES} or 'auto', got {swap!r}")
-        self.swap: SwapMode = default_swap_mode(self.device) if swap == "auto" else swap
+        self.rotation = KeyRotation.from_model(model)
+        self.swap: SwapMode = default_swap_mode(self.device, self.rotation) if swap == "auto" else swap
+        self._check_swap(self.swap)
         if swap_budget == "auto":
             swap_budget = CPU_SWAP_BUDGET if self.device.type == "cpu" else None
         self.swap_budget: Optional[float] = swap_budget
@@ -154,22 +159,42 @@ class StreamingEngine:
 
     # -- model ------------------------------------------------------------------------------
 
-    def _forward(self, ids: Sequence[int], cache: Any, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: Sequence[int],
+        cache: Any,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Append `ids` to the cache; return next-token logits (fp32) after the last one."""
         with torch.inference_mode():
             inputs = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
             out = self.model(
-                input_ids=inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True, logits_to_keep=1
+                input_ids=inputs,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
             logits = out.logits[0, -1]
             if self._vocab_limit is not None:
                 logits = logits[: self._vocab_limit]
             return logits.float()
 
+    def _check_swap(self, mode: str) -> None:
+        if mode not in SWAP_MODES:
+            raise ValueError(f"swap must be one of {SWAP_MODES}, got {mode!r}")
+        if mode == "splice" and self.rotation is None:
+            raise ValueError("swap 'splice' needs a model whose rotary position embedding can be re-rotated; use 'exact'")
+
     def _context(self, mode: SwapMode, builder: PromptBuilder, hits: list[Hit], slots: int, max_new_tokens: int) -> Context:
         config = self.model.config
         if mode == "exact":
             return ExactContext(self._forward, builder, hits, config)
+        if mode == "splice":
+            assert self.rotation is not None  # _check_swap refused it otherwise
+            return SpliceContext(self._forward, builder, hits, config, rotation=self.rotation)
         return SlotContext(
             self._forward,
             builder,
@@ -372,7 +397,7 @@ class StreamingEngine:
         any `logits_processor` of the caller. `sample_memories` draws the memory set from the pool's softmax (at the pool's
         `softmax_temperature`) instead of taking the argmax. `seed` (or a fresh one, reported in
         `Done.stats.extra["seed"]`) drives both the token and the memory draws. `swap` is
-        "exact" or "slots" (default: the engine's). `retrieval_trigger` "interval" re-retrieves
+        "exact", "splice" or "slots" (default: the engine's). `retrieval_trigger` "interval" re-retrieves
         every `update_every_n` tokens from the last `lookback_tokens`; "uncertainty" (FLARE) when
         a token's probability is below `uncertainty_threshold`, at most once per
         `update_every_n` tokens, from the sentence being written. `logits_processor` (transformers'
@@ -383,8 +408,8 @@ class StreamingEngine:
         """
         if update_every_n < 0 or lookback_tokens < 1 or max_new_tokens < 0 or max_memories < 0:
             raise ValueError("update_every_n, max_new_tokens and max_memories must be >= 0, lookback_tokens >= 1")
-        if swap is not None and swap not in SWAP_MODES:
-            raise ValueError(f"swap must be one of {SWAP_MODES}, got {swap!r}")
+        if swap is not None:
+            self._check_swap(swap)
         if retrieval_trigger not in RETRIEVAL_TRIGGERS or not 0.0 <= uncertainty_threshold <= 1.0:
             raise ValueError(f"retrieval_trigger must be one of {RETRIEVAL_TRIGGERS}, uncertainty_threshold in [0, 1]")
         stats = AnswerStats()
@@ -494,7 +519,7 @@ class StreamingEngine:
                     "prompt_tokens": context.prompt_tokens,
                     "memory_ids": [h.id for h in context.hits],
                     "late_system_block": builder.late_system,
-                    "swap_mode": "exact" if context.exact else "slots",
+                    "swap_mode": context.mode,
                     "sample_memories": sample_memories,
                     "seed": seed,
                 },

@@ -113,8 +113,8 @@ class MemoryUpdate(SseEvent):
     at_token: int
     exact: bool = wire(
         default=True,
-        doc="True: the context was re-read exactly (`swap: exact`); false: only the changed memory slots were "
-        "rewritten and the text written so far kept its cache (`swap: slots`, see smem.generation.swap).",
+        doc="True: the context was re-read exactly (`swap: exact`); false: only the changed memory lines were "
+        "read and the text written so far kept its cache (`swap: splice` or `slots`, see smem.generation.swap).",
     )
 
 

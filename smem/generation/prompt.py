@@ -238,15 +238,20 @@ class PromptBuilder:
 
     def block_frame(self) -> tuple[list[int], list[int]]:
         """The fixed tokens around the memory lines, (head with the label, tail with the
-        instruction), for a block laid out in slots (`smem.generation.swap.SlotContext`)."""
+        instruction), for a block edited line by line (`smem.generation.swap`)."""
         return (
             self.encode(self._block_before + MEMORY_LABEL + "\n"),
             self.encode("\n" + MEMORY_INSTRUCTION + self._block_after),
         )
 
+    def line_ids(self, memory: Union[Hit, Memory]) -> list[int]:
+        """One memory line with its newline, tokenised alone, for a block edited line by line
+        (`smem.generation.swap`): the block is then head + lines + tail, token for token."""
+        return self.encode(memory_line(memory) + "\n")
+
     def slot_line(self, memory: Union[Hit, Memory], length: int) -> list[int]:
         """A memory line's ids trimmed to `length` (keeping its closing newline) for a slot."""
-        ids = self.encode(memory_line(memory) + "\n")
+        ids = self.line_ids(memory)
         return ids if len(ids) <= length else [*ids[: length - 1], ids[-1]]
 
     def block_overhead(self) -> int:

@@ -1,27 +1,34 @@
 """Memory swaps: when the engine may change the memory block, and how it edits the KV cache.
 
 The prompt is prefix | memory block | assistant header, then the generated text (see
-`smem.generation.prompt`). Two ways to change the block under a running answer:
+`smem.generation.prompt`). Three ways to change the block under a running answer:
 
 * **exact** (`ExactContext`, the reference and the default on accelerators): crop the cache to
   the longest common prefix of the old and new token sequences and re-read the rest, i.e. the
   changed memory lines, the header and every generated token. The logits afterwards are those
   of a fresh forward over the same tokens. Its cost grows with the answer.
-* **slots** (`SlotContext`, the default on CPUs): the block is a fixed number of slots of a
-  fixed token length (a memory line is trimmed or padded to its slot; padding and empty slots
-  are masked out of attention). Replacing the memory in slot i recomputes only slot i's keys
-  and values, at slot i's positions, attending to the prefix and the earlier slots exactly as a
-  fresh prefill would. The header and the generated tokens keep their cache entries and their
-  positions never move, so a swap costs one slot whatever the answer's length. It is an
-  approximation: the kept entries after slot i were computed while the old memory was there
-  (`bench/swap_fidelity.py` measures what that changes against exact).
+* **splice** (`SpliceContext`, the default on CPUs): the block is tokenised line by line; a
+  swap cuts the lines of memories that leave, computes only the newcomers' lines (after the
+  last line that stays) over the unchanged cache before them, and slides every cached entry
+  after them to its new position by re-rotating its key
+  (`smem.generation.rope`: RoPE rotations compose, so this needs no forward pass). Positions
+  stay contiguous, nothing is trimmed or masked, and a swap costs the new line's tokens
+  whatever the answer's length. Approximate: the kept entries after the line were computed
+  while the old memory was there (`bench/swap_fidelity.py` measures what that changes).
+* **slots** (`SlotContext`): the block is a fixed number of slots of a fixed token length (a
+  memory line is trimmed or padded to its slot; padding and empty slots are masked out of
+  attention), rewritten in place at fixed positions. Approximate in the same way, plus the
+  position gaps its masked padding leaves, which derail the small model on some prompts
+  (docs/benchmarks.md, "A prompt the slot layout derails"); kept for comparison.
 
-`SwapPolicy` decides when to re-retrieve. Slot swaps are cheap enough to run at every scheduled
-re-retrieval; exact swaps on a CPU are paid from a budget of re-read tokens per generated token.
+`SwapPolicy` decides when to re-retrieve. Splice and slot swaps are cheap enough to run at
+every scheduled re-retrieval; exact swaps on a CPU are paid from a budget of re-read tokens per
+generated token.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, get_args
 
@@ -29,11 +36,12 @@ import torch
 from transformers import DynamicCache
 
 from smem.generation.prompt import Prompt, PromptBuilder
+from smem.generation.rope import KeyRotation
 from smem.memory.records import Hit
 
-SwapMode = Literal["exact", "slots"]
+SwapMode = Literal["exact", "splice", "slots"]
 SWAP_MODES: tuple[SwapMode, ...] = get_args(SwapMode)
-SwapChoice = Literal["auto", "exact", "slots"]
+SwapChoice = Literal["auto", "exact", "splice", "slots"]
 """What a user may ask for: a mode, or "auto" (`default_swap_mode`)."""
 SWAP_CHOICES: tuple[str, ...] = get_args(SwapChoice)
 
@@ -55,13 +63,15 @@ parameter there too). Not tuned: bench/answers.py reports how often it fires (re
 answer) and takes `--uncertainty-threshold` to try others."""
 
 Forward = Callable[..., torch.Tensor]
-"""`forward(ids, cache, attention_mask=None) -> next-token logits`: appends `ids` to `cache`."""
+"""`forward(ids, cache, attention_mask=None, position_ids=None) -> next-token logits`: appends
+`ids` to `cache` (at the cache's next positions unless `position_ids` says otherwise)."""
 
 
-def default_swap_mode(device: torch.device) -> SwapMode:
-    """Exact where prefill is nearly free next to a decode step (accelerators); slots on CPUs,
-    where an exact swap late in an answer re-reads hundreds of tokens."""
-    return "exact" if device.type != "cpu" else "slots"
+def default_swap_mode(device: torch.device, rotation: Optional[KeyRotation]) -> SwapMode:
+    """Exact where prefill is nearly free next to a decode step (accelerators); splice on CPUs,
+    where an exact swap late in an answer re-reads hundreds of tokens, if the model's position
+    embedding can be re-rotated (else exact)."""
+    return "splice" if device.type == "cpu" and rotation is not None else "exact"
 
 
 def _common_prefix(cached: Sequence[int], sequence: Sequence[int]) -> int:
@@ -84,6 +94,7 @@ class ExactContext:
     """The answer's cache when every swap crops and re-reads (logits exact)."""
 
     exact = True
+    mode: SwapMode = "exact"
 
     def __init__(self, forward: Forward, builder: PromptBuilder, hits: Sequence[Hit], config: Any) -> None:
         self._forward = forward
@@ -129,10 +140,153 @@ class ExactContext:
         return cost
 
 
+class SpliceContext:
+    """The answer's cache when a swap splices the new memory lines in and re-rotates what
+    follows (approximate; see the module docstring).
+
+    A swap cuts the lines of memories that leave (nothing read: what follows slides back) and
+    opens a gap after the last line that stays, sliding what follows forward; the newcomers'
+    lines are read into the gap by the next forward pass. With `fuse` (the default) that is the
+    next decode step: one forward reads the new lines at the gap's positions (a 4D mask lets
+    them see only what precedes the gap, as a prefill would) and the new token at the end (it
+    sees everything), so a swap costs the weights' read once, not twice: on a CPU a decode step
+    is bound by reading the weights, and a 25-token line costs about as much again
+    (docs/benchmarks.md, "Swap modes"). Without `fuse` the lines are read at once.
+    """
+
+    exact = False
+    mode: SwapMode = "splice"
+
+    def __init__(
+        self,
+        forward: Forward,
+        builder: PromptBuilder,
+        hits: Sequence[Hit],
+        config: Any,
+        *,
+        rotation: KeyRotation,
+        fuse: bool = True,
+    ) -> None:
+        self._forward = forward
+        self._builder = builder
+        self._rotation = rotation
+        self.fuse = fuse
+        self._head, self._tail = builder.block_frame()
+        self.lines: list[tuple[Hit, list[int]]] = [(hit, builder.line_ids(hit)) for hit in hits]
+        self.start = len(builder.prefix)
+        """Where the memory block begins; nothing before it ever changes."""
+        self.tokens: list[int] = [*builder.prefix, *self._block(), *builder.header]
+        """The sequence the model reads, in order (generated tokens appended by `step`)."""
+        self.cache = DynamicCache(config=config)
+        self._gap: Optional[tuple[int, list[int]]] = None
+        """(position, ids) of lines spliced into `tokens` whose cache entries are not read yet."""
+
+    def _block(self) -> list[int]:
+        """Head + lines + tail; no memories, no block (as `PromptBuilder.memory_block`)."""
+        if not self.lines:
+            return []
+        return [*self._head, *(token for _, ids in self.lines for token in ids), *self._tail]
+
+    @property
+    def hits(self) -> list[Hit]:
+        return [hit for hit, _ in self.lines]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._builder.prefix) + len(self._builder.header)
+
+    @property
+    def memory_tokens(self) -> int:
+        return len(self._block())
+
+    def prefill(self) -> torch.Tensor:
+        return self._forward(self.tokens, self.cache)
+
+    def step(self, token: int) -> torch.Tensor:
+        self.tokens.append(token)
+        if self._gap is not None:
+            return self._fill(token)
+        return self._forward([token], self.cache)
+
+    def cheapest_swap(self, fed: Sequence[int] = ()) -> int:
+        """A splice reads only the new line (budgets apply to exact swaps only)."""
+        return 1
+
+    def swap(self, hits: Sequence[Hit], fed: Sequence[int] = ()) -> int:
+        """Put `hits` in context; return the tokens to read (the newcomers' lines). Memories
+        that stay keep their line; the newcomers' lines go after the last of them, so the
+        block's order is `keep_order`'s, as in an exact swap. `fed` (the generated text in the
+        cache) is never re-read: its entries slide with re-rotated keys."""
+        if self._gap is not None:
+            self._fill(None)
+        if not self.lines or not hits:  # the block appears or disappears as a whole
+            before = len(self._block())
+            self.lines = [(hit, self._builder.line_ids(hit)) for hit in hits]
+            self._move(self.start, self.start + before, self._block())
+            return len(self._block())
+        wanted = {hit.id: hit for hit in hits}
+        first = self.start + len(self._head)
+        starts = [first, *(first + n for n in itertools.accumulate(len(ids) for _, ids in self.lines))]
+        for index in reversed(range(len(self.lines))):  # last first: earlier starts stay valid
+            hit, ids = self.lines[index]
+            if hit.id in wanted:
+                self.lines[index] = (wanted.pop(hit.id), ids)  # fresh score, same line
+            else:
+                self._move(starts[index], starts[index + 1], [])
+                del self.lines[index]
+        newcomers = [(hit, self._builder.line_ids(hit)) for hit in hits if hit.id in wanted]
+        end = first + sum(len(ids) for _, ids in self.lines)
+        self.lines += newcomers
+        ids = [token for _, line in newcomers for token in line]
+        self._move(end, end, ids)
+        return len(ids)
+
+    def _move(self, start: int, stop: int, ids: list[int]) -> None:
+        """Put `ids` in place of `tokens[start:stop]`: drop those cache entries and slide what
+        followed by the length difference (keys re-rotated, values as they are), leaving a gap
+        for `ids`, read by the next `step` (fused) or at once."""
+        with torch.inference_mode():
+            for layer in self.cache.layers:
+                keys, values = layer.keys, layer.values
+                moved = self._rotation(keys[:, :, stop:], len(ids) - (stop - start))
+                layer.keys = torch.cat([keys[:, :, :start], moved], dim=-2)
+                layer.values = torch.cat([values[:, :, :start], values[:, :, stop:]], dim=-2)
+        self.tokens[start:stop] = ids
+        if ids:
+            self._gap = (start, ids)
+            if not self.fuse:
+                self._fill(None)
+
+    def _fill(self, token: Optional[int]) -> torch.Tensor:
+        """Read the gap's lines at their positions, seeing only what precedes the gap (and each
+        other, causally), plus `token` at the end of the sequence seeing everything; then put
+        the lines' entries in order. Returns the logits after the last id read."""
+        assert self._gap is not None
+        at, ids = self._gap
+        self._gap = None
+        kept = self.cache.get_seq_length()
+        reads = [*ids, *([token] if token is not None else [])]
+        positions = [*range(at, at + len(ids)), *([kept + len(ids)] if token is not None else [])]
+        dtype, device = self.cache.layers[0].keys.dtype, self.cache.layers[0].keys.device
+        blocked = torch.finfo(dtype).min
+        mask = torch.zeros(1, 1, len(reads), kept + len(reads), dtype=dtype, device=device)
+        mask[:, :, : len(ids), at:kept] = blocked  # the lines do not see what follows the gap
+        mask[:, :, :, kept:] = torch.full((len(reads), len(reads)), blocked, dtype=dtype, device=device).triu(1)
+        logits = self._forward(reads, self.cache, mask, torch.tensor([positions], device=device))
+        with torch.inference_mode():
+            for layer in self.cache.layers:
+                for name in ("keys", "values"):
+                    entries = getattr(layer, name)
+                    lines, token = entries[:, :, kept : kept + len(ids)], entries[:, :, kept + len(ids) :]
+                    setattr(layer, name, torch.cat([entries[:, :, :at], lines, entries[:, :, at:kept], token], dim=-2))
+        return logits
+
+
 class SlotContext:
     """The answer's cache when the memory block is fixed slots rewritten in place (approximate)."""
 
     exact = False
+    mode: SwapMode = "slots"
 
     def __init__(
         self,

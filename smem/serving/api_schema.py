@@ -229,9 +229,10 @@ def chat_request_model(
         swap: SwapChoice = Field(
             default="auto",
             description="How a memory swap edits the model's cache: `exact` re-reads the new memories, the header and "
-            "everything generated so far (exact; cost grows with the answer); `slots` rewrites only the changed "
-            "memory's fixed-size slot (approximate; cost independent of the answer's length). `auto`: exact on a "
-            "GPU, slots on a CPU.",
+            "everything generated so far (exact; cost grows with the answer); `splice` cuts the leaving memories' lines, "
+            "reads only the newcomers' lines and slides what follows by re-rotating its keys (approximate: text already "
+            "written keeps its cache; cost independent of the answer's length); `slots` rewrites fixed-size slots "
+            "(approximate, kept for comparison). `auto`: exact on a GPU, splice on a CPU.",
         )
 
         @field_validator("message")

@@ -101,7 +101,8 @@ class GenerationSettings:
     promise (a visitor moving the slider expects the selection to change); every answer's seed
     is in its Done statistics, so a draw can be replayed."""
     swap: str = "auto"
-    """How memory swaps edit the cache: "exact", "slots" or "auto" (exact on GPUs, slots on CPUs)."""
+    """How memory swaps edit the cache: "exact", "splice", "slots" or "auto" (exact on GPUs,
+    splice on CPUs; `smem.generation.swap`)."""
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:

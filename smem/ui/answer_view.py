@@ -48,7 +48,8 @@ class Segment:
     start: int
     hits: tuple[Hit, ...]
     exact: Optional[bool] = None
-    """How the swap that began it edited the cache: exact re-read or slot rewrite (None: the first set)."""
+    """How the swap that began it edited the cache: exact re-read, or an approximate splice or
+    slot rewrite (None: the first set)."""
 
     @property
     def ids(self) -> tuple[str, ...]:

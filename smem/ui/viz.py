@@ -482,7 +482,7 @@ def timeline_figure(view: AnswerView, at_token: Optional[int] = None) -> go.Figu
     if at_token is not None:
         figure.add_vline(x=at_token, line={"width": 2, "color": "#111827"})
     for token, exact in view.swap_marks():
-        # Solid: the swap re-read the context exactly; dotted: a slot rewrite (approximate).
+        # Solid: the swap re-read the context exactly; dotted: a splice or slot rewrite (approximate).
         figure.add_vline(x=token, line={"width": 1, "color": "#9ca3af", "dash": "solid" if exact else "dot"})
     if not intervals:
         _placeholder(figure, "The memories of each stretch of the answer appear here")
