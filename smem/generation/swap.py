@@ -222,8 +222,9 @@ class SpliceContext:
         if not self.lines or not hits:  # the block appears or disappears as a whole
             before = len(self._block())
             self.lines = [(hit, self._builder.line_ids(hit)) for hit in hits]
-            self._move(self.start, self.start + before, self._block())
-            return len(self._block())
+            block = self._block()
+            self._move(self.start, self.start + before, block)
+            return len(block)
         wanted = {hit.id: hit for hit in hits}
         first = self.start + len(self._head)
         starts = [first, *(first + n for n in itertools.accumulate(len(ids) for _, ids in self.lines))]
