@@ -8,6 +8,8 @@ on the same model, questions and decoding:
   rag        retrieve once, k=5 (update_every_n=0)
   stream     k=5 at a time, re-retrieved every N tokens (the engine's default N)
   stream_n1  the same, N=1
+  stream_n1_splice  N=1 with splice swaps (the CPU default), against the reference's swaps
+             (--swap); --splice-margin sets its incumbent margin
   rag_wide   retrieve once, k = the distinct memories `stream` had in context for that question
   all        every memory (only with --all, and only where it fits the model's context)
   flare      k=5, re-retrieved when a token's probability falls under a threshold, from the
@@ -97,8 +99,8 @@ numbered lists of 4-7 facts that ran into the 128-token cap before "Answer:"; as
 two facts, on one line" dropped the "Answer:" line in 2 of 5. With SHORT_ANSWER still in the
 message it listed 5-7 facts. The system prompt keeps the instruction out of the first retrieval's
 query, which embeds the message. Plain labels with a colon, not headings (a small model parrots
-headings); "Facts", not "Notes": the memory block is labelled "Notes from earlier conversations"
-and tells the model not to repeat them."""
+headings); "Facts", not "Notes": the memory block's instruction calls its lines notes and tells the
+model not to repeat them."""
 
 REASONING_SYSTEM_PROMPT = f"{DEFAULT_SYSTEM_PROMPT} {REASONING_INSTRUCTION}"
 
@@ -321,12 +323,22 @@ class Condition:
     options: tuple[tuple[str, Any], ...] = ()
 
 
-def conditions(names: Sequence[str], stream_every: int, threshold: Optional[float] = None) -> list[Condition]:
+def conditions(
+    names: Sequence[str], stream_every: int, threshold: Optional[float] = None, splice_margin: Optional[float] = None
+) -> list[Condition]:
     known = {
         "none": Condition("none", 0, 0),
         "rag": Condition("rag", 0, RAG_K),
         "stream": Condition("stream", stream_every, RAG_K),
         "stream_n1": Condition("stream_n1", 1, RAG_K),
+        # N=1 with splice swaps (the CPU default) whatever --swap says, so one run compares them
+        # with the reference; --splice-margin makes its incumbents stickier (issue 12: fewer swaps)
+        "stream_n1_splice": Condition(
+            "stream_n1_splice",
+            1,
+            RAG_K,
+            (("swap", "splice"),) + ((("incumbent_margin", splice_margin),) if splice_margin is not None else ()),
+        ),
         "rag_wide": Condition("rag_wide", 0, None),
         "all": Condition("all", 0, None),
         # FLARE-style: re-retrieve when a token's probability is low (at most once per token),
@@ -398,6 +410,8 @@ def summarise(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
         out["degenerate_rate"] = round(float(np.mean([bool(r["degenerate"]) for r in rows])), 4) if rows else 0.0
         out["marker_missing_rate"] = round(float(np.mean([r["marker_missing"] for r in rows])), 4) if rows else 0.0
         out["swaps_per_answer"] = round(float(np.mean([r["swaps"] for r in rows])), 3) if rows else 0.0
+        tokens = sum(r["tokens"] for r in rows)
+        out["swaps_per_100_tokens"] = round(100.0 * sum(r["swaps"] for r in rows) / tokens, 2) if tokens else 0.0
         return out
 
     summary = block(records)
@@ -432,12 +446,17 @@ def report(records: dict[str, list[dict[str, Any]]], model: str, settings: dict[
         "settings": settings,
     }
     paired = {}
-    for streaming in ("stream", "stream_n1", "flare"):
+    for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare"):
         if records.get(streaming) and records.get("rag"):
             for metric in ("f1", "evidence_any", "evidence_at_answer"):
                 paired[f"{streaming} - rag, {metric}"] = paired_difference(
                     [r[metric] for r in records[streaming]], [r[metric] for r in records["rag"]], seed
                 )
+    if records.get("stream_n1_splice") and records.get("stream_n1"):  # fast swaps against the reference
+        for metric in ("f1", "evidence_any", "evidence_at_answer"):
+            paired[f"stream_n1_splice - stream_n1, {metric}"] = paired_difference(
+                [r[metric] for r in records["stream_n1_splice"]], [r[metric] for r in records["stream_n1"]], seed
+            )
     if records.get("stream") and records.get("rag_wide"):
         wide = result["conditions"]["rag_wide"]["context_tokens"]
         result["stream_context_vs_rag_wide"] = round(result["conditions"]["stream"]["context_tokens"] / max(wide, 1e-9), 3)
@@ -483,6 +502,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="ask only the sampled questions of these conversations: the sample is drawn over all "
                         "of them first, so runs split over processes ask the same questions as one run")
     parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
+    parser.add_argument("--splice-margin", type=float, default=None,
+                        help="incumbent margin of `stream_n1_splice` (default: the engine's)")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -513,7 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from smem.memory.embedder import default_embedder, embed_documents
 
     names = list(args.conditions) + (["all"] if args.all else [])
-    plan = conditions(names, args.update_every_n, args.uncertainty_threshold)
+    plan = conditions(names, args.update_every_n, args.uncertainty_threshold, args.splice_margin)
     conversations = load(args.data)
     picks = sample_questions(conversations, args.questions, args.seed)
     if args.only:

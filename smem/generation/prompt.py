@@ -16,10 +16,15 @@ greedy, on the example prompts). The old long heading ("Memories relevant to thi
 (they update as you answer; use them where they help):") was the first thing it wrote back in 3
 of 5 answers, then the list with its "[type, subject]" tags. A block of bare notes followed by
 the instruction made it list the notes back, or thank the user for their "suggestions". What
-worked: a short plain label, the memories as dated notes (dates answer "when" questions), and
+worked: a plain label (no heading), the memories as dated notes (dates answer "when" questions), and
 the instruction last, right before the assistant header, telling it not to repeat them.
-Assistant turns in the history are cleaned of echoed notes and instructions before they
-re-enter the prompt, since a model copies its own earlier echoes.
+The label then was "Notes from earlier conversations:", and on LoCoMo questions the model opened
+2 of 30 answers by copying it and listing the notes under it (issue 10's answer benchmark; broad
+questions such as "What are Joanna's hobbies?"). Three labels were tried on those 30 questions
+(rag, greedy) and on the app's ten example prompts (the example-prompt test): "Earlier
+conversations (dated):" (F1 0.252, no copy, but one example answer repeated a sentence),
+"From earlier conversations (dated):" (0.212, clean) and the one kept, a sentence that names
+whose memories these are (0.230, clean; the old label scored 0.213 with 2 copies).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who knows the user from earlier conversations. "
     "Answer the user's message directly and concretely, in your own words."
 )
-MEMORY_LABEL = "Notes from earlier conversations:"
+MEMORY_LABEL = "What you remember from earlier conversations with the user:"
 MEMORY_INSTRUCTION = (
     "Answer the user's message above. Use the notes only where they are relevant; do not list or repeat them."
 )
@@ -47,7 +52,8 @@ _ECHO_PREFIXES = (
     MEMORY_LABEL,
     MEMORY_INSTRUCTION[:40],
     DEFAULT_SYSTEM_PROMPT[:40],
-    "Memories relevant to this conversation",  # the heading of earlier versions, still in old chats
+    "Notes from earlier conversations:",  # the labels of earlier versions, still in old chats
+    "Memories relevant to this conversation",
 )
 _NOTE_LINE = re.compile(r"^\s*-\s+(\[[^\]]*\]\s*|\d{1,2} [A-Z][a-z]+ \d{4}:\s*)")
 """An echoed note: "- 2 June 2025: ..." (this layout) or "- [type, subject] ..." (the old one)."""
