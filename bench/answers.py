@@ -11,6 +11,7 @@ on the same model, questions and decoding:
   stream_n1_splice  N=1 with splice swaps (the CPU default), against the reference's swaps
              (--swap); --splice-margin sets its incumbent margin
   rag_wide   retrieve once, k = the distinct memories `stream` had in context for that question
+  rag_wide_n1  the same, k from `stream_n1` (RAG with as many memories as N=1 streaming saw)
   all        every memory (only with --all, and only where it fits the model's context)
   flare      k=5, re-retrieved when a token's probability falls under a threshold, from the
              question and the sentence being written (FLARE's trigger and query)
@@ -323,6 +324,10 @@ class Condition:
     options: tuple[tuple[str, Any], ...] = ()
 
 
+WIDE_FROM = {"rag_wide": "stream", "rag_wide_n1": "stream_n1"}
+"""Each retrieve-once-wide condition and the streaming condition whose distinct memories set its k."""
+
+
 def conditions(
     names: Sequence[str], stream_every: int, threshold: Optional[float] = None, splice_margin: Optional[float] = None
 ) -> list[Condition]:
@@ -340,6 +345,7 @@ def conditions(
             (("swap", "splice"),) + ((("incumbent_margin", splice_margin),) if splice_margin is not None else ()),
         ),
         "rag_wide": Condition("rag_wide", 0, None),
+        "rag_wide_n1": Condition("rag_wide_n1", 0, None),
         "all": Condition("all", 0, None),
         # FLARE-style: re-retrieve when a token's probability is low (at most once per token),
         # querying with the sentence being written
@@ -355,8 +361,9 @@ def conditions(
         raise SystemExit(f"unknown condition(s) {unknown}; choose from {list(known)}")
     order = list(known)
     chosen = sorted(dict.fromkeys(names), key=order.index)
-    if "rag_wide" in chosen and "stream" not in chosen:
-        raise SystemExit("rag_wide takes its k from stream: run stream too")
+    for wide, source in WIDE_FROM.items():
+        if wide in chosen and source not in chosen:
+            raise SystemExit(f"{wide} takes its k from {source}: run {source} too")
     return [known[n] for n in chosen]
 
 
@@ -457,9 +464,10 @@ def report(records: dict[str, list[dict[str, Any]]], model: str, settings: dict[
             paired[f"stream_n1_splice - stream_n1, {metric}"] = paired_difference(
                 [r[metric] for r in records["stream_n1_splice"]], [r[metric] for r in records["stream_n1"]], seed
             )
-    if records.get("stream") and records.get("rag_wide"):
-        wide = result["conditions"]["rag_wide"]["context_tokens"]
-        result["stream_context_vs_rag_wide"] = round(result["conditions"]["stream"]["context_tokens"] / max(wide, 1e-9), 3)
+    for wide, source in WIDE_FROM.items():
+        if records.get(source) and records.get(wide):
+            ratio = result["conditions"][source]["context_tokens"] / max(result["conditions"][wide]["context_tokens"], 1e-9)
+            result[f"{source}_context_vs_{wide}"] = round(ratio, 3)
     result["paired"] = paired
     result["answers"] = records
     return result
@@ -589,24 +597,28 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             question = question_at(conv, q_index)
             message = question_message(question, args.reasoning)
             answers: dict[str, Answer] = {}
+            ks: dict[str, Optional[int]] = {}  # memories each condition was asked for
             for condition in plan:
                 k = condition.max_memories
-                reused = False
-                if condition.name == "rag_wide":
-                    k = max(len(answers["stream"].ever), RAG_K)
-                    if k == RAG_K and "rag" in answers:  # identical run (same k, retrieve once, same decoding)
-                        answers[condition.name], reused = answers["rag"], True
+                reused: Optional[str] = None  # the condition whose identical answer is reused
+                if condition.name in WIDE_FROM:
+                    k = max(len(answers[WIDE_FROM[condition.name]].ever), RAG_K)
+                    # a retrieve-once run with the same k and decoding gives the same answer
+                    same = [name for name, kk in ks.items() if kk == k and name in ("rag", *WIDE_FROM)]
+                    if same:
+                        answers[condition.name], reused = answers[same[0]], same[0]
                 if condition.name == "all":
                     if not all_fits:
                         continue
                     k = len(pool)
-                if not reused:
+                ks[condition.name] = k
+                if reused is None:
                     answers[condition.name] = ask(
                         engine, message, conv.now, marker, update_every_n=condition.update_every_n, max_memories=k,
                         seed=args.seed + q_index, **decoding, **dict(condition.options),
                     )
                 record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
-                          "gold": question.answer, "k": k, "reused_rag": reused}
+                          "gold": question.answer, "k": k, "reused_from": reused}
                 score(record, question, answers[condition.name], instructions, args.reasoning)
                 records[condition.name].append(record)
             done_count += 1
@@ -620,8 +632,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     result = report(records, model_name(model), {**settings, "wall_seconds": round(time.perf_counter() - started, 1)},
                     args.seed)
     print_table(result)
-    if "stream_context_vs_rag_wide" in result:
-        print(f"stream context tokens / rag_wide: {result['stream_context_vs_rag_wide']:.3f}")
+    for wide, source in WIDE_FROM.items():
+        if f"{source}_context_vs_{wide}" in result:
+            print(f"{source} context tokens / {wide}: {result[f'{source}_context_vs_{wide}']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

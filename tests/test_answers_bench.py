@@ -263,6 +263,27 @@ def test_cli_writes_the_contracted_json(tmp_path, minilm):
     assert result["conditions"].keys() == written["conditions"].keys()
 
 
+def test_cli_n1_conditions_wide_from_n1_and_splice_against_the_reference(tmp_path, minilm):
+    out = tmp_path / "out.json"
+    answers.main(
+        ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
+         "--model", "tiny", "--max-new-tokens", "4", "--conditions", "rag", "stream_n1", "stream_n1_splice",
+         "rag_wide_n1", "--splice-margin", "0.5"]
+    )
+    written = json.loads(out.read_text())
+    assert set(written["conditions"]) == {"rag", "stream_n1", "stream_n1_splice", "rag_wide_n1"}
+    ratio = written["conditions"]["stream_n1"]["context_tokens"] / written["conditions"]["rag_wide_n1"]["context_tokens"]
+    assert written["stream_n1_context_vs_rag_wide_n1"] == pytest.approx(ratio, abs=1e-3)
+    assert {f"stream_n1_splice - stream_n1, {m}" for m in ("f1", "evidence_any", "evidence_at_answer")} <= set(
+        written["paired"]
+    )
+    for row, stream_row in zip(written["answers"]["rag_wide_n1"], written["answers"]["stream_n1"]):
+        assert row["k"] == max(stream_row["distinct_memories"], answers.RAG_K)
+    assert all(row["swap_mode"] == "splice" for row in written["answers"]["stream_n1_splice"])
+    with pytest.raises(SystemExit, match="stream_n1"):
+        answers.conditions(["rag", "rag_wide_n1"], 10)
+
+
 def test_cli_reasoning_mode(tmp_path, minilm):
     out = tmp_path / "out.json"
     answers.main(
