@@ -125,14 +125,14 @@ def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray
     return np.where(total > 0, np.clip(mean_pair, 0.0, 1.0), 0.0)
 
 
-def query_alignment(query: np.ndarray, query_sum: np.ndarray, threshold: float) -> np.ndarray:
-    """How far this query points along the mean direction of past queries, past `threshold`.
+def query_alignment(dots: np.ndarray, norms: np.ndarray, threshold: float) -> np.ndarray:
+    """How far this query points along the mean direction of past queries, past `threshold`,
+    from `dots` (the query · each memory's query sum, `dot_rows`) and `norms` (|query sum|).
 
     Loosely related queries share a cosine of 0.3–0.5 with any embedder; only a query that
     truly resembles the earlier ones (cos above the threshold) earns the association.
     """
-    norms = np.linalg.norm(query_sum, axis=1)
-    cos = np.divide(dot_rows(query_sum, query), norms, out=np.zeros_like(norms), where=norms > 0)
+    cos = np.divide(dots, norms, out=np.zeros_like(norms), where=norms > 0)
     return np.clip((cos - threshold) / (1.0 - threshold), 0.0, 1.0)
 
 
