@@ -91,11 +91,13 @@ def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """`matrix @ vector`, but each row's result is the same bits whatever rows come with it.
 
     BLAS gemv blocks rows, so a row's rounding depends on its neighbours (425 of 300k rows
-    differed between subsets, measured with OpenBLAS 0.3.31); einsum's inner loop runs the
-    same way for every row. The fast path and exact scoring see a memory in different
-    company, and must still compute the very same score. As fast as gemv at 100k × 384.
+    differed between subsets, measured with OpenBLAS 0.3.31); `np.vecdot` takes one BLAS dot
+    per row, the same way for every row. The fast path and exact scoring see a memory in
+    different company, and must still compute the very same score. Measured here (CPU per
+    call, AVX2): 3.0 against einsum's 6.8 µs for 64 × 384 (an MMR step), 38 against 71 µs
+    at 1k, 7.5 against 9.3 ms at 100k; einsum's per-row loop was the earlier choice.
     """
-    return np.einsum("ij,j->i", matrix, vector)
+    return np.vecdot(matrix, vector)
 
 
 def gate(similarity: np.ndarray) -> np.ndarray:

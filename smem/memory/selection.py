@@ -177,6 +177,8 @@ def select(
             # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
             proven = proven and bool(ranked[pos] > ceiling)
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
+        if len(picks) == max_memories:
+            break  # the last pick's damping and links could only move picks that will not come
         available[pos] = False
         remaining -= float(candidates.tokens[pos])
         if diversity_weight > 0 and not lazy:
