@@ -100,6 +100,12 @@ def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return np.vecdot(matrix, vector)
 
 
+def unit_interval(values: np.ndarray) -> np.ndarray:
+    """`np.clip(values, 0, 1)`, the same values (NaN stays NaN), without np.clip's Python-level
+    dispatch: 3 µs a call against 1 µs, measured here, and retrieval makes several per query."""
+    return np.minimum(np.maximum(values, 0.0), 1.0)
+
+
 def gate(similarity: np.ndarray) -> np.ndarray:
     positive = np.maximum(similarity, 0.0)
     return positive * positive
@@ -124,7 +130,7 @@ def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray
     # A single query leaves `pairs` = w² − w², zero up to float64 rounding (~1e-16); 1e-9 tells
     # that apart from any real pair of queries (weights are activities, rarely below 0.01).
     mean_pair = np.divide(norm2 - weight_sq, pairs, out=np.ones_like(total), where=pairs > 1e-9)
-    return np.where(total > 0, np.clip(mean_pair, 0.0, 1.0), 0.0)
+    return np.where(total > 0, unit_interval(mean_pair), 0.0)
 
 
 def query_alignment(dots: np.ndarray, norms: np.ndarray, threshold: float) -> np.ndarray:
@@ -135,7 +141,7 @@ def query_alignment(dots: np.ndarray, norms: np.ndarray, threshold: float) -> np
     truly resembles the earlier ones (cos above the threshold) earns the association.
     """
     cos = np.divide(dots, norms, out=np.zeros_like(norms), where=norms > 0)
-    return np.clip((cos - threshold) / (1.0 - threshold), 0.0, 1.0)
+    return unit_interval((cos - threshold) / (1.0 - threshold))
 
 
 def frequency(counts: np.ndarray, mean_active_count: float) -> np.ndarray:
@@ -161,7 +167,7 @@ def habituation(
     """
     if weight <= 0 or mean_active_count <= 0:
         return np.ones(len(counts))
-    diverse = np.maximum(counts, 0.0) * (1.0 - np.clip(specificity, 0.0, 1.0))
+    diverse = np.maximum(counts, 0.0) * (1.0 - unit_interval(specificity))
     return 1.0 / (1.0 + weight * np.log1p(diverse / mean_active_count))
 
 
