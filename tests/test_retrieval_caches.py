@@ -41,7 +41,9 @@ def fresh_stats(state: LearningState) -> tuple[np.ndarray, np.ndarray]:
     return scoring.specificity(sums, state.query_count[used], state.query_count_sq[used]), np.linalg.norm(sums, axis=1)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(st.data())
 def test_cached_state_retrieves_what_a_rebuilt_pool_retrieves(keyed, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -52,7 +54,8 @@ def test_cached_state_retrieves_what_a_rebuilt_pool_retrieves(keyed, data):
         return unit(centres[rng.integers(0, 5, count)] + 0.4 * rng.standard_normal((count, DIM)))
 
     pool.add_many([{"content": f"note {i} w{i % 7}"} for i in range(300)], embeddings=memories(300))
-    for step in data.draw(st.lists(st.sampled_from(["learn", "reinforce", "add", "copy", "pickle", "swap", "reset"]), max_size=12), label="steps"):
+    steps = st.sampled_from(["learn", "reinforce", "add", "copy", "pickle", "swap", "reset"])
+    for step in data.draw(st.lists(steps, max_size=12), label="steps"):
         query = memories(1)[0]
         if step == "learn":
             pool.retrieve(query, max_memories=int(rng.integers(1, 12)), learn=True, now=1.75e9)

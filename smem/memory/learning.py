@@ -219,7 +219,10 @@ class LearningState:
         by the activity, links by the product of both ends' activities (Hebb's rule).
         """
         positions = np.asarray(index, dtype=np.int64)
-        weights = np.ones(len(positions)) if activity is None else scoring.unit_interval(np.asarray(activity, dtype=np.float64))
+        if activity is None:
+            weights = np.ones(len(positions))
+        else:
+            weights = scoring.unit_interval(np.asarray(activity, dtype=np.float64))
         positions, first = np.unique(positions, return_index=True)
         weights = weights[first]
         if len(positions) == 0:

@@ -456,7 +456,11 @@ class MemoryPool:
             similarity=similarity,
             boost=boost,
             tokens=self._tokens[index],
-            favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0) if len(query.favoured) else np.ones(len(index)),
+            favour=(
+                np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0)
+                if len(query.favoured)
+                else np.ones(len(index))
+            ),
             habituation=habituation,
         )
         return select(
@@ -660,9 +664,11 @@ class MemoryPool:
             named=named,
             scores=self._score_everything(scan, lexical, named, moment) if scan.complete else None,
             now=moment,
-            favoured=np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64))
-            if incumbents
-            else _NONE,
+            favoured=(
+                np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64))
+                if incumbents
+                else _NONE
+            ),
             margin=incumbent_margin,
             graph=self._link_graph(),
             sample=sample,
@@ -893,4 +899,3 @@ def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> n
     if query.graph is None or not selection.picks:
         return _NONE
     return np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
-
