@@ -281,3 +281,9 @@ def test_cosines_are_the_same_bits_in_any_company():
     for _ in range(50):
         rows = np.sort(rng.choice(5000, int(rng.integers(1, 3000)), replace=False))
         assert np.array_equal(dot_rows(vectors[rows], query), full[rows])
+    # ... nor on where its row starts in memory (a BLAS kernel may treat unaligned heads apart).
+    for offset in range(4, 64, 4):
+        raw = np.zeros(vectors.nbytes + 64, dtype=np.uint8)
+        shifted = raw[offset : offset + vectors.nbytes].view(np.float32).reshape(vectors.shape)
+        shifted[:] = vectors
+        assert np.array_equal(dot_rows(shifted, query), full)

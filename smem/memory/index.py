@@ -290,6 +290,11 @@ class Scan:
             + rounding_margin(index.dim)
         )
 
+    @property
+    def complete(self) -> bool:
+        """Whether every memory's exact cosine is already known (an unquantised pool's scan)."""
+        return self._all is not None
+
     def exact_cosines(self) -> np.ndarray:
         """Every memory's cosine (one full float32 pass, kept for the rest of the query)."""
         if self._all is None:

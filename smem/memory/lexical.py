@@ -8,20 +8,35 @@ catches them. On the LoCoMo dev conversations mixing the two lifts recall@10 fro
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Optional, Sequence
 
 import bm25s
 import numpy as np
 import Stemmer
+from bm25s.stopwords import STOPWORDS_EN
 
 _STEMMER = Stemmer.Stemmer("english")
 # bm25s sets its own logger to DEBUG on import and logs every index build.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+"""`bm25s.tokenize`'s default token pattern (scikit-learn's CountVectorizer's)."""
+_STOPWORDS = frozenset(STOPWORDS_EN)
+"""What `bm25s.tokenize(..., stopwords="en")` drops."""
+
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     return bm25s.tokenize(list(texts), stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False)
+
+
+def query_terms(text: str) -> list[str]:
+    """`tokenize([text])[0]` without bm25s's per-call set-up (progress bars, a vocabulary
+    built and inverted for one text): 0.15 of a 1k text query's 2.4 ms went there. The same
+    steps in the same order: lower-case, split, drop stopwords, stem each token
+    (tests/test_lexical.py checks it against `tokenize`)."""
+    return _STEMMER.stemWords([token for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS])
 
 
 class LexicalIndex:
@@ -67,7 +82,7 @@ class LexicalIndex:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 of every memory for `query`, scaled so the best match is 1 (all 0 if none)."""
-        terms = tokenize([query])[0]
+        terms = query_terms(query)
         if not terms or not self._texts:
             return np.zeros(len(self._texts), dtype=np.float32)
         with self._lock:

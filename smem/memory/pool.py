@@ -365,14 +365,22 @@ class MemoryPool:
         habituation = np.ones(len(index))  # (C,) float64
         # Learned terms exist only for memories some query retrieved: gather those rows
         # alone (an exact query over 100k memories would otherwise copy 150 MB of zeros).
-        known = np.flatnonzero(state.query_slot[index] >= 0)  # (K,) positions into `index`
+        slots = state.query_slot[index]  # (C,) int32 query slot, -1 where no query retrieved the memory
+        known = np.flatnonzero(slots >= 0)  # (K,) positions into `index`
         if len(known):
-            rows = index[known]  # (K,) pool positions
-            sums, counts, squares = state.query_rows(rows)  # (K, D) float32 query sums; (K,) weights; (K,) squared weights
-            specificity = scoring.specificity(sums, counts, squares)
+            rows, slots = index[known], slots[known]  # (K,) pool positions, (K,) their slots
+            specificity, norms = state.query_stats(slots)  # (K,) float64, (K,) float32 |query sum|
+            counts = state.query_count[slots]  # (K,) float32 summed query weights
             confidence = counts / (counts + w.confidence_queries)
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
-            learned += self.association_weight * confidence * scoring.query_alignment(query, sums, w.association_threshold)
+            if len(slots) == state.slots_used:
+                # Every memory a query reached is here (a pass over all memories): the used
+                # block of query sums is scanned in place, not gathered row by row first.
+                dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
+            else:
+                dots = scoring.dot_rows(state.query_sum[slots], query)
+            alignment = scoring.query_alignment(dots, norms, w.association_threshold)
+            learned += self.association_weight * confidence * alignment
             boost[known] += specificity * learned
             if w.habituation > 0:
                 habituation[known] = scoring.habituation(
@@ -412,26 +420,54 @@ class MemoryPool:
         weight = self.lexical_weight
         return (1.0 - weight) * cosine + weight * lexical[index]
 
+    def _score_everything(
+        self, scan: Scan, lexical: Optional[np.ndarray], named: Sequence[tuple[float, float]], now: float
+    ) -> "_Scores":
+        """Every memory's similarity, boost terms and undamped score, for a scan that already
+        computed every cosine (an unquantised pool): one vectorised pass over N, against the
+        one or two rounds of candidate scoring it replaces (each a dozen numpy calls)."""
+        everything = np.arange(len(self))
+        boost, habituation = self._terms(everything, scan.query, now, named)
+        similarity = self._similarity(everything, scan.exact_cosines(), lexical)
+        # The ranked score `select` gives a memory before damping, favour and links, in its
+        # order of operations: (gate × habituation) × multiplier. Damping (≤ 1) only lowers it.
+        reach = scoring.gate(similarity.astype(np.float64)) * habituation * scoring.multiplier(boost)
+        return _Scores(similarity=similarity, boost=boost, habituation=habituation, reach=reach)
+
     def _select(self, index: np.ndarray, query: "_Query", *, ceiling: float) -> Selection:
         """Score the candidates at `index` (sorted pool positions) and select among them."""
         everything = len(index) == len(self)
         scan = query.scan
-        boost, habituation = self._terms(index, scan.query, query.now, query.named)
         vectors = self._index.vectors if everything else self._index.vectors[index]
+        if query.scores is not None:
+            scores = query.scores
+            similarity, boost, habituation = (
+                (scores.similarity, scores.boost, scores.habituation)
+                if everything
+                else (scores.similarity[index], scores.boost[index], scores.habituation[index])
+            )
+        else:
+            boost, habituation = self._terms(index, scan.query, query.now, query.named)
+            cosines = scan.exact_cosines() if everything else scan.cosines(index, vectors)
+            similarity = self._similarity(index, cosines, query.lexical)
         candidates = Candidates(
             index=index,
             vectors=vectors,
-            similarity=self._similarity(index, scan.exact_cosines() if everything else scan.cosines(index, vectors), query.lexical),
+            similarity=similarity,
             boost=boost,
             tokens=self._tokens[index],
-            favour=np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0),
+            favour=(
+                np.where(np.isin(index, query.favoured), 1.0 + query.margin, 1.0)
+                if len(query.favoured)
+                else np.ones(len(index))
+            ),
             habituation=habituation,
         )
         return select(
             candidates,
             max_memories=query.max_memories,
             token_budget=query.token_budget,
-            links=query.graph.row if query.graph is not None else _no_links,
+            links=query.graph.row if query.graph is not None else None,
             link_weight=self.weights.links,
             diversity_weight=self.diversity_weight,
             temperature=self.softmax_temperature,
@@ -463,6 +499,8 @@ class MemoryPool:
         everything = np.arange(size)  # (N,) every pool position
         if exact or query.sample:
             return everything, self._select(everything, query, ceiling=0.0)
+        if query.scores is not None:
+            return self._choose_by_reach(query)
         scan, lexical, named = query.scan, query.lexical, query.named
         learned = self._learned()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
@@ -495,9 +533,7 @@ class MemoryPool:
             # Float slack: the bound's tanh and products round like the scores they bound (1e-9 relative:
             # far above float64 rounding of a few operations, ~1e-15; at worst a pick needs one more round).
             selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
-            linked = np.zeros(0, dtype=np.int64)
-            if query.graph is not None and selection.picks:
-                linked = np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
+            linked = _linked_outside(query, index, selection)
             if len(linked):
                 joined = np.union1d(joined, linked)
                 continue
@@ -512,6 +548,38 @@ class MemoryPool:
             if lexical is not None:
                 found = np.concatenate([found, np.flatnonzero(lexical > target)])
                 lexical_bound = target
+        return everything, self._select(everything, query, ceiling=0.0)
+
+    def _choose_by_reach(self, query: "_Query") -> tuple[np.ndarray, Selection]:
+        """`_choose` where every memory's undamped score is already known (`_Scores.reach`):
+        the ceiling on a memory left out is then the largest of theirs, not a bound, so the
+        nearest few by score settle the selection in one round far more often (1.8 rounds a
+        LoCoMo query at 1k with the similarity bound, docs/benchmarks.md "1k overhead")."""
+        reach = query.scores.reach
+        size = len(reach)
+        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
+        found = np.argpartition(-reach, count)[:count] if count < size else np.arange(size)
+        joined = query.favoured
+        outside = np.empty(size, dtype=bool)  # (N,) left out of this round's candidates
+        for _ in range(MAX_WIDENINGS):
+            index = np.union1d(found, joined)
+            if len(index) == size:
+                break
+            outside.fill(True)
+            outside[index] = False
+            # Same float slack as `_choose` (here only the pick-by-pick products round apart).
+            selection = self._select(index, query, ceiling=float(reach[outside].max()) * (1.0 + 1e-9))
+            linked = _linked_outside(query, index, selection)
+            if len(linked):
+                joined = np.union1d(joined, linked)
+                continue
+            if selection.proven:
+                return index, selection
+            target = selection.weakest * WIDENING_HEADROOM**2
+            if target <= 0.0:
+                break
+            found = np.flatnonzero(reach >= target)
+        everything = np.arange(size)
         return everything, self._select(everything, query, ceiling=0.0)
 
     def _choose_approximately(self, query: "_Query") -> tuple[np.ndarray, Selection]:
@@ -530,9 +598,7 @@ class MemoryPool:
         for _ in range(MAX_WIDENINGS):
             index = np.union1d(found, joined)
             selection = self._select(index, query, ceiling=0.0)
-            if query.graph is None or not selection.picks:
-                break
-            linked = np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
+            linked = _linked_outside(query, index, selection)
             if not len(linked):
                 break
             joined = np.union1d(joined, linked)
@@ -590,12 +656,19 @@ class MemoryPool:
         if isinstance(query, str) and self.lexical_weight > 0:
             lexical = self._lexical.scores(query)
         moment = to_epoch(now)
+        scan = self._index.scan(vector)
+        named = timeref.named_intervals(query) if isinstance(query, str) else []
         asked = _Query(
-            scan=self._index.scan(vector),
+            scan=scan,
             lexical=lexical,
-            named=timeref.named_intervals(query) if isinstance(query, str) else [],
+            named=named,
+            scores=self._score_everything(scan, lexical, named, moment) if scan.complete else None,
             now=moment,
-            favoured=np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64)),
+            favoured=(
+                np.unique(np.asarray([self._position[i] for i in incumbents if i in self._position], dtype=np.int64))
+                if incumbents
+                else _NONE
+            ),
             margin=incumbent_margin,
             graph=self._link_graph(),
             sample=sample,
@@ -624,7 +697,7 @@ class MemoryPool:
         if learn and hits:
             top = max(pick.score for pick in picks)
             self.learning.reinforce(
-                [int(index[pick.position]) for pick in picks],
+                positions,
                 query=vector,
                 now=moment,
                 activity=[pick.score / top if top > 0 else 0.0 for pick in picks],
@@ -792,6 +865,8 @@ class _Query:
     lexical: Optional[np.ndarray]
     """(N,) normalised BM25 score of every memory, or None for a vector-only query."""
     named: Sequence[tuple[float, float]]
+    scores: Optional["_Scores"]
+    """Every memory's scoring inputs, where the scan knows every cosine; else None (scored per round)."""
     now: float
     favoured: np.ndarray
     """Incumbents' pool positions (sorted)."""
@@ -804,5 +879,23 @@ class _Query:
     token_budget: Optional[int]
 
 
-def _no_links(position: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(0, dtype=np.int64), np.zeros(0)
+@dataclass(frozen=True)
+class _Scores:
+    """Every memory's inputs to `select` for one query, as (N,) arrays in pool order."""
+
+    similarity: np.ndarray
+    boost: np.ndarray
+    habituation: np.ndarray
+    reach: np.ndarray
+    """Undamped ranked score (float64): what a memory left out of the candidates could reach."""
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+_NONE.flags.writeable = False
+
+
+def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> np.ndarray:
+    """Pool positions outside `index` linked to a pick (they must join before a proof)."""
+    if query.graph is None or not selection.picks:
+        return _NONE
+    return np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)

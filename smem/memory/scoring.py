@@ -91,11 +91,19 @@ def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """`matrix @ vector`, but each row's result is the same bits whatever rows come with it.
 
     BLAS gemv blocks rows, so a row's rounding depends on its neighbours (425 of 300k rows
-    differed between subsets, measured with OpenBLAS 0.3.31); einsum's inner loop runs the
-    same way for every row. The fast path and exact scoring see a memory in different
-    company, and must still compute the very same score. As fast as gemv at 100k × 384.
+    differed between subsets, measured with OpenBLAS 0.3.31); `np.vecdot` takes one BLAS dot
+    per row, the same way for every row. The fast path and exact scoring see a memory in
+    different company, and must still compute the very same score. Measured here (CPU per
+    call, AVX2): 3.0 against einsum's 6.8 µs for 64 × 384 (an MMR step), 38 against 71 µs
+    at 1k, 7.5 against 9.3 ms at 100k; einsum's per-row loop was the earlier choice.
     """
-    return np.einsum("ij,j->i", matrix, vector)
+    return np.vecdot(matrix, vector)
+
+
+def unit_interval(values: np.ndarray) -> np.ndarray:
+    """`np.clip(values, 0, 1)`, the same values (NaN stays NaN), without np.clip's Python-level
+    dispatch: 3 µs a call against 1 µs, measured here, and retrieval makes several per query."""
+    return np.minimum(np.maximum(values, 0.0), 1.0)
 
 
 def gate(similarity: np.ndarray) -> np.ndarray:
@@ -122,18 +130,18 @@ def specificity(query_sum: np.ndarray, weight: np.ndarray, weight_sq: np.ndarray
     # A single query leaves `pairs` = w² − w², zero up to float64 rounding (~1e-16); 1e-9 tells
     # that apart from any real pair of queries (weights are activities, rarely below 0.01).
     mean_pair = np.divide(norm2 - weight_sq, pairs, out=np.ones_like(total), where=pairs > 1e-9)
-    return np.where(total > 0, np.clip(mean_pair, 0.0, 1.0), 0.0)
+    return np.where(total > 0, unit_interval(mean_pair), 0.0)
 
 
-def query_alignment(query: np.ndarray, query_sum: np.ndarray, threshold: float) -> np.ndarray:
-    """How far this query points along the mean direction of past queries, past `threshold`.
+def query_alignment(dots: np.ndarray, norms: np.ndarray, threshold: float) -> np.ndarray:
+    """How far this query points along the mean direction of past queries, past `threshold`,
+    from `dots` (the query · each memory's query sum, `dot_rows`) and `norms` (|query sum|).
 
     Loosely related queries share a cosine of 0.3–0.5 with any embedder; only a query that
     truly resembles the earlier ones (cos above the threshold) earns the association.
     """
-    norms = np.linalg.norm(query_sum, axis=1)
-    cos = np.divide(dot_rows(query_sum, query), norms, out=np.zeros_like(norms), where=norms > 0)
-    return np.clip((cos - threshold) / (1.0 - threshold), 0.0, 1.0)
+    cos = np.divide(dots, norms, out=np.zeros_like(norms), where=norms > 0)
+    return unit_interval((cos - threshold) / (1.0 - threshold))
 
 
 def frequency(counts: np.ndarray, mean_active_count: float) -> np.ndarray:
@@ -159,7 +167,7 @@ def habituation(
     """
     if weight <= 0 or mean_active_count <= 0:
         return np.ones(len(counts))
-    diverse = np.maximum(counts, 0.0) * (1.0 - np.clip(specificity, 0.0, 1.0))
+    diverse = np.maximum(counts, 0.0) * (1.0 - unit_interval(specificity))
     return 1.0 / (1.0 + weight * np.log1p(diverse / mean_active_count))
 
 

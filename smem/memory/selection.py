@@ -103,7 +103,7 @@ def select(
     *,
     max_memories: int,
     token_budget: Optional[int],
-    links: LinkLookup,
+    links: Optional[LinkLookup],
     link_weight: float,
     diversity_weight: float,
     temperature: float,
@@ -119,7 +119,8 @@ def select(
 
     `ceiling` bounds the ranked score of every memory not among the candidates (0: none
     can be chosen) and `fewest_outside_tokens` their token counts from below. A softmax
-    draw weighs every memory, so it needs them all (`ceiling` 0).
+    draw weighs every memory, so it needs them all (`ceiling` 0). `links` is None when
+    the pool has no links at all.
     """
     if noise is not None and ceiling > 0:
         raise ValueError("a softmax draw needs every memory among the candidates")
@@ -128,26 +129,22 @@ def select(
         return Selection([], proven=ceiling <= 0 or max_memories <= 0, weakest=0.0)
     gate = scoring.gate(candidates.similarity.astype(np.float64)) * candidates.habituation  # (C,) float64 max(sim, 0)² × habituation
     available = gate > 0.0  # (C,) bool, still choosable
-    link_sum = np.zeros(count)  # (C,) link weight from the picks so far
+    link_sum: Optional[np.ndarray] = None  # (C,) link weight from the picks so far, once a pick lends any
     damping = np.ones(count)  # (C,) MMR factor: min over picks of 1 − diversity × cosine²
     remaining = np.inf if token_budget is None else float(token_budget)
-    order = np.argsort(candidates.index)  # (C,) candidate rows by pool position
-    sorted_index = candidates.index[order]  # (C,) pool positions, ascending, to find linked candidates
     favoured = gate * candidates.favour  # (C,) float64 gate with the incumbents' bonus
     mult = scoring.multiplier(candidates.boost)  # (C,) float64 in [1, 2), links not yet lent
+    base = favoured * mult  # (C,) the ranked score before damping: (favoured × mult) × damping, as always
     picks: list[Pick] = []
     lazy = diversity_weight > 0 and count > LAZY_DAMPING_FROM
-    folded = np.zeros(count, dtype=np.int64)  # (C,) how many picks each candidate's `damping` includes
+    if lazy:
+        folded = np.zeros(count, dtype=np.int64)  # (C,) how many picks each candidate's `damping` includes
     weakest = np.inf
     proven = True
     while len(picks) < max_memories:
         if token_budget is not None:
             available &= candidates.tokens <= remaining
-        if not available.any():
-            if ceiling > 0 and remaining >= fewest_outside_tokens:
-                return Selection(picks, proven=False, weakest=0.0)
-            break
-        ranked, key = _ranked(favoured * mult * damping, available, noise, temperature)
+        ranked, key = _ranked(base * damping, available, noise, temperature)
         chunk = LAZY_DAMPING
         while lazy:
             # A stale damping is an upper bound (each pick only lowers it): only candidates whose
@@ -169,25 +166,38 @@ def select(
                 overlap = np.maximum(scoring.dot_rows(candidates.vectors[rows], candidates.vectors[picks[step].position]), 0.0)
                 damping[rows] = np.minimum(damping[rows], 1.0 - diversity_weight * overlap * overlap)
             folded[stale] = len(picks)
-            ranked, key = _ranked(favoured * mult * damping, available, noise, temperature)
-        pos = int(np.argmax(key))
+            ranked, key = _ranked(base * damping, available, noise, temperature)
+        pos = int(key.argmax())
+        if ranked[pos] == -np.inf:  # nothing left to choose (every key is −inf)
+            if ceiling > 0 and remaining >= fewest_outside_tokens:
+                return Selection(picks, proven=False, weakest=0.0)
+            break
         if noise is None:
             weakest = min(weakest, float(ranked[pos]))
             # Unproven: go on anyway, so `weakest` covers the whole tentative selection.
             proven = proven and bool(ranked[pos] > ceiling)
         picks.append(Pick(pos, float(gate[pos] * mult[pos]), float(candidates.similarity[pos]), float(mult[pos])))
+        if len(picks) == max_memories:
+            break  # the last pick's damping and links could only move picks that will not come
         available[pos] = False
         remaining -= float(candidates.tokens[pos])
         if diversity_weight > 0 and not lazy:
             overlap = np.maximum(scoring.dot_rows(candidates.vectors, candidates.vectors[pos]), 0.0)
             damping = np.minimum(damping, 1.0 - diversity_weight * overlap * overlap)
+        if links is None:
+            continue
         neighbours, weights = links(int(candidates.index[pos]))
         if len(neighbours):
+            if link_sum is None:
+                link_sum = np.zeros(count)
+                order = np.argsort(candidates.index)  # (C,) candidate rows by pool position
+                sorted_index = candidates.index[order]  # (C,) pool positions, ascending, to find linked candidates
             found = np.minimum(np.searchsorted(sorted_index, neighbours), count - 1)
             hit = sorted_index[found] == neighbours
             if hit.any():
                 np.add.at(link_sum, order[found[hit]], weights[hit])
                 mult = scoring.multiplier(candidates.boost + link_weight * scoring.link_strength(link_sum))
+                base = favoured * mult
     return Selection(picks, proven=proven, weakest=weakest)
 
 
@@ -195,6 +205,8 @@ def _ranked(
     ranked: np.ndarray, available: np.ndarray, noise: Optional[np.ndarray], temperature: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ranked scores with the unavailable at −inf, the key the pick maximises)."""
-    ranked[~available] = -np.inf
+    ranked = np.where(available, ranked, -np.inf)
+    if noise is None:
+        return ranked, ranked
     # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
-    return ranked, ranked if noise is None else ranked / max(temperature, 1e-6) + noise
+    return ranked, ranked / max(temperature, 1e-6) + noise
