@@ -187,11 +187,16 @@ def test_no_update_means_one_token_per_step(tiny_model, pool, recorder):
 
 
 def test_incumbent_margin_prevents_thrashing(tiny_model, pool):
-    model, tokenizer = tiny_model
-    engine = exact_engine(tiny_model, pool)
-    loose = done(run(engine, incumbent_margin=0.0, max_new_tokens=40, learn=False)).stats.swaps
-    sticky = done(run(engine, incumbent_margin=0.5, max_new_tokens=40, learn=False)).stats.swaps
-    assert sticky < loose
+    # The same scripted answer under both margins, walking through several of the pool's
+    # topics, so the margin is the only difference: a free-running random model writes other
+    # text under other memories, and its swap counts would compare two different answers.
+    _, tokenizer = tiny_model
+    answer = "Color-code minus signs in red. He loves soccer: goals per game. Timed quizzes make him anxious."
+    swaps = {}
+    for margin in (0.0, 0.5):
+        engine = scripted_engine(tiny_model, pool, [answer, ids(tokenizer, "<|im_end|>")[0]])
+        swaps[margin] = done(run(engine, incumbent_margin=margin, max_new_tokens=40, learn=False)).stats.swaps
+    assert swaps[0.5] < swaps[0.0], swaps
 
 
 @pytest.mark.parametrize("text", ["Zürich café naïve", "😀🎉 👨‍👩‍👧 ❤️", "日本語のテキスト、中文文本", "a — b … c"])
