@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -104,11 +105,15 @@ def holding_the_model(runtime: Runtime) -> Iterator[threading.Event]:
         thread.join(5)
 
 
-def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hold_after: Optional[int] = None) -> list[Done]:
+def recorded_answers(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hold_after: Optional[int] = None, released: Optional[list] = None
+) -> list[Done]:
     """The `Done` event of every answer the runtime's engines finish from now on. With
-    `hold_after`, an answer waits after that many text events until its cancel event is set
-    (60 s guard), so a fast model cannot finish before a disconnect is noticed."""
+    `hold_after`, the first of them waits after that many text events until its cancel event
+    is set (60 s guard), so a fast model cannot finish before a disconnect is noticed;
+    `released` gets True when the cancel event ended the wait, False when the guard did."""
     finished: list[Done] = []
+    answers = itertools.count()
     make_engine = runtime.engine
 
     def engine(pool: Any) -> Any:
@@ -117,12 +122,15 @@ def recorded_answers(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, hold_aft
 
         def recording(*args: Any, **kwargs: Any) -> Iterator[Any]:
             texts = 0
+            hold = hold_after if next(answers) == 0 else None
             for event in stream(*args, **kwargs):
                 if isinstance(event, Done):
                     finished.append(event)
                 texts += isinstance(event, (Token, Thinking))
-                if texts == hold_after and kwargs.get("cancel") is not None:
-                    kwargs["cancel"].wait(60)
+                if texts == hold and kwargs.get("cancel") is not None:
+                    woken = kwargs["cancel"].wait(60)
+                    if released is not None:
+                        released.append(woken)
                 yield event
 
         monkeypatch.setattr(built, "stream", recording)
@@ -365,7 +373,8 @@ def test_concurrent_requests_to_one_session_apply_one_after_the_other(live: str)
 def test_a_client_that_disconnects_stops_its_generation(
     live: str, tiny_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    finished = recorded_answers(tiny_runtime, monkeypatch, hold_after=5)
+    released: list[bool] = []
+    finished = recorded_answers(tiny_runtime, monkeypatch, hold_after=5, released=released)
     leaver = new_session(httpx.Client(base_url=live))
     body = {"message": MESSAGE, "memory_set": "tutor", "session": leaver, "max_new_tokens": 4000, "update_every_n": 20}
     with httpx.stream("POST", f"{live}/chat/stream", json=body, timeout=30) as response:
@@ -377,6 +386,7 @@ def test_a_client_that_disconnects_stops_its_generation(
         assert tiny_runtime.queue.waiting == 1
     wait_until_idle(live, tiny_runtime, timeout=60.0)
     assert [(done.stats.stop_reason, done.stats.tokens < 4000) for done in finished] == [("cancelled", True)]
+    assert False not in released  # the disconnect cancelled the answer (held or not), not the 60 s guard
     state = httpx.get(f"{live}/memories", params={"memory_set": "tutor", "session": leaver}).json()
     assert state["answers"] == 1  # the engine finished (cancelled) and the session was released
     events = list(sse.decode(httpx.post(f"{live}/chat/stream", json={**body, **FAST}, timeout=30).text.split("\n")))
