@@ -16,8 +16,9 @@ greedy, on the example prompts). The old long heading ("Memories relevant to thi
 (they update as you answer; use them where they help):") was the first thing it wrote back in 3
 of 5 answers, then the list with its "[type, subject]" tags. A block of bare notes followed by
 the instruction made it list the notes back, or thank the user for their "suggestions". What
-worked: a plain label (no heading), the memories as dated notes (dates answer "when" questions), and
-the instruction last, right before the assistant header, telling it not to repeat them.
+worked: a plain label (no heading), the memories as dated notes (dates answer "when"
+questions), and the instruction last, right before the assistant header, telling it not to
+repeat them.
 The label then was "Notes from earlier conversations:", and on LoCoMo questions the model opened
 2 of 30 answers by copying it and listing the notes under it (issue 10's answer benchmark; broad
 questions such as "What are Joanna's hobbies?"). Three labels were tried on those 30 questions
@@ -25,6 +26,8 @@ questions such as "What are Joanna's hobbies?"). Three labels were tried on thos
 conversations (dated):" (F1 0.252, no copy, but one example answer repeated a sentence),
 "From earlier conversations (dated):" (0.212, clean) and the one kept, a sentence that names
 whose memories these are (0.230, clean; the old label scored 0.213 with 2 copies).
+Assistant turns in the history are cleaned of echoed notes and instructions before they
+re-enter the prompt, since a model copies its own earlier echoes.
 """
 
 from __future__ import annotations
