@@ -39,6 +39,10 @@ candidates scored, 1.0 selection rounds); LoCoMo-like pools need 1.7–2.2 round
 WIDENING_HEADROOM = 0.97
 """Widen 3% below the similarity the weakest pick needs, so that picks sinking a little
 under new neighbours' damping still prove in one more round."""
+CEILING_SLACK = 1.0 + 1e-9
+"""Float slack on the ceiling of memories left out: bounds and exact scores round like the
+scores they cap (1e-9 relative: far above float64 rounding of a few operations, ~1e-15; at
+worst a pick needs one more round)."""
 MAX_WIDENINGS = 4
 """After this many unproven rounds, score every memory (chosen: the latency bench's worst shape
 needs 2.2 rounds on average, docs/benchmarks.md "Retrieval latency"; four keeps a pathological
@@ -530,9 +534,7 @@ class MemoryPool:
             left = reach[~np.isin(learned, index, assume_unique=True)]
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
-            # Float slack: the bound's tanh and products round like the scores they bound (1e-9 relative:
-            # far above float64 rounding of a few operations, ~1e-15; at worst a pick needs one more round).
-            selection = self._select(index, query, ceiling=ceiling * (1.0 + 1e-9))
+            selection = self._select(index, query, ceiling=ceiling * CEILING_SLACK)
             linked = _linked_outside(query, index, selection)
             if len(linked):
                 joined = np.union1d(joined, linked)
@@ -567,8 +569,7 @@ class MemoryPool:
                 break
             outside.fill(True)
             outside[index] = False
-            # Same float slack as `_choose` (here only the pick-by-pick products round apart).
-            selection = self._select(index, query, ceiling=float(reach[outside].max()) * (1.0 + 1e-9))
+            selection = self._select(index, query, ceiling=float(reach[outside].max()) * CEILING_SLACK)
             linked = _linked_outside(query, index, selection)
             if len(linked):
                 joined = np.union1d(joined, linked)
