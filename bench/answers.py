@@ -324,6 +324,12 @@ class Condition:
     options: tuple[tuple[str, Any], ...] = ()
 
 
+PAIRED = (
+    *((streaming, "rag") for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare")),
+    ("stream_n1_splice", "stream_n1"),  # fast swaps against the reference
+)
+"""The (a, b) conditions whose per-question differences a - b the report gives, where both ran."""
+
 WIDE_FROM = {"rag_wide": "stream", "rag_wide_n1": "stream_n1"}
 """Each retrieve-once-wide condition and the streaming condition whose distinct memories set its k."""
 
@@ -453,17 +459,12 @@ def report(records: dict[str, list[dict[str, Any]]], model: str, settings: dict[
         "settings": settings,
     }
     paired = {}
-    for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare"):
-        if records.get(streaming) and records.get("rag"):
+    for a, b in PAIRED:
+        if records.get(a) and records.get(b):
             for metric in ("f1", "evidence_any", "evidence_at_answer"):
-                paired[f"{streaming} - rag, {metric}"] = paired_difference(
-                    [r[metric] for r in records[streaming]], [r[metric] for r in records["rag"]], seed
+                paired[f"{a} - {b}, {metric}"] = paired_difference(
+                    [r[metric] for r in records[a]], [r[metric] for r in records[b]], seed
                 )
-    if records.get("stream_n1_splice") and records.get("stream_n1"):  # fast swaps against the reference
-        for metric in ("f1", "evidence_any", "evidence_at_answer"):
-            paired[f"stream_n1_splice - stream_n1, {metric}"] = paired_difference(
-                [r[metric] for r in records["stream_n1_splice"]], [r[metric] for r in records["stream_n1"]], seed
-            )
     for wide, source in WIDE_FROM.items():
         if records.get(source) and records.get(wide):
             ratio = result["conditions"][source]["context_tokens"] / max(result["conditions"][wide]["context_tokens"], 1e-9)
