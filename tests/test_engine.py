@@ -19,6 +19,7 @@ from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.memory.embedder import default_embedder
 from smem.generation.engine import StreamingEngine
+from smem.generation.line_store import LineStore
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
 from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
 from smem.generation.sampling import MemoryDraws
@@ -492,11 +493,13 @@ def test_pool_counts_rendered_lines_in_model_tokens_once(tiny_model, pool):
 # -- splice swaps ----------------------------------------------------------------------------
 
 
-def splice_context(tiny_model, hits, fuse: bool = False) -> tuple[SpliceContext, StreamingEngine]:
+def splice_context(tiny_model, hits, fuse: bool = False, reuse: bool = True) -> tuple[SpliceContext, StreamingEngine]:
     model, tokenizer = tiny_model
     engine = StreamingEngine(model, tokenizer, MemoryPool(embedder=default_embedder()))
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
-    return SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation, fuse=fuse), engine
+    store = LineStore() if reuse else None
+    context = SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation, fuse=fuse, store=store)
+    return context, engine
 
 
 def expected_tokens(context: SpliceContext, hits, fed) -> list[int]:
@@ -575,6 +578,54 @@ def test_a_fused_splice_reads_the_new_lines_with_the_next_token_as_two_passes_wo
         torch.testing.assert_close(left.values, right.values, atol=1e-4, rtol=1e-4)
 
 
+def test_a_memory_that_returns_gets_its_cut_line_back_without_a_read(tiny_model, pool):
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    context, _ = splice_context(tiny_model, [a, b, c])
+    unswapped, _ = splice_context(tiny_model, [a, b, c])
+    for each in (context, unswapped):
+        each.prefill()
+        each.step(11)
+    c_line = len(context._builder.line_ids(c))
+    assert context.swap([a, b]) == 0  # c is cut...
+    assert context.swap([a, b, c]) == 0 and context.reused == c_line  # ...and put back, not read
+    assert context.tokens == unswapped.tokens
+    for left, right in zip(context.cache.layers, unswapped.cache.layers):  # same place: same entries
+        torch.testing.assert_close(left.keys, right.keys, atol=1e-5, rtol=1e-5)
+        assert torch.equal(left.values, right.values)
+    torch.testing.assert_close(context.step(12), unswapped.step(12), atol=1e-4, rtol=1e-4)
+
+    # a comes back after c: its entries from the prefill, keys re-rotated to the new place.
+    a_line, a_start = context._builder.line_ids(a), context.start + len(context._head)
+    before = [(layer.keys[:, :, a_start : a_start + len(a_line)].clone(), layer.values[:, :, a_start : a_start + len(a_line)].clone())
+              for layer in context.cache.layers]
+    context.swap([b, c])
+    assert context.swap([b, c, a]) == 0 and context.hits == [b, c, a]
+    assert context.tokens == expected_tokens(context, [b, c, a], [11, 12])
+    moved = sum(len(context._builder.line_ids(h)) for h in (b, c))
+    for layer, (keys, values) in zip(context.cache.layers, before):
+        span = slice(a_start + moved, a_start + moved + len(a_line))
+        torch.testing.assert_close(layer.keys[:, :, span], context._rotation(keys, moved), atol=1e-5, rtol=1e-5)
+        assert torch.equal(layer.values[:, :, span], values)
+
+    # A line read by a (fused) swap is stored too: d read, cut, back in the same place.
+    d_line = context._builder.line_ids(d)
+    assert context.swap([b, c, a, d]) == len(d_line)
+    context.step(13)
+    d_span = slice(a_start + moved + len(a_line), a_start + moved + len(a_line) + len(d_line))
+    assert context.tokens[d_span] == d_line
+    read = [(layer.keys[:, :, d_span].clone(), layer.values[:, :, d_span].clone()) for layer in context.cache.layers]
+    context.swap([b, c, a])
+    assert context.swap([b, c, a, d]) == 0
+    for layer, (keys, values) in zip(context.cache.layers, read):
+        torch.testing.assert_close(layer.keys[:, :, d_span], keys, atol=1e-5, rtol=1e-5)
+        assert torch.equal(layer.values[:, :, d_span], values)
+
+    without, _ = splice_context(tiny_model, [a, b, c], reuse=False)
+    without.prefill()
+    without.swap([a, b])
+    assert without.swap([a, b, c]) == c_line and without.reused == 0  # no shelf: read again
+
+
 def test_splice_cuts_appends_empties_and_refills_the_block(tiny_model, pool):
     a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
     context, _ = splice_context(tiny_model, [a, b, c])
@@ -605,7 +656,18 @@ def test_splice_mode_runs_every_re_retrieval_without_deferring(tiny_model, pool)
     assert updates and not any(update.exact for update in updates)
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
     added = sum(len(builder.line_ids(hit)) for update in updates for hit in update.added)
-    assert stats.extra["swap_tokens_reread"] <= added  # new lines only (a refilled empty block adds its frame)
+    # New lines only, read or put back from the store (a refilled empty block adds its frame).
+    assert stats.extra["swap_tokens_reread"] + stats.extra["swap_tokens_reused"] <= added
+
+
+def test_a_later_answer_puts_back_the_lines_an_earlier_one_read(tiny_model, pool):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, line_store=LineStore())
+    first, second = (done(run(engine, learn=False)).stats.extra for _ in range(2))
+    assert first["swap_tokens_reread"] > 0
+    assert second["swap_tokens_reused"] > 0 and second["swap_tokens_reread"] < first["swap_tokens_reread"]
+    alone = done(run(StreamingEngine(model, tokenizer, pool, reuse_lines=False), learn=False)).stats.extra
+    assert alone["swap_tokens_reused"] == 0
 
 
 def test_a_model_without_rotary_positions_swaps_exactly(pool):

@@ -40,6 +40,7 @@ from transformers import LogitsProcessor
 
 from smem.generation.events import ContextStats, Done, Event, Memories, MemoryUpdate, StopReason
 from smem.generation.decoding import model_profile, profile_processors
+from smem.generation.line_store import LineStore
 from smem.generation.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     HistoryItem,
@@ -102,7 +103,10 @@ class StreamingEngine:
     so several streams (threads) can share one engine. `swap` is the default swap mode ("auto":
     exact on accelerators, splice on CPUs; see `default_swap_mode`); `swap_budget` (re-read tokens per generated token
     for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited
-    elsewhere; `slot_tokens` is the slot length of the slot mode. The pool counts its memories
+    elsewhere; `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice
+    puts back a memory line read before instead of reading it again
+    (`smem.generation.line_store`): from `line_store`, shared by the engines of one runtime so
+    that later answers reuse earlier answers' lines, or else from a store of this answer's own. The pool counts its memories
     in this model's tokens (`line_tokens`, shared by engines of one model), so token budgets
     mean prompt tokens; a pool already counted costs nothing.
     """
@@ -121,6 +125,8 @@ class StreamingEngine:
         swap_budget: Union[float, None, Literal["auto"]] = "auto",
         slot_tokens: int = DEFAULT_SLOT_TOKENS,
         line_tokens: Optional[MemoryLineTokens] = None,
+        reuse_lines: bool = True,
+        line_store: Optional[LineStore] = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -142,6 +148,8 @@ class StreamingEngine:
         if slot_tokens < 2:
             raise ValueError("slot_tokens must be >= 2 (a memory's first token and its newline)")
         self.slot_tokens = slot_tokens
+        self.reuse_lines = reuse_lines
+        self.line_store = line_store
         self._pool_lock = threading.RLock()
         with self._pool_lock:
             pool.count_tokens_with(line_tokens or MemoryLineTokens(tokenizer))
@@ -194,7 +202,8 @@ class StreamingEngine:
             return ExactContext(self._forward, builder, hits, config)
         if mode == "splice":
             assert self.rotation is not None  # _check_swap refused it otherwise
-            return SpliceContext(self._forward, builder, hits, config, rotation=self.rotation)
+            store = (LineStore() if self.line_store is None else self.line_store) if self.reuse_lines else None
+            return SpliceContext(self._forward, builder, hits, config, rotation=self.rotation, store=store)
         return SlotContext(
             self._forward,
             builder,
@@ -520,6 +529,7 @@ class StreamingEngine:
                     "memory_ids": [h.id for h in context.hits],
                     "late_system_block": builder.late_system,
                     "swap_mode": context.mode,
+                    "swap_tokens_reused": context.reused,
                     "sample_memories": sample_memories,
                     "seed": seed,
                 },

@@ -14,7 +14,10 @@ The prompt is prefix | memory block | assistant header, then the generated text 
   (`smem.generation.rope`: RoPE rotations compose, so this needs no forward pass). Positions
   stay contiguous, nothing is trimmed or masked, and a swap costs the new line's tokens
   whatever the answer's length. Approximate: the kept entries after the line were computed
-  while the old memory was there (`bench/swap_fidelity.py` measures what that changes).
+  while the old memory was there (`bench/swap_fidelity.py` measures what that changes). A line
+  read before (earlier in the answer, or in an earlier answer sharing the `LineStore`) is put
+  back from the store, re-rotated to its new place, and nothing is read
+  (`smem.generation.line_store`).
 * **slots** (`SlotContext`): the block is a fixed number of slots of a fixed token length (a
   memory line is trimmed or padded to its slot; padding and empty slots are masked out of
   attention), rewritten in place at fixed positions. Approximate in the same way, plus the
@@ -35,6 +38,7 @@ from typing import Any, Callable, Literal, Optional, Sequence, get_args
 import torch
 from transformers import DynamicCache
 
+from smem.generation.line_store import LineStore, StoredLine
 from smem.generation.prompt import Prompt, PromptBuilder
 from smem.generation.rope import KeyRotation
 from smem.memory.records import Hit
@@ -95,6 +99,7 @@ class ExactContext:
 
     exact = True
     mode: SwapMode = "exact"
+    reused = 0  # line tokens put back instead of read: splice contexts only
 
     def __init__(self, forward: Forward, builder: PromptBuilder, hits: Sequence[Hit], config: Any) -> None:
         self._forward = forward
@@ -166,11 +171,16 @@ class SpliceContext:
         *,
         rotation: KeyRotation,
         fuse: bool = True,
+        store: Optional[LineStore] = None,
     ) -> None:
         self._forward = forward
         self._builder = builder
         self._rotation = rotation
         self.fuse = fuse
+        self.store = store
+        """Where lines read are kept and looked up (None: every newcomer's line is read)."""
+        self.reused = 0
+        """Line tokens put back from the store instead of read."""
         self._head, self._tail = builder.block_frame()
         self.lines: list[tuple[Hit, list[int]]] = [(hit, builder.line_ids(hit)) for hit in hits]
         self.start = len(builder.prefix)
@@ -178,8 +188,9 @@ class SpliceContext:
         self.tokens: list[int] = [*builder.prefix, *self._block(), *builder.header]
         """The sequence the model reads, in order (generated tokens appended by `step`)."""
         self.cache = DynamicCache(config=config)
-        self._gap: Optional[tuple[int, list[int]]] = None
-        """(position, ids) of lines spliced into `tokens` whose cache entries are not read yet."""
+        self._gap: Optional[tuple[int, list[int], list[tuple[Hit, list[int]]], int]] = None
+        """(position, ids, the memory lines among them, where the first starts in ids) of lines
+        spliced into `tokens` whose cache entries are not read yet."""
 
     def _block(self) -> list[int]:
         """Head + lines + tail; no memories, no block (as `PromptBuilder.memory_block`)."""
@@ -200,7 +211,17 @@ class SpliceContext:
         return len(self._block())
 
     def prefill(self) -> torch.Tensor:
-        return self._forward(self.tokens, self.cache)
+        logits = self._forward(self.tokens, self.cache)
+        self._keep(self.start, list(self.lines), len(self._head))
+        return logits
+
+    def _keep(self, at: int, lines: Sequence[tuple[Hit, list[int]]], offset: int = 0) -> None:
+        """Store the entries of `lines`, read in order from `at + offset`."""
+        if self.store is None:
+            return
+        for hit, ids in lines:
+            self.store.keep(hit.id, ids, self.cache, at + offset)
+            offset += len(ids)
 
     def step(self, token: int) -> torch.Tensor:
         self.tokens.append(token)
@@ -223,7 +244,7 @@ class SpliceContext:
             before = len(self._block())
             self.lines = [(hit, self._builder.line_ids(hit)) for hit in hits]
             block = self._block()
-            self._move(self.start, self.start + before, block)
+            self._move(self.start, self.start + before, block, self.lines, len(self._head))
             return len(block)
         wanted = {hit.id: hit for hit in hits}
         first = self.start + len(self._head)
@@ -235,17 +256,41 @@ class SpliceContext:
             else:
                 self._move(starts[index], starts[index + 1], [])
                 del self.lines[index]
-        newcomers = [(hit, self._builder.line_ids(hit)) for hit in hits if hit.id in wanted]
         end = first + sum(len(ids) for _, ids in self.lines)
-        self.lines += newcomers
-        ids = [token for _, line in newcomers for token in line]
-        self._move(end, end, ids)
+        fresh = []
+        for hit in (hit for hit in hits if hit.id in wanted):  # stored lines first, then the ones to read
+            line = self._builder.line_ids(hit)
+            stored = self.store.get(hit.id, line) if self.store is not None else None
+            if stored is None:
+                fresh.append((hit, line))
+                continue
+            self._put_back(stored, line, end)
+            self.lines.append((hit, line))
+            end += len(line)
+        self.lines += fresh
+        ids = [token for _, line in fresh for token in line]
+        if ids:
+            self._move(end, end, ids, fresh)
         return len(ids)
 
-    def _move(self, start: int, stop: int, ids: list[int]) -> None:
+    def _put_back(self, stored: StoredLine, ids: list[int], at: int) -> None:
+        """Insert a stored line at position `at`: its keys re-rotated from where it was read,
+        what follows slid forward by its length (no forward pass)."""
+        with torch.inference_mode():
+            for layer, (keys, values) in zip(self.cache.layers, stored.entries):
+                after = self._rotation(layer.keys[:, :, at:], len(ids))
+                layer.keys = torch.cat([layer.keys[:, :, :at], self._rotation(keys, at - stored.position), after], dim=-2)
+                layer.values = torch.cat([layer.values[:, :, :at], values, layer.values[:, :, at:]], dim=-2)
+        self.tokens[at:at] = ids
+        self.reused += len(ids)
+
+    def _move(
+        self, start: int, stop: int, ids: list[int], lines: Sequence[tuple[Hit, list[int]]] = (), offset: int = 0
+    ) -> None:
         """Put `ids` in place of `tokens[start:stop]`: drop those cache entries and slide what
         followed by the length difference (keys re-rotated, values as they are), leaving a gap
-        for `ids`, read by the next `step` (fused) or at once."""
+        for `ids`, read by the next `step` (fused) or at once. `ids` holds `lines` from
+        `offset` on (stored once read)."""
         with torch.inference_mode():
             for layer in self.cache.layers:
                 keys, values = layer.keys, layer.values
@@ -254,7 +299,7 @@ class SpliceContext:
                 layer.values = torch.cat([values[:, :, :start], values[:, :, stop:]], dim=-2)
         self.tokens[start:stop] = ids
         if ids:
-            self._gap = (start, ids)
+            self._gap = (start, ids, [*lines], offset)
             if not self.fuse:
                 self._fill(None)
 
@@ -263,7 +308,7 @@ class SpliceContext:
         other, causally), plus `token` at the end of the sequence seeing everything; then put
         the lines' entries in order. Returns the logits after the last id read."""
         assert self._gap is not None
-        at, ids = self._gap
+        at, ids, lines, offset = self._gap
         self._gap = None
         kept = self.cache.get_seq_length()
         reads = [*ids, *([token] if token is not None else [])]
@@ -278,8 +323,9 @@ class SpliceContext:
             for layer in self.cache.layers:
                 for name in ("keys", "values"):
                     entries = getattr(layer, name)
-                    lines, token = entries[:, :, kept : kept + len(ids)], entries[:, :, kept + len(ids) :]
-                    setattr(layer, name, torch.cat([entries[:, :, :at], lines, entries[:, :, at:kept], token], dim=-2))
+                    read, token = entries[:, :, kept : kept + len(ids)], entries[:, :, kept + len(ids) :]
+                    setattr(layer, name, torch.cat([entries[:, :, :at], read, entries[:, :, at:kept], token], dim=-2))
+        self._keep(at, lines, offset)
         return logits
 
 
@@ -288,6 +334,7 @@ class SlotContext:
 
     exact = False
     mode: SwapMode = "slots"
+    reused = 0  # line tokens put back instead of read: splice contexts only
 
     def __init__(
         self,

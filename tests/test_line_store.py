@@ -1,0 +1,63 @@
+"""The store of memory lines' cache entries: what it hands out, what it keeps, what it drops."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from smem.generation.line_store import LineStore
+
+
+def filled_cache(tokens: int, seed: int) -> DynamicCache:
+    cache = DynamicCache()
+    generator = torch.Generator().manual_seed(seed)
+    for layer in range(2):
+        cache.update(torch.randn(1, 2, tokens, 4, generator=generator), torch.randn(1, 2, tokens, 4, generator=generator), layer)
+    return cache
+
+
+def test_a_kept_line_comes_back_as_a_copy_of_its_entries_and_only_for_the_same_tokens():
+    store, cache = LineStore(), filled_cache(10, 0)
+    store.keep("m1", [5, 6, 7], cache, start=4)
+    line = store.get("m1", [5, 6, 7])
+    assert line is not None and line.position == 4
+    for layer, (keys, values) in zip(cache.layers, line.entries):
+        assert torch.equal(keys, layer.keys[:, :, 4:7]) and torch.equal(values, layer.values[:, :, 4:7])
+    cache.layers[0].keys.zero_()  # a later edit of the cache does not reach the store
+    assert line.entries[0][0].abs().sum() > 0
+    assert store.get("m1", [5, 6, 8]) is None  # the memory's text changed: its old line is no use
+    assert store.get("m2", [5, 6, 7]) is None
+
+
+def test_the_first_read_is_kept_and_the_least_recently_used_line_goes_first():
+    store = LineStore(max_lines=2)
+    store.keep("a", [1], filled_cache(3, 0), start=0)
+    first = store.get("a", [1])
+    store.keep("a", [1], filled_cache(3, 1), start=2)  # read again elsewhere: the first read stays
+    assert store.get("a", [1]) is first
+    store.keep("b", [2], filled_cache(3, 2), start=0)
+    store.get("a", [1])  # a used last
+    store.keep("c", [3], filled_cache(3, 3), start=0)
+    assert len(store) == 2 and store.get("b", [2]) is None and store.get("a", [1]) is first
+    with pytest.raises(ValueError):
+        LineStore(max_lines=0)
+
+
+def test_threads_sharing_a_store_never_exceed_its_size():
+    store, cache = LineStore(max_lines=8), filled_cache(40, 0)
+
+    def fill(name: str) -> None:
+        for index in range(30):
+            store.keep(f"{name}{index}", [index], cache, start=index)
+            store.get(f"{name}{index // 2}", [index // 2])
+
+    threads = [threading.Thread(target=fill, args=(name,)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store) == 8
+
