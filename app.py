@@ -227,7 +227,7 @@ def build_demo() -> gr.Blocks:
                             list(actions.SWAP_CHOICES),
                             value=DEFAULTS.swap,
                             label="Memory swap",
-                            info="exact: re-read the context; splice: read only the new memories' lines (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
+                            info="exact: re-read the context; splice: read only new memories' lines, each once per session (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
                         )
                     )
             with gr.Tab("Memory set", elem_id="tab-set"):

@@ -61,3 +61,15 @@ def test_threads_sharing_a_store_never_exceed_its_size():
         thread.join()
     assert len(store) == 8
 
+
+def test_a_runtime_keeps_one_store_per_pool_for_the_pools_that_answered_last(tiny_runtime):
+    from smem.serving.runtime import LINE_STORE_POOLS
+
+    pools = [tiny_runtime.sets.pool(tiny_runtime.sets.default) for _ in range(LINE_STORE_POOLS + 1)]
+    store = tiny_runtime.engine(pools[0]).line_store
+    assert store is not None and tiny_runtime.engine(pools[0]).line_store is store  # a session's later answers
+    assert tiny_runtime.engine(pools[1]).line_store is not store  # lines read with one session's conversation stay there
+    for pool in pools[1:]:
+        tiny_runtime.engine(pool)
+    assert len(tiny_runtime.line_stores) == LINE_STORE_POOLS
+    assert tiny_runtime.engine(pools[0]).line_store is not store  # the least recently answered pool's went first

@@ -6,7 +6,10 @@ front ends over one `Runtime`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -16,6 +19,7 @@ import torch
 from smem.generation import models
 from smem.memory.embedder import Embedder, default_embedder
 from smem.generation.engine import StreamingEngine
+from smem.generation.line_store import LineStore
 from smem.generation.prompt import MemoryLineTokens
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
@@ -23,6 +27,11 @@ from smem.memory.settings import MemorySettings
 from smem.serving.queueing import GenerationQueue
 
 log = logging.getLogger("smem")
+
+LINE_STORE_POOLS = 4
+"""Pools whose read memory lines a runtime keeps. Chosen: a laptop serves one visitor, a shared
+CPU Space a few at a time; four full stores of the packaged model are ~200 MB
+(`smem.generation.line_store.DEFAULT_STORED_LINES`)."""
 
 
 @dataclass
@@ -36,6 +45,10 @@ class Runtime:
     line_tokens: Optional[MemoryLineTokens] = None
     """Counts memories in this model's tokens; give the same counter to `sets` (as `load`
     does) so its pools arrive counted."""
+    line_stores: "OrderedDict[int, tuple[weakref.ref, LineStore]]" = field(default_factory=OrderedDict)
+    """The memory lines read so far for the pools that answered last, so a session's later
+    answers swap them in without reading them again (`line_store`)."""
+    _stores_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.line_tokens is None:
@@ -79,5 +92,19 @@ class Runtime:
         return models.can_think(self.tokenizer)
 
     def engine(self, pool: MemoryPool) -> StreamingEngine:
-        """An engine over `pool` (cheap: the pool's token counts are already in this model's tokens)."""
-        return StreamingEngine(self.model, self.tokenizer, pool, line_tokens=self.line_tokens)
+        """An engine over `pool` (cheap: the pool's token counts are already in this model's
+        tokens, and its lines read in earlier answers are in its `LineStore`)."""
+        return StreamingEngine(self.model, self.tokenizer, pool, line_tokens=self.line_tokens, line_store=self.line_store(pool))
+
+    def line_store(self, pool: MemoryPool) -> LineStore:
+        """`pool`'s store of read memory lines. One per pool, never shared: a line's entries
+        were computed with the conversation that read it in context. Kept for the
+        `LINE_STORE_POOLS` pools that answered last, which bounds their memory."""
+        with self._stores_lock:
+            held = self.line_stores.pop(id(pool), None)
+            if held is None or held[0]() is not pool:  # new, or another pool that had the same id()
+                held = (weakref.ref(pool), LineStore())
+            self.line_stores[id(pool)] = held
+            while len(self.line_stores) > LINE_STORE_POOLS:
+                self.line_stores.popitem(last=False)
+            return held[1]
