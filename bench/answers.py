@@ -70,6 +70,7 @@ from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
+from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, FIXED_TEXTS, PromptBuilder  # noqa: E402
 
 RAG_K = 5
@@ -513,6 +514,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--update-every-n", type=int, default=DEFAULT_UPDATE_EVERY_N, help="N of `stream`")
     parser.add_argument("--splice-margin", type=float, default=None,
                         help="incumbent margin of `stream_n1_splice` (default: the engine's)")
+    parser.add_argument("--share-lines", action="store_true",
+                        help="splice swaps put back lines read by earlier answers on the same conversation "
+                        "(one LineStore per conversation, as per session in the app; default: per answer)")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -592,7 +596,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for conv_index, q_indices in by_conversation.items():
         conv = conversations[conv_index]
         pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
-        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget)
+        # --share-lines: one line store per conversation, as one per session pool in the app
+        store = LineStore() if args.share_lines else None
+        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget, line_store=store)
         all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)

@@ -12,7 +12,9 @@ number of new tokens, greedy. The ways to produce them:
   (e) with `--layout-cost`: smem without re-retrieval, in each layout (the slot layout's
       attention mask is the only difference a decode step sees).
 `--sample-memories` adds (b) with memories drawn from the softmax (same seed every round), to
-compare swaps per 100 tokens greedy vs sampled. Then the cost of one swap of one memory is
+compare swaps per 100 tokens greedy vs sampled; `--no-store` adds (b) splice reading every
+newcomer's line (no `LineStore`: a returning memory's line is read again), `--second-answer`
+(b) splice as the second of two answers sharing a store (a session's later answers). Then the cost of one swap of one memory is
 timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs splice (read
 the new line, re-rotate what follows) vs slots (rewrite one slot), next to a full re-prefill of
 the same context.
@@ -46,6 +48,7 @@ from smem.generation.engine import StreamingEngine
 from smem.generation.events import Done, MemoryUpdate, Thinking, Token
 from smem.generation.models import configure_threads, load
 from smem.generation.prompt import PromptBuilder
+from smem.generation.line_store import LineStore
 from smem.generation.swap import SWAP_MODES, ExactContext, SlotContext, SpliceContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +187,19 @@ def row(name: str, ttft: float, total: float, tokens: int, decode_cpu: Optional[
     }
 
 
-def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: bool = False) -> tuple[dict[str, Any], list]:
+def run_engine(
+    engine: StreamingEngine,
+    args,
+    every: int,
+    swap: str,
+    sample: bool = False,
+    reuse: bool = True,
+    store: Optional[LineStore] = None,
+) -> tuple[dict[str, Any], list]:
+    """One timed answer. `reuse=False`: splice reads every newcomer's line; `store`: the lines
+    earlier answers read (None: the answer's own store, empty at its start)."""
+    engine.reuse_lines, engine.line_store = reuse, store
+    earlier = bool(store)
     sync(engine.device)
     first_cpu: Optional[float] = None
     events = []
@@ -213,6 +228,8 @@ def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: boo
         label = f"(e) smem, no re-retrieval, {swap} layout"
     else:
         label = f"({'b' if every == 1 else 'c'}) smem, update_every_n={every}, {swap} swaps" + (", sampled" if sample else "")
+        label += "" if reuse or swap != "splice" else ", every newcomer's line read (no line store)"
+        label += ", lines read by an earlier answer" if earlier else ""
     return row(
         label,
         stats.ttft_s,
@@ -228,6 +245,7 @@ def run_engine(engine: StreamingEngine, args, every: int, swap: str, sample: boo
         scheduled_retrievals=1 + ((stats.tokens - 1) // every if every else 0),
         deferred_swaps=stats.extra["deferred_swaps"],
         swap_tokens_reread=stats.extra["swap_tokens_reread"],
+        swap_tokens_reused=stats.extra["swap_tokens_reused"],
     ), events
 
 
@@ -355,6 +373,12 @@ def main() -> None:
     parser.add_argument("--swap-modes", nargs="+", default=list(SWAP_MODES), choices=SWAP_MODES)
     parser.add_argument("--sample-memories", action="store_true", help="also run (b) with sampled memory draws")
     parser.add_argument(
+        "--no-store", action="store_true", help="also run (b) splice reading every newcomer's line, returning ones too"
+    )
+    parser.add_argument(
+        "--second-answer", action="store_true", help="also run (b) splice as the second answer on one line store"
+    )
+    parser.add_argument(
         "--layout-cost", action="store_true", help="also decode without re-retrieval in each layout, (e): the decode step's own cost"
     )
     parser.add_argument("--chunk", type=int, default=10, help="tokens per chunk of the naive loop")
@@ -426,6 +450,12 @@ def main() -> None:
             candidates.append(run_engine(engine, args, 1, mode)[0])
             if args.sample_memories:
                 candidates.append(run_engine(engine, args, 1, mode, sample=True)[0])
+            if args.no_store and mode == "splice":
+                candidates.append(run_engine(engine, args, 1, mode, reuse=False)[0])
+            if args.second_answer and mode == "splice":
+                store = LineStore()
+                run_engine(engine, args, 1, mode, store=store)  # the earlier answer fills the store
+                candidates.append(run_engine(engine, args, 1, mode, store=store)[0])
         if not args.skip_every_10:
             candidates.append(run_engine(engine, args, 10, engine.swap)[0])
         if args.layout_cost:
@@ -449,9 +479,9 @@ def main() -> None:
     print()
     print(
         "| method | TTFT ms | tokens/s | ms/token | × (a) | CPU ms/token | × (a), CPU | retrievals run/scheduled "
-        "| swaps/100 tok | deferred | ms/swap |"
+        "| swaps/100 tok | deferred | ms/swap | tokens read by swaps (put back) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         runs = f"{r['retrievals']}/{r['scheduled_retrievals']}" if "retrievals" in r else "–"
         per100 = f"{100 * r['swaps'] / r['tokens']:.1f}" if "swaps" in r else "–"
@@ -459,7 +489,8 @@ def main() -> None:
         print(
             f"| {r['method']} | {r['ttft_ms']:.0f} | {r['tokens_per_s']:.2f} | {r['ms_per_token']:.1f} | "
             f"{r['ms_per_token'] / base:.2f} | {r.get('cpu_ms_per_token', float('nan')):.1f} | "
-            f"{r.get('cpu_ms_per_token', float('nan')) / base_cpu:.2f} | {runs} | {per100} | {r.get('deferred_swaps', '–')} | {per_swap} |"
+            f"{r.get('cpu_ms_per_token', float('nan')) / base_cpu:.2f} | {runs} | {per100} | {r.get('deferred_swaps', '–')} | {per_swap} | "
+            f"{r.get('swap_tokens_reread', '–')} ({r.get('swap_tokens_reused', '–')}) |"
         )
     print()
     for method, times in spread.items():

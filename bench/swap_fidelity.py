@@ -5,6 +5,11 @@ For each question the engine writes a greedy answer in exact mode (re-retrieval 
 tokens and the same memory schedule (which set, from which token) are then replayed:
   * splice   - lines tokenised one by one, each swap reading only the new lines and sliding
     what follows by re-rotating its keys (`smem.generation.swap.SpliceContext`);
+  * splice, line store - the same swaps, a line read before put back from a `LineStore`
+    instead of read again (within the answer, the default);
+  * splice, store from earlier questions - one store shared by a set's questions in turn, so
+    a later answer puts back lines an earlier question's answer read (a session's later
+    answers in the app);
   * splice, no swaps - the same layout with the first set kept (the line-by-line
     tokenisation's own difference);
   * slots    - the slot layout, each swap rewriting only the changed slots;
@@ -39,6 +44,7 @@ from transformers import LogitsProcessor  # noqa: E402
 from smem import MemoryPool, load_memories  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import Done, Memories, MemoryUpdate  # noqa: E402
+from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.models import configure_threads, load  # noqa: E402
 from smem.generation.prompt import PromptBuilder  # noqa: E402
 from smem.generation.swap import ExactContext, SlotContext, SpliceContext  # noqa: E402
@@ -116,6 +122,7 @@ def main() -> None:
         slot_tokens = {"slot_tokens": args.slot_tokens} if args.slot_tokens else {}
         engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None, **slot_tokens)
         stop = torch.tensor(sorted(engine.stop_ids))
+        shared = LineStore()
         for question in QUESTIONS[name][: args.questions]:
             tick = time.perf_counter()
             capture = Capture()
@@ -150,11 +157,13 @@ def main() -> None:
                     device=engine.device,
                 )
 
-            def splice(hits):
-                return SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation)
+            def splice(hits, store=None):
+                return SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation, store=store)
 
             variants = {
-                "splice": replay(splice(first), tokens, schedule, stop),
+                "splice, every newcomer's line read": replay(splice(first), tokens, schedule, stop),
+                "splice, line store": replay(splice(first, LineStore()), tokens, schedule, stop),
+                "splice, store from earlier questions": replay(splice(first, shared), tokens, schedule, stop),
                 "splice, no swaps": replay(splice(first), tokens, {}, stop),
                 "slots": replay(slots(first), tokens, schedule, stop),
                 "slots, no swaps": replay(slots(first), tokens, {}, stop),
