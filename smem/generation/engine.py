@@ -6,9 +6,10 @@ the last `lookback_tokens` of generated text are embedded and the pool re-querie
 the selected *set* changes is the memory block in the cache edited (`smem.generation.swap`):
 exact (crop and re-read block, header and generated text; logits exact; the reference, default
 on accelerators), splice (cut the leaving memories' lines, read only the newcomers' lines and
-slide what follows by re-rotating its keys; cost independent of the answer's length; default
-on CPUs) or slots (fixed-size slots rewritten in place; kept for comparison). The prefix (system
-prompt, history, user message) is read exactly once per answer.
+slide what follows by re-rotating its keys; cost independent of the answer's length; a line
+read once is put back from a store after that; default on CPUs) or slots (fixed-size slots
+rewritten in place; kept for comparison). The prefix (system prompt, history, user message)
+is read exactly once per answer.
 
 Why it does not thrash: re-retrieval passes the current set as incumbents with a margin, so a
 near-tie in the last slot does not trigger a swap; sampled draws reuse the answer's random
@@ -105,10 +106,10 @@ class StreamingEngine:
     for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited
     elsewhere; `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice
     puts back a memory line read before instead of reading it again
-    (`smem.generation.line_store`): from `line_store`, shared by the engines of one runtime so
-    that later answers reuse earlier answers' lines, or else from a store of this answer's own. The pool counts its memories
-    in this model's tokens (`line_tokens`, shared by engines of one model), so token budgets
-    mean prompt tokens; a pool already counted costs nothing.
+    (`smem.generation.line_store`): from `line_store`, shared by a session's engines so that
+    later answers reuse earlier answers' lines, or else from a store of this answer's own. The
+    pool counts its memories in this model's tokens (`line_tokens`, shared by engines of one
+    model), so token budgets mean prompt tokens; a pool already counted costs nothing.
     """
 
     def __init__(
