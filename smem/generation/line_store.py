@@ -4,7 +4,7 @@ brings the same memory in.
 A splice swap (`smem.generation.swap.SpliceContext`) reads a newcomer's line over what precedes
 it, and that read is most of a swap's cost on a CPU (a 31-token line is ~1.3 decode steps of
 the packaged 0.5B; docs/benchmarks.md, "Splice"). At `update_every_n=1` memories leave and come
-back: in the benchmark's 64-token answer, 146 of the 610 line tokens read were lines read
+back: in the benchmark's 64-token answer, 146 of the 576 line tokens swapped in were lines read
 before. The store keeps what was read, keyed by the memory and its line's token ids, and a
 later swap puts the entries back with their keys re-rotated to the new place
 (`smem.generation.rope`), reading nothing.
