@@ -14,8 +14,8 @@ number of new tokens, greedy. The ways to produce them:
 `--sample-memories` adds (b) with memories drawn from the softmax (same seed every round), to
 compare swaps per 100 tokens greedy vs sampled; `--no-store` adds (b) splice reading every
 newcomer's line (no `LineStore`: a returning memory's line is read again), `--second-answer`
-(b) splice as the second of two answers sharing a store (a session's later answers). Then the cost of one swap of one memory is
-timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs splice (read
+(b) splice as the second of two answers sharing a store (a session's later answers). Then the
+cost of one swap of one memory is timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs splice (read
 the new line, re-rotate what follows) vs slots (rewrite one slot), next to a full re-prefill of
 the same context.
 
@@ -46,9 +46,9 @@ from smem import MemoryPool, load_memories
 from smem.memory.embedder import default_embedder
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import Done, MemoryUpdate, Thinking, Token
+from smem.generation.line_store import LineStore
 from smem.generation.models import configure_threads, load
 from smem.generation.prompt import PromptBuilder
-from smem.generation.line_store import LineStore
 from smem.generation.swap import SWAP_MODES, ExactContext, SlotContext, SpliceContext
 
 ROOT = Path(__file__).resolve().parents[1]

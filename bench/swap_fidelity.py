@@ -3,8 +3,9 @@
 For each question the engine writes a greedy answer in exact mode (re-retrieval every
 `--every` tokens, swaps unrationed), recording the next-token logits it decoded from. The same
 tokens and the same memory schedule (which set, from which token) are then replayed:
-  * splice   - lines tokenised one by one, each swap reading only the new lines and sliding
-    what follows by re-rotating its keys (`smem.generation.swap.SpliceContext`);
+  * splice, every newcomer's line read - lines tokenised one by one, each swap reading only
+    the new lines and sliding what follows by re-rotating its keys
+    (`smem.generation.swap.SpliceContext` without a store);
   * splice, line store - the same swaps, a line read before put back from a `LineStore`
     instead of read again (within the answer, the default);
   * splice, store from earlier questions - one store shared by a set's questions in turn, so
