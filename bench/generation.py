@@ -15,9 +15,9 @@ number of new tokens, greedy. The ways to produce them:
 compare swaps per 100 tokens greedy vs sampled; `--no-store` adds (b) splice reading every
 newcomer's line (no `LineStore`: a returning memory's line is read again), `--second-answer`
 (b) splice as the second of two answers sharing a store (a session's later answers). Then the
-cost of one swap of one memory is timed against the answer's length (`--swap-lengths`): exact (crop + re-read) vs splice (read
-the new line, re-rotate what follows) vs slots (rewrite one slot), next to a full re-prefill of
-the same context.
+cost of one swap of one memory is timed against the answer's length (`--swap-lengths`): exact
+(crop + re-read) vs splice (read the new line, re-rotate what follows) vs slots (rewrite one
+slot), next to a full re-prefill of the same context.
 
     python bench/generation.py                       # packaged Qwen2.5-Coder-0.5B on CPU
     python bench/generation.py --device cuda --random-qwen3-8b --prompt-tokens 2048
