@@ -14,7 +14,9 @@ number of new tokens, greedy. The ways to produce them:
 `--sample-memories` adds (b) with memories drawn from the softmax (same seed every round), to
 compare swaps per 100 tokens greedy vs sampled; `--no-store` adds (b) splice reading every
 newcomer's line (no `LineStore`: a returning memory's line is read again), `--second-answer`
-(b) splice as the second of two answers sharing a store (a session's later answers). Then the
+(b) splice as the second of two answers sharing a store (the same request twice: the best case
+of a session's later answers), `--after-other-question` the same after an answer to another
+question on the same pool (a later answer as it usually comes). Then the
 cost of one swap of one memory is timed against the answer's length (`--swap-lengths`): exact
 (crop + re-read) vs splice (read the new line, re-rotate what follows) vs slots (rewrite one
 slot), next to a full re-prefill of the same context.
@@ -56,6 +58,8 @@ QUESTION = (
     "Alex has a timed Algebra I quiz next week and I'm worried he'll panic again. Write me a detailed plan "
     "for our next three sessions: what to review, which examples to use, and how to keep him calm."
 )
+OTHER_QUESTION = "What should I keep in mind about how Alex handles frustration, and which examples work for him?"
+"""`--after-other-question`: what an earlier answer of the same session asked (as in bench/swap_fidelity.py)."""
 HISTORY = [
     {"role": "user", "content": "Can you remind me how Alex's fractions work went this autumn?"},
     {
@@ -195,16 +199,18 @@ def run_engine(
     sample: bool = False,
     reuse: bool = True,
     store: Optional[LineStore] = None,
+    question: str = QUESTION,
+    earlier: str = "",
 ) -> tuple[dict[str, Any], list]:
     """One timed answer. `reuse=False`: splice reads every newcomer's line; `store`: the lines
-    earlier answers read (None: the answer's own store, empty at its start)."""
+    earlier answers read (None: the answer's own store, empty at its start), `earlier` says
+    which in the row's label."""
     engine.reuse_lines, engine.line_store = reuse, store
-    earlier = bool(store)
     sync(engine.device)
     first_cpu: Optional[float] = None
     events = []
     for event in engine.stream(
-        QUESTION,
+        question,
         args.history,
         update_every_n=every,
         max_memories=args.max_memories,
@@ -229,7 +235,7 @@ def run_engine(
     else:
         label = f"({'b' if every == 1 else 'c'}) smem, update_every_n={every}, {swap} swaps" + (", sampled" if sample else "")
         label += "" if reuse or swap != "splice" else ", every newcomer's line read (no line store)"
-        label += ", lines read by an earlier answer" if earlier else ""
+        label += f", lines read by {earlier}" if earlier else ""
     return row(
         label,
         stats.ttft_s,
@@ -376,7 +382,12 @@ def main() -> None:
         "--no-store", action="store_true", help="also run (b) splice reading every newcomer's line, returning ones too"
     )
     parser.add_argument(
-        "--second-answer", action="store_true", help="also run (b) splice as the second answer on one line store"
+        "--second-answer", action="store_true", help="also run (b) splice after the same request filled its line store"
+    )
+    parser.add_argument(
+        "--after-other-question",
+        action="store_true",
+        help="also run (b) splice after an answer to another question on the same pool filled its line store",
     )
     parser.add_argument(
         "--layout-cost", action="store_true", help="also decode without re-retrieval in each layout, (e): the decode step's own cost"
@@ -452,10 +463,14 @@ def main() -> None:
                 candidates.append(run_engine(engine, args, 1, mode, sample=True)[0])
             if args.no_store and mode == "splice":
                 candidates.append(run_engine(engine, args, 1, mode, reuse=False)[0])
-            if args.second_answer and mode == "splice":
-                store = LineStore()
-                run_engine(engine, args, 1, mode, store=store)  # the earlier answer fills the store
-                candidates.append(run_engine(engine, args, 1, mode, store=store)[0])
+            for wanted, earlier, question in (
+                (args.second_answer, "the same request before", QUESTION),
+                (args.after_other_question, "an answer to another question", OTHER_QUESTION),
+            ):
+                if wanted and mode == "splice":
+                    store = LineStore()
+                    run_engine(engine, args, 1, mode, store=store, question=question)  # the earlier answer fills the store
+                    candidates.append(run_engine(engine, args, 1, mode, store=store, earlier=earlier)[0])
         if not args.skip_every_10:
             candidates.append(run_engine(engine, args, 10, engine.swap)[0])
         if args.layout_cost:
