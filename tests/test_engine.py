@@ -19,8 +19,8 @@ from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.memory.embedder import default_embedder
 from smem.generation.engine import StreamingEngine
-from smem.generation.line_store import LineStore
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token
+from smem.generation.line_store import LineStore
 from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
 from smem.generation.sampling import MemoryDraws
 from smem.generation.rope import KeyRotation
@@ -623,7 +623,7 @@ def test_a_memory_that_returns_gets_its_cut_line_back_without_a_read(tiny_model,
     without, _ = splice_context(tiny_model, [a, b, c], reuse=False)
     without.prefill()
     without.swap([a, b])
-    assert without.swap([a, b, c]) == c_line and without.reused == 0  # no shelf: read again
+    assert without.swap([a, b, c]) == c_line and without.reused == 0  # no store: read again
 
 
 def test_splice_cuts_appends_empties_and_refills_the_block(tiny_model, pool):
