@@ -80,7 +80,3 @@ class LineStore:
             self._lines.setdefault(key, StoredLine(start, entries))
             while len(self._lines) > self.max_lines:
                 self._lines.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._lines.clear()
