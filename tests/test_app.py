@@ -39,9 +39,13 @@ def is_skip(output: Any) -> bool:
     return isinstance(output, dict) and output.get("__type__") == "update"
 
 
-def chat_text(chat: list[dict]) -> str:
-    """Everything the assistant wrote in the latest turn (thinking and answer)."""
+def chat_text(chat: list[dict], swaps: bool = True) -> str:
+    """Everything the assistant wrote in the latest turn (thinking and answer), and the
+    memory-swap blocks unless `swaps` is False."""
     turn = chat[max(i for i, m in enumerate(chat) if m["role"] == "user") + 1 :]
+    if not swaps:
+        swap = SWAP_TITLE.split("{")[0]
+        turn = [m for m in turn if not ((m.get("metadata") or {}).get("title") or "").startswith(swap)]
     return "".join(block.get("text", "") for message in turn for block in message["content"])
 
 
@@ -235,15 +239,8 @@ def test_stream_coalesces_frames_of_a_long_answer(app_server):
     assert len(frames) < tokens, "frames are coalesced, not one per token"
     # Answer text only: a swap's block waits for the word it fell in to end (`_word_end`), so
     # in a later frame text may come before a block that ended an earlier frame.
-    assert answer_text(final[CHAT]).startswith(answer_text(frames[-2][CHAT])), "no text is lost by coalescing"
-
-
-def answer_text(chat: list[dict]) -> str:
-    """What the assistant wrote in the latest turn, without the memory-swap blocks."""
-    turn = chat[max(i for i, m in enumerate(chat) if m["role"] == "user") + 1 :]
-    swap = SWAP_TITLE.split("{")[0]
-    kept = [m for m in turn if not ((m.get("metadata") or {}).get("title") or "").startswith(swap)]
-    return "".join(block.get("text", "") for message in kept for block in message["content"])
+    answer, earlier = chat_text(final[CHAT], swaps=False), chat_text(frames[-2][CHAT], swaps=False)
+    assert answer.startswith(earlier), "no text is lost by coalescing"
 
 
 def test_stop_releases_the_model(app_server):
