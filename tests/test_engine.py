@@ -670,6 +670,43 @@ def test_a_later_answer_puts_back_the_lines_an_earlier_one_read(tiny_model, pool
     assert alone["swap_tokens_reused"] == 0
 
 
+@pytest.mark.parametrize("run_lines", [1, 2])
+def test_lines_read_ahead_hold_what_reading_their_run_after_the_frame_gives(tiny_model, pool, run_lines):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool)
+    memories = pool.memories[:6]
+    ahead = LineStore(max_lines=len(memories))
+    builder = PromptBuilder(tokenizer, "", system_prompt=engine.system_prompt)
+    frame = [*builder.prefix, *builder.block_frame()[0]]
+    lines = [builder.line_ids(m) for m in memories]
+    # Small chunks: several runs share a forward pass, and a chunk boundary falls between runs.
+    read = engine.read_ahead(ahead, memories, run_lines=run_lines, chunk_tokens=2 * run_lines * max(map(len, lines)))
+    assert read == sum(map(len, lines)) and len(ahead) == len(memories)
+    for first in range(0, len(memories), run_lines):
+        run = lines[first : first + run_lines]
+        alone = DynamicCache(config=model.config)
+        engine._forward([*frame, *(token for ids in run for token in ids)], alone)
+        start = len(frame)
+        for memory, ids in zip(memories[first:], run):
+            stored = ahead.get(memory.id, ids)
+            assert stored is not None and stored.position == start
+            for layer, (keys, values) in zip(alone.layers, stored.entries):
+                torch.testing.assert_close(keys, layer.keys[:, :, start : start + len(ids)])
+                torch.testing.assert_close(values, layer.values[:, :, start : start + len(ids)])
+            start += len(ids)
+    assert engine.read_ahead(ahead, memories) == 0  # stored lines are not read again
+
+
+def test_an_answer_puts_back_lines_read_ahead_from_the_fallback_store(tiny_model, pool):
+    model, tokenizer = tiny_model
+    ahead = LineStore(max_lines=len(pool))
+    engine = StreamingEngine(model, tokenizer, pool, line_store=LineStore(fallback=ahead))
+    engine.read_ahead(ahead)
+    stats = done(run(engine, learn=False)).stats.extra
+    assert stats["swap_tokens_reused"] > 0 and stats["swap_tokens_reread"] == 0
+    assert len(engine.line_store) > 0  # the answer's prefill lines are its pool's own
+
+
 def test_a_model_without_rotary_positions_swaps_exactly(pool):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
     _, tokenizer = tiny.build(seed=0)

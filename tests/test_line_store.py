@@ -73,3 +73,35 @@ def test_a_runtime_keeps_one_store_per_pool_for_the_pools_that_answered_last(tin
         tiny_runtime.engine(pool)
     assert len(tiny_runtime.line_stores) == LINE_STORE_POOLS
     assert tiny_runtime.engine(pools[0]).line_store is not store  # the least recently answered pool's went first
+
+
+def test_a_store_asks_its_fallback_for_lines_it_lacks_and_keeps_its_own_first():
+    behind = LineStore()
+    behind.keep("a", [1, 2], filled_cache(4, 0), start=1, position=0)
+    store = LineStore(fallback=behind)
+    assert store.get("a", [1, 2]) is behind.get("a", [1, 2]) and ("a", [1, 2]) not in store
+    assert behind.get("a", [1, 2]).position == 0  # where it was read, not where the cache held it
+    store.keep("a", [1, 2], filled_cache(4, 1), start=2)
+    assert store.get("a", [1, 2]).position == 2 and ("a", [1, 2]) in store
+
+
+def test_a_runtime_reads_the_sets_lines_ahead_for_every_pool_of_them(tiny_runtime):
+    from smem.generation.prompt import PromptBuilder
+    from smem.serving.runtime import Runtime
+
+    runtime = Runtime(
+        model=tiny_runtime.model,
+        tokenizer=tiny_runtime.tokenizer,
+        embedder=tiny_runtime.embedder,
+        sets=tiny_runtime.sets,
+        model_name="tiny",
+        line_tokens=tiny_runtime.line_tokens,
+    )
+    name = runtime.sets.default
+    thread = runtime.start_read_ahead([name])
+    assert thread is not None
+    thread.join()
+    pool = runtime.sets.pool(name)
+    assert len(runtime.lines_ahead) == len(pool)
+    store, builder = runtime.engine(pool).line_store, PromptBuilder(runtime.tokenizer, "")
+    assert len(store) == 0 and all(store.get(m.id, builder.line_ids(m)) is not None for m in pool.memories)

@@ -55,6 +55,8 @@ from smem.generation.swap import (
     CPU_SWAP_BUDGET,
     DEFAULT_SLOT_TOKENS,
     DEFAULT_UNCERTAINTY_THRESHOLD,
+    READ_AHEAD_CHUNK_TOKENS,
+    READ_AHEAD_RUN_LINES,
     RETRIEVAL_TRIGGERS,
     SWAP_MODES,
     ExactContext,
@@ -65,10 +67,11 @@ from smem.generation.swap import (
     SwapPolicy,
     default_swap_mode,
     keep_order,
+    read_ahead,
 )
 from smem.generation.rope import KeyRotation
 from smem.generation.text import TextSplitter
-from smem.memory.records import Hit
+from smem.memory.records import Hit, Memory
 
 DEFAULT_INCUMBENT_MARGIN = 0.15
 """Relative score bonus of memories already in context during re-retrieval. A challenger must
@@ -214,6 +217,27 @@ class StreamingEngine:
             slot_tokens=self.slot_tokens,
             max_new_tokens=max_new_tokens,
             device=self.device,
+        )
+
+    def read_ahead(
+        self,
+        store: LineStore,
+        memories: Optional[Sequence[Memory]] = None,
+        *,
+        run_lines: int = READ_AHEAD_RUN_LINES,
+        chunk_tokens: int = READ_AHEAD_CHUNK_TOKENS,
+    ) -> int:
+        """Read the splice lines of `memories` (default: the whole pool) into `store` before
+        any answer needs them; return the tokens read (`smem.generation.swap.read_ahead`). Give
+        `store` as the `fallback` of the stores answers use, sized to hold the lines."""
+        if self.rotation is None:
+            return 0  # no splice swaps for this model: nothing would put the lines back
+        if memories is None:
+            with self._pool_lock:
+                memories = self.pool.memories
+        builder = PromptBuilder(self.tokenizer, "", system_prompt=self.system_prompt)
+        return read_ahead(
+            self._forward, builder, memories, store, self.model.config, run_lines=run_lines, chunk_tokens=chunk_tokens
         )
 
     # -- memories ---------------------------------------------------------------------------

@@ -9,6 +9,11 @@ before. The store keeps what was read, keyed by the memory and its line's token 
 later swap puts the entries back with their keys re-rotated to the new place
 (`smem.generation.rope`), reading nothing.
 
+Lines can also be read before any answer needs them (`smem.generation.swap.read_ahead`: every
+memory of a pool, alone after a frame with no conversation, many lines per forward pass); a
+store asks its `fallback` for a line it lacks, so a session's store sits in front of the lines
+its runtime read ahead.
+
 Approximate, like the splice itself: the entries were computed after whatever preceded the line
 when it was read (other memory lines; in a later answer, another conversation), not after what
 precedes it now. `bench/swap_fidelity.py` and `bench/answers.py` measure what that changes.
@@ -45,10 +50,13 @@ class LineStore:
     """Least-recently-used map (memory id, line token ids) -> `StoredLine`; thread-safe, so the
     answers of one runtime (several sessions, several threads) can share it."""
 
-    def __init__(self, max_lines: int = DEFAULT_STORED_LINES) -> None:
+    def __init__(self, max_lines: int = DEFAULT_STORED_LINES, *, fallback: Optional["LineStore"] = None) -> None:
         if max_lines < 1:
             raise ValueError("max_lines must be >= 1")
         self.max_lines = max_lines
+        self.fallback = fallback
+        """Asked for a line this store lacks: the lines read ahead of any answer
+        (`smem.generation.swap.read_ahead`), behind one pool's lines read in its answers."""
         self._lines: OrderedDict[tuple[str, tuple[int, ...]], StoredLine] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -61,12 +69,19 @@ class LineStore:
             line = self._lines.get(key)
             if line is not None:
                 self._lines.move_to_end(key)
-            return line
+        if line is None and self.fallback is not None:
+            return self.fallback.get(memory_id, ids)
+        return line
 
-    def keep(self, memory_id: str, ids: Sequence[int], cache: Any, start: int) -> None:
-        """Keep the entries `cache` holds for the line at `[start, start + len(ids))`, unless
-        this line is stored already (the first read is kept: what a swap puts back does not
-        depend on how often the memory came and went)."""
+    def __contains__(self, key: tuple[str, Sequence[int]]) -> bool:
+        """Whether (memory id, line token ids) is stored here (the fallback not asked)."""
+        with self._lock:
+            return (key[0], tuple(key[1])) in self._lines
+
+    def keep(self, memory_id: str, ids: Sequence[int], cache: Any, start: int, position: Optional[int] = None) -> None:
+        """Keep the entries `cache` holds for the line at `[start, start + len(ids))`, read at
+        `position` (default `start`), unless this line is stored already (the first read is
+        kept: what a swap puts back does not depend on how often the memory came and went)."""
         key = (memory_id, tuple(ids))
         with self._lock:
             if key in self._lines:
@@ -77,6 +92,6 @@ class LineStore:
                 (layer.keys[:, :, start:stop].clone(), layer.values[:, :, start:stop].clone()) for layer in cache.layers
             )
         with self._lock:
-            self._lines.setdefault(key, StoredLine(start, entries))
+            self._lines.setdefault(key, StoredLine(start if position is None else position, entries))
             while len(self._lines) > self.max_lines:
                 self._lines.popitem(last=False)

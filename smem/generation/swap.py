@@ -15,9 +15,9 @@ The prompt is prefix | memory block | assistant header, then the generated text 
   stay contiguous, nothing is trimmed or masked, and a swap costs the new line's tokens
   whatever the answer's length. Approximate: the kept entries after the line were computed
   while the old memory was there (`bench/swap_fidelity.py` measures what that changes). A line
-  read before (earlier in the answer, or in an earlier answer sharing the `LineStore`) is put
-  back from the store, re-rotated to its new place, and nothing is read
-  (`smem.generation.line_store`).
+  read before (earlier in the answer, in an earlier answer sharing the `LineStore`, or ahead of
+  any answer by `read_ahead`) is put back from the store, re-rotated to its new place, and
+  nothing is read (`smem.generation.line_store`).
 * **slots** (`SlotContext`): the block is a fixed number of slots of a fixed token length (a
   memory line is trimmed or padded to its slot; padding and empty slots are masked out of
   attention), rewritten in place at fixed positions. Approximate in the same way, plus the
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, get_args
 
 import torch
 from transformers import DynamicCache
@@ -41,7 +41,7 @@ from transformers import DynamicCache
 from smem.generation.line_store import LineStore, StoredLine
 from smem.generation.prompt import Prompt, PromptBuilder
 from smem.generation.rope import KeyRotation
-from smem.memory.records import Hit
+from smem.memory.records import Hit, Memory
 
 SwapMode = Literal["exact", "splice", "slots"]
 SWAP_MODES: tuple[SwapMode, ...] = get_args(SwapMode)
@@ -327,6 +327,101 @@ class SpliceContext:
                     setattr(layer, name, torch.cat([entries[:, :, :at], read, entries[:, :, at:kept], token], dim=-2))
         self._keep(at, lines, offset)
         return logits
+
+
+READ_AHEAD_CHUNK_TOKENS = 512
+"""Line tokens `read_ahead` reads in one forward pass. The chunking changes no entry (a line sees
+only the frame and the lines before it in its run); 512 (chosen) keeps a pass's float32 mask,
+512 x (frame + 512), near 2 MB and its activations small. On two AVX2 cores reading ahead cost
+5.6-5.8 ms a line token, about a swap's read (docs/benchmarks.md, "Lines read ahead")."""
+
+
+READ_AHEAD_RUN_LINES = 5
+"""Memories whose lines `read_ahead` reads one after another, each after the ones before it. Chosen:
+the engine's default context of 5 memories, so a line is read after as many lines as in a
+block. Against exact streaming (bench/swap_fidelity.py, 4 answers): KL 0.346 nats for lines read
+alone, 0.247 in runs of 5, 0.213 for lines read in context; LoCoMo F1 at N=1 paired against
+exact swaps -0.031 alone, -0.008 in runs of 5 (docs/benchmarks.md, "Lines read ahead")."""
+
+
+def read_ahead(
+    forward: Forward,
+    builder: PromptBuilder,
+    memories: Sequence[Memory],
+    store: LineStore,
+    config: Any,
+    *,
+    run_lines: int = READ_AHEAD_RUN_LINES,
+    chunk_tokens: int = READ_AHEAD_CHUNK_TOKENS,
+) -> int:
+    """Read memory lines into `store` before any answer needs them, so that a splice swap
+    puts them back instead of reading them while the answer waits; return the tokens read.
+
+    The lines are read after `builder`'s prefix and the block's head (system prompt, the user
+    turn, the label: a builder for an empty message gives a frame no conversation is in), in
+    runs of `run_lines` consecutive memories, each line seeing the frame and the lines before
+    it in its run, as in a memory block (`run_lines=1`: each line alone). Its entries then do
+    not depend on the conversation, and any pool holding the same memory can use them.
+    Approximate, like every stored line: in an answer the line follows the conversation and
+    other lines (`bench/swap_fidelity.py` measures what that changes). Lines already in `store`
+    are skipped. Many runs go in one forward pass, a block-diagonal mask keeping them apart.
+    The cost is the same per token as a swap's read; what changes is when it is paid: once per
+    memory, before any answer.
+    """
+    if run_lines < 1:
+        raise ValueError("run_lines must be >= 1")
+    head, _ = builder.block_frame()
+    frame = [*builder.prefix, *head]
+    lines = [(memory.id, builder.line_ids(memory)) for memory in memories]
+    lines = [(memory_id, ids) for memory_id, ids in lines if (memory_id, ids) not in store]
+    if not lines:
+        return 0
+    runs = [lines[i : i + run_lines] for i in range(0, len(lines), run_lines)]
+    cache = DynamicCache(config=config)
+    forward(frame, cache)
+    at = len(frame)
+    dtype, device = cache.layers[0].keys.dtype, cache.layers[0].keys.device
+    blocked = torch.finfo(dtype).min
+    read = 0
+    for chunk in _chunks(runs, chunk_tokens):
+        ids = [token for run in chunk for _, line in run for token in line]
+        mask = torch.full((len(ids), at + len(ids)), blocked, dtype=dtype, device=device)
+        mask[:, :at] = 0
+        positions: list[int] = []
+        for run in chunk:  # each run sees the frame and itself, causally
+            length = sum(len(line) for _, line in run)
+            start = len(positions)
+            mask[start : start + length, at + start : at + start + length] = torch.full(
+                (length, length), blocked, dtype=dtype, device=device
+            ).triu(1)
+            positions += range(at, at + length)
+        forward(ids, cache, mask[None, None], torch.tensor([positions], device=device))
+        offset = at
+        for run in chunk:
+            position = at
+            for memory_id, line in run:
+                store.keep(memory_id, line, cache, offset, position=position)
+                offset += len(line)
+                position += len(line)
+        with torch.inference_mode():
+            cache.crop(at - cache.get_seq_length())
+        read += len(ids)
+    return read
+
+
+def _chunks(runs: list[list[tuple[str, list[int]]]], tokens: int) -> Iterator[list[list[tuple[str, list[int]]]]]:
+    """Consecutive groups of `runs` of at most `tokens` tokens (a longer run alone)."""
+    chunk: list[list[tuple[str, list[int]]]] = []
+    size = 0
+    for run in runs:
+        length = sum(len(line) for _, line in run)
+        if chunk and size + length > tokens:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(run)
+        size += length
+    if chunk:
+        yield chunk
 
 
 class SlotContext:
