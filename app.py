@@ -227,7 +227,7 @@ def build_demo() -> gr.Blocks:
                             list(actions.SWAP_CHOICES),
                             value=DEFAULTS.swap,
                             label="Memory swap",
-                            info="exact: re-read the context; splice: read only new memories' lines, each once per session (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
+                            info="exact: re-read the context; splice: put in only new memories' lines, read ahead at start (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
                         )
                     )
             with gr.Tab("Memory set", elem_id="tab-set"):
@@ -590,6 +590,8 @@ CSS = "#memories td { vertical-align: top; } footer { display: none !important; 
 
 def main() -> None:
     logging.getLogger("smem").info("settings: %s", json.dumps(SETTINGS.as_log()))
+    if SETTINGS.model.read_ahead and not ON_GPU:
+        RUNTIME.start_read_ahead()  # the shipped sets' memory lines, while the page loads
     host, port = SETTINGS.server.host, SETTINGS.server.port
     # 4 UI events at once (chosen): answers serialise in the runtime's queue anyway; this only
     # lets table edits, uploads and figure redraws of other visitors proceed beside them.

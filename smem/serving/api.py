@@ -61,6 +61,7 @@ from smem.serving.api_schema import (
     chat_request_model,
 )
 from smem.generation.events import Done, Event
+from smem.generation.settings import ModelSettings
 from smem.memory.pool import MemoryPool
 from smem.memory.records import MemoryFileError
 from smem.serving.queueing import Cancelled
@@ -639,7 +640,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     import uvicorn
 
-    app = create_api(Runtime.load(args.model))
+    runtime = Runtime.load(args.model)
+    if ModelSettings().read_ahead:
+        runtime.start_read_ahead()
+    app = create_api(runtime)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

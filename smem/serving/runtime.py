@@ -33,6 +33,12 @@ LINE_STORE_POOLS = 4
 CPU Space a few at a time; four full stores of the packaged model are ~200 MB
 (`smem.generation.line_store.DEFAULT_STORED_LINES`)."""
 
+READ_AHEAD_LINES = 512
+"""Memory lines a runtime keeps read ahead of any answer (`start_read_ahead`). Chosen: the
+shipped sets hold 313 lines (tutor 151, family 162: 11,034 tokens of the packaged model, ~270 MB
+of float32 entries at 24 KB a token), with room for sets added to the memory folder; the least
+recently used line goes first past it."""
+
 
 @dataclass
 class Runtime:
@@ -48,6 +54,10 @@ class Runtime:
     line_stores: "OrderedDict[int, tuple[weakref.ref, LineStore]]" = field(default_factory=OrderedDict)
     """The memory lines read so far for the pools that answered last, so a session's later
     answers swap them in without reading them again (`line_store`)."""
+    lines_ahead: LineStore = field(default_factory=lambda: LineStore(READ_AHEAD_LINES))
+    """Memory lines read ahead of any answer, in a frame with no conversation, so every pool
+    holding the same memory can use them: each pool's store falls back to it
+    (`start_read_ahead`)."""
     _stores_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,12 +109,37 @@ class Runtime:
     def line_store(self, pool: MemoryPool) -> LineStore:
         """`pool`'s store of read memory lines. One per pool, never shared: a line's entries
         were computed with the conversation that read it in context. Kept for the
-        `LINE_STORE_POOLS` pools that answered last, which bounds their memory."""
+        `LINE_STORE_POOLS` pools that answered last, which bounds their memory. Behind each,
+        the lines read ahead (`lines_ahead`)."""
         with self._stores_lock:
             held = self.line_stores.pop(id(pool), None)
             if held is None or held[0]() is not pool:  # new, or another pool that had the same id()
-                held = (weakref.ref(pool), LineStore())
+                held = (weakref.ref(pool), LineStore(fallback=self.lines_ahead))
             self.line_stores[id(pool)] = held
             while len(self.line_stores) > LINE_STORE_POOLS:
                 self.line_stores.popitem(last=False)
             return held[1]
+
+    def start_read_ahead(self, names: Optional[list[str]] = None) -> Optional[threading.Thread]:
+        """Read the memory lines of the named sets (default: all) into `lines_ahead` in a
+        background thread, so that a splice swap puts a memory's line back instead of reading
+        it while an answer waits (`StreamingEngine.read_ahead`). Returns the thread, or None
+        where swaps are not splices (accelerators swap exactly; nothing would use the lines).
+
+        An answer that starts before the thread ends reads the lines it needs itself, and shares
+        the cores with it meanwhile.
+        """
+        names = self.sets.names if names is None else names
+        pools = [self.sets.pool(name) for name in names]
+        engines = [StreamingEngine(self.model, self.tokenizer, pool, line_tokens=self.line_tokens) for pool in pools]
+        if not engines or engines[0].swap != "splice":
+            return None
+
+        def read() -> None:
+            started = time.perf_counter()
+            tokens = sum(engine.read_ahead(self.lines_ahead) for engine in engines)
+            log.info("read ahead %d memory lines (%d tokens) in %.1fs", len(self.lines_ahead), tokens, time.perf_counter() - started)
+
+        thread = threading.Thread(target=read, name="smem-read-ahead", daemon=True)
+        thread.start()
+        return thread
