@@ -71,6 +71,7 @@ from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
 from smem.generation.line_store import LineStore  # noqa: E402
+from smem.generation.swap import READ_AHEAD_RUN_LINES  # noqa: E402
 from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, FIXED_TEXTS, PromptBuilder  # noqa: E402
 
 RAG_K = 5
@@ -517,6 +518,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--share-lines", action="store_true",
                         help="splice swaps put back lines read by earlier answers on the same conversation "
                         "(one LineStore per conversation, as per session in the app; default: per answer)")
+    parser.add_argument("--read-ahead", action="store_true",
+                        help="read every memory line of a conversation ahead of its questions "
+                        "(`StreamingEngine.read_ahead`, as the app does at start); splice swaps put them back")
+    parser.add_argument("--read-ahead-run", type=int, default=READ_AHEAD_RUN_LINES,
+                        help="with --read-ahead: lines read in runs of this many consecutive memories (1: alone; "
+                        "default: the engine's)")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -570,6 +577,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "stream_update_every_n": args.update_every_n,
         "swap": args.swap,
         "swap_budget": args.swap_budget,
+        "share_lines": args.share_lines,
+        "read_ahead": args.read_ahead and {"run_lines": args.read_ahead_run},
         **decoding,
         "temperature": "engine default" if args.temperature is None else args.temperature,
         "reasoning": args.reasoning,
@@ -599,6 +608,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         # --share-lines: one line store per conversation, as one per session pool in the app
         store = LineStore() if args.share_lines else None
         engine = StreamingEngine(model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget, line_store=store)
+        ahead: Optional[LineStore] = None
+        if args.read_ahead:  # the stores answers use fall back to it, as a runtime's pools do
+            ahead = LineStore(max_lines=len(pool))
+            tick = time.perf_counter()
+            read = engine.read_ahead(ahead, run_lines=args.read_ahead_run)
+            print(f"{conv.sample_id}: read ahead {len(ahead)} lines, {read} tokens in {time.perf_counter() - tick:.0f} s",
+                  flush=True)
+            if store is not None:
+                store.fallback = ahead
         all_fits = "all" in names and pool_tokens(engine) + ALL_HEADROOM <= context_limit
         for q_index in q_indices:
             question = question_at(conv, q_index)
@@ -620,6 +638,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     k = len(pool)
                 ks[condition.name] = k
                 if reused is None:
+                    if ahead is not None and store is None:  # a fresh store per answer, behind it the lines read ahead
+                        engine.line_store = LineStore(fallback=ahead)
                     answers[condition.name] = ask(
                         engine, message, conv.now, marker, update_every_n=condition.update_every_n, max_memories=k,
                         seed=args.seed + q_index, **decoding, **dict(condition.options),

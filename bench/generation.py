@@ -16,7 +16,9 @@ compare swaps per 100 tokens greedy vs sampled; `--no-store` adds (b) splice rea
 newcomer's line (no `LineStore`: a returning memory's line is read again), `--second-answer`
 (b) splice as the second of two answers sharing a store (the same request twice: the best case
 of a session's later answers), `--after-other-question` the same after an answer to another
-question on the same pool (a later answer as it usually comes). Then the
+question on the same pool (a later answer as it usually comes), `--read-ahead` the first answer
+with every pool memory's line read ahead (`StreamingEngine.read_ahead`, timed apart, before the
+rounds; the answer's own store falls back to it). Then the
 cost of one swap of one memory is timed against the answer's length (`--swap-lengths`): exact
 (crop + re-read) vs splice (read the new line, re-rotate what follows) vs slots (rewrite one
 slot), next to a full re-prefill of the same context.
@@ -390,6 +392,11 @@ def main() -> None:
         help="also run (b) splice after an answer to another question on the same pool filled its line store",
     )
     parser.add_argument(
+        "--read-ahead",
+        action="store_true",
+        help="also run (b) splice with every pool memory's line read ahead of the answer (timed apart)",
+    )
+    parser.add_argument(
         "--layout-cost", action="store_true", help="also decode without re-retrieval in each layout, (e): the decode step's own cost"
     )
     parser.add_argument("--chunk", type=int, default=10, help="tokens per chunk of the naive loop")
@@ -449,6 +456,17 @@ def main() -> None:
     for mode in args.swap_modes:
         list(engine.stream(QUESTION, args.history, max_new_tokens=4, temperature=0.0, learn=False, swap=mode))
 
+    ahead: Optional[LineStore] = None
+    if args.read_ahead:
+        ahead = LineStore(max_lines=len(pool))
+        tick, tock = time.perf_counter(), time.process_time()
+        read = engine.read_ahead(ahead)
+        print(
+            f"read ahead: {len(ahead)} lines, {read} tokens in {time.perf_counter() - tick:.1f} s "
+            f"({time.process_time() - tock:.1f} s CPU)",
+            flush=True,
+        )
+
     # (a), (b), (c) run interleaved for --rounds rounds and each keeps its fastest round: on a
     # shared 2-core machine a neighbour's burst can triple one run's time, and interleaving plus
     # best-of-N keeps the comparison about the methods rather than about who ran when.
@@ -463,6 +481,9 @@ def main() -> None:
                 candidates.append(run_engine(engine, args, 1, mode, sample=True)[0])
             if args.no_store and mode == "splice":
                 candidates.append(run_engine(engine, args, 1, mode, reuse=False)[0])
+            if ahead is not None and mode == "splice":
+                row_, _ = run_engine(engine, args, 1, mode, store=LineStore(fallback=ahead), earlier="the read-ahead")
+                candidates.append(row_)
             for wanted, earlier, question in (
                 (args.second_answer, "the same request before", QUESTION),
                 (args.after_other_question, "an answer to another question", OTHER_QUESTION),

@@ -11,6 +11,12 @@ tokens and the same memory schedule (which set, from which token) are then repla
   * splice, store from earlier questions - one store shared by a set's questions in turn, so
     a later answer puts back lines an earlier question's answer read (a session's later
     answers in the app);
+  * splice, lines read ahead - every memory's line read before the answers after a frame with
+    no conversation (`StreamingEngine.read_ahead`, what the app does at start), the answer's
+    own store falling back to it: a swap puts every newcomer back, reading nothing. Alone, or
+    in runs of 5 consecutive memories of the set (each line after the ones before it, as in a
+    block); and, to tell what the missing conversation costs, alone after the question's own
+    prompt (not something the app can do ahead of a question);
   * splice, no swaps - the same layout with the first set kept (the line-by-line
     tokenisation's own difference);
   * slots    - the slot layout, each swap rewriting only the changed slots;
@@ -48,7 +54,7 @@ from smem.generation.events import Done, Memories, MemoryUpdate  # noqa: E402
 from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.models import configure_threads, load  # noqa: E402
 from smem.generation.prompt import PromptBuilder  # noqa: E402
-from smem.generation.swap import ExactContext, SlotContext, SpliceContext  # noqa: E402
+from smem.generation.swap import ExactContext, SlotContext, SpliceContext, read_ahead  # noqa: E402
 from smem.memory.embedder import default_embedder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +130,9 @@ def main() -> None:
         engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None, **slot_tokens)
         stop = torch.tensor(sorted(engine.stop_ids))
         shared = LineStore()
+        ahead, runs = LineStore(max_lines=len(pool)), LineStore(max_lines=len(pool))
+        engine.read_ahead(ahead, run_lines=1)
+        engine.read_ahead(runs, run_lines=5)
         for question in QUESTIONS[name][: args.questions]:
             tick = time.perf_counter()
             capture = Capture()
@@ -146,6 +155,9 @@ def main() -> None:
             builder = PromptBuilder(tokenizer, question, system_prompt=engine.system_prompt)
             exact = [row.index_fill(0, stop, float("-inf")) for row in capture.rows]
 
+            asked = LineStore(max_lines=len(pool))
+            read_ahead(engine._forward, builder, pool.memories, asked, model.config, run_lines=1)
+
             def slots(hits):
                 return SlotContext(
                     engine._forward,
@@ -165,6 +177,9 @@ def main() -> None:
                 "splice, every newcomer's line read": replay(splice(first), tokens, schedule, stop),
                 "splice, line store": replay(splice(first, LineStore()), tokens, schedule, stop),
                 "splice, store from earlier questions": replay(splice(first, shared), tokens, schedule, stop),
+                "splice, lines read ahead alone": replay(splice(first, LineStore(fallback=ahead)), tokens, schedule, stop),
+                "splice, lines read ahead in runs of 5": replay(splice(first, LineStore(fallback=runs)), tokens, schedule, stop),
+                "splice, lines read ahead alone after the question": replay(splice(first, LineStore(fallback=asked)), tokens, schedule, stop),
                 "splice, no swaps": replay(splice(first), tokens, {}, stop),
                 "slots": replay(slots(first), tokens, schedule, stop),
                 "slots, no swaps": replay(slots(first), tokens, {}, stop),
