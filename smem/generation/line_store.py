@@ -10,7 +10,7 @@ later swap puts the entries back with their keys re-rotated to the new place
 (`smem.generation.rope`), reading nothing.
 
 Lines can also be read before any answer needs them (`smem.generation.swap.read_ahead`: every
-memory of a pool, alone after a frame with no conversation, many lines per forward pass); a
+memory of a pool, in runs of 5 after a frame with no conversation, many per forward pass); a
 store asks its `fallback` for a line it lacks, so a session's store sits in front of the lines
 its runtime read ahead.
 
