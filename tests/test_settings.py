@@ -50,9 +50,21 @@ def test_cli_flags_override_the_environment(monkeypatch):
     assert settings.api.max_queue_per_client == 9
 
 
+def test_a_boolean_is_the_flag_pair_the_settings_table_shows(monkeypatch):
+    monkeypatch.delenv("SMEM_READ_AHEAD", raising=False)
+    assert "`--model.read_ahead` / `--no-model.read_ahead`" in markdown_table()
+    assert Settings.from_cli(["--no-model.read_ahead"]).model.read_ahead is False
+    monkeypatch.setenv("SMEM_READ_AHEAD", "0")
+    assert Settings.from_cli(["--model.read_ahead"]).model.read_ahead is True
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "field"),
-    [("SMEM_DIVERSITY_WEIGHT", "1.5", "diversity_weight"), ("SMEM_API_MAX_QUEUE", "0", "max_queue")],
+    [
+        ("SMEM_DIVERSITY_WEIGHT", "1.5", "diversity_weight"),
+        ("SMEM_API_MAX_QUEUE", "0", "max_queue"),
+        ("SMEM_READ_AHEAD", "maybe", "read_ahead"),
+    ],
 )
 def test_an_out_of_range_value_is_refused_naming_the_field(monkeypatch, variable, value, field):
     monkeypatch.setenv(variable, value)

@@ -75,7 +75,9 @@ def markdown_table() -> str:
             if isinstance(default, Path):
                 default = "~/" + str(default.relative_to(Path.home())) if default.is_relative_to(Path.home()) else default.name + "/"
             shown = "unset" if default is None else f"`{default}`"
-            rows.append(
-                f"| `{_env_name(layer, name)}` | `--{layer_name}.{name}` | {shown} | {field.description or ''} |"
-            )
+            # A boolean is a flag pair (Settings turns on `cli_implicit_flags`): it takes no value.
+            flag = f"`--{layer_name}.{name}`"
+            if field.annotation is bool:
+                flag += f" / `--no-{layer_name}.{name}`"
+            rows.append(f"| `{_env_name(layer, name)}` | {flag} | {shown} | {field.description or ''} |")
     return "\n".join(rows)
