@@ -15,6 +15,9 @@ on the same model, questions and decoding:
   all        every memory (only with --all, and only where it fits the model's context)
   flare      k=5, re-retrieved when a token's probability falls under a threshold, from the
              question and the sentence being written (FLARE's trigger and query)
+  lookahead  k=5, retrieve once, but from the question + an unseen draft of the answer's first
+             sentence (FLARE's look-ahead, --lookahead-tokens); the answer starts after it
+  stream_n1_lookahead  the look-ahead, then N=1 streaming
 
 Metrics (per condition and per category, mean with a 95% bootstrap interval over questions):
   f1                  LoCoMo's answer F1 (task_eval/evaluation.py: its normalisation, Porter
@@ -111,6 +114,9 @@ ANSWER_MARKER = re.compile(r"[*_]*\banswer[*_]*\s*:[*_]*", re.IGNORECASE)
 """Where the final answer begins ("Answer:", also markdown's "**Answer:**" or "Final answer:")."""
 _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
 
+LOOKAHEAD_TOKENS = 32
+"""Longest look-ahead draft: FLARE drafts the next sentence; a LoCoMo answer here is ~14 words
+(~20 tokens), so 32 holds one. The draft stops at the first sentence end anyway."""
 ANSWER_MAX_NEW_TOKENS = 64
 """LoCoMo asks for a short phrase (its runs allow 32 tokens); 64 leaves room for a sentence."""
 REASONING_MAX_NEW_TOKENS = 128
@@ -327,8 +333,10 @@ class Condition:
 
 
 PAIRED = (
-    *((streaming, "rag") for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare")),
+    *((streaming, "rag") for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare", "lookahead",
+                                            "stream_n1_lookahead")),
     ("stream_n1_splice", "stream_n1"),  # fast swaps against the reference
+    ("stream_n1_lookahead", "stream_n1"),  # what the look-ahead adds to streaming
 )
 """The (a, b) conditions whose per-question differences a - b the report gives, where both ran."""
 
@@ -337,7 +345,11 @@ WIDE_FROM = {"rag_wide": "stream", "rag_wide_n1": "stream_n1"}
 
 
 def conditions(
-    names: Sequence[str], stream_every: int, threshold: Optional[float] = None, splice_margin: Optional[float] = None
+    names: Sequence[str],
+    stream_every: int,
+    threshold: Optional[float] = None,
+    splice_margin: Optional[float] = None,
+    lookahead: int = LOOKAHEAD_TOKENS,
 ) -> list[Condition]:
     known = {
         "none": Condition("none", 0, 0),
@@ -363,6 +375,8 @@ def conditions(
             RAG_K,
             (("retrieval_trigger", "uncertainty"),) + ((("uncertainty_threshold", threshold),) if threshold else ()),
         ),
+        "lookahead": Condition("lookahead", 0, RAG_K, (("lookahead_tokens", lookahead),)),
+        "stream_n1_lookahead": Condition("stream_n1_lookahead", 1, RAG_K, (("lookahead_tokens", lookahead),)),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -526,6 +540,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         "default: the engine's)")
     parser.add_argument("--uncertainty-threshold", type=float, default=None,
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
+    parser.add_argument("--lookahead-tokens", type=int, default=LOOKAHEAD_TOKENS,
+                        help="longest draft of the look-ahead conditions (it stops at the first sentence end)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default 64: LoCoMo asks for a short phrase (its runs allow 32 tokens), room for a "
                         "sentence; 128 with --reasoning: room for three short sentences of facts and the answer")
@@ -554,7 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from smem.memory.embedder import default_embedder, embed_documents
 
     names = list(args.conditions) + (["all"] if args.all else [])
-    plan = conditions(names, args.update_every_n, args.uncertainty_threshold, args.splice_margin)
+    plan = conditions(names, args.update_every_n, args.uncertainty_threshold, args.splice_margin, args.lookahead_tokens)
     conversations = load(args.data)
     picks = sample_questions(conversations, args.questions, args.seed)
     if args.only:
@@ -575,6 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "conditions": [c.name for c in plan],
         "k": RAG_K,
         "stream_update_every_n": args.update_every_n,
+        "lookahead_tokens": args.lookahead_tokens,
         "swap": args.swap,
         "swap_budget": args.swap_budget,
         "share_lines": args.share_lines,

@@ -1,4 +1,5 @@
-"""The uncertainty (FLARE-style) retrieval trigger: when it fires, and what it queries with."""
+"""The uncertainty (FLARE-style) retrieval trigger: when it fires, and what it queries with; and
+FLARE's look-ahead: a draft that chooses the memories and leaves no trace in the answer."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.generation.engine import StreamingEngine
-from smem.generation.events import Done, Thinking, Token
-from smem.generation.swap import SwapPolicy
+from smem.generation.events import Done, Memories, MemoryUpdate, Thinking, Token
+from smem.generation.swap import SwapPolicy, keep_order
 from smem.memory.embedder import default_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +80,72 @@ def test_bad_trigger_is_refused(engine_parts):
         answer(engine, retrieval_trigger="sometimes")
     with pytest.raises(ValueError):
         answer(engine, uncertainty_threshold=1.5)
+    with pytest.raises(ValueError):
+        answer(engine, lookahead_tokens=-1)
+
+
+# -- look-ahead ------------------------------------------------------------------------------
+
+OTHER = "Alex plays soccer on weekends"
+"""A query that finds memories other than MESSAGE's (the look-ahead's "changed set" case)."""
+
+
+def scripted_retrieval(pool: MemoryPool, monkeypatch, second: str = "") -> list[str]:
+    """Record each retrieval's query; the second one (the look-ahead's) returns OTHER's memories
+    if `second` says "other", the first retrieval's memories if "same"."""
+    queries: list[str] = []
+    retrieve = pool.retrieve
+    first: list = []
+
+    def scripted(text, **kw):
+        queries.append(text)
+        if len(queries) == 2 and second == "other":
+            return retrieve(OTHER, **{**kw, "query_vector": None})
+        hits = retrieve(text, **kw)
+        if len(queries) == 1:
+            first[:] = hits
+        return list(first) if len(queries) == 2 and second == "same" else hits
+
+    monkeypatch.setattr(pool, "retrieve", scripted)
+    return queries
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, (Token, Thinking)))
+
+
+@pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
+def test_look_ahead_with_the_same_memories_leaves_the_answer_as_without_it(engine_parts, monkeypatch, swap):
+    """The draft is rewound: same memories → the same answer, token for token, even sampled
+    (the draft has its own token picker)."""
+    (model, tokenizer), pool = engine_parts
+    engine = StreamingEngine(model, tokenizer, pool, swap=swap, swap_budget=None)
+    args = dict(update_every_n=0, retrieval_trigger="interval", temperature=0.9, seed=7, max_new_tokens=16)
+    plain = answer(engine, **args)
+    queries = scripted_retrieval(pool, monkeypatch, second="same")
+    ahead = answer(engine, lookahead_tokens=8, **args)
+    assert len(queries) == 2 and queries[1].startswith(MESSAGE) and len(queries[1]) > len(MESSAGE)
+    assert ahead[-1].stats.extra["drafted_tokens"] > 0 and ahead[-1].stats.swaps == 0
+    assert not any(isinstance(e, MemoryUpdate) for e in ahead)
+    assert text_of(ahead) == text_of(plain) and ahead[-1].stats.tokens == plain[-1].stats.tokens
+
+
+@pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
+def test_look_ahead_with_new_memories_answers_as_a_fresh_start_in_them(engine_parts, monkeypatch, swap):
+    """New memories → one update before the first token, and the answer a retrieve-once answer
+    in those memories (in `keep_order`) would give: the draft leaves nothing in the cache."""
+    (model, tokenizer), pool = engine_parts
+    engine = StreamingEngine(model, tokenizer, pool, swap=swap, swap_budget=None)
+    args = dict(update_every_n=0, retrieval_trigger="interval", max_new_tokens=16)
+    scripted_retrieval(pool, monkeypatch, second="other")
+    ahead = answer(engine, lookahead_tokens=8, **args)
+    first = next(e for e in ahead if isinstance(e, Memories)).memories
+    update = next(e for e in ahead if isinstance(e, MemoryUpdate))
+    assert ahead.index(update) < min(i for i, e in enumerate(ahead) if isinstance(e, (Token, Thinking)))
+    assert update.at_token == 0 and {h.id for h in update.memories} != {h.id for h in first}
+    assert [h.id for h in update.memories] == [h.id for h in keep_order(first, update.memories)]
+    monkeypatch.undo()
+    monkeypatch.setattr(pool, "retrieve", lambda text, **kw: list(update.memories))
+    fresh = answer(engine, **args)
+    assert text_of(ahead) == text_of(fresh)
+

@@ -9,7 +9,11 @@ on accelerators), splice (cut the leaving memories' lines, read only the newcome
 slide what follows by re-rotating its keys; cost independent of the answer's length; a line
 read once is put back from a store after that; default on CPUs) or slots (fixed-size slots
 rewritten in place; kept for comparison). The prefix (system prompt, history, user message)
-is read exactly once per answer.
+is read exactly once per answer (a look-ahead that finds new memories reads it twice).
+
+Optional look-ahead (`lookahead_tokens`, off by default; FLARE's): before the first shown token
+the answer's first sentence is drafted unseen and the pool queried with message + draft, so the
+model's own words can still choose the memories the answer starts in.
 
 Why it does not thrash: re-retrieval passes the current set as incumbents with a margin, so a
 near-tie in the last slot does not trigger a swap; sampled draws reuse the answer's random
@@ -30,10 +34,11 @@ through `cancel` ends with `Done(stop_reason="cancelled")` and learns from what 
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from datetime import datetime
-from typing import Any, Collection, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -291,10 +296,10 @@ class StreamingEngine:
         return text, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
     def _sentence_query(self, message: str, sentence: Sequence[int]) -> tuple[str, np.ndarray]:
-        """FLARE's query: the user's message and the sentence being written, without its newest
-        token (the uncertain one: FLARE masks low-confidence tokens so that a wrong guess does
-        not steer the retrieval)."""
-        words = [i for i in sentence[:-1] if not (self.think_ids and i in self.think_ids)]
+        """FLARE's query: the user's message and the sentence being written (the uncertainty
+        trigger passes it without its newest token, the uncertain one: FLARE masks
+        low-confidence tokens so that a wrong guess does not steer the retrieval)."""
+        words = [i for i in sentence if not (self.think_ids and i in self.think_ids)]
         text = f"{message} {self.tokenizer.decode(words, skip_special_tokens=True).strip()}".strip()
         with self._pool_lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_queries):
             return text, self.pool.embed_query(text)
@@ -324,6 +329,66 @@ class StreamingEngine:
                     self.pool.reinforce(segment.ids, query=None, now=now, link_strength=share, count=False)
             if used:
                 self.pool.reinforce(list(used), query=query, now=now, link_strength=0.0, count=True)
+
+    def _look_ahead(
+        self,
+        context: Context,
+        logits: torch.Tensor,
+        pick: TokenPicker,
+        tokens: int,
+        message: str,
+        margin: float,
+        draws: MemoryDraws,
+        retrieve_args: dict[str, Any],
+        stats: AnswerStats,
+        rebuild: Callable[[list[Hit]], Context],
+    ) -> tuple[Context, torch.Tensor, Optional[MemoryUpdate]]:
+        """FLARE's look-ahead (Jiang et al. 2023, "Active Retrieval Augmented Generation"):
+        draft the answer's first sentence (up to `tokens`) unseen, retrieve with the message +
+        the draft, and start the answer in the memories that draft found. A short answer is
+        written before any re-retrieval has text to query with (docs/benchmarks.md, "Answers on
+        LoCoMo"), so this is the one retrieval from the model's own words that can still change
+        the answer's first token. The draft is dropped: with the same memories the cache is
+        rewound to the prompt (its logits kept), with new ones a context is read afresh (exact
+        in every swap mode: a splice would leave the prompt's last logits stale)."""
+        draft: list[int] = []
+        fed = 0
+        step = logits
+        while len(draft) < tokens:
+            token = pick(draft, step)
+            if token in self.stop_ids:
+                break
+            draft.append(token)
+            if len(draft) == tokens or SENTENCE_END.search(self.tokenizer.decode([token])):
+                break
+            step = context.step(token)
+            fed += 1
+        stats.drafted += len(draft)
+        query = self._sentence_query(message, draft)
+        if not query[0] or not draft:
+            context.rewind(fed)
+            return context, logits, None
+        old = context.hits
+        with stats.timing("retrieval"):
+            new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
+        stats.retrievals += 1
+        old_ids, new_ids = {h.id for h in old}, {h.id for h in new}
+        if new_ids == old_ids:
+            context.rewind(fed)
+            return context, logits, None
+        fresh = rebuild(keep_order(old, new))
+        with stats.timing("prefill"):
+            logits = fresh.prefill()
+        stats.swaps += 1
+        stats.context(tuple(h.id for h in fresh.hits), 0)
+        update = MemoryUpdate(
+            memories=fresh.hits,
+            added=[h for h in fresh.hits if h.id not in old_ids],
+            removed=[h for h in old if h.id not in new_ids],
+            at_token=0,
+            exact=True,
+        )
+        return fresh, logits, update
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -360,7 +425,7 @@ class StreamingEngine:
         lookback, first = window
         with stats.timing("retrieval"):
             if policy.trigger == "uncertainty":
-                query = self._sentence_query(message, generated[start:])
+                query = self._sentence_query(message, generated[start:-1])
             else:
                 query = self._window_query(generated, lookback, first)
             if query is None:
@@ -413,6 +478,7 @@ class StreamingEngine:
         retrieval_trigger: RetrievalTrigger = "interval",
         uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD,
         enable_thinking: bool = True,
+        lookahead_tokens: int = 0,
         memory_token_budget: Optional[int] = None,
         incumbent_margin: Optional[float] = None,
         system_prompt: Optional[str] = None,
@@ -434,14 +500,18 @@ class StreamingEngine:
         "exact", "splice" or "slots" (default: the engine's). `retrieval_trigger` "interval" re-retrieves
         every `update_every_n` tokens from the last `lookback_tokens`; "uncertainty" (FLARE) when
         a token's probability is below `uncertainty_threshold`, at most once per
-        `update_every_n` tokens, from the sentence being written. `logits_processor` (transformers'
+        `update_every_n` tokens, from the sentence being written. `lookahead_tokens` > 0 drafts the
+        answer's first sentence (at most that many tokens) unseen and starts the answer in the
+        memories the message + draft retrieve (FLARE's look-ahead, `_look_ahead`). `logits_processor` (transformers'
         `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
         temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
         also stops it. `Done.stats.tokens_per_s` is the decode rate after the first token.
         """
-        if update_every_n < 0 or lookback_tokens < 1 or max_new_tokens < 0 or max_memories < 0:
-            raise ValueError("update_every_n, max_new_tokens and max_memories must be >= 0, lookback_tokens >= 1")
+        if min(update_every_n, max_new_tokens, max_memories, lookahead_tokens) < 0 or lookback_tokens < 1:
+            raise ValueError(
+                "update_every_n, max_new_tokens, max_memories and lookahead_tokens must be >= 0, lookback_tokens >= 1"
+            )
         if swap is not None:
             self._check_swap(swap)
         if retrieval_trigger not in RETRIEVAL_TRIGGERS or not 0.0 <= uncertainty_threshold <= 1.0:
@@ -461,7 +531,8 @@ class StreamingEngine:
         )
         temperature = self.decoding.temperature if temperature is None else temperature
         top_p = self.decoding.top_p if top_p is None else top_p
-        pick = TokenPicker(
+        picker = functools.partial(
+            TokenPicker,
             temperature=temperature,
             top_p=top_p,
             min_new_tokens=min_new_tokens,
@@ -470,6 +541,7 @@ class StreamingEngine:
             device=self.device,
             processors=[*profile_processors(self.decoding), *logits_processor],
         )
+        pick = picker()
 
         with stats.timing("retrieval"):
             first = self._first_query(message, history)
@@ -477,7 +549,8 @@ class StreamingEngine:
         stats.retrievals = 1
         yield Memories(hits)
 
-        context = self._context(swap or self.swap, builder, hits, max_memories, max_new_tokens)
+        mode = swap or self.swap
+        context = self._context(mode, builder, hits, max_memories, max_new_tokens)
         policy = SwapPolicy(
             update_every_n if max_memories else 0,
             self.swap_budget if context.exact else None,
@@ -497,6 +570,24 @@ class StreamingEngine:
         stop_reason: StopReason = "max_tokens"
         with stats.timing("prefill"):
             logits = context.prefill()
+        if lookahead_tokens and max_memories:
+            # Its own picker (same seed): the draft leaves the answer's token draws untouched.
+            with stats.timing("lookahead"):
+                context, logits, update = self._look_ahead(
+                    context,
+                    logits,
+                    picker(),
+                    lookahead_tokens,
+                    message,
+                    margin,
+                    draws,
+                    retrieve_args,
+                    stats,
+                    lambda chosen: self._context(mode, builder, chosen, max_memories, max_new_tokens),
+                )
+            if update is not None:
+                yield update
+                yield self._context_stats(context, builder, stats, 0)
 
         while max_new_tokens > 0:
             if cancel is not None and cancel.is_set():

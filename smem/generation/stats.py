@@ -27,8 +27,10 @@ class AnswerStats:
     swaps: int = 0
     deferred: int = 0
     reread: int = 0
+    drafted: int = 0
+    """Tokens of the look-ahead draft (never shown, never in the answer)."""
     thinking_tokens: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"retrieval": 0.0, "swap": 0.0, "prefill": 0.0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"retrieval": 0.0, "swap": 0.0, "prefill": 0.0, "lookahead": 0.0})
     ttft: Optional[float] = None
     first_at: Optional[float] = None
     segments: list[Segment] = field(default_factory=list)
@@ -67,6 +69,8 @@ class AnswerStats:
             swap_ms=round(self.seconds["swap"] * 1000, 2),
             extra={
                 "prefill_ms": round(self.seconds["prefill"] * 1000, 2),
+                "lookahead_ms": round(self.seconds["lookahead"] * 1000, 2),
+                "drafted_tokens": self.drafted,
                 "swaps_per_100_tokens": round(100 * self.swaps / max(tokens, 1), 2),
                 "ms_per_swap": round(1000 * self.seconds["swap"] / self.swaps, 2) if self.swaps else 0.0,
                 "deferred_swaps": self.deferred,

@@ -87,6 +87,13 @@ def _common_prefix(cached: Sequence[int], sequence: Sequence[int]) -> int:
     return common
 
 
+def _crop(cache: DynamicCache, tokens: int) -> None:
+    """Drop the cache's last `tokens` entries."""
+    if tokens:
+        with torch.inference_mode():
+            cache.crop(-tokens)
+
+
 def keep_order(old: Sequence[Hit], new: Sequence[Hit]) -> list[Hit]:
     """The new set with the memories that stay first, in their old order (their cache entries
     survive an exact swap), then the newcomers; every hit carries its fresh score."""
@@ -121,6 +128,10 @@ class ExactContext:
 
     def step(self, token: int) -> torch.Tensor:
         return self._forward([token], self.cache)
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last `tokens` read after the prompt (a look-ahead draft)."""
+        _crop(self.cache, tokens)
 
     def cheapest_swap(self, fed: Sequence[int]) -> int:
         """Any swap re-reads at least the header and the generated text."""
@@ -228,6 +239,12 @@ class SpliceContext:
         if self._gap is not None:
             return self._fill(token)
         return self._forward([token], self.cache)
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last `tokens` read after the prompt (a look-ahead draft; no swap is
+        pending then)."""
+        _crop(self.cache, tokens)
+        del self.tokens[len(self.tokens) - tokens :]
 
     def cheapest_swap(self, fed: Sequence[int] = ()) -> int:
         """A splice reads only the new line (budgets apply to exact swaps only)."""
@@ -497,6 +514,11 @@ class SlotContext:
     def step(self, token: int) -> torch.Tensor:
         self.length += 1
         return self._forward([token], self.cache, self.mask[:, : self.length])
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last `tokens` read after the prompt (a look-ahead draft)."""
+        _crop(self.cache, tokens)
+        self.length -= tokens
 
     def cheapest_swap(self, fed: Sequence[int] = ()) -> int:
         return self.slot_tokens
