@@ -149,3 +149,16 @@ def test_look_ahead_with_new_memories_answers_as_a_fresh_start_in_them(engine_pa
     fresh = answer(engine, **args)
     assert text_of(ahead) == text_of(fresh)
 
+
+
+def test_learning_after_a_look_ahead_credits_only_the_memories_the_answer_was_written_in(engine_parts, monkeypatch):
+    (model, tokenizer), shared = engine_parts
+    pool = shared.copy()
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    scripted_retrieval(pool, monkeypatch, second="other")
+    events = answer(engine, lookahead_tokens=8, update_every_n=0, retrieval_trigger="interval", learn=True)
+    first = {h.id for h in next(e for e in events if isinstance(e, Memories)).memories}
+    used = {h.id for h in next(e for e in events if isinstance(e, MemoryUpdate)).memories}
+    assert first - used  # the draft's set had memories the answer did not use
+    assert all(pool.retrieval_count(i) == 0 for i in first - used)
+    assert all(pool.retrieval_count(i) == 1 for i in used)

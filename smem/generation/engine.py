@@ -380,7 +380,7 @@ class StreamingEngine:
         with stats.timing("prefill"):
             logits = fresh.prefill()
         stats.swaps += 1
-        stats.context(tuple(h.id for h in fresh.hits), 0)
+        stats.restart(tuple(h.id for h in fresh.hits))
         update = MemoryUpdate(
             memories=fresh.hits,
             added=[h for h in fresh.hits if h.id not in old_ids],

@@ -30,7 +30,9 @@ class AnswerStats:
     drafted: int = 0
     """Tokens of the look-ahead draft (never shown, never in the answer)."""
     thinking_tokens: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"retrieval": 0.0, "swap": 0.0, "prefill": 0.0, "lookahead": 0.0})
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"retrieval": 0.0, "swap": 0.0, "prefill": 0.0, "lookahead": 0.0}
+    )
     ttft: Optional[float] = None
     first_at: Optional[float] = None
     segments: list[Segment] = field(default_factory=list)
@@ -52,6 +54,13 @@ class AnswerStats:
         """The memory set `ids` is in context from generated token `at_token` on."""
         self.ever.update(dict.fromkeys(ids))
         self.segments.append(Segment(ids, at_token))
+
+    def restart(self, ids: tuple[str, ...]) -> None:
+        """The answer starts over in the memory set `ids` (after a look-ahead draft): the draft's
+        set stays among those ever in context but earns no share of the answer, so learning
+        credits only the memories the shown answer was written with."""
+        self.ever.update(dict.fromkeys(ids))
+        self.segments = [Segment(ids, 0)]
 
     def done(self, tokens: int, stop_reason: StopReason, extra: dict[str, Any]) -> DoneStats:
         finished = time.perf_counter()
