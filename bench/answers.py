@@ -17,6 +17,7 @@ on the same model, questions and decoding:
              question and the sentence being written (FLARE's trigger and query)
   lookahead  k=5, retrieve once, but from the question + an unseen draft of the answer's first
              sentence (FLARE's look-ahead, --lookahead-tokens); the answer starts after it
+  stream_lookahead  the look-ahead, then `stream` (N of --update-every-n)
   stream_n1_lookahead  the look-ahead, then N=1 streaming
 
 Metrics (per condition and per category, mean with a 95% bootstrap interval over questions):
@@ -334,9 +335,10 @@ class Condition:
 
 PAIRED = (
     *((streaming, "rag") for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare", "lookahead",
-                                            "stream_n1_lookahead")),
+                                            "stream_lookahead", "stream_n1_lookahead")),
     ("stream_n1_splice", "stream_n1"),  # fast swaps against the reference
-    ("stream_n1_lookahead", "stream_n1"),  # what the look-ahead adds to streaming
+    ("stream_lookahead", "stream"),  # what the look-ahead adds to streaming
+    ("stream_n1_lookahead", "stream_n1"),
 )
 """The (a, b) conditions whose per-question differences a - b the report gives, where both ran."""
 
@@ -376,6 +378,7 @@ def conditions(
             (("retrieval_trigger", "uncertainty"),) + ((("uncertainty_threshold", threshold),) if threshold else ()),
         ),
         "lookahead": Condition("lookahead", 0, RAG_K, (("lookahead_tokens", lookahead),)),
+        "stream_lookahead": Condition("stream_lookahead", stream_every, RAG_K, (("lookahead_tokens", lookahead),)),
         "stream_n1_lookahead": Condition("stream_n1_lookahead", 1, RAG_K, (("lookahead_tokens", lookahead),)),
     }
     unknown = [n for n in names if n not in known]
