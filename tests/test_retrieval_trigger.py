@@ -150,7 +150,6 @@ def test_look_ahead_with_new_memories_answers_as_a_fresh_start_in_them(engine_pa
     assert text_of(ahead) == text_of(fresh)
 
 
-
 def test_learning_after_a_look_ahead_credits_only_the_memories_the_answer_was_written_in(engine_parts, monkeypatch):
     (model, tokenizer), shared = engine_parts
     pool = shared.copy()
