@@ -39,53 +39,6 @@ def answer(engine: StreamingEngine, **kwargs) -> list:
     return list(engine.stream(MESSAGE, **{**args, **kwargs}))
 
 
-def test_policy_fires_on_low_confidence_at_most_once_per_gap():
-    policy = SwapPolicy(3, trigger="uncertainty", threshold=0.4)
-    fired = [n for n, p in enumerate([0.9, 0.1, 0.2, 0.3, 0.1, 0.9, 0.05], start=1) if policy.due(n, 0, p)]
-    assert fired == [3, 7]  # the first retrieval counts as token 0
-    assert not SwapPolicy(0, trigger="uncertainty").due(1, 0, 0.0)  # every=0: never (RAG)
-
-
-@pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
-def test_threshold_bounds_the_retrievals(engine_parts, swap):
-    (model, tokenizer), pool = engine_parts
-    engine = StreamingEngine(model, tokenizer, pool, swap=swap, swap_budget=None)
-    never = answer(engine, uncertainty_threshold=0.0)[-1].stats
-    always = answer(engine, uncertainty_threshold=1.0)[-1].stats
-    assert never.retrievals == 1 and never.swaps == 0  # only the first retrieval
-    assert always.retrievals == always.tokens  # every token is below probability 1 (random model)
-
-
-def test_query_is_the_message_and_the_sentence_without_its_newest_token(engine_parts, monkeypatch):
-    (model, tokenizer), pool = engine_parts
-    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
-    queries: list[str] = []
-    retrieve = pool.retrieve
-    monkeypatch.setattr(pool, "retrieve", lambda text, **kw: queries.append(text) or retrieve(text, **kw))
-    events = answer(engine, uncertainty_threshold=1.0, max_new_tokens=16)
-    written = squash("".join(e.text for e in events if isinstance(e, (Token, Thinking))))
-    assert isinstance(events[-1], Done) and len(queries) == events[-1].stats.retrievals > 1
-    assert queries[0] == MESSAGE
-    for query in queries[1:]:
-        assert query.startswith(MESSAGE)
-        assert squash(query[len(MESSAGE) :]) in written
-    # the newest token is left out: the last query cannot hold the whole answer
-    assert squash(queries[-1][len(MESSAGE) :]) != written
-
-
-def test_bad_trigger_is_refused(engine_parts):
-    (model, tokenizer), pool = engine_parts
-    engine = StreamingEngine(model, tokenizer, pool)
-    with pytest.raises(ValueError):
-        answer(engine, retrieval_trigger="sometimes")
-    with pytest.raises(ValueError):
-        answer(engine, uncertainty_threshold=1.5)
-    with pytest.raises(ValueError):
-        answer(engine, lookahead_tokens=-1)
-
-
-# -- look-ahead ------------------------------------------------------------------------------
-
 OTHER = "Alex plays soccer on weekends"
 """A query that finds memories other than MESSAGE's (the look-ahead's "changed set" case)."""
 
@@ -113,6 +66,51 @@ def scripted_retrieval(pool: MemoryPool, monkeypatch, second: str = "") -> list[
 def text_of(events: list) -> str:
     return "".join(e.text for e in events if isinstance(e, (Token, Thinking)))
 
+
+def test_policy_fires_on_low_confidence_at_most_once_per_gap():
+    policy = SwapPolicy(3, trigger="uncertainty", threshold=0.4)
+    fired = [n for n, p in enumerate([0.9, 0.1, 0.2, 0.3, 0.1, 0.9, 0.05], start=1) if policy.due(n, 0, p)]
+    assert fired == [3, 7]  # the first retrieval counts as token 0
+    assert not SwapPolicy(0, trigger="uncertainty").due(1, 0, 0.0)  # every=0: never (RAG)
+
+
+@pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
+def test_threshold_bounds_the_retrievals(engine_parts, swap):
+    (model, tokenizer), pool = engine_parts
+    engine = StreamingEngine(model, tokenizer, pool, swap=swap, swap_budget=None)
+    never = answer(engine, uncertainty_threshold=0.0)[-1].stats
+    always = answer(engine, uncertainty_threshold=1.0)[-1].stats
+    assert never.retrievals == 1 and never.swaps == 0  # only the first retrieval
+    assert always.retrievals == always.tokens  # every token is below probability 1 (random model)
+
+
+def test_query_is_the_message_and_the_sentence_without_its_newest_token(engine_parts, monkeypatch):
+    (model, tokenizer), pool = engine_parts
+    engine = StreamingEngine(model, tokenizer, pool, swap_budget=None)
+    queries = scripted_retrieval(pool, monkeypatch)
+    events = answer(engine, uncertainty_threshold=1.0, max_new_tokens=16)
+    written = squash(text_of(events))
+    assert isinstance(events[-1], Done) and len(queries) == events[-1].stats.retrievals > 1
+    assert queries[0] == MESSAGE
+    for query in queries[1:]:
+        assert query.startswith(MESSAGE)
+        assert squash(query[len(MESSAGE) :]) in written
+    # the newest token is left out: the last query cannot hold the whole answer
+    assert squash(queries[-1][len(MESSAGE) :]) != written
+
+
+def test_bad_trigger_is_refused(engine_parts):
+    (model, tokenizer), pool = engine_parts
+    engine = StreamingEngine(model, tokenizer, pool)
+    with pytest.raises(ValueError):
+        answer(engine, retrieval_trigger="sometimes")
+    with pytest.raises(ValueError):
+        answer(engine, uncertainty_threshold=1.5)
+    with pytest.raises(ValueError):
+        answer(engine, lookahead_tokens=-1)
+
+
+# -- look-ahead ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("swap", ["exact", "splice", "slots"])
 def test_look_ahead_with_the_same_memories_leaves_the_answer_as_without_it(engine_parts, monkeypatch, swap):

@@ -364,13 +364,15 @@ class StreamingEngine:
             step = context.step(token)
             fed += 1
         stats.drafted += len(draft)
-        query = self._sentence_query(message, draft)
-        if not query[0] or not draft:
+        old = context.hits
+        new: Optional[list[Hit]] = None
+        with stats.timing("retrieval"):
+            query = self._sentence_query(message, draft) if draft else None
+            if query is not None and query[0]:
+                new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
+        if new is None:
             context.rewind(fed)
             return context, logits, None
-        old = context.hits
-        with stats.timing("retrieval"):
-            new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
         stats.retrievals += 1
         old_ids, new_ids = {h.id for h in old}, {h.id for h in new}
         if new_ids == old_ids:

@@ -59,8 +59,8 @@ class AnswerStats:
         """The answer starts over in the memory set `ids` (after a look-ahead draft): the draft's
         set stays among those ever in context but earns no share of the answer, so learning
         credits only the memories the shown answer was written with."""
-        self.ever.update(dict.fromkeys(ids))
-        self.segments = [Segment(ids, 0)]
+        self.segments.clear()
+        self.context(ids, 0)
 
     def done(self, tokens: int, stop_reason: StopReason, extra: dict[str, Any]) -> DoneStats:
         finished = time.perf_counter()

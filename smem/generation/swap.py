@@ -420,8 +420,7 @@ def read_ahead(
                 store.keep(memory_id, line, cache, offset, position=position)
                 offset += len(line)
                 position += len(line)
-        with torch.inference_mode():
-            cache.crop(at - cache.get_seq_length())
+        _crop(cache, len(ids))
         read += len(ids)
     return read
 
