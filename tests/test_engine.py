@@ -10,6 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LogitsProcessor
@@ -851,3 +852,40 @@ def test_logits_processors_plug_into_the_decode_loop(tiny_model, pool):
     events = run(engine, learn=False, max_new_tokens=12, update_every_n=0, logits_processor=[forbid])
     assert forbid.seen == list(range(12))  # the answer's ids so far
     assert "".join(e.text for e in events if isinstance(e, Token)) != "".join(e.text for e in free)
+
+
+def test_the_embedder_encodes_on_another_device_with_a_copy_of_its_model():
+    """`encode_on` (what an engine on a GPU calls) runs a copy made on that device once and
+    gives the CPU model's vectors; the CPU model, which embeds every memory, does not move.
+    "cpu:0" stands in for a GPU here: another device name, so the copy path runs."""
+    embedder = default_embedder()
+    texts = ["Alex drops minus signs under time pressure.", "Maya's peanut allergy is severe."]
+    cpu_model = embedder._model
+    on_device = embedder.encode_on(texts, "cpu:0")
+    assert np.allclose(on_device, embedder.encode(texts), atol=1e-5)
+    copy = embedder._copies["cpu:0"]
+    assert copy is not cpu_model and embedder._model is cpu_model
+    embedder.encode_on(texts[:1], "cpu:0")
+    assert embedder._copies == {"cpu:0": copy}
+    assert np.array_equal(embedder.encode_on(texts, "cpu"), embedder.encode(texts))
+
+
+def test_an_engine_on_an_accelerator_embeds_every_query_there(tiny_model, pool, monkeypatch):
+    """On a CPU queries take the embedder's own path; on an accelerator every query of the
+    answer (the message, the last exchange, the answer window) goes to `encode_on` with the
+    model's device, while the pool's memories keep their CPU vectors."""
+    devices: list[str] = []
+
+    def encode_on(texts: list[str], device: str) -> np.ndarray:
+        devices.append(device)
+        return pool.embedder.encode(texts)
+
+    monkeypatch.setattr(pool.embedder, "encode_on", encode_on, raising=False)
+    engine = exact_engine(tiny_model, pool)
+    assert engine.query_device is None
+    run(engine, max_new_tokens=12, update_every_n=3, learn=False)
+    assert devices == []
+    engine.query_device = "cuda:0"
+    done(run(engine, max_new_tokens=12, update_every_n=3, learn=False))
+    # the message, the last exchange, then the answer window every 3 tokens
+    assert len(devices) >= 3 and set(devices) == {"cuda:0"}

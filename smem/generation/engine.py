@@ -145,6 +145,8 @@ class StreamingEngine:
         self.context_stats_every = context_stats_every
         self.bf16_queries = bf16_queries
         self.device = next(model.parameters()).device
+        # Queries are embedded beside the model on an accelerator (`MemoryPool.embed_query`).
+        self.query_device: Optional[str] = None if self.device.type == "cpu" else str(self.device)
         self.decoding = model_profile(model)
         if swap not in (*SWAP_MODES, "auto"):
             raise ValueError(f"swap must be one of {SWAP_MODES} or 'auto', got {swap!r}")
@@ -251,14 +253,15 @@ class StreamingEngine:
         """The user's message (its text for the lexical half of the similarity), with its vector
         nudged towards the last exchange so follow-ups ("and then?") work."""
         with self._pool_lock:
-            query = self.pool.embed_query(message)
+            query = self.pool.embed_query(message, self.query_device)
             # The last exchange (user + assistant), each cut to its last 500 characters (chosen:
             # ~100 tokens, the part a follow-up refers to, inside MiniLM's 256-token window).
             recent = [m["content"] for m in normalize_history(history)[-2:] if m["role"] != "system"]
             recent_text = "\n".join(text.split("</think>")[-1].strip()[-500:] for text in recent).strip()
             if not recent_text:
                 return message, query
-            mixed = (1 - HISTORY_QUERY_WEIGHT) * query + HISTORY_QUERY_WEIGHT * self.pool.embed_query(recent_text)
+            recent_vector = self.pool.embed_query(recent_text, self.query_device)
+            mixed = (1 - HISTORY_QUERY_WEIGHT) * query + HISTORY_QUERY_WEIGHT * recent_vector
         return message, (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
     def _retrieve(
@@ -290,7 +293,7 @@ class StreamingEngine:
         if not text:
             return None
         with self._pool_lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_queries):
-            vector = self.pool.embed_query(text)
+            vector = self.pool.embed_query(text, self.query_device)
         weight = min(1.0, len(answer) / lookback)
         mixed = weight * vector + (1.0 - weight) * first
         return text, (mixed / np.linalg.norm(mixed)).astype(np.float32)
@@ -302,7 +305,7 @@ class StreamingEngine:
         words = [i for i in sentence if not (self.think_ids and i in self.think_ids)]
         text = f"{message} {self.tokenizer.decode(words, skip_special_tokens=True).strip()}".strip()
         with self._pool_lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_queries):
-            return text, self.pool.embed_query(text)
+            return text, self.pool.embed_query(text, self.query_device)
 
     def _memory_tokens(self, builder: PromptBuilder, ids: Collection[str]) -> int:
         """Block tokens the memories `ids` would take (for the RAG comparison line)."""

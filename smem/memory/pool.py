@@ -334,7 +334,12 @@ class MemoryPool:
         """Build the approximate index now rather than on the first large query; seconds taken."""
         return self._index.build()
 
-    def embed_query(self, text: str) -> np.ndarray:
+    def embed_query(self, text: str, device: Optional[str] = None) -> np.ndarray:
+        """The query's unit vector; on `device` (an accelerator) where the embedder offers
+        `encode_on` (`SentenceTransformerEmbedder` does), else on the embedder's own device."""
+        encode_on = getattr(self.embedder, "encode_on", None) if device is not None else None
+        if encode_on is not None:
+            return encode_on([text], device)[0]
         return self.embedder.encode([text])[0]
 
     def _query_vector(self, query: Query) -> np.ndarray:
