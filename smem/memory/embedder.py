@@ -204,7 +204,7 @@ class SentenceTransformerEmbedder:
         (docs/benchmarks.md, "GPU: an H100"). On ZeroGPU the copy is made inside the GPU
         worker of each answer, never in the main process, which has no GPU.
         """
-        if device == "cpu":
+        if device == str(self._model.device) or device == "cpu":
             return self.encode(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
