@@ -13,7 +13,7 @@ from bench import answers
 from smem.generation import tiny
 from smem.generation.degenerate import degenerate
 from smem.generation.engine import StreamingEngine
-from smem.generation.events import DoneStats, Done, Memories, MemoryUpdate, Token
+from smem.generation.events import DoneStats, Done, Memories, MemoryUpdate, Thinking, Token
 
 GOLD = "Zanzibar marmalade"
 """A gold answer whose words occur nowhere in the dialog, so any trace of it is a leak."""
@@ -170,7 +170,8 @@ def test_reasoning_final_answer_f1_ignores_the_facts():
 
 class ScriptedEngine:
     """Replays a fixed event stream: the memories change while the facts are written, and
-    again just before the final answer's first token."""
+    again just before the final answer's first token. A token written "~text" is thinking
+    (a `Thinking` event, as Qwen3's `<think>` block streams)."""
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
@@ -184,7 +185,7 @@ class ScriptedEngine:
             if text == "<swap>":
                 yield MemoryUpdate([c], [c], [b], at_token=index)
                 continue
-            yield Token(text)
+            yield Thinking(text[1:]) if text.startswith("~") else Token(text)
         yield Done(DoneStats(len(self.tokens), 0, 2, 3, "eos", 0.0, 0.0, 0.0, 0.0, 0.0))
 
 
@@ -196,12 +197,15 @@ class ScriptedEngine:
         (["Facts", ":", " Ana", " adopted", "\nAnswer", "<swap>", ":", " cat"], answers.ANSWER_MARKER, {"c"}, 6),
         (["Facts", ":", " Ana", " adopted", " a", " cat"], answers.ANSWER_MARKER, {"a"}, 0),  # never came: first token
         (["A", " cat", "\nAnswer", ":", "<swap>", " cat"], None, {"a"}, 0),  # no reasoning mode: first token
+        # a thinking model (Qwen3 on the GPU path): swaps while it thinks; the answer starts after
+        (["~Ana", "~ adopted", "<swap>", "~ a cat", " A", " cat"], None, {"c"}, 0),
     ],
 )
 def test_evidence_at_answer_is_taken_at_the_final_answers_first_token(tokens, marker, at_answer, reasoning_tokens):
     answer = answers.ask(ScriptedEngine(tokens), "q", None, marker)
     assert answer.at_answer == at_answer and answer.reasoning_tokens == reasoning_tokens
     assert answer.ever == ({"a", "b", "c"} if "<swap>" in tokens else {"a", "b"})
+    assert answer.text == "".join(t for t in tokens if t != "<swap>" and not t.startswith("~")).strip()  # no thinking
 
 
 # -- labels stay out of the pool and the prompt; the JSON contract -----------------------------

@@ -861,13 +861,16 @@ def test_the_embedder_encodes_on_another_device_with_a_copy_of_its_model():
     embedder = default_embedder()
     texts = ["Alex drops minus signs under time pressure.", "Maya's peanut allergy is severe."]
     cpu_model = embedder._model
-    on_device = embedder.encode_on(texts, "cpu:0")
-    assert np.allclose(on_device, embedder.encode(texts), atol=1e-5)
-    copy = embedder._copies["cpu:0"]
-    assert copy is not cpu_model and embedder._model is cpu_model
-    embedder.encode_on(texts[:1], "cpu:0")
-    assert embedder._copies == {"cpu:0": copy}
-    assert np.array_equal(embedder.encode_on(texts, "cpu"), embedder.encode(texts))
+    try:
+        on_device = embedder.encode_on(texts, "cpu:0")
+        assert np.allclose(on_device, embedder.encode(texts), atol=1e-5)
+        copy = embedder._copies["cpu:0"]
+        assert copy is not cpu_model and embedder._model is cpu_model
+        embedder.encode_on(texts[:1], "cpu:0")
+        assert embedder._copies == {"cpu:0": copy}
+        assert np.array_equal(embedder.encode_on(texts, "cpu"), embedder.encode(texts))
+    finally:
+        embedder._copies.pop("cpu:0", None)  # the embedder is the session's: drop the 90 MB copy
 
 
 def test_an_engine_on_an_accelerator_embeds_every_query_there(tiny_model, pool, monkeypatch):
