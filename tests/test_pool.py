@@ -367,3 +367,15 @@ def test_a_pickled_pool_without_its_counter_keeps_one_kind_of_count(minilm):
     revived.add("four five")
     assert revived.token_key == "embedder-content"
     assert revived.token_counts.tolist() == [minilm.count_tokens("one two three"), minilm.count_tokens("four five")]
+
+
+def test_a_query_for_an_accelerator_falls_back_to_the_embedders_own_device(keyed):
+    """`embed_query(text, device)` uses the embedder's `encode_on` where it has one; an embedder
+    without it (any `Embedder`) embeds the query as usual instead of failing."""
+    pool = MemoryPool(embedder=keyed())
+    assert np.array_equal(pool.embed_query("where is Alex's quiz?", "cuda:0"), pool.embed_query("where is Alex's quiz?"))
+    calls = []
+    pool.embedder.encode_on = lambda texts, device: calls.append(device) or pool.embedder.encode(texts)
+    pool.embed_query("where is Alex's quiz?", "cuda:0")
+    pool.embed_query("where is Alex's quiz?")
+    assert calls == ["cuda:0"]
