@@ -248,6 +248,11 @@ def build_demo() -> gr.Blocks:
 
         blank = AnswerView()
 
+        panels = (table, context, timeline, token, token_text, token_table, view_state)
+        """The panels of an answer, as event outputs. Naming them, not calling `cleared_panels`,
+        keeps the Slider it builds out of the page (built in this Blocks context, it rendered as a
+        stray "Slider" under the tabs)."""
+
         def cleared_panels() -> dict:
             """The panels of an answer, emptied: a new answer or another set must not show
             the previous one's."""
@@ -530,7 +535,7 @@ def build_demo() -> gr.Blocks:
         set_inputs = [pool_state, label_state, layout_state, stash_state, ring]
         set_outputs = [
             pool_state, label_state, layout_state, stash_state, set_status, network, chatbot, status, examples, ring,
-            browser_ring, *cleared_panels(),
+            browser_ring, *panels,
         ]  # fmt: skip
         choose.change(choose_set, [choose, *set_inputs], set_outputs, api_name="choose_set", api_visibility="undocumented")
         demo.load(restore_visitor, browser_ring, [*set_outputs, choose], api_visibility="private")

@@ -288,6 +288,14 @@ def test_one_process_serves_the_ui_and_the_http_api(app_server):
     assert stream_api(app_server.url)[-1] == "done"
 
 
+def test_every_slider_on_the_page_is_one_the_layout_placed(app_server):
+    """Building the app adds no stray widget: a Slider made while the event wiring is declared
+    (an update built at build time) rendered as a bare "Slider" under the tabs."""
+    sliders = [c["props"] for c in get_json(app_server.url + "/config")["components"] if c["type"] == "slider"]
+    assert all(props.get("label") for props in sliders), [p for p in sliders if not p.get("label")]
+    assert len(sliders) == 10  # the token scrubber, 8 settings, the new memory's intensity
+
+
 def test_app_waits_for_the_model_while_the_api_streams(app_server):
     """The chat and the HTTP API share one generation queue: the model never runs twice at once."""
     body = json.dumps({"message": "hi", "memory_set": "tutor", "max_new_tokens": 2048, "update_every_n": 1}).encode()
