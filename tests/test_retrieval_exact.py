@@ -287,3 +287,35 @@ def test_cosines_are_the_same_bits_in_any_company():
         shifted = raw[offset : offset + vectors.nbytes].view(np.float32).reshape(vectors.shape)
         shifted[:] = vectors
         assert np.array_equal(dot_rows(shifted, query), full)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_hybrid_widening_keeps_every_memory_that_may_reach_the_target(keyed, data):
+    """`_hybrid_above` bounds cosine and BM25 jointly, so it must keep every memory whose hybrid
+    similarity exceeds the target: one that only BM25 lifts (its cosine below anything the scan
+    returned), one that only its cosine lifts, and the late rows outside the codes."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    weight = data.draw(st.sampled_from([0.05, 0.2, 0.5, 0.9]), label="lexical weight")
+    size = data.draw(st.integers(300, 1500), label="size")
+    centres = unit(rng.standard_normal((data.draw(st.sampled_from([1, 5, 30]), label="clusters"), DIM)))
+    vectors = unit(centres[rng.integers(0, len(centres), size)] + 0.5 * rng.standard_normal((size, DIM)) / np.sqrt(DIM))
+    words = WORDS[: data.draw(st.sampled_from([4, 40]), label="vocabulary")]  # 4: most memories share a query word
+    pool = MemoryPool(keyed(dim=DIM), quantized_threshold=100, lexical_weight=weight)
+    pool.add_many([{"content": " ".join(rng.choice(words, rng.integers(1, 8)))} for _ in range(size)], embeddings=vectors)
+    pool.build_index()
+    late = data.draw(st.integers(0, 50), label="late memories")
+    if late:
+        pool.add_many([{"content": " ".join(rng.choice(words, 3))} for _ in range(late)], embeddings=unit(rng.standard_normal((late, DIM))))
+    first = data.draw(st.sampled_from([1, 16, 4096]), label="first range results")
+    with mock.patch.object(vector_index, "FIRST_RESULTS", first):
+        for _ in range(3):
+            query = unit(centres[rng.integers(len(centres))] + 0.3 * rng.standard_normal(DIM))
+            lexical = pool._lexical.scores(" ".join(rng.choice(words, 2)))
+            scan = pool._index.scan(query)
+            scan.top(16)  # the first round's search, as `_choose` runs it
+            similarity = (1.0 - weight) * (pool._index.vectors @ query).astype(np.float64) + weight * lexical
+            target = float(np.quantile(similarity, data.draw(st.sampled_from([0.5, 0.9, 0.99, 0.999]), label="target quantile")))
+            found, bound = pool._hybrid_above(scan, lexical, target)
+            assert bound == target
+            assert set(np.flatnonzero(similarity > target + 1e-6)) <= set(found.tolist())

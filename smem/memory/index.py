@@ -346,6 +346,21 @@ class Scan:
         tail = self._tail_cosines()
         return np.concatenate([found, self._index._coded + np.flatnonzero(tail > threshold)]), threshold
 
+    def bounds(self, threshold: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Upper bounds on cosines: (positions, a bound on each one's cosine, a bound on every
+        other position's), searched far enough that no other position's cosine exceeds
+        `threshold`. A hybrid (cosine + BM25) query needs a bound per memory, not a yes/no:
+        a memory below `threshold` in cosine can still be lifted above it by its BM25 score."""
+        if self._all is not None:
+            return np.arange(len(self._all)), self._all, -np.inf
+        radius = threshold - self._margin
+        if self._floor is None or radius < self._floor:
+            self._range(radius)
+        tail = self._tail_cosines()
+        positions = np.concatenate([self._ids, self._index._coded + np.arange(len(tail))])
+        upper = np.concatenate([self._approx + self._margin, tail])
+        return positions, upper, self._floor + self._margin
+
     def nearest(self, count: int) -> np.ndarray:
         """About the `count` nearest positions, with no bound on what is missed: the codes of
         the lists whose centres are nearest (`APPROXIMATE_PROBES` of √N), and the exact tail."""
