@@ -339,9 +339,7 @@ class Scan:
         """Every position whose cosine may exceed `threshold`; no other's does."""
         if self._all is not None:
             return np.flatnonzero(self._all > threshold), threshold
-        radius = threshold - self._margin
-        if self._floor is None or radius < self._floor:
-            self._range(radius)
+        radius = self._cover(threshold)
         found = self._ids[self._approx > radius]
         tail = self._tail_cosines()
         return np.concatenate([found, self._index._coded + np.flatnonzero(tail > threshold)]), threshold
@@ -353,9 +351,7 @@ class Scan:
         a memory below `threshold` in cosine can still be lifted above it by its BM25 score."""
         if self._all is not None:
             return np.arange(len(self._all)), self._all, -np.inf
-        radius = threshold - self._margin
-        if self._floor is None or radius < self._floor:
-            self._range(radius)
+        self._cover(threshold)
         tail = self._tail_cosines()
         positions = np.concatenate([self._ids, self._index._coded + np.arange(len(tail))])
         upper = np.concatenate([self._approx + self._margin, tail])
@@ -383,6 +379,14 @@ class Scan:
         if count < len(tail):
             return np.concatenate([found, index._coded + np.argpartition(-tail, count)[:count]])
         return np.concatenate([found, index._coded + np.arange(len(tail))])
+
+    def _cover(self, threshold: float) -> float:
+        """Search further if needed, so that every code whose cosine may exceed `threshold` is in
+        `_ids`; the coded-score radius that takes (`above` and `bounds` share it)."""
+        radius = threshold - self._margin
+        if self._floor is None or radius < self._floor:
+            self._range(radius)
+        return radius
 
     def _first_radius(self, count: int) -> float:
         """A coded-score radius that about max(FIRST_RESULTS, N/64, 2·count) codes exceed,
