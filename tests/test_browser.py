@@ -86,21 +86,29 @@ def plot_traces(page, elem_id: str) -> int:
 
 
 def test_a_message_streams_and_fills_table_graph_and_chart(page, test_output):
+    # Letters, not characters: the chat renders markdown as it streams, and a closing marker (``**``, a list
+    # number turned into a counter, a link's target) hides characters that were on screen a moment before.
+    # It never hides words already written, so letters only grow unless the answer restarts or is replaced.
     page.evaluate(
         """() => {
-            window.__lengths = [];
+            window.__letters = [];
             new MutationObserver(() => {
-                const written = [...document.querySelectorAll('#chat .bot:not(.pending)')].map(e => e.innerText.length);
-                window.__lengths.push(written.reduce((a, b) => a + b, 0));
+                const written = [...document.querySelectorAll('#chat .bot:not(.pending)')]
+                    .map(e => e.innerText.replace(/[^\\p{L}]/gu, '').length);
+                window.__letters.push(written.reduce((a, b) => a + b, 0));
             }).observe(document.querySelector('#chat'), {subtree: true, childList: true, characterData: true});
         }"""
     )
     send(page, "Can you help me plan Thursday's algebra session with Alex?")
     wait_for_answer(page)
-    lengths = page.evaluate("() => window.__lengths")
-    growth = sorted(set(lengths))
+    letters = page.evaluate("() => window.__letters")
+    growth = sorted(set(letters))
     assert len(growth) >= 4, f"tokens did not stream into the chat: {growth}"
-    assert lengths == sorted(lengths), "the answer only grows while it streams"
+    most = 0
+    for i, count in enumerate(letters):
+        most = max(most, count)
+        # 0.9 leaves room for a link target or a code fence's language hidden once it closes; a restart drops to ~0.
+        assert count >= 0.9 * most, f"the answer only grows while it streams: sample {i} has {count} letters of {most}"
 
     table = page.inner_text("#memories")
     assert "added" in table or "kept" in table, "the memories-in-context table filled"
