@@ -4,8 +4,8 @@ One pick at a time: argmax (or a seeded softmax draw) over the current scores; e
 damps candidates similar to it (MMR-style diversity) and lends its co-retrieval links to
 its neighbours; stop at `max_memories` or when the token budget is full. All per-step
 work is vectorised over the candidates; the loop runs once per *pick*, never per memory.
-The damping is brought up to date lazily, only for candidates that could still be the
-next pick: with thousands of candidates (broad topics) it was most of a query's time.
+Past several thousand candidates (broad topics in a large pool) the damping is brought up
+to date lazily, only for candidates that could still be the next pick.
 
 Selection over a subset of the pool is *proven* equal to selection over all of it when,
 at every argmax step, the pick beats `ceiling` (an upper bound on the ranked score of any
@@ -65,12 +65,14 @@ class Selection:
     to settle the selection in one more round."""
 
 
-LAZY_DAMPING_FROM = 1024
+LAZY_DAMPING_FROM = 8192
 """Past this many candidates the picks' damping is brought up to date lazily; below, every
 candidate is damped after every pick, where the bookkeeping costs more than it saves.
-Measured (CPU per query, load average 6 on 2 cores): 1k LoCoMo pool, text queries (~100–240
-candidates), 2.6–3.2 ms lazy against 1.3 ms eager; 100k, 20 broad topics (~2,800
-candidates), 9.5 ms lazy against 11.7 ms eager; 100k LoCoMo shape (~500), 8.2 against 8.3."""
+Measured (CPU per query) on the AVX-512 EPYC of docs/benchmarks.md "A third CPU kind", since
+`dot_rows` became one `np.vecdot` (half einsum's cost): 100k memories in 20 broad topics
+(~2,000–2,700 candidates), selection 0.95 ms eager against 1.8 ms lazy, the query 5.9–6.0 against
+6.4–6.8 ms; 1M in 20 topics (~13,400 candidates), 5.5 ms either way. 8,192 lies between. (The
+earlier threshold, 1,024, was measured with einsum on the AVX2 EPYC under load.)"""
 
 LAZY_DAMPING = 64
 """Candidates first brought up to date with the picks' damping, doubling each round (chosen:
