@@ -40,7 +40,7 @@ WIDENING_HEADROOM = 0.99
 """Widen 1% below the similarity the weakest pick needs, so that picks sinking a little
 under new neighbours' damping still prove in one more round. At 1.0 the weakest pick only
 ties the ceiling of what is left out and never proves; 0.99, 0.995 and 0.999 all proved in
-the same rounds as 0.97 on every shape of docs/benchmarks.md "Retrieval latency" (1.93–2.00
+the same rounds as 0.97 on every latency shape (docs/benchmarks.md "A third CPU kind"; 1.93–2.00
 at 100k), with 26%, 32% and 37% fewer candidates for 20 broad topics (2,031 / 1,859 / 1,728
 against 2,746): 0.99 keeps most of the gain and the most room."""
 CEILING_SLACK = 1.0 + 1e-9
