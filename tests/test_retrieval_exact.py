@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from smem import MemoryPool
 from smem.memory import index as vector_index
+from smem.memory import pool as pool_module
 from smem.memory import selection, timeref
 from smem.memory.scoring import dot_rows
 from smem.memory.scoring import ScoringWeights
@@ -319,3 +320,33 @@ def test_the_hybrid_widening_keeps_every_memory_that_may_reach_the_target(keyed,
             found, bound = pool._hybrid_above(scan, lexical, target)
             assert bound == target
             assert set(np.flatnonzero(similarity > target + 1e-6)) <= set(found.tolist())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_lexical_top_bounds_every_score_it_leaves_out(data):
+    """`_lexical_top` finds the best BM25 scores from a sampled threshold, not a partition of
+    every score: on heavily tied, sparse or all-zero scores it must still return `count`
+    distinct positions (or every nonzero one) and a bound that no other score exceeds."""
+    size = data.draw(st.integers(1, 5000), label="size")
+    count = data.draw(st.integers(1, 200), label="count")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    levels = data.draw(st.sampled_from([1, 2, 5, 1000]), label="distinct nonzero scores")  # few levels: ties
+    nonzero = data.draw(st.sampled_from([0.0, 0.001, 0.05, 0.5, 1.0]), label="share nonzero")
+    lexical = np.where(rng.random(size) < nonzero, rng.integers(1, levels + 1, size) / levels, 0.0).astype(np.float32)
+    top, bound = pool_module._lexical_top(lexical, count)
+    assert len(np.unique(top)) == len(top) == min(count, int((lexical > 0).sum()))
+    left_out = np.setdiff1d(np.arange(size), top)
+    assert bound >= 0.0
+    assert (lexical[top] >= bound).all()
+    assert not len(left_out) or lexical[left_out].max() <= bound
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300)), st.lists(st.integers(0, 300)))
+def test_the_sorted_union_and_membership_are_numpys(first, second):
+    first, second = np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)
+    union = pool_module._union(first, second)
+    assert np.array_equal(union, np.union1d(first, second))
+    assert np.array_equal(pool_module._contains(union, second), np.isin(second, union))
+    assert np.array_equal(pool_module._contains(np.unique(first), second), np.isin(second, first))
