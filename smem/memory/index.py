@@ -129,9 +129,8 @@ class VectorIndex:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_buffer"] = self.vectors.copy()
-        state.update(  # rebuilt on first use
-            _codes=None, _lists=None, _coded=0, _trained_error=0.0, error=0.0, _sample=np.zeros((0, self.dim), dtype=np.float32)
-        )
+        state.update(_codes=None, _lists=None, _coded=0, _trained_error=0.0, error=0.0)  # rebuilt on first use
+        state["_sample"] = np.zeros((0, self.dim), dtype=np.float32)
         return state
 
     @property

@@ -576,7 +576,8 @@ class MemoryPool:
             # The bound lets in every memory that *may* pass it: for broad topics about half
             # only through the 8-bit codes' margin. Their exact similarity says which do; the
             # others are no better than the bound already says of every memory left out, so
-            # they stay out and the round scores half as many (docs/benchmarks.md, "Pruning by exact similarity").
+            # they stay out and the round scores half as many (docs/benchmarks.md, "Pruning by
+            # exact similarity").
             rows, cosines = scan.gathered(index)
             keep = self._similarity(index, cosines, lexical) > bound
             keep[np.searchsorted(index, kept)] = True
