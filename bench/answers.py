@@ -19,6 +19,11 @@ on the same model, questions and decoding:
              sentence (FLARE's look-ahead, --lookahead-tokens); the answer starts after it
   stream_lookahead  the look-ahead, then `stream` (N of --update-every-n)
   stream_n1_lookahead  the look-ahead, then N=1 streaming
+  stream_anchored  `stream`, anchored: the 5 memories the answer starts with stay, and each
+             re-retrieval fills up to --extra-memories more slots (the engine's extra_memories)
+  stream_n1_anchored  the same with N=1
+  rag_wide_anchored, rag_wide_n1_anchored  retrieve once, k = the distinct memories of the
+             anchored stream (RAG with as many memories)
 
 Metrics (per condition and per category, mean with a 95% bootstrap interval over questions):
   f1                  LoCoMo's answer F1 (task_eval/evaluation.py: its normalisation, Porter
@@ -118,6 +123,10 @@ _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
 LOOKAHEAD_TOKENS = 32
 """Longest look-ahead draft: FLARE drafts the next sentence; a LoCoMo answer here is ~14 words
 (~20 tokens), so 32 holds one. The draft stops at the first sentence end anyway."""
+EXTRA_MEMORIES = 2
+"""Slots the anchored conditions' re-retrievals fill beside the 5 first memories (chosen before
+any run: at most 7 memories, 40% more than `rag`; enough for a multi-hop question's second
+piece of evidence and one more)."""
 ANSWER_MAX_NEW_TOKENS = 64
 """LoCoMo asks for a short phrase (its runs allow 32 tokens); 64 leaves room for a sentence."""
 REASONING_MAX_NEW_TOKENS = 128
@@ -335,14 +344,24 @@ class Condition:
 
 PAIRED = (
     *((streaming, "rag") for streaming in ("stream", "stream_n1", "stream_n1_splice", "flare", "lookahead",
-                                            "stream_lookahead", "stream_n1_lookahead")),
+                                            "stream_lookahead", "stream_n1_lookahead", "stream_anchored",
+                                            "stream_n1_anchored")),
+    ("stream_anchored", "stream"),  # what anchoring adds to streaming
+    ("stream_n1_anchored", "stream_n1"),
+    ("stream_anchored", "rag_wide_anchored"),  # against RAG with as many memories
+    ("stream_n1_anchored", "rag_wide_n1_anchored"),
     ("stream_n1_splice", "stream_n1"),  # fast swaps against the reference
     ("stream_lookahead", "stream"),  # what the look-ahead adds to streaming
     ("stream_n1_lookahead", "stream_n1"),
 )
 """The (a, b) conditions whose per-question differences a - b the report gives, where both ran."""
 
-WIDE_FROM = {"rag_wide": "stream", "rag_wide_n1": "stream_n1"}
+WIDE_FROM = {
+    "rag_wide": "stream",
+    "rag_wide_n1": "stream_n1",
+    "rag_wide_anchored": "stream_anchored",
+    "rag_wide_n1_anchored": "stream_n1_anchored",
+}
 """Each retrieve-once-wide condition and the streaming condition whose distinct memories set its k."""
 
 
@@ -352,6 +371,7 @@ def conditions(
     threshold: Optional[float] = None,
     splice_margin: Optional[float] = None,
     lookahead: int = LOOKAHEAD_TOKENS,
+    extra: int = EXTRA_MEMORIES,
 ) -> list[Condition]:
     known = {
         "none": Condition("none", 0, 0),
@@ -380,6 +400,10 @@ def conditions(
         "lookahead": Condition("lookahead", 0, RAG_K, (("lookahead_tokens", lookahead),)),
         "stream_lookahead": Condition("stream_lookahead", stream_every, RAG_K, (("lookahead_tokens", lookahead),)),
         "stream_n1_lookahead": Condition("stream_n1_lookahead", 1, RAG_K, (("lookahead_tokens", lookahead),)),
+        "stream_anchored": Condition("stream_anchored", stream_every, RAG_K, (("extra_memories", extra),)),
+        "stream_n1_anchored": Condition("stream_n1_anchored", 1, RAG_K, (("extra_memories", extra),)),
+        "rag_wide_anchored": Condition("rag_wide_anchored", 0, None),
+        "rag_wide_n1_anchored": Condition("rag_wide_n1_anchored", 0, None),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -545,6 +569,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--lookahead-tokens", type=int, default=LOOKAHEAD_TOKENS,
                         help="longest draft of the look-ahead conditions (it stops at the first sentence end)")
+    parser.add_argument("--extra-memories", type=int, default=EXTRA_MEMORIES,
+                        help="slots the anchored conditions' re-retrievals fill beside the first 5 memories")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default 64: LoCoMo asks for a short phrase (its runs allow 32 tokens), room for a "
                         "sentence; 128 with --reasoning: room for three short sentences of facts and the answer")
@@ -573,7 +599,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     from smem.memory.embedder import default_embedder, embed_documents
 
     names = list(args.conditions) + (["all"] if args.all else [])
-    plan = conditions(names, args.update_every_n, args.uncertainty_threshold, args.splice_margin, args.lookahead_tokens)
+    plan = conditions(
+        names, args.update_every_n, args.uncertainty_threshold, args.splice_margin, args.lookahead_tokens,
+        args.extra_memories,
+    )
     conversations = load(args.data)
     picks = sample_questions(conversations, args.questions, args.seed)
     if args.only:
@@ -595,6 +624,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "k": RAG_K,
         "stream_update_every_n": args.update_every_n,
         "lookahead_tokens": args.lookahead_tokens,
+        "extra_memories": args.extra_memories,
         "swap": args.swap,
         "swap_budget": args.swap_budget,
         "share_lines": args.share_lines,

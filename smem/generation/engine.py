@@ -72,6 +72,7 @@ from smem.generation.swap import (
     SwapPolicy,
     default_swap_mode,
     keep_order,
+    with_anchors,
     read_ahead,
 )
 from smem.generation.rope import KeyRotation
@@ -418,11 +419,15 @@ class StreamingEngine:
         draws: MemoryDraws,
         retrieve_args: dict[str, Any],
         sentence: tuple[str, int, float] = ("", 0, 1.0),
+        anchors: Sequence[Hit] = (),
+        extra_memories: int = 0,
     ) -> Optional[MemoryUpdate]:
         """Re-query the pool if the policy says so, and swap the changed memories into the
         cache. The query is the recent text (interval trigger) or, for the uncertainty trigger,
         `sentence` = (user message, index where the current sentence starts, probability of the
-        newest token). The newest token is not in the cache yet (the caller feeds it next)."""
+        newest token). The newest token is not in the cache yet (the caller feeds it next).
+        With `extra_memories`, the `anchors` stay and the re-retrieval fills that many more
+        slots (`with_anchors`)."""
         fed = generated[:-1]
         message, start, confidence = sentence
         if not policy.due(len(generated), context.cheapest_swap(fed), confidence):
@@ -436,7 +441,12 @@ class StreamingEngine:
             if query is None:
                 return None
             old = context.hits
-            new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
+            if extra_memories:
+                wider = {**retrieve_args, "max_memories": len(anchors) + extra_memories}
+                new = self._retrieve(query, [h.id for h in old], margin, draws, **wider)
+                new = with_anchors(anchors, new, extra_memories, retrieve_args["token_budget"])
+            else:
+                new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
             stats.retrievals += 1
         old_ids, new_ids = {h.id for h in old}, {h.id for h in new}
         if new_ids == old_ids:
@@ -484,6 +494,7 @@ class StreamingEngine:
         uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD,
         enable_thinking: bool = True,
         lookahead_tokens: int = 0,
+        extra_memories: int = 0,
         memory_token_budget: Optional[int] = None,
         incumbent_margin: Optional[float] = None,
         system_prompt: Optional[str] = None,
@@ -507,15 +518,20 @@ class StreamingEngine:
         a token's probability is below `uncertainty_threshold`, at most once per
         `update_every_n` tokens, from the sentence being written. `lookahead_tokens` > 0 drafts the
         answer's first sentence (at most that many tokens) unseen and starts the answer in the
-        memories the message + draft retrieve (FLARE's look-ahead, `_look_ahead`). `logits_processor` (transformers'
+        memories the message + draft retrieve (FLARE's look-ahead, `_look_ahead`). `extra_memories`
+        > 0 anchors the stream: the memories in context when the answer starts stay for the whole
+        answer, and re-retrievals fill up to that many more slots instead of replacing the set
+        (docs/benchmarks.md, "Anchored streaming"). `logits_processor` (transformers'
         `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
         temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
         also stops it. `Done.stats.tokens_per_s` is the decode rate after the first token.
         """
-        if min(update_every_n, max_new_tokens, max_memories, lookahead_tokens) < 0 or lookback_tokens < 1:
+        counts = (update_every_n, max_new_tokens, max_memories, lookahead_tokens, extra_memories)
+        if min(counts) < 0 or lookback_tokens < 1:
             raise ValueError(
-                "update_every_n, max_new_tokens, max_memories and lookahead_tokens must be >= 0, lookback_tokens >= 1"
+                "update_every_n, max_new_tokens, max_memories, lookahead_tokens and extra_memories must be >= 0, "
+                "lookback_tokens >= 1"
             )
         if swap is not None:
             self._check_swap(swap)
@@ -555,7 +571,8 @@ class StreamingEngine:
         yield Memories(hits)
 
         mode = swap or self.swap
-        context = self._context(mode, builder, hits, max_memories, max_new_tokens)
+        slots = max_memories + extra_memories if max_memories else 0
+        context = self._context(mode, builder, hits, slots, max_new_tokens)
         policy = SwapPolicy(
             update_every_n if max_memories else 0,
             self.swap_budget if context.exact else None,
@@ -588,11 +605,12 @@ class StreamingEngine:
                     draws,
                     retrieve_args,
                     stats,
-                    lambda chosen: self._context(mode, builder, chosen, max_memories, max_new_tokens),
+                    lambda chosen: self._context(mode, builder, chosen, slots, max_new_tokens),
                 )
             if update is not None:
                 yield update
                 yield self._context_stats(context, builder, stats, 0)
+        anchors = list(context.hits)
 
         while max_new_tokens > 0:
             if cancel is not None and cancel.is_set():
@@ -621,6 +639,8 @@ class StreamingEngine:
                 draws,
                 retrieve_args,
                 (message, sentence_start, confidence),
+                anchors,
+                extra_memories,
             )
             if uncertain and (token in think or SENTENCE_END.search(self.tokenizer.decode([token]))):
                 sentence_start = len(generated)

@@ -32,6 +32,7 @@ generated token.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence, get_args
 
@@ -99,6 +100,25 @@ def keep_order(old: Sequence[Hit], new: Sequence[Hit]) -> list[Hit]:
     survive an exact swap), then the newcomers; every hit carries its fresh score."""
     fresh = {h.id: h for h in new}
     return [fresh[h.id] for h in old if h.id in fresh] + [h for h in new if h.id not in {o.id for o in old}]
+
+
+def with_anchors(anchors: Sequence[Hit], new: Sequence[Hit], extra: int, token_budget: Optional[int]) -> list[Hit]:
+    """Anchored streaming's set: the memories the answer started with (`anchors`, fresh scores
+    where `new` has them), then up to `extra` of the other `new` picks, best first, while the
+    token budget holds. A re-retrieval then adds what the answer's words find without pushing
+    out what the question found (a swap that did so cost streaming its evidence at the final
+    answer: docs/benchmarks.md, "a prompted reasoning phase")."""
+    fresh = {h.id: h for h in new}
+    chosen = [fresh.get(h.id, h) for h in anchors]
+    taken = {h.id for h in chosen}
+    room = math.inf if token_budget is None else token_budget - sum(h.tokens for h in chosen)
+    for hit in new:
+        if len(chosen) == len(anchors) + extra:
+            break
+        if hit.id not in taken and hit.tokens <= room:
+            chosen.append(hit)
+            room -= hit.tokens
+    return chosen
 
 
 class ExactContext:
