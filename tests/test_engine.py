@@ -25,7 +25,7 @@ from smem.generation.line_store import LineStore
 from smem.generation.prompt import MemoryLineTokens, PromptBuilder, memory_line
 from smem.generation.sampling import MemoryDraws
 from smem.generation.rope import KeyRotation
-from smem.generation.swap import CPU_SWAP_BUDGET, SlotContext, SpliceContext
+from smem.generation.swap import CPU_SWAP_BUDGET, SlotContext, SpliceContext, with_anchors
 from smem.generation.text import IncrementalDecoder
 from smem.memory.learning import LearningState
 
@@ -199,6 +199,40 @@ def test_incumbent_margin_prevents_thrashing(tiny_model, pool):
         engine = scripted_engine(tiny_model, pool, [answer, ids(tokenizer, "<|im_end|>")[0]])
         swaps[margin] = done(run(engine, incumbent_margin=margin, max_new_tokens=40, learn=False)).stats.swaps
     assert swaps[0.5] < swaps[0.0], swaps
+
+
+def test_anchored_streaming_keeps_the_first_memories_and_fills_only_the_extra_slots(tiny_model, pool):
+    # The scripted answer walks through several topics: plain streaming swaps out memories
+    # the question found, anchored streaming must keep them and add at most two more.
+    _, tokenizer = tiny_model
+    answer = "Color-code minus signs in red. He loves soccer: goals per game. Timed quizzes make him anxious."
+    script = [answer, ids(tokenizer, "<|im_end|>")[0]]
+    plain = run(scripted_engine(tiny_model, pool, script), max_memories=3, learn=False)
+    anchored = run(scripted_engine(tiny_model, pool, script), max_memories=3, extra_memories=2, learn=False)
+    first = [hit.id for hit in anchored[0].memories]
+    assert first == [hit.id for hit in plain[0].memories]
+    plain_sets = [{hit.id for hit in e.memories} for e in plain if isinstance(e, MemoryUpdate)]
+    anchored_sets = [[hit.id for hit in e.memories] for e in anchored if isinstance(e, MemoryUpdate)]
+    assert any(not set(first) <= now for now in plain_sets)  # what anchoring prevents
+    assert anchored_sets and all(now[: len(first)] == first and len(now) <= len(first) + 2 for now in anchored_sets)
+    assert any(len(now) > len(first) for now in anchored_sets)
+    assert done(anchored).stats.swaps == len(anchored_sets)
+
+
+def test_anchors_stay_and_the_extra_picks_keep_to_the_token_budget(pool):
+    hits = pool.retrieve("algebra quiz minus signs soccer anxiety", max_memories=8, learn=False)
+    anchors, new = hits[:3], hits[3:][::-1]  # the new picks best first: reversed on purpose
+    assert [h.id for h in with_anchors(anchors, new, 2, None)] == [h.id for h in anchors + new[:2]]
+    assert [h.id for h in with_anchors(anchors, new, 0, None)] == [h.id for h in anchors]
+    # Room for less than the best new pick: it is passed over for the next that fits.
+    shorter = next(h for h in new[1:] if h.tokens < new[0].tokens)
+    room = sum(h.tokens for h in anchors) + new[0].tokens - 1
+    chosen = with_anchors(anchors, new, 2, room)
+    assert chosen[:3] == anchors and new[0] not in chosen and shorter in chosen
+    assert sum(h.tokens for h in chosen) <= room
+    # A re-retrieval that picks an anchor again lends it its fresh score; the anchors still come first.
+    again = with_anchors(anchors, [new[0], *pool.retrieve(anchors[0].content, max_memories=1, learn=False)], 1, None)
+    assert [h.id for h in again] == [h.id for h in anchors] + [new[0].id]
 
 
 @pytest.mark.parametrize("text", ["Zürich café naïve", "😀🎉 👨‍👩‍👧 ❤️", "日本語のテキスト、中文文本", "a — b … c"])
