@@ -72,8 +72,8 @@ from smem.generation.swap import (
     SwapPolicy,
     default_swap_mode,
     keep_order,
-    with_anchors,
     read_ahead,
+    with_anchors,
 )
 from smem.generation.rope import KeyRotation
 from smem.generation.text import TextSplitter

@@ -107,7 +107,7 @@ def with_anchors(anchors: Sequence[Hit], new: Sequence[Hit], extra: int, token_b
     where `new` has them), then up to `extra` of the other `new` picks, best first, while the
     token budget holds. A re-retrieval then adds what the answer's words find without pushing
     out what the question found (a swap that did so cost streaming its evidence at the final
-    answer: docs/benchmarks.md, "a prompted reasoning phase")."""
+    answer: docs/benchmarks.md, "Results: a prompted reasoning phase")."""
     fresh = {h.id: h for h in new}
     chosen = [fresh.get(h.id, h) for h in anchors]
     taken = {h.id for h in chosen}
