@@ -219,6 +219,16 @@ def test_anchored_streaming_keeps_the_first_memories_and_fills_only_the_extra_sl
     assert done(anchored).stats.swaps == len(anchored_sets)
 
 
+@pytest.mark.parametrize("mode", ["splice", "slots"])
+def test_anchored_streaming_holds_in_the_fast_swap_modes(tiny_model, pool, mode):
+    model, tokenizer = tiny_model
+    engine = StreamingEngine(model, tokenizer, pool, swap=mode)
+    events = run(engine, max_new_tokens=30, max_memories=3, extra_memories=2, learn=False)
+    first = [hit.id for hit in events[0].memories]
+    sets = [[hit.id for hit in e.memories] for e in events if isinstance(e, MemoryUpdate)]
+    assert sets and all(now[:3] == first and len(now) <= 5 for now in sets)
+
+
 def test_anchors_stay_and_the_extra_picks_keep_to_the_token_budget(pool):
     hits = pool.retrieve("algebra quiz minus signs soccer anxiety", max_memories=8, learn=False)
     anchors, new = hits[:3], hits[3:][::-1]  # the new picks best first: reversed on purpose
