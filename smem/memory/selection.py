@@ -194,8 +194,7 @@ def select(
                 link_sum = np.zeros(count)
                 order = np.argsort(candidates.index)  # (C,) candidate rows by pool position
                 sorted_index = candidates.index[order]  # (C,) pool positions, ascending, to find linked candidates
-            found = np.minimum(np.searchsorted(sorted_index, neighbours), count - 1)
-            hit = sorted_index[found] == neighbours
+            found, hit = scoring.sorted_lookup(sorted_index, neighbours)
             if hit.any():
                 np.add.at(link_sum, order[found[hit]], weights[hit])
                 mult = scoring.multiplier(candidates.boost + link_weight * scoring.link_strength(link_sum))
