@@ -441,12 +441,10 @@ class StreamingEngine:
             if query is None:
                 return None
             old = context.hits
+            args = {**retrieve_args, "max_memories": len(anchors) + extra_memories} if extra_memories else retrieve_args
+            new = self._retrieve(query, [h.id for h in old], margin, draws, **args)
             if extra_memories:
-                wider = {**retrieve_args, "max_memories": len(anchors) + extra_memories}
-                new = self._retrieve(query, [h.id for h in old], margin, draws, **wider)
                 new = with_anchors(anchors, new, extra_memories, retrieve_args["token_budget"])
-            else:
-                new = self._retrieve(query, [h.id for h in old], margin, draws, **retrieve_args)
             stats.retrievals += 1
         old_ids, new_ids = {h.id for h in old}, {h.id for h in new}
         if new_ids == old_ids:
