@@ -503,7 +503,7 @@ def test_engine_runs_in_background_threads(tiny_model, pool):
 def test_bad_arguments_are_refused_before_any_work(tiny_model, pool):
     model, tokenizer = tiny_model
     engine = StreamingEngine(model, tokenizer, pool)
-    for bad in ({"lookback_tokens": 0}, {"update_every_n": -1}, {"max_new_tokens": -5}):
+    for bad in ({"lookback_tokens": 0}, {"update_every_n": -1}, {"max_new_tokens": -5}, {"extra_memories": -1}):
         with pytest.raises(ValueError):
             next(engine.stream(MESSAGE, **bad))
 
