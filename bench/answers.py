@@ -43,7 +43,9 @@ sentences first, then "Answer:" and the short answer (a prompted reasoning phase
 that do not think, so a re-retrieval has text to act on). F1 is then scored on the text after
 the answer marker only, evidence_at_answer is taken at the first token of that final answer,
 and reasoning_words / answer_words / marker_missing_rate report the two parts' lengths and how
-often the marker never came (those answers are scored on their whole text).
+often the marker never came (those answers are scored on their whole text). With
+--force-answer, a reply that would end before its "Answer:" line writes "\nAnswer:" instead and
+goes on (`AnswerBeforeEnd`), the same for every condition.
 
 Labels (answers, evidence, categories) are used for scoring only: the pool gets the turns' text
 and dates, the engine gets the question.
@@ -82,6 +84,7 @@ from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, T
 from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.swap import READ_AHEAD_RUN_LINES  # noqa: E402
 from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, FIXED_TEXTS, PromptBuilder  # noqa: E402
+from transformers import LogitsProcessor, PreTrainedTokenizerBase  # noqa: E402
 
 RAG_K = 5
 """k for `rag` and `stream` (the issue's protocol; also the engine's default max_memories)."""
@@ -119,6 +122,9 @@ REASONING_SYSTEM_PROMPT = f"{DEFAULT_SYSTEM_PROMPT} {REASONING_INSTRUCTION}"
 ANSWER_MARKER = re.compile(r"[*_]*\banswer[*_]*\s*:[*_]*", re.IGNORECASE)
 """Where the final answer begins ("Answer:", also markdown's "**Answer:**" or "Final answer:")."""
 _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
+FORCED_MARKER = "\nAnswer:"
+"""What --force-answer writes for a model that would end before its final answer: the line
+`REASONING_INSTRUCTION` asks for."""
 
 LOOKAHEAD_TOKENS = 32
 """Longest look-ahead draft: FLARE drafts the next sentence; a LoCoMo answer here is ~14 words
@@ -244,6 +250,40 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     if match is None:
         return "", text.strip(), False
     return _FACTS_LABEL.sub("", text[: match.start()].strip()).strip(), text[match.end() :].strip(), True
+
+
+class AnswerBeforeEnd(LogitsProcessor):
+    """--force-answer: when the likeliest next token ends the reply and no answer marker has
+    been written yet, write `FORCED_MARKER` instead, one token a step, and let the model answer
+    after it.
+
+    Why: the packaged 1.5B, asked for "Facts:" then "Answer:", ended after its facts in 21-27 of
+    60 answers (docs/benchmarks.md, "Anchored streaming"), so a third of its replies had no final
+    answer for a re-retrieval to feed. Forcing the step a model skipped is what thinking budgets
+    do with `</think>`. Every condition gets the same processor; one per answer, since it keeps
+    where its forced marker began. Runs after the decoding profile's processors, before
+    temperature, on the answer's ids (the engine passes those, not the prompt)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_ids: frozenset[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.marker: list[int] = tokenizer.encode(FORCED_MARKER, add_special_tokens=False)
+        self.forced_from: Optional[int] = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        written = input_ids.shape[-1]
+        if self.forced_from is None:
+            if int(scores[0].argmax()) not in self.stop_ids:
+                return scores
+            if ANSWER_MARKER.search(self.tokenizer.decode(input_ids[0], skip_special_tokens=True)):
+                return scores
+            self.forced_from = written
+        step = written - self.forced_from
+        if step >= len(self.marker):
+            return scores
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.marker[step]] = 0.0
+        return forced
 
 
 @dataclass
@@ -577,6 +617,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--reasoning", action="store_true",
                         help="ask every condition for \"Facts:\" (1-3 short sentences), then \"Answer:\"; score "
                         "the final answer only")
+    parser.add_argument("--force-answer", action="store_true",
+                        help="with --reasoning: a reply that would end before \"Answer:\" writes it and goes on "
+                        "(AnswerBeforeEnd), in every condition")
     parser.add_argument("--temperature", type=float, default=None,
                         help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
@@ -591,6 +634,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "none (every swap runs: the reference against slot swaps) or a number",
     )
     args = parser.parse_args(argv)
+    if args.force_answer and not args.reasoning:
+        parser.error("--force-answer needs --reasoning: without it there is no answer marker to write")
     config = print_run_config(args)
     budget_choice = args.swap_budget.lower()
     swap_budget = "auto" if budget_choice == "auto" else None if budget_choice == "none" else float(budget_choice)
@@ -632,6 +677,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         **decoding,
         "temperature": "engine default" if args.temperature is None else args.temperature,
         "reasoning": args.reasoning,
+        "force_answer": args.force_answer,
         "message_suffix": "" if args.reasoning else SHORT_ANSWER,
         "temporal_hint": TEMPORAL_HINT,
         "learn": False,
@@ -690,9 +736,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 if reused is None:
                     if ahead is not None and store is None:  # a fresh store per answer, behind it the lines read ahead
                         engine.line_store = LineStore(fallback=ahead)
+                    forcing = [AnswerBeforeEnd(tokenizer, engine.stop_ids)] if args.force_answer else []
                     answers[condition.name] = ask(
                         engine, message, conv.now, marker, update_every_n=condition.update_every_n, max_memories=k,
-                        seed=args.seed + q_index, **decoding, **dict(condition.options),
+                        seed=args.seed + q_index, logits_processor=forcing, **decoding, **dict(condition.options),
                     )
                 record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
                           "gold": question.answer, "k": k, "reused_from": reused}

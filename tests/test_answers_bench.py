@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from bench import answers
 from smem.generation import tiny
@@ -247,6 +248,59 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
         assert label not in read and label not in stored
 
 
+class EndFrom:
+    """A logits processor that makes ending the reply the likeliest token from the answer's
+    `step`-th token on: a model that stops after its facts."""
+
+    def __init__(self, step: int, stop_id: int) -> None:
+        self.step, self.stop_id = step, stop_id
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[-1] >= self.step:
+            scores[:, self.stop_id] = scores.max() + 10.0
+        return scores
+
+
+def test_answer_before_end_writes_the_marker_a_model_skipped(tmp_path, tiny_model, minilm):
+    model, tokenizer = tiny_model
+    conv = answers.load(locomo_file(tmp_path / "d.json", conversations=1, questions=1))[0]
+    pool = answers.build_pool(conv, minilm, minilm.encode(conv.texts))
+    engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None)
+    message = answers.question_message(answers.question_at(conv, 0), reasoning=True)
+    options = dict(update_every_n=1, max_memories=2, max_new_tokens=24, temperature=0.0,
+                   system_prompt=answers.REASONING_SYSTEM_PROMPT)
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    skipped = answers.ask(engine, message, conv.now, answers.ANSWER_MARKER,
+                          logits_processor=[EndFrom(3, stop)], **options)
+    assert skipped.tokens == 3 and not answers.split_reasoning(skipped.text)[2]
+    forced = answers.ask(engine, message, conv.now, answers.ANSWER_MARKER,
+                         logits_processor=[EndFrom(3, stop), answers.AnswerBeforeEnd(tokenizer, engine.stop_ids)],
+                         **options)
+    marker = tokenizer.encode(answers.FORCED_MARKER, add_special_tokens=False)
+    # the same three tokens, then the marker, then the end the model wanted
+    assert forced.tokens == 3 + len(marker)
+    assert forced.text.startswith(skipped.text) and forced.text.endswith("Answer:")
+    assert answers.split_reasoning(forced.text)[2]
+
+
+def test_answer_before_end_leaves_a_written_marker_and_other_tokens_alone():
+    tokenizer = tiny.build_tokenizer()
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    forcing = answers.AnswerBeforeEnd(tokenizer, frozenset({stop}))
+    scores = torch.zeros(1, len(tokenizer))
+    scores[0, 5] = 1.0  # the likeliest token is not an end
+    ids = torch.tensor([tokenizer.encode("Facts: Alex plays soccer.")])
+    assert torch.equal(forcing(ids, scores.clone()), scores) and forcing.forced_from is None
+    scores[0, stop] = 2.0  # now it would end, but the answer line is already there
+    ids = torch.tensor([tokenizer.encode("Facts: Alex plays soccer.\nAnswer: soccer")])
+    assert torch.equal(forcing(ids, scores.clone()), scores) and forcing.forced_from is None
+
+
+def test_force_answer_needs_reasoning(tmp_path):
+    with pytest.raises(SystemExit):
+        answers.main(["--data", str(locomo_file(tmp_path / "d.json")), "--model", "tiny", "--force-answer"])
+
+
 def test_cli_writes_the_contracted_json(tmp_path, minilm):
     out = tmp_path / "out.json"
     result = answers.main(
@@ -288,14 +342,17 @@ def test_cli_n1_conditions_wide_from_n1_and_splice_against_the_reference(tmp_pat
         answers.conditions(["rag", "rag_wide_n1"], 10)
 
 
-def test_cli_reasoning_mode(tmp_path, minilm):
+@pytest.mark.parametrize("force", [False, True])
+def test_cli_reasoning_mode(tmp_path, minilm, force):
     out = tmp_path / "out.json"
     answers.main(
         ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
          "--model", "tiny", "--max-new-tokens", "6", "--reasoning", "--conditions", "rag", "stream"]
+        + (["--force-answer"] if force else [])
     )
     written = json.loads(out.read_text())
     assert written["settings"]["reasoning"] and written["settings"]["system_prompt"] == answers.REASONING_SYSTEM_PROMPT
+    assert written["settings"]["force_answer"] is force
     assert set(written["paired"]) == {f"stream - rag, {m}" for m in ("f1", "evidence_any", "evidence_at_answer")}
     for name, condition in written["conditions"].items():
         assert {"reasoning_words", "answer_words", "marker_missing_rate", "f1_ci"} <= set(condition)
