@@ -386,8 +386,7 @@ class LinkGraph:
         inner = np.flatnonzero(known)
         rows, columns, data = _rows(matrix, found[inner])
         order = np.argsort(found[inner])
-        at = np.minimum(np.searchsorted(found[inner][order], columns), max(len(inner) - 1, 0))
-        hit = found[inner][order][at] == columns if len(inner) else np.zeros(0, dtype=bool)
+        at, hit = scoring.sorted_lookup(found[inner][order], columns)
         dense[inner[rows[hit]], inner[order[at[hit]]]] = data[hit]
         return dense
 
