@@ -43,9 +43,10 @@ sentences first, then "Answer:" and the short answer (a prompted reasoning phase
 that do not think, so a re-retrieval has text to act on). F1 is then scored on the text after
 the answer marker only, evidence_at_answer is taken at the first token of that final answer,
 and reasoning_words / answer_words / marker_missing_rate report the two parts' lengths and how
-often the marker never came (those answers are scored on their whole text). With
---force-answer, a reply that would end before its "Answer:" line writes "\nAnswer:" instead and
-goes on (`AnswerBeforeEnd`), the same for every condition.
+often the marker never came (those answers are scored on their whole text). It is the engine's
+own prompted reasoning (`smem.generation.reasoning`) with LoCoMo's format request in place of
+the app's. With --force-answer, a reply that would end before its "Answer:" line writes
+"\nAnswer:" instead and goes on (`AnswerBeforeEnd`), the same for every condition.
 
 Labels (answers, evidence, categories) are used for scoring only: the pool gets the turns' text
 and dates, the engine gets the question.
@@ -80,11 +81,11 @@ from nltk.stem import PorterStemmer  # noqa: E402
 from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
-from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Token  # noqa: E402
+from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token  # noqa: E402
 from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.swap import READ_AHEAD_RUN_LINES  # noqa: E402
-from smem.generation.prompt import DEFAULT_SYSTEM_PROMPT, FIXED_TEXTS, PromptBuilder  # noqa: E402
-from transformers import LogitsProcessor, PreTrainedTokenizerBase  # noqa: E402
+from smem.generation.prompt import FIXED_TEXTS, PromptBuilder  # noqa: E402
+from smem.generation.reasoning import ANSWER_MARKER, FORCED_MARKER, PromptedReasoning  # noqa: E402
 
 RAG_K = 5
 """k for `rag` and `stream` (the issue's protocol; also the engine's default max_memories)."""
@@ -107,7 +108,7 @@ REASONING_INSTRUCTION = (
     "phrase, with exact words from the conversation whenever possible."
 )
 """--reasoning: the format request, the same for every condition, appended to the system prompt
-(`REASONING_SYSTEM_PROMPT`) in place of SHORT_ANSWER in the message. Tried on the packaged 0.5B,
+(by the engine's `PromptedReasoning`) in place of SHORT_ANSWER in the message. Tried on the packaged 0.5B,
 greedy, with k=5 memories, on dev questions: this wording gave "Facts:" ... "Answer:" in 5 of 5
 (19-68 tokens before the answer). Without "on the same line" / "on a new line" it often wrote
 numbered lists of 4-7 facts that ran into the 128-token cap before "Answer:"; asking for "one or
@@ -117,14 +118,7 @@ query, which embeds the message. Plain labels with a colon, not headings (a smal
 headings); "Facts", not "Notes": the memory block's instruction calls its lines notes and tells the
 model not to repeat them."""
 
-REASONING_SYSTEM_PROMPT = f"{DEFAULT_SYSTEM_PROMPT} {REASONING_INSTRUCTION}"
-
-ANSWER_MARKER = re.compile(r"[*_]*\banswer[*_]*\s*:[*_]*", re.IGNORECASE)
-"""Where the final answer begins ("Answer:", also markdown's "**Answer:**" or "Final answer:")."""
 _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
-FORCED_MARKER = "\nAnswer:"
-"""What --force-answer writes for a model that would end before its final answer: the line
-`REASONING_INSTRUCTION` asks for."""
 
 LOOKAHEAD_TOKENS = 32
 """Longest look-ahead draft: FLARE drafts the next sentence; a LoCoMo answer here is ~14 words
@@ -233,7 +227,8 @@ def question_at(conv: Conversation, index: int) -> Question:
 
 def question_message(question: Question, reasoning: bool = False) -> str:
     """The chat message: the question and LoCoMo's instructions (with --reasoning, the format
-    request is in `REASONING_SYSTEM_PROMPT` instead of SHORT_ANSWER); nothing else of the label."""
+    request is in the system prompt, from the engine's `PromptedReasoning`, instead of SHORT_ANSWER);
+    nothing else of the label."""
     parts = [question.text]
     if question.category == 2:
         parts.append(TEMPORAL_HINT)
@@ -252,40 +247,6 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     return _FACTS_LABEL.sub("", text[: match.start()].strip()).strip(), text[match.end() :].strip(), True
 
 
-class AnswerBeforeEnd(LogitsProcessor):
-    """--force-answer: when the likeliest next token ends the reply and no answer marker has
-    been written yet, write `FORCED_MARKER` instead, one token a step, and let the model answer
-    after it.
-
-    Why: the packaged 1.5B, asked for "Facts:" then "Answer:", ended after its facts in 21-27 of
-    60 answers (docs/benchmarks.md, "Anchored streaming"), so a third of its replies had no final
-    answer for a re-retrieval to feed. Forcing the step a model skipped is what thinking budgets
-    do with `</think>`. Every condition gets the same processor; one per answer, since it keeps
-    where its forced marker began. Runs after the decoding profile's processors, before
-    temperature, on the answer's ids (the engine passes those, not the prompt)."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_ids: frozenset[int]) -> None:
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids
-        self.marker: list[int] = tokenizer.encode(FORCED_MARKER, add_special_tokens=False)
-        self.forced_from: Optional[int] = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        written = input_ids.shape[-1]
-        if self.forced_from is None:
-            if int(scores[0].argmax()) not in self.stop_ids:
-                return scores
-            if ANSWER_MARKER.search(self.tokenizer.decode(input_ids[0], skip_special_tokens=True)):
-                return scores
-            self.forced_from = written
-        step = written - self.forced_from
-        if step >= len(self.marker):
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.marker[step]] = 0.0
-        return forced
-
-
 @dataclass
 class Answer:
     text: str
@@ -302,21 +263,20 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ask(
-    engine: StreamingEngine, message: str, now: Any, answer_marker: Optional[re.Pattern[str]] = None, **options: Any
-) -> Answer:
+def ask(engine: StreamingEngine, message: str, now: Any, reasoning: bool = False, **options: Any) -> Answer:
     """Run one answer and record which memories were in context when, and for how long.
 
     The memories "at answer" are those in context when the first answer token is written: the
-    first token after any thinking, or, with `answer_marker`, the first token that puts text
-    after the marker (the final answer's first token; the first token if the marker never comes).
-    A `MemoryUpdate` is yielded before the token decoded under it, so `current` is the context
-    that token was written in."""
+    first token after any thinking (a thinking model's, or with `reasoning` the facts before the
+    engine's answer marker), else the first token written. A `MemoryUpdate` is yielded before
+    the token decoded under it, so `current` is the context that token was written in. With
+    `reasoning` the text is put back as the model wrote it ("Facts: ...\nAnswer: ..."), for
+    `split_reasoning` to score; a thinking model's thinking is left out."""
     current: set[str] = set()
     ever: set[str] = set()
     at_first: Optional[set[str]] = None
     at_answer: Optional[set[str]] = None
-    reasoning_tokens = 0
+    thinking: list[str] = []
     text: list[str] = []
     steps: list[tuple[int, int]] = []  # (generated tokens, memory tokens) at each context change
     done: Optional[Done] = None
@@ -325,17 +285,15 @@ def ask(
         if isinstance(event, (Memories, MemoryUpdate)):
             current = {hit.id for hit in event.memories}
             ever |= current
-        elif isinstance(event, Token):
+        elif isinstance(event, (Thinking, Token)):
             if at_first is None:
                 at_first = set(current)
-            text.append(event.text)
-            if answer_marker is not None and at_answer is None:
-                written = "".join(text)
-                marker = answer_marker.search(written)
-                if marker is not None and written[marker.end() :].strip():
+            if isinstance(event, Thinking):
+                thinking.append(event.text)
+            else:
+                if at_answer is None:
                     at_answer = set(current)
-                else:
-                    reasoning_tokens += 1
+                text.append(event.text)
         elif isinstance(event, ContextStats):
             steps.append((event.generated_tokens, event.memory_tokens))
         elif isinstance(event, Done):
@@ -349,10 +307,15 @@ def ask(
         sizes = np.array([s[1] for s in steps], dtype=float)
         spans = np.clip(np.diff(marks), 0, None)
         mean_tokens = float((spans * sizes).sum() / spans.sum()) if spans.sum() > 0 else float(sizes[-1])
-    if at_answer is None:  # no marker asked for, or it never came
-        at_answer, reasoning_tokens = (at_first if at_first is not None else set(current)), 0
+    reasoning_tokens = done.stats.thinking_tokens if reasoning and at_answer is not None else 0
+    if at_answer is None:  # the marker never came, or nothing was written
+        at_answer = at_first if at_first is not None else set(current)
+    answer = "".join(text).strip()
+    if reasoning:
+        facts = "".join(thinking).strip()
+        answer = f"{facts}{FORCED_MARKER} {answer}" if text else facts
     return Answer(
-        text="".join(text).strip(),
+        text=answer,
         at_answer=at_answer,
         ever=ever,
         context_tokens=mean_tokens,
@@ -659,8 +622,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     decoding: dict[str, Any] = {"max_new_tokens": max_new_tokens, "enable_thinking": not args.no_thinking}
     if args.temperature is not None:
         decoding["temperature"] = args.temperature
-    if args.reasoning:
-        decoding["system_prompt"] = REASONING_SYSTEM_PROMPT
     settings = {
         "data": str(args.data),
         "questions": len(picks),
@@ -676,7 +637,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "read_ahead": args.read_ahead and {"run_lines": args.read_ahead_run},
         **decoding,
         "temperature": "engine default" if args.temperature is None else args.temperature,
-        "reasoning": args.reasoning,
+        "reasoning": args.reasoning and REASONING_INSTRUCTION,
         "force_answer": args.force_answer,
         "message_suffix": "" if args.reasoning else SHORT_ANSWER,
         "temporal_hint": TEMPORAL_HINT,
@@ -691,7 +652,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         print(f"{key} = {value}")
 
     instructions = [*FIXED_TEXTS, REASONING_INSTRUCTION if args.reasoning else SHORT_ANSWER, TEMPORAL_HINT]
-    marker = ANSWER_MARKER if args.reasoning else None
+    # the engine's prompted reasoning with LoCoMo's format request; none without --reasoning, whatever the model's profile says
+    reasoning = PromptedReasoning(REASONING_INSTRUCTION, force_answer=args.force_answer) if args.reasoning else None
     records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in plan}
     started = time.perf_counter()
     by_conversation: dict[int, list[int]] = {}
@@ -703,7 +665,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         pool = build_pool(conv, embedder, embed_documents(embedder, conv.texts))
         # --share-lines: one line store per conversation, as one per session pool in the app
         store = LineStore() if args.share_lines else None
-        engine = StreamingEngine(model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget, line_store=store)
+        engine = StreamingEngine(
+            model, tokenizer, pool, swap=args.swap, swap_budget=swap_budget, line_store=store, reasoning=reasoning
+        )
         ahead: Optional[LineStore] = None
         if args.read_ahead:  # the stores answers use fall back to it, as a runtime's pools do
             ahead = LineStore(max_lines=len(pool))
@@ -736,10 +700,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 if reused is None:
                     if ahead is not None and store is None:  # a fresh store per answer, behind it the lines read ahead
                         engine.line_store = LineStore(fallback=ahead)
-                    forcing = [AnswerBeforeEnd(tokenizer, engine.stop_ids)] if args.force_answer else []
                     answers[condition.name] = ask(
-                        engine, message, conv.now, marker, update_every_n=condition.update_every_n, max_memories=k,
-                        seed=args.seed + q_index, logits_processor=forcing, **decoding, **dict(condition.options),
+                        engine, message, conv.now, args.reasoning, update_every_n=condition.update_every_n,
+                        max_memories=k, seed=args.seed + q_index, **decoding,
+                        **{"extra_memories": 0, **dict(condition.options)},  # anchored only where the condition says
                     )
                 record = {"conversation": conv.sample_id, "question": question.text, "category": question.category,
                           "gold": question.answer, "k": k, "reused_from": reused}

@@ -8,13 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from bench import answers
 from smem.generation import tiny
 from smem.generation.degenerate import degenerate
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import DoneStats, Done, Memories, MemoryUpdate, Thinking, Token
+from smem.generation.reasoning import PromptedReasoning
 
 GOLD = "Zanzibar marmalade"
 """A gold answer whose words occur nowhere in the dialog, so any trace of it is a leak."""
@@ -172,7 +172,7 @@ def test_reasoning_final_answer_f1_ignores_the_facts():
 class ScriptedEngine:
     """Replays a fixed event stream: the memories change while the facts are written, and
     again just before the final answer's first token. A token written "~text" is thinking
-    (a `Thinking` event, as Qwen3's `<think>` block streams)."""
+    (a `Thinking` event, as Qwen3's `<think>` block and the engine's prompted facts stream)."""
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
@@ -191,22 +191,21 @@ class ScriptedEngine:
 
 
 @pytest.mark.parametrize(
-    ("tokens", "marker", "at_answer", "reasoning_tokens"),
+    ("tokens", "reasoning", "at_answer", "text"),
     [
-        (["Facts", ":", " Ana", " adopted", "\nAnswer", ":", "<swap>", " a", " cat"], answers.ANSWER_MARKER, {"c"}, 6),
-        (["Facts", ":", " Ana", " adopted", "\nAnswer", "<swap>", ": a", " cat"], answers.ANSWER_MARKER, {"c"}, 5),
-        (["Facts", ":", " Ana", " adopted", "\nAnswer", "<swap>", ":", " cat"], answers.ANSWER_MARKER, {"c"}, 6),
-        (["Facts", ":", " Ana", " adopted", " a", " cat"], answers.ANSWER_MARKER, {"a"}, 0),  # never came: first token
-        (["A", " cat", "\nAnswer", ":", "<swap>", " cat"], None, {"a"}, 0),  # no reasoning mode: first token
+        # the engine's prompted reasoning: the facts stream as thinking, the answer after the marker
+        (["~Facts:", "~ Ana", "~ adopted", "<swap>", "a", " cat"], True, {"c"}, "Facts: Ana adopted\nAnswer: a cat"),
+        (["~Facts:", "~ Ana", "~ adopted", "a", "<swap>", " cat"], True, {"b"}, "Facts: Ana adopted\nAnswer: a cat"),
+        (["~Facts:", "<swap>", "~ Ana", "~ adopted"], True, {"a"}, "Facts: Ana adopted"),  # never came: first token
+        (["A", " cat", "\nAnswer", ":", "<swap>", " cat"], False, {"a"}, "A cat\nAnswer: cat"),  # no reasoning: first token
         # a thinking model (Qwen3 on the GPU path): swaps while it thinks; the answer starts after
-        (["~Ana", "~ adopted", "<swap>", "~ a cat", " A", " cat"], None, {"c"}, 0),
+        (["~Ana", "~ adopted", "<swap>", "~ a cat", " A", " cat"], False, {"c"}, "A cat"),
     ],
 )
-def test_evidence_at_answer_is_taken_at_the_final_answers_first_token(tokens, marker, at_answer, reasoning_tokens):
-    answer = answers.ask(ScriptedEngine(tokens), "q", None, marker)
-    assert answer.at_answer == at_answer and answer.reasoning_tokens == reasoning_tokens
+def test_evidence_at_answer_is_taken_at_the_final_answers_first_token(tokens, reasoning, at_answer, text):
+    answer = answers.ask(ScriptedEngine(tokens), "q", None, reasoning)
+    assert answer.at_answer == at_answer and answer.text == text
     assert answer.ever == ({"a", "b", "c"} if "<swap>" in tokens else {"a", "b"})
-    assert answer.text == "".join(t for t in tokens if t != "<swap>" and not t.startswith("~")).strip()  # no thinking
 
 
 # -- labels stay out of the pool and the prompt; the JSON contract -----------------------------
@@ -228,16 +227,17 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
     try:
         # Exact swaps: the slot layout trims a memory line to its slot (40 tokens), which cuts the
         # tiny tokenizer's long encodings before the word this test looks for.
-        engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None)
+        engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None, reasoning=None)
+        reasoning = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None,
+                                    reasoning=PromptedReasoning(answers.REASONING_INSTRUCTION))
         for index in range(len(conv.questions)):
             question = answers.question_at(conv, index)
             for every in (0, 1):
                 answers.ask(engine, answers.question_message(question), conv.now, update_every_n=every,
                             max_memories=2, max_new_tokens=6, temperature=0.0)
-                # --reasoning: its own message and system prompt, the answer marker
-                answers.ask(engine, answers.question_message(question, reasoning=True), conv.now,
-                            answers.ANSWER_MARKER, update_every_n=every, max_memories=2, max_new_tokens=6,
-                            temperature=0.0, system_prompt=answers.REASONING_SYSTEM_PROMPT)
+                # --reasoning: its own message, the format request in the system prompt
+                answers.ask(reasoning, answers.question_message(question, reasoning=True), conv.now, True,
+                            update_every_n=every, max_memories=2, max_new_tokens=6, temperature=0.0)
     finally:
         handle.remove()
     read = tokenizer.decode([i for ids in seen for i in ids]).lower()
@@ -246,54 +246,6 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
     assert answers.REASONING_INSTRUCTION.lower() in read  # ... and the reasoning mode's prompt
     for label in ("zanzibar", "marmalade", "d1:1", "evidence", *answers.CATEGORIES.values()):
         assert label not in read and label not in stored
-
-
-class EndFrom:
-    """A logits processor that makes ending the reply the likeliest token from the answer's
-    `step`-th token on: a model that stops after its facts."""
-
-    def __init__(self, step: int, stop_id: int) -> None:
-        self.step, self.stop_id = step, stop_id
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] >= self.step:
-            scores[:, self.stop_id] = scores.max() + 10.0
-        return scores
-
-
-def test_answer_before_end_writes_the_marker_a_model_skipped(tmp_path, tiny_model, minilm):
-    model, tokenizer = tiny_model
-    conv = answers.load(locomo_file(tmp_path / "d.json", conversations=1, questions=1))[0]
-    pool = answers.build_pool(conv, minilm, minilm.encode(conv.texts))
-    engine = StreamingEngine(model, tokenizer, pool, swap="exact", swap_budget=None)
-    message = answers.question_message(answers.question_at(conv, 0), reasoning=True)
-    options = dict(update_every_n=1, max_memories=2, max_new_tokens=24, temperature=0.0,
-                   system_prompt=answers.REASONING_SYSTEM_PROMPT)
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    skipped = answers.ask(engine, message, conv.now, answers.ANSWER_MARKER,
-                          logits_processor=[EndFrom(3, stop)], **options)
-    assert skipped.tokens == 3 and not answers.split_reasoning(skipped.text)[2]
-    forced = answers.ask(engine, message, conv.now, answers.ANSWER_MARKER,
-                         logits_processor=[EndFrom(3, stop), answers.AnswerBeforeEnd(tokenizer, engine.stop_ids)],
-                         **options)
-    marker = tokenizer.encode(answers.FORCED_MARKER, add_special_tokens=False)
-    # the same three tokens, then the marker, then the end the model wanted
-    assert forced.tokens == 3 + len(marker)
-    assert forced.text.startswith(skipped.text) and forced.text.endswith("Answer:")
-    assert answers.split_reasoning(forced.text)[2]
-
-
-def test_answer_before_end_leaves_a_written_marker_and_other_tokens_alone():
-    tokenizer = tiny.build_tokenizer()
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    forcing = answers.AnswerBeforeEnd(tokenizer, frozenset({stop}))
-    scores = torch.zeros(1, len(tokenizer))
-    scores[0, 5] = 1.0  # the likeliest token is not an end
-    ids = torch.tensor([tokenizer.encode("Facts: Alex plays soccer.")])
-    assert torch.equal(forcing(ids, scores.clone()), scores) and forcing.forced_from is None
-    scores[0, stop] = 2.0  # now it would end, but the answer line is already there
-    ids = torch.tensor([tokenizer.encode("Facts: Alex plays soccer.\nAnswer: soccer")])
-    assert torch.equal(forcing(ids, scores.clone()), scores) and forcing.forced_from is None
 
 
 def test_force_answer_needs_reasoning(tmp_path):
@@ -351,7 +303,7 @@ def test_cli_reasoning_mode(tmp_path, minilm, force):
         + (["--force-answer"] if force else [])
     )
     written = json.loads(out.read_text())
-    assert written["settings"]["reasoning"] and written["settings"]["system_prompt"] == answers.REASONING_SYSTEM_PROMPT
+    assert written["settings"]["reasoning"] == answers.REASONING_INSTRUCTION
     assert written["settings"]["force_answer"] is force
     assert set(written["paired"]) == {f"stream - rag, {m}" for m in ("f1", "evidence_any", "evidence_at_answer")}
     for name, condition in written["conditions"].items():

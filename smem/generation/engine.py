@@ -75,6 +75,7 @@ from smem.generation.swap import (
     read_ahead,
     with_anchors,
 )
+from smem.generation.reasoning import ANSWER_MARKER, PromptedReasoning
 from smem.generation.rope import KeyRotation
 from smem.generation.text import TextSplitter
 from smem.memory.records import Hit, Memory
@@ -90,6 +91,13 @@ the fp32 vector > 0.9999. The first query (also used for learning) stays fp32.""
 
 SENTENCE_END = re.compile(r"[.!?\n]")
 """A token holding one of these ends the sentence the "uncertainty" trigger queries with."""
+
+REASONING_EXTRA_MEMORIES = 2
+"""Anchored slots of an answer with prompted reasoning: every LoCoMo run where streaming beat
+retrieving once with an interval above zero paired the reasoning phase with anchoring at 2
+extra slots (the packaged 1.5B, +0.044 F1 at N=10 over 120 answers, +0.032 at N=1 over 240;
+docs/benchmarks.md, "Every paired comparison so far"). 2 was chosen before those runs: at most 7
+memories, room for a multi-hop question's second piece of evidence and one more."""
 
 HISTORY_QUERY_WEIGHT = 0.25
 """Share of the recent-history vector in the first retrieval's query; the user's message leads."""
@@ -137,6 +145,7 @@ class StreamingEngine:
         line_tokens: Optional[MemoryLineTokens] = None,
         reuse_lines: bool = True,
         line_store: Optional[LineStore] = None,
+        reasoning: Union[PromptedReasoning, None, Literal["auto"]] = "auto",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -149,6 +158,9 @@ class StreamingEngine:
         # Queries are embedded beside the model on an accelerator (`MemoryPool.embed_query`).
         self.query_device: Optional[str] = None if self.device.type == "cpu" else str(self.device)
         self.decoding = model_profile(model)
+        if reasoning == "auto":
+            reasoning = PromptedReasoning() if self.decoding.prompted_reasoning else None
+        self.reasoning: Optional[PromptedReasoning] = reasoning
         if swap not in (*SWAP_MODES, "auto"):
             raise ValueError(f"swap must be one of {SWAP_MODES} or 'auto', got {swap!r}")
         self.rotation = KeyRotation.from_model(model)
@@ -492,7 +504,7 @@ class StreamingEngine:
         uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD,
         enable_thinking: bool = True,
         lookahead_tokens: int = 0,
-        extra_memories: int = 0,
+        extra_memories: Optional[int] = None,
         memory_token_budget: Optional[int] = None,
         incumbent_margin: Optional[float] = None,
         system_prompt: Optional[str] = None,
@@ -519,12 +531,17 @@ class StreamingEngine:
         memories the message + draft retrieve (FLARE's look-ahead, `_look_ahead`). `extra_memories`
         > 0 anchors the stream: the memories in context when the answer starts stay for the whole
         answer, and re-retrievals fill up to that many more slots instead of replacing the set
-        (docs/benchmarks.md, "Anchored streaming"). `logits_processor` (transformers'
+        (docs/benchmarks.md, "Anchored streaming"); unset, it is `REASONING_EXTRA_MEMORIES` for an
+        answer with prompted reasoning (`enable_thinking` on a model whose profile asks for it)
+        and 0 otherwise. `logits_processor` (transformers'
         `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
         temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
         also stops it. `Done.stats.tokens_per_s` is the decode rate after the first token.
         """
+        reasoning = self.reasoning if enable_thinking else None
+        if extra_memories is None:
+            extra_memories = REASONING_EXTRA_MEMORIES if reasoning else 0
         counts = (update_every_n, max_new_tokens, max_memories, lookahead_tokens, extra_memories)
         if min(counts) < 0 or lookback_tokens < 1:
             raise ValueError(
@@ -541,15 +558,17 @@ class StreamingEngine:
         draws = MemoryDraws(seed, sample_memories)
         margin = self.incumbent_margin if incumbent_margin is None else incumbent_margin
         retrieve_args = {"max_memories": max_memories, "token_budget": memory_token_budget, "now": now}
+        system_prompt = self.system_prompt if system_prompt is None else system_prompt
         builder = PromptBuilder(
             self.tokenizer,
             message,
             history,
-            system_prompt=self.system_prompt if system_prompt is None else system_prompt,
+            system_prompt=reasoning.system_prompt(system_prompt) if reasoning else system_prompt,
             enable_thinking=enable_thinking,
         )
         temperature = self.decoding.temperature if temperature is None else temperature
         top_p = self.decoding.top_p if top_p is None else top_p
+        processors = [*profile_processors(self.decoding), *logits_processor]
         picker = functools.partial(
             TokenPicker,
             temperature=temperature,
@@ -558,9 +577,10 @@ class StreamingEngine:
             stop_ids=self.stop_ids,
             seed=seed,
             device=self.device,
-            processors=[*profile_processors(self.decoding), *logits_processor],
+            processors=processors,
         )
-        pick = picker()
+        # The forced answer line keeps per-answer state: the answer's picker has it, a look-ahead draft not.
+        pick = picker(processors=[*processors, *(reasoning.processors(self.tokenizer, self.stop_ids) if reasoning else ())])
 
         with stats.timing("retrieval"):
             first = self._first_query(message, history)
@@ -583,9 +603,12 @@ class StreamingEngine:
         yield self._context_stats(context, builder, stats, 0)
 
         think = self.think_ids or ()
-        splitter = TextSplitter(self.tokenizer, thinking=False)
         open_think = [i for i in builder.header if i in think]
-        splitter.thinking = bool(open_think) and open_think[-1] == think[0]
+        splitter = TextSplitter(
+            self.tokenizer,
+            thinking=reasoning is not None or (bool(open_think) and open_think[-1] == think[0]),
+            answer_marker=ANSWER_MARKER if reasoning else None,
+        )
         generated: list[int] = []
         stop_reason: StopReason = "max_tokens"
         with stats.timing("prefill"):
@@ -622,9 +645,7 @@ class StreamingEngine:
                 break
             generated.append(token)
             stats.thinking_tokens += splitter.thinking or token in think
-            event = splitter.switch(thinking=token == think[0]) if token in think else splitter.feed(token)
-            if event is not None:
-                yield event
+            yield from splitter.switch(thinking=token == think[0]) if token in think else splitter.feed(token)
             if len(generated) >= max_new_tokens:
                 break
             update = self._reretrieve(
@@ -649,9 +670,7 @@ class StreamingEngine:
             if self.context_stats_every and len(generated) % self.context_stats_every == 0 and update is None:
                 yield self._context_stats(context, builder, stats, len(generated))
 
-        event = splitter.finish()
-        if event is not None:
-            yield event
+        yield from splitter.finish()
         if learn:
             self._learn(stats.segments, len(generated), first[1], now)
         learned = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import regex
+
 from smem.generation.events import Event, Thinking, Token
 
 
@@ -44,38 +46,67 @@ class IncrementalDecoder:
 class TextSplitter:
     """Routes decoded text to Thinking or Token events and trims the whitespace around
     `<think>` blocks (Qwen3 writes "<think>\\n…\\n</think>\\n\\n"), holding trailing whitespace
-    until it is known not to end a segment."""
+    until it is known not to end a segment.
 
-    def __init__(self, tokenizer: Any, thinking: bool) -> None:
+    With `answer_marker` (prompted reasoning, `smem.generation.reasoning`), the thinking ends
+    where the marker's first match does, and the text after it is the answer. Text that may
+    be the start of a marker ("Ans") is held until it is known not to be, so the marker itself
+    never reaches either stream; a marker at the very end is held too, since it may still grow
+    ("**Answer:" then "**")."""
+
+    def __init__(self, tokenizer: Any, thinking: bool, answer_marker: Optional[regex.Pattern[str]] = None) -> None:
         self._tokenizer = tokenizer
         self.thinking = thinking
+        self._marker = answer_marker
         self._decoder = IncrementalDecoder(tokenizer)
         self._started = False
         self._pending = ""
+        self._held = ""
 
     def _event(self, text: str) -> Event:
         return Thinking(text) if self.thinking else Token(text)
 
-    def feed(self, token_id: int) -> Optional[Event]:
-        return self._emit(self._decoder.push(token_id))
+    def feed(self, token_id: int) -> list[Event]:
+        return self._text(self._decoder.push(token_id), final=False)
 
-    def _emit(self, text: str) -> Optional[Event]:
+    def _text(self, text: str, final: bool) -> list[Event]:
+        if not (self.thinking and self._marker is not None):
+            return self._emit(text)
+        self._held += text
+        match = self._marker.search(self._held, partial=True)
+        if match is None or (final and match.partial):
+            out, self._held = self._held, ""
+            return self._emit(out)
+        if match.partial or (match.end() == len(self._held) and not final):
+            out, self._held = self._held[: match.start()], self._held[match.start() :]
+            return self._emit(out)
+        before, after = self._held[: match.start()], self._held[match.end() :]
+        self._held = ""
+        events = self._emit(before)
+        self._start(thinking=False)
+        return events + self._emit(after)
+
+    def _emit(self, text: str) -> list[Event]:
         if not self._started:
             text = text.lstrip()
             self._started = bool(text)
         text = self._pending + text
         body = text.rstrip()
         self._pending = text[len(body) :]
-        return self._event(body) if body else None
+        return [self._event(body)] if body else []
 
-    def switch(self, thinking: bool) -> Optional[Event]:
-        """End the current segment (dropping its trailing whitespace) and start another."""
-        event = self._emit(self._decoder.flush())
+    def _start(self, thinking: bool) -> None:
+        """Start a segment, dropping the trailing whitespace of the one before."""
         self.thinking = thinking
-        self._decoder = IncrementalDecoder(self._tokenizer)
         self._started = False
         self._pending = ""
-        return event
 
-    def finish(self) -> Optional[Event]:
-        return self._emit(self._decoder.flush())
+    def switch(self, thinking: bool) -> list[Event]:
+        """End the current segment (dropping its trailing whitespace) and start another."""
+        events = self._text(self._decoder.flush(), final=True)
+        self._decoder = IncrementalDecoder(self._tokenizer)
+        self._start(thinking)
+        return events
+
+    def finish(self) -> list[Event]:
+        return self._text(self._decoder.flush(), final=True)
