@@ -205,11 +205,12 @@ def build_demo() -> gr.Blocks:
                     ]
                 with gr.Row():
                     knobs += [gr.Slider(**_slider(name)) for name in ("lookback_tokens", "temperature")]
-                    # Offered only to a model whose chat template can switch thinking on and off.
+                    # Offered only to a model that thinks (Qwen3) or is asked to (the packaged 1.5B).
                     knobs.append(
                         gr.Checkbox(
                             value=DEFAULTS.enable_thinking and RUNTIME.can_think,
                             label="Thinking",
+                            info="Think before answering, shown apart",
                             visible=RUNTIME.can_think,
                             elem_id="knob-thinking",
                         )

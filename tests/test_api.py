@@ -288,6 +288,7 @@ def test_a_failed_answer_reports_an_error_event_and_leaves_the_session_as_it_was
 def test_health_names_model_sets_queue_and_limits(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny"
+    assert health["can_think"]  # the tiny model has Qwen3's template, with its thinking switch
     assert health["memory_sets"] == ["family", "tutor"]
     assert health["queue"] == {"mode": "serialised", "length": 0, "limit": 32}
     assert health["limits"]["max_new_tokens"] == 64

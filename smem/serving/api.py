@@ -554,6 +554,7 @@ def health_routes(app: FastAPI, state: ApiState) -> None:
         return HealthResponse(
             status="ok",
             model=runtime.model_name,
+            can_think=runtime.can_think,
             embedder=runtime.embedder.name,
             memory_sets=runtime.sets.names,
             queue=QueueState(mode="serialised", length=runtime.queue.waiting, limit=settings.max_queue),

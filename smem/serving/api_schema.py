@@ -220,7 +220,12 @@ def chat_request_model(
         seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)]] = Field(
             default=None, description="Sampling seed, for repeatable answers."
         )
-        enable_thinking: bool = Field(default=True, description="Let a thinking model think first (streamed as `thinking` events).")
+        enable_thinking: bool = Field(
+            default=True,
+            description="Let the model think first, streamed as `thinking` events: a thinking model (Qwen3) in its "
+            "own way, a model whose profile asks for it (the packaged 1.5B) in a short \"Facts:\" line before "
+            "\"Answer:\" (see `/health` `can_think`). No effect on other models.",
+        )
         sample_memories: bool = Field(
             default=True,
             description="Draw the memories from the softmax over their scores (the memory set's temperature), as the "
@@ -349,6 +354,7 @@ class Limits(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
+    can_think: bool = Field(description="Whether `enable_thinking` has an effect on this model.")
     embedder: str
     memory_sets: list[str]
     queue: QueueState

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import torch
 
 from smem.generation import models
+from smem.generation.decoding import model_profile
 from smem.memory.embedder import Embedder, default_embedder
 from smem.generation.engine import StreamingEngine
 from smem.generation.line_store import LineStore
@@ -99,7 +100,9 @@ class Runtime:
 
     @property
     def can_think(self) -> bool:
-        return models.can_think(self.tokenizer)
+        """Whether `enable_thinking` changes anything: the model thinks on its own (Qwen3), or its
+        decoding profile asks it for facts before its answer (`smem.generation.reasoning`)."""
+        return models.can_think(self.tokenizer) or model_profile(self.model).prompted_reasoning
 
     def engine(self, pool: MemoryPool) -> StreamingEngine:
         """An engine over `pool` (cheap: the pool's token counts are already in this model's
