@@ -19,6 +19,7 @@ from smem.generation.decoding import PROFILES, apply_profile, profile_for
 from smem.generation.engine import REASONING_EXTRA_MEMORIES, StreamingEngine
 from smem.generation.events import Done, Memories, MemoryUpdate, Thinking, Token
 from smem.generation.reasoning import ANSWER_MARKER, CHAT_INSTRUCTION, FORCED_MARKER, AnswerBeforeEnd, PromptedReasoning
+from smem.generation.sampling import TokenPicker
 from smem.generation.text import TextSplitter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,3 +186,43 @@ def test_an_answer_with_prompted_reasoning_is_anchored(tiny_model, pool):
     replaced = contexts(enable_thinking=False)
     assert any(not replaced[0] <= later for later in replaced[1:])
     assert contexts(extra_memories=0) != anchored  # an explicit 0 is kept
+
+
+class Scripted:
+    """Writes `text` a token a step, then ends; records the ids each call was shown."""
+
+    def __init__(self, tokenizer, text: str, stop_id: int) -> None:
+        self.tokens = tokenizer.encode(text, add_special_tokens=False) + [stop_id]
+        self.seen: list[list[int]] = []
+
+    def __call__(self, input_ids, scores):
+        self.seen.append(input_ids[0].tolist())
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.tokens[min(len(self.seen) - 1, len(self.tokens) - 1)]] = 0.0
+        return forced
+
+
+def test_repetition_controls_see_the_answer_apart_from_its_facts(tiny_model, pool):
+    """After "Answer:", the decoding's processors are shown the answer's ids only: the facts
+    are notes the answer should be free to use, not a text it must not repeat."""
+    model, tokenizer = tiny_model
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    engine = StreamingEngine(model, tokenizer, pool.copy(), swap="exact", swap_budget=None, reasoning=PromptedReasoning())
+    script = Scripted(tokenizer, "Facts: Alex likes soccer.\nAnswer: soccer drills", stop)
+    events = list(engine.stream(MESSAGE, temperature=0.0, max_new_tokens=40, learn=False, logits_processor=[script]))
+    answer = "".join(e.text for e in events if isinstance(e, Token))
+    assert answer == "soccer drills"
+    written = script.tokens[:-1]
+    start = len(tokenizer.encode("Facts: Alex likes soccer.\nAnswer:", add_special_tokens=False))
+    assert tokenizer.decode(written[start:]).strip() == "soccer drills"
+    assert script.seen[: start + 1] == [written[:i] for i in range(start + 1)]  # the facts and the marker: everything
+    assert script.seen[-1] == written[start:]  # the answer's turn to end: its own ids only
+
+
+def test_the_minimum_length_counts_the_whole_answer(tokenizer):
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pick = TokenPicker(temperature=0.0, top_p=1.0, min_new_tokens=5, stop_ids={stop}, seed=0, device=torch.device("cpu"))
+    logits = torch.zeros(len(tokenizer))
+    logits[stop] = 1.0
+    assert pick([7, 8, 9, 10], logits.clone(), segment=3) != stop  # 4 of 5 written, though the segment holds 1
+    assert pick([7, 8, 9, 10, 11], logits.clone(), segment=3) == stop

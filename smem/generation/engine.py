@@ -610,6 +610,7 @@ class StreamingEngine:
             answer_marker=ANSWER_MARKER if reasoning else None,
         )
         generated: list[int] = []
+        segment = 0  # where the segment being written (thinking, then the answer) began
         stop_reason: StopReason = "max_tokens"
         with stats.timing("prefill"):
             logits = context.prefill()
@@ -637,15 +638,19 @@ class StreamingEngine:
             if cancel is not None and cancel.is_set():
                 stop_reason = "cancelled"
                 break
-            token = pick(generated, logits)
+            token = pick(generated, logits, segment)
             confidence = float(torch.softmax(logits, dim=-1)[token]) if uncertain else 1.0
             stats.first_token()
             if token in self.stop_ids:
                 stop_reason = "eos"
                 break
             generated.append(token)
-            stats.thinking_tokens += splitter.thinking or token in think
+            thinking = splitter.thinking
+            stats.thinking_tokens += thinking or token in think
             yield from splitter.switch(thinking=token == think[0]) if token in think else splitter.feed(token)
+            if splitter.thinking != thinking:
+                # a new segment: after a <think> tag; after the answer marker, from the token that began the answer
+                segment = len(generated) - (token not in think)
             if len(generated) >= max_new_tokens:
                 break
             update = self._reretrieve(

@@ -48,8 +48,11 @@ class MemoryDraws:
 
 
 class TokenPicker:
-    """Chooses each next token; the processors see the answer's ids so far (not the prompt,
-    whose memory block changes under swaps)."""
+    """Chooses each next token; the processors see the ids of the segment being written (not
+    the prompt, whose memory block changes under swaps; after a thinking phase, only the
+    answer: a repetition penalty or n-gram ban over the model's own notes would push its answer
+    away from the names and facts it just wrote down, or merge words to dodge a banned span).
+    The minimum length counts the whole answer."""
 
     def __init__(
         self,
@@ -62,10 +65,10 @@ class TokenPicker:
         device: torch.device,
         processors: Sequence[LogitsProcessor] = (),
     ) -> None:
-        self.processors = LogitsProcessorList()
-        if min_new_tokens > 0:
-            self.processors.append(MinNewTokensLengthLogitsProcessor(0, min_new_tokens, sorted(stop_ids), device=device))
-        self.processors.extend(processors)
+        self.min_length = (
+            MinNewTokensLengthLogitsProcessor(0, min_new_tokens, sorted(stop_ids), device=device) if min_new_tokens > 0 else None
+        )
+        self.processors = LogitsProcessorList(processors)
         self.greedy = temperature <= 0
         if not self.greedy:
             self.processors.append(TemperatureLogitsWarper(temperature))
@@ -74,12 +77,16 @@ class TokenPicker:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
 
-    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> int:
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor, segment: int = 0) -> int:
+        """The next token after `generated`, whose segment being written starts at `segment`."""
         # Inference mode: the logits come from it, and processors may edit scores in place.
         with torch.inference_mode():
-            if self.processors:
+            if self.min_length is not None or self.processors:
                 ids = torch.tensor([list(generated)], dtype=torch.long, device=self.device)
-                logits = self.processors(ids, logits[None])[0]
+                scores = logits[None]
+                if self.min_length is not None:
+                    scores = self.min_length(ids, scores)
+                logits = self.processors(ids[:, segment:], scores)[0]
             if self.greedy:
                 return int(torch.argmax(logits))
             return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator))
