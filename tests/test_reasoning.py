@@ -219,10 +219,25 @@ def test_repetition_controls_see_the_answer_apart_from_its_facts(tiny_model, poo
     assert script.seen[-1] == written[start:]  # the answer's turn to end: its own ids only
 
 
-def test_the_minimum_length_counts_the_whole_answer(tokenizer):
+class Seen:
+    def __init__(self) -> None:
+        self.ids: list[list[int]] = []
+
+    def __call__(self, input_ids, scores):
+        self.ids.append(input_ids[0].tolist())
+        return scores
+
+
+def test_the_minimum_length_and_the_forced_line_see_the_whole_answer(tokenizer):
+    """The segment view is for the repetition controls only: the minimum length counts every
+    token, and the forced answer line keeps positions in the whole answer (shown only the
+    answer, it lost the marker it had read and indexed past its own)."""
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pick = TokenPicker(temperature=0.0, top_p=1.0, min_new_tokens=5, stop_ids={stop}, seed=0, device=torch.device("cpu"))
+    segment_view, whole_view = Seen(), Seen()
+    pick = TokenPicker(temperature=0.0, top_p=1.0, min_new_tokens=5, stop_ids={stop}, seed=0, device=torch.device("cpu"),
+                       processors=[segment_view], whole_processors=[whole_view])
     logits = torch.zeros(len(tokenizer))
     logits[stop] = 1.0
     assert pick([7, 8, 9, 10], logits.clone(), segment=3) != stop  # 4 of 5 written, though the segment holds 1
     assert pick([7, 8, 9, 10, 11], logits.clone(), segment=3) == stop
+    assert segment_view.ids == [[10], [10, 11]] and whole_view.ids == [[7, 8, 9, 10], [7, 8, 9, 10, 11]]

@@ -579,8 +579,9 @@ class StreamingEngine:
             device=self.device,
             processors=processors,
         )
-        # The forced answer line keeps per-answer state: the answer's picker has it, a look-ahead draft not.
-        pick = picker(processors=[*processors, *(reasoning.processors(self.tokenizer, self.stop_ids) if reasoning else ())])
+        # The forced answer line keeps per-answer state and positions: the answer's picker has it
+        # over the whole answer; a look-ahead draft has none.
+        pick = picker(whole_processors=reasoning.processors(self.tokenizer, self.stop_ids) if reasoning else ())
 
         with stats.timing("retrieval"):
             first = self._first_query(message, history)

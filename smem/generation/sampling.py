@@ -52,7 +52,9 @@ class TokenPicker:
     the prompt, whose memory block changes under swaps; after a thinking phase, only the
     answer: a repetition penalty or n-gram ban over the model's own notes would push its answer
     away from the names and facts it just wrote down, or merge words to dodge a banned span).
-    The minimum length counts the whole answer."""
+    The minimum length and `whole_processors` (which keep positions, such as the forced answer
+    line) see the whole answer; they run in that order: minimum length, `processors`,
+    `whole_processors`, then temperature and top-p."""
 
     def __init__(
         self,
@@ -64,16 +66,19 @@ class TokenPicker:
         seed: int,
         device: torch.device,
         processors: Sequence[LogitsProcessor] = (),
+        whole_processors: Sequence[LogitsProcessor] = (),
     ) -> None:
         self.min_length = (
             MinNewTokensLengthLogitsProcessor(0, min_new_tokens, sorted(stop_ids), device=device) if min_new_tokens > 0 else None
         )
         self.processors = LogitsProcessorList(processors)
+        self.whole = LogitsProcessorList(whole_processors)
+        self.warpers = LogitsProcessorList()
         self.greedy = temperature <= 0
         if not self.greedy:
-            self.processors.append(TemperatureLogitsWarper(temperature))
+            self.warpers.append(TemperatureLogitsWarper(temperature))
             if top_p < 1.0:
-                self.processors.append(TopPLogitsWarper(top_p))
+                self.warpers.append(TopPLogitsWarper(top_p))
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
 
@@ -81,12 +86,13 @@ class TokenPicker:
         """The next token after `generated`, whose segment being written starts at `segment`."""
         # Inference mode: the logits come from it, and processors may edit scores in place.
         with torch.inference_mode():
-            if self.min_length is not None or self.processors:
+            if self.min_length is not None or self.processors or self.whole or self.warpers:
                 ids = torch.tensor([list(generated)], dtype=torch.long, device=self.device)
                 scores = logits[None]
                 if self.min_length is not None:
                     scores = self.min_length(ids, scores)
-                logits = self.processors(ids[:, segment:], scores)[0]
+                scores = self.whole(ids, self.processors(ids[:, segment:], scores))
+                logits = self.warpers(ids, scores)[0]
             if self.greedy:
                 return int(torch.argmax(logits))
             return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator))
