@@ -259,7 +259,8 @@ class Answer:
     swaps: int
     retrievals: int
     reasoning_tokens: int = 0
-    """Answer tokens before the final answer's first token (--reasoning; 0 otherwise)."""
+    """Tokens written before the final answer began: the facts and the marker (the engine's
+    thinking tokens; --reasoning, when an answer came; 0 otherwise)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -423,7 +424,11 @@ def score(
     record: dict[str, Any], question: Question, answer: Answer, instructions: Sequence[str], reasoning: bool = False
 ) -> None:
     """Score one answer; with `reasoning`, F1 and answer_words are on the final answer only, and
-    the degenerate check reads the whole text (a loop in the facts is a loop)."""
+    the degenerate check reads the facts and the final answer each on its own: a loop or a
+    copied instruction in either counts, an answer that restates its own facts does not (a
+    thinking model's thinking is not read at all). Until the engine showed its repetition
+    controls the answer apart from the facts, the facts' n-gram ban kept answers from
+    restating them, and the check read the whole text."""
     evidence = set(question.evidence)
     facts, final, marked = split_reasoning(answer.text) if reasoning else ("", answer.text, True)
     record.update(
@@ -438,7 +443,7 @@ def score(
         context_tokens=round(answer.context_tokens, 1),
         seconds=answer.seconds,
         cpu_seconds=round(answer.cpu_seconds, 3),
-        degenerate=degenerate(answer.text, instructions).reasons,
+        degenerate=[*degenerate(facts, instructions).reasons, *degenerate(final, instructions).reasons],
         answer_words=len(final.split()),
         distinct_memories=len(answer.ever),
         tokens=answer.tokens,

@@ -169,6 +169,18 @@ def test_reasoning_final_answer_f1_ignores_the_facts():
     assert record["f1"] < 0.5 and record["reasoning_words"] == 0
 
 
+def test_reasoning_degenerate_check_reads_facts_and_answer_apart():
+    question = answers.Question("Where did John go in December?", ["D1:1"], 4, "the Rocky Mountains")
+    fact = "John took a trip to the Rocky Mountains in December 2023 with his whole family."
+    record: dict = {}
+    restated = answers.Answer(f"Facts: {fact}\nAnswer: {fact}", set(), set(), 0.0, 1.0, 1.0, 40, 0, 1)
+    answers.score(record, question, restated, [], reasoning=True)
+    assert record["degenerate"] == []  # an answer may restate its own facts
+    looping = answers.Answer(f"Facts: {fact} {fact}\nAnswer: the Rocky Mountains", set(), set(), 0.0, 1.0, 1.0, 60, 0, 1)
+    answers.score(record, question, looping, [], reasoning=True)
+    assert record["degenerate"]  # a loop inside the facts is a loop
+
+
 class ScriptedEngine:
     """Replays a fixed event stream: the memories change while the facts are written, and
     again just before the final answer's first token. A token written "~text" is thinking
