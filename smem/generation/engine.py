@@ -534,8 +534,8 @@ class StreamingEngine:
         (docs/benchmarks.md, "Anchored streaming"); unset, it is `REASONING_EXTRA_MEMORIES` for an
         answer with prompted reasoning (`enable_thinking` on a model whose profile asks for it)
         and 0 otherwise. `logits_processor` (transformers'
-        `LogitsProcessor`s, e.g. a repetition penalty) see the answer's ids and run before
-        temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
+        `LogitsProcessor`s, e.g. a repetition penalty) see the ids of the segment being written
+        (after a thinking phase, the answer's; `TokenPicker`) and run before temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
         also stops it. `Done.stats.tokens_per_s` is the decode rate after the first token.
         """

@@ -70,8 +70,9 @@ class AnswerBeforeEnd(LogitsProcessor):
     an end token is merely possible (sampling), take it out of the draw.
 
     Forcing the step a model skipped is what thinking budgets do with `</think>`. Runs after the
-    decoding profile's processors, before temperature, on the answer's ids (the engine passes
-    those, not the prompt). One per answer: it keeps where its forced marker began."""
+    decoding profile's processors, before temperature, on the ids of the whole answer, facts
+    included (the engine's `TokenPicker` passes it those, never the prompt). One per answer: it
+    keeps where its forced marker began."""
 
     def __init__(self, tokenizer: Any, stop_ids: frozenset[int]) -> None:
         self.tokenizer = tokenizer
