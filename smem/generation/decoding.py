@@ -48,8 +48,8 @@ can repeat: over the 313 notes of memories/*.json, Qwen's tokenizer writes at le
 PROFILES: dict[str, DecodingProfile] = {
     # Qwen2.5 small instruct models' generation_config.json (0.5B and 1.5B ship
     # temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.1). The reasoning phase is the
-    # 1.5B's only: with it, its LoCoMo RAG F1 went 0.190 -> 0.232 and streaming beat RAG (+0.032
-    # over 240 answers), where the 0.5B's RAG F1 fell 0.168 -> 0.112 (docs/benchmarks.md, issue 10).
+    # 1.5B's only: with it, its LoCoMo RAG F1 went 0.190 -> 0.232, where the 0.5B's fell
+    # 0.168 -> 0.112 (docs/benchmarks.md, issue 10).
     "qwen2.5-coder-0.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM),
     "qwen2.5-coder-1.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, prompted_reasoning=True),
     # Qwen3's model card, thinking mode: temperature 0.6, top_p 0.95, top_k 20, and no
