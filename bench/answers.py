@@ -271,8 +271,9 @@ def ask(engine: StreamingEngine, message: str, now: Any, reasoning: bool = False
     first token after any thinking (a thinking model's, or with `reasoning` the facts before the
     engine's answer marker), else the first token written. A `MemoryUpdate` is yielded before
     the token decoded under it, so `current` is the context that token was written in. With
-    `reasoning` the text is put back as the model wrote it ("Facts: ...\nAnswer: ..."), for
-    `split_reasoning` to score; a thinking model's thinking is left out."""
+    `reasoning` the two parts are joined again as "Facts: ...\nAnswer: ..." (whitespace around the
+    marker may differ from the model's) for `split_reasoning` to score; a thinking model's
+    thinking is left out."""
     current: set[str] = set()
     ever: set[str] = set()
     at_first: Optional[set[str]] = None
