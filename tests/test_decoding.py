@@ -71,8 +71,8 @@ def greedy_ids(model, tokenizer, pool) -> list[int]:
     picked: list[int] = []
     original = sampling.TokenPicker.__call__
 
-    def record(self, generated, logits):
-        picked.append(original(self, generated, logits))
+    def record(self, generated, logits, segment=0):
+        picked.append(original(self, generated, logits, segment))
         return picked[-1]
 
     sampling.TokenPicker.__call__ = record

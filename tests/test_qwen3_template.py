@@ -135,7 +135,7 @@ def test_thinking_is_split_and_re_retrieval_swaps_inside_it(tokenizer, monkeypat
     )
     script = [think, *encode(tokenizer, thought), end_think, *encode(tokenizer, "\n\nStart with a soccer problem."), im_end]
     # The engine writes the script: its token picker is told the next token.
-    monkeypatch.setattr(sampling.TokenPicker, "__call__", lambda self, generated, logits: script[len(generated)])
+    monkeypatch.setattr(sampling.TokenPicker, "__call__", lambda self, generated, logits, segment=0: script[len(generated)])
     scripted = Reading(model)
     engine = StreamingEngine(scripted, tokenizer, pool, swap_budget=None)
     events = list(
