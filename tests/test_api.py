@@ -566,3 +566,21 @@ def test_a_wrong_method_is_a_405_in_the_error_shape_with_allow(client: TestClien
         assert response.headers["allow"] in ("POST", "GET")
     response = client.get("/no/such/path")
     assert response.status_code == 404 and response.json()["error"]["status"] == 404
+
+
+def test_the_streaming_query_settings_reach_the_engine(client: TestClient) -> None:
+    """The variants the answer benchmark tried are request fields: each changes what the engine does."""
+    long = {"max_new_tokens": 16, "update_every_n": 1}
+
+    def sets(events: list[dict[str, Any]]) -> list[set[str]]:
+        return [{m["id"] for m in e["memories"]} for e in events if e["type"] in ("memories", "memory_update")]
+
+    never, always = (chat(client, **long, retrieval_trigger="uncertainty", uncertainty_threshold=t) for t in (0.0, 1.0))
+    assert never[-1]["retrievals"] < always[-1]["retrievals"], "a token below the threshold triggers a re-retrieval"
+    free = sets(chat(client, **long, extra_memories=0))
+    anchored = sets(chat(client, **long, extra_memories=2))
+    assert any(not free[0] <= later for later in free[1:]), "unanchored, a swap replaces a first memory"
+    assert len(anchored) > 1 and all(anchored[0] <= later for later in anchored[1:]), "anchored, the first memories stay"
+    assert max(map(len, anchored)) <= len(anchored[0]) + 2
+    assert chat(client, **long, lookahead_tokens=8)[-1]["extra"]["drafted_tokens"] == 8
+    assert chat(client, **long)[-1]["extra"]["drafted_tokens"] == 0

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union, get_args
 
 import torch
 from transformers import DynamicCache
@@ -66,6 +66,20 @@ DEFAULT_UNCERTAINTY_THRESHOLD = 0.4
 """Token probability under which the "uncertainty" trigger re-retrieves (FLARE's θ, a free
 parameter there too). Not tuned: bench/answers.py reports how often it fires (retrievals per
 answer) and takes `--uncertainty-threshold` to try others."""
+
+MAX_LOOKAHEAD_TOKENS = 64
+"""Longest look-ahead draft the app and the API accept: twice the benchmark's 32 tokens (one
+sentence, FLARE's draft; docs/benchmarks.md, "Look-ahead"). Chosen: the draft is written unseen
+before the first shown token, so each of its tokens delays the answer by a decode step."""
+
+MAX_EXTRA_MEMORIES = 10
+"""Most anchored extra slots the app and the API accept (chosen): five times the measured 2, so
+with the 15-memory maximum at most 25 notes; the memory token budget bounds their text anyway
+(`with_anchors`)."""
+
+ExtraMemories = Union[int, Literal["auto"]]
+"""Anchored extra slots of an answer, or "auto": the engine's choice, 2 while the model writes
+a prompted reasoning phase and 0 otherwise (`engine.REASONING_EXTRA_MEMORIES`)."""
 
 Forward = Callable[..., torch.Tensor]
 """`forward(ids, cache, attention_mask=None, position_ids=None) -> next-token logits`: appends

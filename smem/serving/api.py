@@ -310,6 +310,10 @@ def engine_arguments(request: Any, fitted: prompt_budget.FittedPrompt) -> dict[s
         "enable_thinking": request.enable_thinking,
         "sample_memories": request.sample_memories,
         "swap": None if request.swap == "auto" else request.swap,
+        "retrieval_trigger": request.retrieval_trigger,
+        "uncertainty_threshold": request.uncertainty_threshold,
+        "lookahead_tokens": request.lookahead_tokens,
+        "extra_memories": None if request.extra_memories == "auto" else request.extra_memories,
     }
 
 

@@ -15,12 +15,28 @@ import typing
 from dataclasses import fields
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smem.generation import events
-from smem.generation.swap import SwapChoice
+from smem.generation.swap import (
+    DEFAULT_UNCERTAINTY_THRESHOLD,
+    MAX_EXTRA_MEMORIES,
+    MAX_LOOKAHEAD_TOKENS,
+    RetrievalTrigger,
+    SwapChoice,
+)
 from smem.memory.records import Hit
 
 CHAT_PATH = "/chat/stream"
@@ -39,6 +55,24 @@ def _integral(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema has it: `2.0` is one, `2.5`, `"2"` and `true` are not."""
+
+
+def _extra_memories(value: Any) -> Union[int, str]:
+    value = _integral(value)
+    if value == "auto" or (type(value) is int and 0 <= value <= MAX_EXTRA_MEMORIES):
+        return value
+    raise PydanticCustomError(
+        "extra_memories", 'must be "auto" or an integer from 0 to {limit}, got {value}', {"limit": MAX_EXTRA_MEMORIES, "value": repr(value)}
+    )
+
+
+ExtraMemoriesField = Annotated[
+    Union[int, str],
+    PlainValidator(_extra_memories),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_EXTRA_MEMORIES}, {"const": "auto"}]}),
+]
+"""`extra_memories`: "auto" or a count, checked in one place so a refusal names the field alone
+(a pydantic union would name each of its branches)."""
 
 
 class ApiSettings(BaseSettings):
@@ -238,6 +272,30 @@ def chat_request_model(
             "reads only the newcomers' lines and slides what follows by re-rotating its keys (approximate: text already "
             "written keeps its cache; cost independent of the answer's length); `slots` rewrites fixed-size slots "
             "(approximate, kept for comparison). `auto`: exact on a GPU, splice on a CPU.",
+        )
+        # The streaming-query variants issue 10 tried, kept as settings with the engine's defaults
+        # (docs/benchmarks.md: none beat the fixed interval on F1); their ranges are the app's.
+        retrieval_trigger: RetrievalTrigger = Field(
+            default="interval",
+            description="When to re-retrieve: `interval`, every `update_every_n` tokens from the last `lookback_tokens`; "
+            "`uncertainty` (FLARE), when a token's probability is below `uncertainty_threshold`, at most once every "
+            "`update_every_n` tokens, with the message and the sentence being written as the query.",
+        )
+        uncertainty_threshold: float = Field(
+            default=DEFAULT_UNCERTAINTY_THRESHOLD, ge=0.0, le=1.0, description="The `uncertainty` trigger's token probability."
+        )
+        lookahead_tokens: JsonInt = Field(
+            default=0,
+            ge=0,
+            le=MAX_LOOKAHEAD_TOKENS,
+            description="FLARE's look-ahead: draft the answer's first sentence (at most this many tokens) unseen and start "
+            "the answer in the memories the message and the draft retrieve. 0 is off.",
+        )
+        extra_memories: ExtraMemoriesField = Field(
+            default="auto",
+            description="Anchoring: the memories in context when the answer starts stay for the whole answer, and "
+            "re-retrievals fill up to this many more slots instead of replacing the set (0: they replace it). `auto`: 2 "
+            "while the model writes a prompted reasoning phase (the packaged 1.5B with `enable_thinking`), else 0.",
         )
 
         @field_validator("message")
