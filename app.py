@@ -231,6 +231,25 @@ def build_demo() -> gr.Blocks:
                             info="exact: re-read the context; splice: put in only new memories' lines, read ahead at start (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
                         )
                     )
+                # The streaming-query variants the answer benchmark tried; none beat the defaults on F1.
+                with gr.Row():
+                    knobs.append(
+                        gr.Radio(
+                            list(actions.RETRIEVAL_TRIGGERS),
+                            value=DEFAULTS.retrieval_trigger,
+                            label="Retrieval trigger",
+                            info="interval: every N tokens; uncertainty: when a token is unlikely (FLARE), at most every N tokens",
+                        )
+                    )
+                    knobs += [gr.Slider(**_slider(name)) for name in ("uncertainty_threshold", "lookahead_tokens")]
+                    knobs.append(
+                        gr.Dropdown(
+                            list(actions.EXTRA_MEMORY_CHOICES),
+                            value=DEFAULTS.extra_memories,
+                            label="Anchored extra memories",
+                            info="Keep the memories the answer starts with; re-retrievals fill this many more slots (auto: 2 while reasoning, else 0)",
+                        )
+                    )
             with gr.Tab("Memory set", elem_id="tab-set"):
                 with gr.Row():
                     upload = gr.UploadButton(
@@ -299,6 +318,10 @@ def build_demo() -> gr.Blocks:
             enable_thinking: bool,
             sample_memories: bool,
             swap: str,
+            retrieval_trigger: str,
+            uncertainty_threshold: float,
+            lookahead_tokens: float,
+            extra_memories: Any,
             keys: dict,
             request: gr.Request,
         ):
@@ -319,6 +342,10 @@ def build_demo() -> gr.Blocks:
                     enable_thinking=enable_thinking,
                     sample_memories=sample_memories,
                     swap=swap,
+                    retrieval_trigger=retrieval_trigger,
+                    uncertainty_threshold=uncertainty_threshold,
+                    lookahead_tokens=lookahead_tokens,
+                    extra_memories=extra_memories,
                 )
             except ValueError as error:
                 raise gr.Error(str(error)) from None

@@ -76,6 +76,7 @@ def memory_file(tmp_path: Path, contents: list[str], name: str = "set.json") -> 
 KNOBS = (
     "update_every_n", "max_memories", "max_new_tokens", "softmax_temperature", "diversity_weight",
     "association_weight", "lookback_tokens", "temperature", "enable_thinking", "sample_memories", "swap",
+    "retrieval_trigger", "uncertainty_threshold", "lookahead_tokens", "extra_memories",
 )  # fmt: skip
 """/answer's inputs after the chat, in order (an undocumented endpoint takes no keywords)."""
 
@@ -227,6 +228,12 @@ def test_out_of_range_settings_and_empty_messages_are_refused(app_server):
         ask(client(app_server), update_every_n=0)
     with pytest.raises(AppError, match="greater than maximum value 15"):
         ask(client(app_server), max_memories=16)
+    with pytest.raises(AppError, match="greater than maximum value 64"):
+        ask(client(app_server), lookahead_tokens=65)
+    with pytest.raises(AppError, match="not in the list of choices"):
+        ask(client(app_server), extra_memories=11)
+    with pytest.raises(AppError, match="not in the list of choices"):
+        ask(client(app_server), retrieval_trigger="entropy")
     with pytest.raises(AppError, match="message"):
         ask(client(app_server), message="   ")
 
@@ -293,7 +300,7 @@ def test_every_slider_on_the_page_is_one_the_layout_placed(app_server):
     (an update built at build time) rendered as a bare "Slider" under the tabs."""
     sliders = [c["props"] for c in get_json(app_server.url + "/config")["components"] if c["type"] == "slider"]
     assert all(props.get("label") for props in sliders), [p for p in sliders if not p.get("label")]
-    assert len(sliders) == 10  # the token scrubber, 8 settings, the new memory's intensity
+    assert len(sliders) == 12  # the token scrubber, 10 settings, the new memory's intensity
 
 
 def test_app_waits_for_the_model_while_the_api_streams(app_server):

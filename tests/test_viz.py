@@ -381,6 +381,17 @@ def test_settings_are_validated_by_name_and_reach_pool_and_engine(pool):
     assert settings.stream_kwargs()["swap"] is None  # auto: the engine decides by hardware
     assert actions.GenerationSettings(swap="slots").stream_kwargs()["swap"] == "slots"
     assert settings.stream_kwargs()["sample_memories"] is True
+    with pytest.raises(ValueError, match="retrieval_trigger"):
+        actions.GenerationSettings(retrieval_trigger="entropy")
+    with pytest.raises(ValueError, match="lookahead_tokens"):
+        actions.GenerationSettings(lookahead_tokens=65)
+    for bad in (11, -1, 2.5, True, None, "2"):
+        with pytest.raises(ValueError, match="extra_memories"):
+            actions.GenerationSettings(extra_memories=bad)
+    assert settings.stream_kwargs()["extra_memories"] is None  # auto: the engine decides by its reasoning
+    anchored = actions.GenerationSettings(extra_memories=3.0, retrieval_trigger="uncertainty", uncertainty_threshold=0.2)
+    wanted = {"extra_memories": 3, "retrieval_trigger": "uncertainty", "uncertainty_threshold": 0.2, "lookahead_tokens": 0}
+    assert wanted.items() <= anchored.stream_kwargs().items()
     target = pool.copy()
     settings.apply_to(target)
     assert target.diversity_weight == 0.25

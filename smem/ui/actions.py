@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from smem.generation.events import Done, Event
-from smem.generation.swap import SWAP_CHOICES
+from smem.generation.swap import (
+    DEFAULT_UNCERTAINTY_THRESHOLD,
+    MAX_EXTRA_MEMORIES,
+    MAX_LOOKAHEAD_TOKENS,
+    RETRIEVAL_TRIGGERS,
+    SWAP_CHOICES,
+    ExtraMemories,
+)
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
@@ -46,6 +53,9 @@ GPU_MAX_S = 240
 (ZeroGPU README, "Duration")."""
 
 MEMORY_TYPES = tuple(member.value for member in MemoryType)
+
+EXTRA_MEMORY_CHOICES: tuple[ExtraMemories, ...] = ("auto", *range(MAX_EXTRA_MEMORIES + 1))
+"""The anchoring menu: the engine's choice, or a number of extra slots."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,14 @@ SETTINGS: dict[str, Setting] = {
         0.0, 2.0, MEMORY_SETTINGS.association_weight, 0.05, "Association weight", "Pull toward memories that served similar questions before"
     ),
     "lookback_tokens": Setting(10, 200, 60, 5, "Lookback tokens", "Recent text used as the retrieval query"),
+    "uncertainty_threshold": Setting(
+        0.0, 1.0, DEFAULT_UNCERTAINTY_THRESHOLD, 0.05, "Uncertainty threshold",
+        "Uncertainty trigger: re-retrieve when a token's probability is below this",
+    ),
+    "lookahead_tokens": Setting(
+        0, MAX_LOOKAHEAD_TOKENS, 0, 4, "Look-ahead tokens",
+        "Draft this many tokens unseen, then start in the memories the draft finds (0 = off)",
+    ),
     "temperature": Setting(0.0, 1.5, 0.7, 0.05, "LLM temperature", "0 = greedy"),
     "max_new_tokens": Setting(16, 2048, 512, 16, "Max new tokens"),
 }
@@ -103,6 +121,15 @@ class GenerationSettings:
     swap: str = "auto"
     """How memory swaps edit the cache: "exact", "splice", "slots" or "auto" (exact on GPUs,
     splice on CPUs; `smem.generation.swap`)."""
+    retrieval_trigger: str = "interval"
+    """When to re-retrieve: "interval" (every N tokens, the default: no variant beat it on F1)
+    or "uncertainty" (FLARE: a token below `uncertainty_threshold`, at most every N tokens)."""
+    uncertainty_threshold: float = DEFAULT_UNCERTAINTY_THRESHOLD
+    lookahead_tokens: int = 0
+    """FLARE's look-ahead, off by default: it changed the first memories but not F1
+    (docs/benchmarks.md, "Look-ahead")."""
+    extra_memories: ExtraMemories = "auto"
+    """Anchored extra slots, or "auto" (the engine's: 2 with prompted reasoning, else 0)."""
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -114,6 +141,24 @@ class GenerationSettings:
             if item.name == "swap":
                 if value not in SWAP_CHOICES:
                     raise ValueError(f"Memory swap (swap) must be one of {', '.join(SWAP_CHOICES)}, got {value!r}")
+                continue
+            if item.name == "retrieval_trigger":
+                if value not in RETRIEVAL_TRIGGERS:
+                    raise ValueError(
+                        f"Retrieval trigger (retrieval_trigger) must be one of {', '.join(RETRIEVAL_TRIGGERS)}, got {value!r}"
+                    )
+                continue
+            if item.name == "extra_memories":
+                if isinstance(value, float) and value.is_integer():  # a number widget's 2.0
+                    value = int(value)
+                    object.__setattr__(self, item.name, value)
+                if value != "auto" and (
+                    isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXTRA_MEMORIES
+                ):
+                    raise ValueError(
+                        f"Anchored extra memories (extra_memories) must be auto or an integer between 0 and "
+                        f"{MAX_EXTRA_MEMORIES}, got {value!r}"
+                    )
                 continue
             if item.name == "seed":
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32):
@@ -149,6 +194,10 @@ class GenerationSettings:
             "sample_memories": self.sample_memories,
             "swap": None if self.swap == "auto" else self.swap,
             "seed": self.seed,
+            "retrieval_trigger": self.retrieval_trigger,
+            "uncertainty_threshold": self.uncertainty_threshold,
+            "lookahead_tokens": self.lookahead_tokens,
+            "extra_memories": None if self.extra_memories == "auto" else self.extra_memories,
         }
 
 
