@@ -96,7 +96,7 @@ REASONING_EXTRA_MEMORIES = 2
 """Anchored slots of an answer with prompted reasoning: every LoCoMo run where streaming beat
 retrieving once with an interval above zero paired the reasoning phase with anchoring at 2
 extra slots (the packaged 1.5B, +0.044 F1 at N=10 over 120 answers, +0.032 at N=1 over 240,
-both while the repetition controls also saw the facts; +0.013 over 120 since;
+both while the repetition controls also saw the facts; +0.024 at N=1 over the same 240 since;
 docs/benchmarks.md, "Every paired comparison so far"). 2 was chosen before those runs: at most 7
 memories, room for a multi-hop question's second piece of evidence and one more."""
 

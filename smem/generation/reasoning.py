@@ -7,8 +7,8 @@ they give re-retrieval a phase to act in before the answer starts. On LoCoMo (is
 docs/benchmarks.md "Every paired comparison so far") this is the one setup where streaming beat
 retrieving once with an interval above zero: the packaged 1.5B, +0.032 F1 [+0.008, +0.057] over
 240 answers, while the repetition controls also saw the facts; with them seeing the answer
-alone (`TokenPicker`), every condition gains and streaming ties RAG, +0.013 [-0.016, +0.044]
-over 120. It costs the 0.5B F1 (RAG 0.168 answering directly, 0.112 with the phase), so a
+alone (`TokenPicker`), every condition gains, RAG the most, and streaming's lead is +0.024
+[+0.004, +0.045] over the same 240. It costs the 0.5B F1 (RAG 0.168 answering directly, 0.112 with the phase), so a
 model's decoding profile says whether it gets it (`DecodingProfile.prompted_reasoning`).
 
 The engine streams the facts as `Thinking` events and what follows "Answer:" as `Token` events,
