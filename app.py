@@ -223,24 +223,10 @@ def build_demo() -> gr.Blocks:
                             info="Draw from the softmax (off: always the top scores)",
                         )
                     )
-                    knobs.append(
-                        gr.Radio(
-                            list(actions.SWAP_CHOICES),
-                            value=DEFAULTS.swap,
-                            label="Memory swap",
-                            info="exact: re-read the context; splice: put in only new memories' lines, read ahead at start (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
-                        )
-                    )
+                    knobs.append(gr.Radio(**_radio("swap")))
                 # The streaming-query variants the answer benchmark tried; none beat the defaults on F1.
                 with gr.Row():
-                    knobs.append(
-                        gr.Radio(
-                            list(actions.RETRIEVAL_TRIGGERS),
-                            value=DEFAULTS.retrieval_trigger,
-                            label="Retrieval trigger",
-                            info="interval: every N tokens; uncertainty: when a token is unlikely (FLARE), at most every N tokens",
-                        )
-                    )
+                    knobs.append(gr.Radio(**_radio("retrieval_trigger")))
                     knobs += [gr.Slider(**_slider(name)) for name in ("uncertainty_threshold", "lookahead_tokens")]
                     knobs.append(
                         gr.Dropdown(
@@ -610,6 +596,17 @@ def _slider(name: str) -> dict[str, Any]:
         "step": spec.step,
         "label": spec.label,
         "info": spec.info or None,
+        "elem_id": f"knob-{name.replace('_', '-')}",
+    }
+
+
+def _radio(name: str) -> dict[str, Any]:
+    spec = actions.CHOICES[name]
+    return {
+        "choices": list(spec.choices),
+        "value": getattr(DEFAULTS, name),
+        "label": spec.label,
+        "info": spec.info,
         "elem_id": f"knob-{name.replace('_', '-')}",
     }
 

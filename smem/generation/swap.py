@@ -81,6 +81,16 @@ ExtraMemories = Union[int, Literal["auto"]]
 """Anchored extra slots of an answer, or "auto": the engine's choice, 2 while the model writes
 a prompted reasoning phase and 0 otherwise (`engine.REASONING_EXTRA_MEMORIES`)."""
 
+
+def parse_extra_memories(value: Any) -> ExtraMemories:
+    """`extra_memories` as the app and the API take it, checked in one place: "auto", or a whole
+    number of slots from 0 to `MAX_EXTRA_MEMORIES` (2.0 is one, as JSON Schema counts; True is not)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value == "auto" or (type(value) is int and 0 <= value <= MAX_EXTRA_MEMORIES):
+        return value
+    raise ValueError(f'must be "auto" or an integer from 0 to {MAX_EXTRA_MEMORIES}, got {value!r}')
+
 Forward = Callable[..., torch.Tensor]
 """`forward(ids, cache, attention_mask=None, position_ids=None) -> next-token logits`: appends
 `ids` to `cache` (at the cache's next positions unless `position_ids` says otherwise)."""

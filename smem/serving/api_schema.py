@@ -36,6 +36,7 @@ from smem.generation.swap import (
     MAX_LOOKAHEAD_TOKENS,
     RetrievalTrigger,
     SwapChoice,
+    parse_extra_memories,
 )
 from smem.memory.records import Hit
 
@@ -58,12 +59,10 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 def _extra_memories(value: Any) -> Union[int, str]:
-    value = _integral(value)
-    if value == "auto" or (type(value) is int and 0 <= value <= MAX_EXTRA_MEMORIES):
-        return value
-    raise PydanticCustomError(
-        "extra_memories", 'must be "auto" or an integer from 0 to {limit}, got {value}', {"limit": MAX_EXTRA_MEMORIES, "value": repr(value)}
-    )
+    try:
+        return parse_extra_memories(value)
+    except ValueError as error:
+        raise PydanticCustomError("extra_memories", "{problem}", {"problem": str(error)}) from None
 
 
 ExtraMemoriesField = Annotated[

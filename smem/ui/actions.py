@@ -30,6 +30,7 @@ from smem.generation.swap import (
     RETRIEVAL_TRIGGERS,
     SWAP_CHOICES,
     ExtraMemories,
+    parse_extra_memories,
 )
 from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
@@ -101,6 +102,29 @@ SETTINGS: dict[str, Setting] = {
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A knob with named values; the UI builds its radio from this."""
+
+    choices: tuple[str, ...]
+    label: str
+    info: str
+
+
+CHOICES: dict[str, Choice] = {
+    "swap": Choice(
+        SWAP_CHOICES,
+        "Memory swap",
+        "exact: re-read the context; splice: put in only new memories' lines, read ahead at start (approximate); slots: fixed slots; auto: exact on GPU, splice on CPU",
+    ),
+    "retrieval_trigger": Choice(
+        RETRIEVAL_TRIGGERS,
+        "Retrieval trigger",
+        "interval: every N tokens; uncertainty: when a token is unlikely (FLARE), at most every N tokens",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """Every knob of one answer; validated so the app's API endpoint rejects bad values
     with the knob's name rather than failing deep inside the engine."""
@@ -138,27 +162,16 @@ class GenerationSettings:
             if item.name in ("enable_thinking", "sample_memories"):
                 object.__setattr__(self, item.name, bool(value))
                 continue
-            if item.name == "swap":
-                if value not in SWAP_CHOICES:
-                    raise ValueError(f"Memory swap (swap) must be one of {', '.join(SWAP_CHOICES)}, got {value!r}")
-                continue
-            if item.name == "retrieval_trigger":
-                if value not in RETRIEVAL_TRIGGERS:
-                    raise ValueError(
-                        f"Retrieval trigger (retrieval_trigger) must be one of {', '.join(RETRIEVAL_TRIGGERS)}, got {value!r}"
-                    )
+            if item.name in CHOICES:
+                choice = CHOICES[item.name]
+                if value not in choice.choices:
+                    raise ValueError(f"{choice.label} ({item.name}) must be one of {', '.join(choice.choices)}, got {value!r}")
                 continue
             if item.name == "extra_memories":
-                if isinstance(value, float) and value.is_integer():  # a number widget's 2.0
-                    value = int(value)
-                    object.__setattr__(self, item.name, value)
-                if value != "auto" and (
-                    isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXTRA_MEMORIES
-                ):
-                    raise ValueError(
-                        f"Anchored extra memories (extra_memories) must be auto or an integer between 0 and "
-                        f"{MAX_EXTRA_MEMORIES}, got {value!r}"
-                    )
+                try:
+                    object.__setattr__(self, item.name, parse_extra_memories(value))
+                except ValueError as error:
+                    raise ValueError(f"Anchored extra memories (extra_memories) {error}") from None
                 continue
             if item.name == "seed":
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32):
