@@ -9,7 +9,9 @@ among the first k memories retrieved.
 
 "Learning on" learns like the streaming engine does from an answer: the first `--context`
 memories retrieved (the app puts 5 in context) are reinforced together with the question as
-the query. Nothing else reaches the pool: evidence, answers and categories are only read to
+the query. "Learning off" keeps the links made at encoding and learns nothing from the
+questions; "no Hebbian wiring" has neither, so the three rows separate what encoding links
+and learning from use each add. Nothing else reaches the pool: evidence, answers and categories are only read to
 score recall and, after the run, to count how many learned links joined two evidence turns.
 
     python bench/locomo.py --data ../shared/data/locomo-dev.json            # main table
@@ -233,6 +235,14 @@ def with_weights(setup: Setup, **changes: float) -> dict:
     return {"weights": replace(setup.options["weights"], **changes)}
 
 
+def no_wiring(setup: Setup) -> dict:
+    """Run options with no Hebbian wiring at all: no links made at encoding (the contiguity
+    links between adjacent same-day turns) and no learning from the questions. Against it,
+    learning on measures everything Hebbian the pool learns; against learning off (encoding
+    links kept), what it learns from use alone."""
+    return {"learn": False, **with_weights(setup, encoding_window=0)}
+
+
 def ablation(setup: Setup) -> None:
     """One row per Hebbian term removed from the full system (learning on)."""
     zero = dict(recency=0.0, frequency=0.0, emotion=0.0, links=0.0, encoding_window=0, time=0.0)
@@ -298,15 +308,20 @@ def learning_curve(setup: Setup, shuffles: int = 3, parts: int = 5) -> None:
 
 
 def by_conversation(setup: Setup) -> None:
-    """Learning on minus off, per conversation: is the overall difference one conversation's?"""
-    print("\nLearning on − off per conversation (dev): recall@10 on / off (difference; recall@5 difference)")
-    print("| conversation | questions | recall@10 on / off | difference | recall@5 difference |\n|---|---|---|---|---|")
+    """Learning on minus off, and minus no Hebbian wiring at all, per conversation: is the
+    overall difference one conversation's?"""
+    print("\nPer conversation (dev): recall@10 learning on / off / no Hebbian wiring; differences from learning on")
+    print("| conversation | questions | recall@10 on / off / no wiring | on − off (recall@5) | on − no wiring (recall@5) |\n"
+          "|---|---|---|---|---|")
     for conv, vectors, queries in zip(setup.conversations, setup.vectors, setup.queries):
-        on, off = Recall(), Recall()
-        for learn, recall in ((True, on), (False, off)):
-            run_pool(conv, setup.embedder, vectors, queries, recall, learn=learn, **setup.options)
-        (on5, on10, _), (off5, off10, _) = on.row(), off.row()
-        print(f"| {conv.sample_id} | {len(conv.questions)} | {on10:.3f} / {off10:.3f} | {on10 - off10:+.3f} | {on5 - off5:+.3f} |")
+        rows = []
+        for options in ({**setup.options}, {**setup.options, "learn": False}, {**setup.options, **no_wiring(setup)}):
+            recall = Recall()
+            run_pool(conv, setup.embedder, vectors, queries, recall, **options)
+            rows.append(recall.row())
+        (on5, on10, _), (off5, off10, _), (bare5, bare10, _) = rows
+        print(f"| {conv.sample_id} | {len(conv.questions)} | {on10:.3f} / {off10:.3f} / {bare10:.3f} | "
+              f"{on10 - off10:+.3f} ({on5 - off5:+.3f}) | {on10 - bare10:+.3f} ({on5 - bare5:+.3f}) |")
 
 
 def hubs_report(setup: Setup, buckets: Sequence[int] = (0, 1, 2, 4, 8)) -> None:
@@ -401,6 +416,7 @@ def main() -> None:
             run_cosine(conv, vecs, qs, systems["cosine"])
         systems["MemoryPool"] = evaluate(setup)
         systems["MemoryPool, learning off"] = evaluate(setup, learn=False)
+        systems["MemoryPool, no Hebbian wiring (no encoding links, learning off)"] = evaluate(setup, **no_wiring(setup))
         print("\n" + table_header("system"))
         for name, recall in systems.items():
             print(table_row(name, recall))
