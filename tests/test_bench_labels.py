@@ -67,3 +67,18 @@ def test_labels_never_reach_the_pool(tmp_path, keyed):
     assert (first.learning.updates, first.learning.answers) == (second.learning.updates, second.learning.answers) == (3, 3)
     assert [m.to_record() for m in first] == [m.to_record() for m in second]
     assert CANARY.encode() not in saved
+
+
+def test_the_three_pool_rows_differ_in_what_they_wire(tmp_path, keyed):
+    """Learning on, learning off and no Hebbian wiring: encoding links in the first two only,
+    learning from the questions in the first only (the main table's three pool rows)."""
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([sample(["D1:3"], "a beagle", 4)]), encoding="utf-8")
+    [conv] = locomo.load(path)
+    embedder = keyed(dim=16)
+    vectors, queries = embedder.encode(conv.texts), embedder.encode([q for q, _, _ in conv.questions])
+    setup = locomo.Setup([conv], embedder, [vectors], [queries], {"weights": locomo.ScoringWeights()})
+    rows = {"on": {}, "off": {"learn": False}, "no wiring": locomo.no_wiring(setup)}
+    pools = {name: locomo.run_pool(conv, embedder, vectors, queries, **{**setup.options, **options}) for name, options in rows.items()}
+    assert {name: len(pool.links("encoding")) > 0 for name, pool in pools.items()} == {"on": True, "off": True, "no wiring": False}
+    assert {name: pool.learning.updates for name, pool in pools.items()} == {"on": 3, "off": 0, "no wiring": 0}
