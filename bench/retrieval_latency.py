@@ -232,6 +232,22 @@ def simd() -> str:
     return f"{model or platform.processor()}, {os.cpu_count()} cores, " + ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
 
 
+def code_paths() -> dict[str, str]:
+    """The vector code each library actually runs, which environment variables can lower below
+    what the CPU has (numpy `NPY_DISABLE_CPU_FEATURES`, OpenBLAS `OPENBLAS_CORETYPE`, faiss
+    `FAISS_SIMD_LEVEL`): a run that emulates an AVX2-only CPU on an AVX-512 one says so here."""
+    import faiss
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{pool['internal_api']} {pool.get('architecture')}" for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return {
+        "numpy": "X86_V4 (AVX-512)" if features.get("X86_V4") else "X86_V3 (AVX2)" if features.get("X86_V3") else "below AVX2",
+        "blas": ", ".join(blas),
+        "faiss": faiss.SIMDConfig.get_level_name(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
@@ -247,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     config = vars(args)
     print_run_config(args)
-    print({"simd": simd(), "numpy": np.__version__, "load_average": os.getloadavg()})
+    print({"simd": simd(), "code paths": code_paths(), "numpy": np.__version__, "load_average": os.getloadavg()})
     print(
         "\n| shape | memories | retrieve CPU | brute force CPU | CPU ratio | retrieve wall median (p95) | brute force wall median (p95) "
         "| identical to exact | candidates scored (median, max) | rounds | memory used | build (quantisation) |"
