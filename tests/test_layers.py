@@ -49,3 +49,21 @@ def test_memory_layer_pulls_in_no_web_or_plotting_framework():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_app_and_the_api_carry_the_same_answer_knobs():
+    """One list of answer knobs (`smem.generation.engine.ANSWER_KNOBS`), each a keyword of the
+    engine's `stream`, carried by the app's settings and by the API's request alike; a knob
+    both edges carry but the list leaves out would reach the engine from neither."""
+    import inspect
+    from dataclasses import fields
+
+    from smem.generation.engine import ANSWER_KNOBS, StreamingEngine
+    from smem.serving.api_schema import ApiSettings, chat_request_model
+    from smem.ui.actions import GenerationSettings
+
+    keywords = set(inspect.signature(StreamingEngine.stream).parameters)
+    request = set(chat_request_model(ApiSettings(), lambda: ["tutor"]).model_fields)
+    settings = {item.name for item in fields(GenerationSettings)}
+    assert [knob for knob in ANSWER_KNOBS if knob not in keywords & request & settings] == []
+    assert (keywords & request & settings) - set(ANSWER_KNOBS) == set()

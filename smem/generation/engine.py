@@ -92,6 +92,25 @@ the fp32 vector > 0.9999. The first query (also used for learning) stays fp32.""
 SENTENCE_END = re.compile(r"[.!?\n]")
 """A token holding one of these ends the sentence the "uncertainty" trigger queries with."""
 
+ANSWER_KNOBS: tuple[str, ...] = (
+    "update_every_n", "max_memories", "lookback_tokens", "max_new_tokens", "temperature", "seed",
+    "enable_thinking", "sample_memories", "swap", "retrieval_trigger", "uncertainty_threshold",
+    "lookahead_tokens", "extra_memories",
+)
+"""The answer knobs a user sets, in the app's Settings tab and in the API's request alike, each
+named as `StreamingEngine.stream`'s keyword. Each edge keeps its own ranges (the API's are wider
+for experiments), but the list and the mapping to the engine are this one
+(tests/test_layers.py checks that both edges carry every knob)."""
+
+
+def stream_keywords(knobs: Any) -> dict[str, Any]:
+    """The answer knobs of an API request or of the app's settings as `stream` keywords. The
+    edges say "auto" for the engine's own choice (of swap mode, of anchored slots), so their
+    JSON and menus need no null; the engine's keyword for it is None."""
+    values = {name: getattr(knobs, name) for name in ANSWER_KNOBS}
+    return {name: None if value == "auto" else value for name, value in values.items()}
+
+
 REASONING_EXTRA_MEMORIES = 2
 """Anchored slots of an answer with prompted reasoning: every LoCoMo run where streaming beat
 retrieving once with an interval above zero paired the reasoning phase with anchoring at 2

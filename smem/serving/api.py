@@ -60,6 +60,7 @@ from smem.serving.api_schema import (
     StreamEvent,
     chat_request_model,
 )
+from smem.generation.engine import stream_keywords
 from smem.generation.events import Done, Event
 from smem.generation.settings import ModelSettings
 from smem.memory.pool import MemoryPool
@@ -298,23 +299,7 @@ class ApiState:
 
 def engine_arguments(request: Any, fitted: prompt_budget.FittedPrompt) -> dict[str, Any]:
     """The request's knobs as `StreamingEngine.stream` keywords (history as fitted to the budget)."""
-    return {
-        "message": request.message,
-        "history": fitted.history,
-        "update_every_n": request.update_every_n,
-        "max_memories": request.max_memories,
-        "lookback_tokens": request.lookback_tokens,
-        "max_new_tokens": request.max_new_tokens,
-        "temperature": request.temperature,
-        "seed": request.seed,
-        "enable_thinking": request.enable_thinking,
-        "sample_memories": request.sample_memories,
-        "swap": None if request.swap == "auto" else request.swap,
-        "retrieval_trigger": request.retrieval_trigger,
-        "uncertainty_threshold": request.uncertainty_threshold,
-        "lookahead_tokens": request.lookahead_tokens,
-        "extra_memories": None if request.extra_memories == "auto" else request.extra_memories,
-    }
+    return {"message": request.message, "history": fitted.history, **stream_keywords(request)}
 
 
 def answer(state: ApiState, request: Any, fitted: prompt_budget.FittedPrompt, emit: Emit, cancel: threading.Event) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from smem.generation.engine import stream_keywords
 from smem.generation.events import Done, Event
 from smem.generation.swap import (
     DEFAULT_UNCERTAINTY_THRESHOLD,
@@ -197,21 +198,7 @@ class GenerationSettings:
         pool.association_weight = self.association_weight
 
     def stream_kwargs(self) -> dict[str, Any]:
-        return {
-            "update_every_n": self.update_every_n,
-            "max_memories": self.max_memories,
-            "lookback_tokens": self.lookback_tokens,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "enable_thinking": self.enable_thinking,
-            "sample_memories": self.sample_memories,
-            "swap": None if self.swap == "auto" else self.swap,
-            "seed": self.seed,
-            "retrieval_trigger": self.retrieval_trigger,
-            "uncertainty_threshold": self.uncertainty_threshold,
-            "lookahead_tokens": self.lookahead_tokens,
-            "extra_memories": None if self.extra_memories == "auto" else self.extra_memories,
-        }
+        return stream_keywords(self)
 
 
 def app_defaults(memory: MemorySettings, on_gpu: bool) -> GenerationSettings:
