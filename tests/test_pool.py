@@ -197,6 +197,26 @@ def test_seeded_sampling_is_reproducible(keyed):
     assert draws(7) != draws(8)
 
 
+def test_a_draw_weighs_each_memory_by_its_score_to_the_power_one_over_t(keyed):
+    """P(drawn first) ∝ score^(1/T): with a best memory, one at half its score and 200 barely
+    related ones, at T = 0.5 the best is drawn first 0.81² / (0.81² + 0.405² + 200 × 0.0025²) ≈ 0.80
+    of the time. A softmax over the raw scores drew it first in ~2% of draws: the barely related
+    tail outweighed it (docs/benchmarks.md, "Softmax draws")."""
+    dim = 8
+    best, half = basis(dim, (0, 0.9), (1, math.sqrt(1 - 0.81))), basis(dim, (0, math.sqrt(0.405)), (2, math.sqrt(1 - 0.405)))
+    tail = [basis(dim, (0, 0.05), (3 + i % 5, math.sqrt(1 - 0.0025))) for i in range(200)]
+    pool = MemoryPool(keyed(dim=dim), weights=neutral(time=0.0), softmax_temperature=0.5, lexical_weight=0.0)
+    pool.add_many([{"content": f"note {i}"} for i in range(202)], embeddings=np.stack([best, half, *tail]))
+    query = basis(dim, (0, 1.0))
+    scores = {h.id: h.score for h in pool.retrieve(query, max_memories=3, learn=False, now=NOW)}
+    assert scores["m0"] == pytest.approx(0.81, rel=1e-4) and scores["m1"] == pytest.approx(0.405, rel=1e-4)
+    firsts = [pool.retrieve(query, max_memories=1, learn=False, now=NOW, sample=True, sample_seed=s)[0].id for s in range(600)]
+    shares = {memory: firsts.count(memory) / len(firsts) for memory in ("m0", "m1")}
+    expected = 0.81**2 / (0.81**2 + 0.405**2 + 200 * 0.0025**2)
+    assert abs(shares["m0"] - expected) < 0.05, shares
+    assert abs(shares["m1"] - expected / 4) < 0.05, shares
+
+
 def test_learning_off_leaves_state_untouched(minilm):
     pool = MemoryPool(minilm)
     pool.add_many([{"content": "Alex loves soccer"}, {"content": "Fractions with pizza slices worked"}])

@@ -114,7 +114,7 @@ def select(
     fewest_outside_tokens: int = 0,
 ) -> Selection:
     """Choose up to `max_memories`: argmax, or with `noise` (Gumbel, one per candidate) a
-    softmax draw by the Gumbel-max trick, argmax(score / temperature + noise). The first pick
+    softmax draw by the Gumbel-max trick, argmax(log(score) / temperature + noise). The first pick
     is an exact softmax sample; the later ones are Gumbel-top-k, sequential draws without
     replacement (exact while scores stay put; approximate where MMR damping and links move
     them between picks).
@@ -205,9 +205,21 @@ def select(
 def _ranked(
     ranked: np.ndarray, available: np.ndarray, noise: Optional[np.ndarray], temperature: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ranked scores with the unavailable at −inf, the key the pick maximises)."""
+    """(ranked scores with the unavailable at −inf, the key the pick maximises).
+
+    A draw's key is log(score) / temperature + Gumbel noise, so a memory is drawn with
+    probability ∝ score^(1 / temperature): what counts is how many times better a memory
+    scores, not by how much. Scores are products (gate × multiplier) lying in [0, 2), and for
+    any one question most of a pool scores near 0; a softmax over the raw scores gave that
+    long tail almost the weight of the best (at temperature 0.15, 76–83% of the memories drawn
+    for the shipped sets' example prompts ranked below 15th by argmax; docs/benchmarks.md,
+    "Softmax draws")."""
     ranked = np.where(available, ranked, -np.inf)
     if noise is None:
         return ranked, ranked
-    # 1e-6: keeps a zero temperature (argmax in effect) from dividing by zero.
-    return ranked, ranked / max(temperature, 1e-6) + noise
+    # tiny: an available memory damped to a score of 0 (an exact duplicate at diversity 1)
+    # keeps a finite key and comes last; 1e-6 keeps a zero temperature (argmax in effect)
+    # from dividing by zero.
+    with np.errstate(divide="ignore"):
+        logs = np.log(np.where(available, np.maximum(ranked, np.finfo(np.float64).tiny), 0.0))
+    return ranked, logs / max(temperature, 1e-6) + noise

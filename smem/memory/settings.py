@@ -29,12 +29,16 @@ class MemorySettings(BaseSettings):
     cache: Path = Field(
         Path.home() / ".cache" / "smem", description="what smem can rebuild: embeddings, converted models"
     )
-    # Chosen, not measured: the recall bench draws by argmax; at 0.15 a score gap of 0.15
-    # (scores lie in [0, 2)) makes the lower memory e times less likely to be drawn. The upper
-    # bounds here and on association_weight are the ranges the app offers per answer
-    # (smem.ui.actions.SETTINGS), so a deployment's default is one a visitor can also pick.
+    # Measured (docs/benchmarks.md, "Softmax draws"): a draw weighs a memory ∝ score^(1/T), so at
+    # 0.05 a memory scoring 10% below another is 6.7× less likely. Sampled draws at 0.05 keep
+    # LoCoMo dev recall@5 within 0.007 of argmax (0.646 against 0.653) while 16% of their picks
+    # differ from argmax, and the shipped sets' example prompts get 4.6–7.1 different sets in 20
+    # draws; 0.15 cost 0.10 of recall@5. The upper bounds here and on association_weight are the
+    # ranges the app offers per answer (smem.ui.actions.SETTINGS), so a deployment's default is
+    # one a visitor can also pick.
     softmax_temperature: float = Field(
-        0.15, gt=0, le=1, description="softmax temperature of the memory draw (lower = sharper)"
+        0.05, gt=0, le=1,
+        description="temperature of the memory draw: a memory is drawn with probability ∝ score^(1/T) (lower = sharper)",
     )
     # Chosen, then kept: MMR at 0.5 joined the hybrid similarity in the step that lifted LoCoMo dev
     # recall@10 from 0.552 to 0.676 (docs/benchmarks.md, "Where the gain over cosine comes from").

@@ -261,7 +261,7 @@ def chat_request_model(
         )
         sample_memories: bool = Field(
             default=True,
-            description="Draw the memories from the softmax over their scores (the memory set's temperature), as the "
+            description="Draw the memories with probability proportional to score^(1/T), T the memory set's softmax temperature, as the "
             "app does; false takes the top scores. Draws follow `seed`; the seed used is in `done.extra.seed`.",
         )
         swap: SwapChoice = Field(
