@@ -11,8 +11,9 @@ among the first k memories retrieved.
 memories retrieved (the app puts 5 in context) are reinforced together with the question as
 the query. "Learning off" keeps the links made at encoding and learns nothing from the
 questions; "no Hebbian wiring" has neither, so the three rows separate what encoding links
-and learning from use each add. Nothing else reaches the pool: evidence, answers and categories are only read to
-score recall and, after the run, to count how many learned links joined two evidence turns.
+and learning from use each add. Nothing else reaches the pool: evidence, answers and
+categories are only read to score recall and, after the run, to count how many learned links
+joined two evidence turns.
 
     python bench/locomo.py --data ../shared/data/locomo-dev.json            # main table
     python bench/locomo.py --data ... --ablate --curve --links             # the docs' tables

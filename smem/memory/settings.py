@@ -30,7 +30,7 @@ class MemorySettings(BaseSettings):
         Path.home() / ".cache" / "smem", description="what smem can rebuild: embeddings, converted models"
     )
     # Measured (docs/benchmarks.md, "Softmax draws"): a draw weighs a memory ∝ score^(1/T), so at
-    # 0.05 a memory scoring 10% below another is 6.7× less likely. Sampled draws at 0.05 keep
+    # 0.05 a memory scoring 10% below another is 8.2× less likely. Sampled draws at 0.05 keep
     # LoCoMo dev recall@5 within 0.007 of argmax (0.646 against 0.653) while 16% of their picks
     # differ from argmax, and the shipped sets' example prompts get 4.6–7.1 different sets in 20
     # draws; 0.15 cost 0.10 of recall@5. The upper bounds here and on association_weight are the
