@@ -7,13 +7,13 @@ import asyncio
 import json
 
 from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 
 TOOLS = {"retrieve_memories", "add_memory", "chat"}
 
 
 async def session_call(url: str, calls: list[tuple[str, dict]]) -> tuple[dict, list]:
-    async with streamablehttp_client(url + "/gradio_api/mcp/") as (read, write, _):
+    async with streamable_http_client(url + "/gradio_api/mcp/") as (read, write, _):
         async with ClientSession(read, write) as session:
             await session.initialize()
             listed = await session.list_tools()
