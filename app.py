@@ -519,7 +519,7 @@ def build_demo() -> gr.Blocks:
                     fn=replay_example,
                     cache_examples=True,
                     cache_mode="lazy",
-                    label="A recorded answer, replayed at once",
+                    label=f"A recorded answer ({record['memory_set']} set), replayed at once",
                     example_labels=[f"▶ {record['message'][:90]}…"],
                     elem_id="recorded",
                     api_visibility="private",
