@@ -593,6 +593,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="0 = greedy; default: the engine's (the model's decoding), seeded per question")
     parser.add_argument("--no-thinking", action="store_true", help="enable_thinking=False for models that think")
     parser.add_argument(
+        "--sample-memories", action="store_true",
+        help="draw the memories as the app and the API do by default (seeded per answer, at the pool's softmax "
+        "temperature) instead of by argmax",
+    )
+    parser.add_argument(
         "--swap", default="exact", choices=["exact", "splice", "slots", "auto"],
         help="swap mode (default exact, the reference: slot mode trims each memory line to its slot, "
         "40 tokens, and LoCoMo turns are often longer)",
@@ -628,6 +633,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     decoding: dict[str, Any] = {"max_new_tokens": max_new_tokens, "enable_thinking": not args.no_thinking}
     if args.temperature is not None:
         decoding["temperature"] = args.temperature
+    if args.sample_memories:  # drawn with each answer's seed (--seed + the question's index), as the app draws
+        decoding["sample_memories"] = True
     settings = {
         "data": str(args.data),
         "questions": len(picks),

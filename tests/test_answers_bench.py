@@ -306,6 +306,22 @@ def test_cli_n1_conditions_wide_from_n1_and_splice_against_the_reference(tmp_pat
         answers.conditions(["rag", "rag_wide_n1"], 10)
 
 
+def test_cli_draws_memories_as_the_app_does_when_asked(tmp_path, minilm, monkeypatch):
+    """`--sample-memories` reaches every answer's `stream` call (and the run's settings); without
+    it the benchmark draws by argmax, as the engine's library default does."""
+    asked: list[dict] = []
+    real_ask = answers.ask
+    monkeypatch.setattr(answers, "ask", lambda *args, **kwargs: asked.append(kwargs) or real_ask(*args, **kwargs))
+    for flag in ([], ["--sample-memories"]):
+        out = tmp_path / f"out{len(flag)}.json"
+        answers.main(
+            ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
+             "--model", "tiny", "--max-new-tokens", "4", "--conditions", "rag", "stream", *flag]
+        )
+        assert json.loads(out.read_text())["settings"].get("sample_memories", False) is bool(flag)
+    assert [call.get("sample_memories", False) for call in asked] == [False] * 4 + [True] * 4
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_cli_reasoning_mode(tmp_path, minilm, force):
     out = tmp_path / "out.json"
