@@ -220,6 +220,5 @@ def _ranked(
     # tiny: an available memory damped to a score of 0 (an exact duplicate at diversity 1)
     # keeps a finite key and comes last; 1e-6 keeps a zero temperature (argmax in effect)
     # from dividing by zero.
-    with np.errstate(divide="ignore"):
-        logs = np.log(np.where(available, np.maximum(ranked, np.finfo(np.float64).tiny), 0.0))
+    logs = np.where(available, np.log(np.maximum(ranked, np.finfo(np.float64).tiny)), -np.inf)
     return ranked, logs / max(temperature, 1e-6) + noise
