@@ -282,7 +282,7 @@ def build_demo() -> gr.Blocks:
             if not text:
                 raise gr.Error("Type a message first.")
             return {
-                chatbot: [*(chat or []), {"role": "user", "content": text}],
+                chatbot: [*(chat or []), {"role": "user", "content": answer_view.text_block(text)}],
                 message: "",
                 status: AnswerView().status_line(),
                 **cleared_panels(),
@@ -502,7 +502,9 @@ def build_demo() -> gr.Blocks:
                 pool = RUNTIME.sets.pool(record["memory_set"])
                 view = recorded.replay(record, pool)
                 return {
-                    chatbot: answer_view.chat_messages([{"role": "user", "content": record["message"]}], view),
+                    chatbot: answer_view.chat_messages(
+                        [{"role": "user", "content": answer_view.text_block(record["message"])}], view
+                    ),
                     table: viz.memory_rows(view.rows()),
                     network: viz.network_figure(pool, viz.NetworkLayout(), view.current_ids, view.together()),
                     context: viz.context_figure(view.context, view.swap_tokens()),

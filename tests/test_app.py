@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ from gradio_client.exceptions import AppError
 from smem.memory.embedder import default_embedder
 from smem.memory.pool import MemoryPool
 from smem.ui.actions import GenerationSettings
-from smem.ui.answer_view import SWAP_TITLE
+from smem.generation.events import Memories, MemoryUpdate, Token
+from smem.memory.records import Hit, Memory
+from smem.ui import answer_view
+from smem.ui.answer_view import SWAP_TITLE, AnswerView
 
 from conftest import REPO, run_app
 
@@ -113,6 +117,28 @@ def test_chat_streams_growing_text_with_memories_graph_and_chart(app_server):
     assert "done" in final[STATUS] and "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
     assert final[TOKEN]["maximum"] >= 100 and final[TOKEN]["interactive"] is True
     assert rows(final[TOKEN_TABLE]) and final[TOKEN_TEXT]
+
+
+def test_the_chat_gives_the_model_back_its_answer_word_for_word():
+    """The chat component is the next turn's history: an answer shown in pieces around its
+    swap blocks must come back from the browser exactly as the model wrote it."""
+    import gradio as gr
+
+    hits = [
+        Hit(Memory(i, f"memory {i}", None, None, 0.5, datetime.now(timezone.utc), 3), 0.5, 0.5, 1.0, 0) for i in "ab"
+    ]
+    view = AnswerView()
+    view.apply(Memories(hits[:1]))
+    view.apply(Token("1. Stay calm and motivated"))
+    view.apply(MemoryUpdate(memories=hits[1:], added=hits[1:], removed=hits[:1], at_token=5))
+    view.apply(Token(" throughout:\n   - sketch it\n   - underline the question"))
+    question = {"role": "user", "content": answer_view.text_block("Why does this fail?\n    x = 1\n    y = x +")}
+    chatbot = gr.Chatbot()
+    sent = chatbot.postprocess(answer_view.chat_messages([question], view)).model_dump()
+    returned = chatbot.preprocess(chatbot.data_model.model_validate(sent))
+    asked, answered = answer_view.model_history(returned)
+    assert asked["content"] == question["content"]["text"], "the question keeps its indented code"
+    assert answered["content"] == view.answer, "no glued words at the swap, no lost indents"
 
 
 def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):

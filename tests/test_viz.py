@@ -171,13 +171,16 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
         {"role": "user", "content": "Next?"},
         {
             "role": "assistant",
-            "content": "Hmm",
+            "content": {"type": "text", "text": "Hmm"},
             "metadata": {"title": answer_view.THINKING_TITLE, "status": "pending"},
         },
     ]
     view.apply(Token("Answer"))
     messages = answer_view.chat_messages(history, view)
-    assert messages[-2]["metadata"]["status"] == "done" and messages[-1] == {"role": "assistant", "content": "Answer"}
+    assert messages[-2]["metadata"]["status"] == "done" and messages[-1] == {
+        "role": "assistant",
+        "content": {"type": "text", "text": "Answer"},
+    }
     assert answer_view.model_history(history[:-1]) == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello!"},
@@ -191,7 +194,7 @@ def test_a_swap_inside_a_word_shows_after_the_word(pool):
     view.apply(Token("Plan for Thursda"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=4))
     view.apply(Token("y's session."))
-    texts = [m["content"] for m in answer_view.chat_messages([], view) if not m.get("metadata")]
+    texts = [answer_view.message_text(m["content"]) for m in answer_view.chat_messages([], view) if not m.get("metadata")]
     assert texts == ["Plan for Thursday's", " session."], texts
 
 
@@ -203,7 +206,10 @@ def test_swaps_show_inline_where_they_happened_and_history_reads_one_answer(pool
     view.apply(MemoryUpdate(memories=[y, z], added=[z], removed=[x], at_token=37))
     view.apply(Token("After it."))
     messages = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
-    assert [m["content"] for m in messages[1:] if not m.get("metadata")] == ["Before the swap. ", "After it."]
+    assert [answer_view.message_text(m["content"]) for m in messages[1:] if not m.get("metadata")] == [
+        "Before the swap. ",
+        "After it.",
+    ]
     swap = messages[2]
     assert swap["metadata"]["title"] == "🔄 Memories swapped at token 37"
     swapped_in, swapped_out = swap["content"].split("**out:**")
@@ -236,9 +242,9 @@ def test_status_line_follows_the_phases_and_counts():
 def test_a_stopped_answer_shows_echoed_headings_as_text():
     view = AnswerView()
     view.apply(Token("## Memories\nAlex likes # signs"))
-    assert answer_view.chat_messages([], view)[-1]["content"].startswith("## Memories")
+    assert answer_view.message_text(answer_view.chat_messages([], view)[-1]["content"]).startswith("## Memories")
     view.stop()
-    assert answer_view.chat_messages([], view)[-1]["content"] == "\\## Memories\nAlex likes # signs"
+    assert answer_view.message_text(answer_view.chat_messages([], view)[-1]["content"]) == "\\## Memories\nAlex likes # signs"
 
 
 def test_throttle_coalesces_chat_and_panels_and_flushes_at_the_end():

@@ -379,10 +379,22 @@ def swap_message(swap: Swap) -> dict[str, Any]:
     }
 
 
+def text_block(text: str) -> dict[str, str]:
+    """Chat text (a question, or what the model wrote) as a typed content block, which
+    Gradio's Chatbot keeps verbatim.
+
+    A plain string goes through `inspect.cleandoc` on its way to the browser: the space that
+    begins the piece after a swap block is dropped, and nested list lines lose their indent.
+    The chat is sent back as the next turn's history, so the model then read its own answer
+    with words glued together ("motivatedthroughout") and copied them into the next answer;
+    a question with indented code lost its indent before the model read it."""
+    return {"type": "text", "text": text}
+
+
 def _answer_piece(view: AnswerView, text: str) -> list[dict[str, Any]]:
     if not text.strip():
         return []
-    return [{"role": "assistant", "content": inert_headings(text) if view.stopped else text}]
+    return [{"role": "assistant", "content": text_block(inert_headings(text) if view.stopped else text)}]
 
 
 def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView) -> list[dict[str, Any]]:
@@ -393,7 +405,11 @@ def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView)
     if view.thinking:
         status = "done" if view.answer or view.finished or view.stopped else "pending"
         messages.append(
-            {"role": "assistant", "content": view.thinking, "metadata": {"title": THINKING_TITLE, "status": status}}
+            {
+                "role": "assistant",
+                "content": text_block(view.thinking),
+                "metadata": {"title": THINKING_TITLE, "status": status},
+            }
         )
     shown = 0
     for swap in view.swaps:
