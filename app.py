@@ -174,6 +174,7 @@ def build_demo() -> gr.Blocks:
                 )
             with gr.Column(scale=4, min_width=380):
                 table = _memory_table("Memories in context now", "memories")
+                detail = gr.Markdown(viz.memory_detail([], None), elem_id="memory-detail")
                 network = gr.Plot(
                     viz.network_figure(initial_pool), label="Hebbian network", show_label=False, elem_id="network"
                 )
@@ -254,7 +255,7 @@ def build_demo() -> gr.Blocks:
 
         blank = AnswerView()
 
-        panels = (table, context, timeline, token, token_text, token_table, view_state)
+        panels = (table, detail, context, timeline, token, token_text, token_table, view_state)
         """The panels of an answer, as event outputs. Naming them, not calling `cleared_panels`,
         keeps the Slider it builds out of the page (built in this Blocks context, it rendered as a
         stray "Slider" under the tabs)."""
@@ -264,6 +265,7 @@ def build_demo() -> gr.Blocks:
             the previous one's."""
             return {
                 table: [],
+                detail: viz.memory_detail([], None),
                 context: viz.context_figure([]),
                 timeline: viz.timeline_figure(blank),
                 token: gr.Slider(minimum=0, maximum=1, value=0, interactive=False),
@@ -397,6 +399,7 @@ def build_demo() -> gr.Blocks:
                     token: gr.Slider(minimum=0, maximum=max(live, 1), value=live, interactive=False),
                     token_table: viz.memory_rows(view.rows()),
                     token_text: view.live_excerpt(),
+                    view_state: view,  # a click on the table explains a row of the live answer
                 }
             if parts & (Changed.CONTEXT | Changed.DONE):
                 out[context] = viz.context_figure(view.context, view.swap_tokens())
@@ -407,6 +410,11 @@ def build_demo() -> gr.Blocks:
 
         def leave(request: gr.Request) -> None:
             STOPS.leave(request.session_hash or "")
+
+        def explain_memory(view: Optional[AnswerView], event: gr.SelectData) -> str:
+            """A clicked row of the table: why that memory is in context, links and all."""
+            row = event.row_value or []
+            return viz.memory_detail(view.rows() if view else [], row[1] if len(row) > 1 else None)
 
         def show_token(position: float, view: Optional[AnswerView]):
             """The timeline cursor: which memories were in context at that token, and the text so far."""
@@ -532,7 +540,9 @@ def build_demo() -> gr.Blocks:
             chatbot, table, network, context, timeline, token, token_text, token_table, status, view_state,
             set_status, layout_state, ring, browser_ring,
         ]  # fmt: skip
-        echo_outputs = [chatbot, message, status, table, context, timeline, token, token_text, token_table, view_state]
+        echo_outputs = [
+            chatbot, message, status, table, detail, context, timeline, token, token_text, token_table, view_state,
+        ]  # fmt: skip
         gr.on(
             [send.click, message.submit], echo, [message, chatbot], echo_outputs, queue=False,
             api_visibility="undocumented",
@@ -541,6 +551,7 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=1,
         )  # fmt: skip
         stop.click(stop_answer, None, None, queue=False, api_visibility="undocumented")
+        table.select(explain_memory, view_state, detail, queue=False, api_visibility="private")
         demo.unload(leave)
         token.release(
             show_token, [token, view_state], [timeline, token_table, token_text], api_name="timeline",
@@ -579,13 +590,13 @@ UPLOADED = "uploaded set"
 def _memory_table(label: str, elem_id: str) -> gr.Dataframe:
     return gr.Dataframe(
         headers=viz.MEMORY_HEADERS,
-        datatype=["str", "str", "str", "number", "number"],
+        datatype=["str", "str", "str", "number", "number", "str"],
         label=label,
         interactive=False,
         wrap=True,
         elem_id=elem_id,
         max_height=260,
-        column_widths=["13%", "49%", "16%", "11%", "11%"],
+        column_widths=["11%", "32%", "14%", "11%", "11%", "21%"],
     )
 
 

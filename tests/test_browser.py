@@ -112,6 +112,13 @@ def test_a_message_streams_and_fills_table_graph_and_chart(page, test_output):
 
     table = page.inner_text("#memories")
     assert "added" in table or "kept" in table, "the memories-in-context table filled"
+    assert "pulled in by" in table
+    memory = page.locator("#memories [role=gridcell][data-col='1']").first
+    clicked = memory.inner_text()
+    memory.click()
+    page.wait_for_function("() => document.querySelector('#memory-detail').innerText.includes('Score')")
+    detail = page.inner_text("#memory-detail")
+    assert clicked.strip()[:40] in detail and "Hebbian multiplier" in detail, "a click explains that memory"
     assert plot_traces(page, "network") >= 2, "the Hebbian network rendered"
     assert plot_traces(page, "context") >= 3, "the context chart rendered its three lines"
     page.get_by_role("tab", name="Timeline and tokens").click()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import pytest
 from smem.serving.api_schema import ApiSettings
 from smem.ui import actions, answer_view, viz
 from smem.generation.events import ContextStats, Done, DoneStats, Memories, MemoryUpdate, Thinking, Token
-from smem.memory.records import Hit, Memory, MemoryFileError
+from smem.memory.records import Hit, Memory, MemoryFileError, Pull
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.ui.answer_view import AnswerView, Changed, Throttle
@@ -117,8 +118,35 @@ def test_table_marks_added_kept_and_just_removed_with_entry_token():
         ("c", "added", 6),
         ("b", "removed", 0),
     ]
-    assert viz.memory_rows(view.rows())[1] == ["🟢 added", "memory c", "insight", 0.5, 6]
+    assert viz.memory_rows(view.rows())[1] == ["🟢 added", "memory c", "insight", 0.5, 6, ""]
     assert [row[0] for row in viz.memory_rows(view.rows())] == ["⚪ kept", "🟢 added", "🔴 removed"]
+
+
+def test_a_clicked_row_says_which_links_pulled_its_memory_in():
+    """Issue 11: a visitor sees which links pulled a memory in: in the table, and in full when
+    they click its row."""
+    sketch = hit("a", "Having Alex sketch a word problem cut his freeze time in half.", score=0.6)
+    soccer = dataclasses.replace(
+        hit("b", "Alex lights up when word problems involve <b>soccer</b>.", score=0.225),
+        similarity=0.5,
+        multiplier=1.5,
+        pulled_by=(Pull("a", "learned", 0.8), Pull("z", "encoding", 1.0)),
+    )
+    view = AnswerView()
+    view.apply(Memories([sketch, soccer]))
+    rows = viz.memory_rows(view.rows())
+    assert rows[0][-1] == "", "picked for its similarity alone"
+    assert rows[1][-1] == "🔗 “Having Alex sketch a word problem…” (used together)\n🔗 “z” (written together)"
+
+    detail = viz.memory_detail(view.rows(), soccer.content)
+    assert "Score **0.225** = similarity 0.500² × Hebbian multiplier **1.50**" in detail
+    assert "habituation 0.60" in detail, "0.225 = 0.5² × 0.6 × 1.5: the damping is named, not hidden"
+    assert "learned link (used together), weight 0.80, from “Having Alex sketch a word problem cut his freeze" in detail
+    assert "encoding link (written together), weight 1.00, from “z”" in detail
+    assert "&lt;b&gt;soccer&lt;/b&gt;" in detail and "<b>soccer" not in detail, "memory text is shown, not rendered"
+    assert "No link pulled it in" in viz.memory_detail(view.rows(), sketch.content)
+    assert "Click a memory" in viz.memory_detail([], None)
+    assert "No details for that row" in viz.memory_detail(view.rows(), "a memory of another answer")
 
 
 def test_timeline_answers_which_memories_were_in_context_at_any_token():

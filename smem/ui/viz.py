@@ -24,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from smem.generation.events import ContextStats
-from smem.memory.records import Memory
+from smem.memory.records import Hit, Memory
 from smem.memory.pool import MemoryPool
 from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
 
@@ -48,7 +48,9 @@ ENCODING_NAME = "encoding link (written together)"
 UNLINKED_COLOUR = "#9ca3af"
 
 STATUS_LABELS = {ADDED: "🟢 added", KEPT: "⚪ kept", REMOVED: "🔴 removed"}
-MEMORY_HEADERS = ["status", "memory", "type", "score", "from token"]
+MEMORY_HEADERS = ["status", "memory", "type", "score", "from token", "pulled in by"]
+LINK_KINDS = {"encoding": "written together", "learned": "used together"}
+"""How each kind of `Pull` reads to a visitor: the legend's words for the two kinds of link."""
 
 _FONT = {"family": "Inter, system-ui, sans-serif", "size": 12}
 
@@ -88,11 +90,71 @@ def short_label(memory: Memory, width: int = 38) -> str:
 
 
 def memory_rows(rows: Iterable[MemoryRow]) -> list[list[object]]:
-    """Table rows: status (visibly marked), content, type, score, token where it entered."""
+    """Table rows: status (visibly marked), content, type, score, token where it entered, and
+    the links that pulled it in."""
+    rows = list(rows)
+    contents = {row.hit.id: row.hit.content for row in rows}
     return [
-        [STATUS_LABELS[row.status], row.hit.content, type_label(row.hit.type), round(row.hit.score, 3), row.entered_at]
+        [
+            STATUS_LABELS[row.status],
+            row.hit.content,
+            type_label(row.hit.type),
+            round(row.hit.score, 3),
+            row.entered_at,
+            pulled_in_by(row.hit, contents),
+        ]
         for row in rows
     ]
+
+
+def pulled_in_by(hit: Hit, contents: Mapping[str, str], width: int = 36) -> str:
+    """One line per link that raised this memory's score, strongest first: the memory picked
+    before it at the other end (its start, from `contents`, else its id) and the kind of link.
+    Empty when its similarity and its own history chose it."""
+    return "\n".join(
+        f"🔗 “{textwrap.shorten(contents.get(pull.id, pull.id), width=width, placeholder='…')}”"
+        f" ({LINK_KINDS.get(pull.kind, pull.kind)})"
+        for pull in hit.pulled_by
+    )
+
+
+def _habituation(hit: Hit) -> str:
+    """The habituation factor of a score, shown when it damped the memory: the selection
+    scores max(similarity, 0)² × habituation × multiplier (`smem.memory.selection`)."""
+    gate = max(hit.similarity, 0.0) ** 2 * hit.multiplier
+    factor = hit.score / gate if gate > 0 else 1.0
+    return f" × habituation {factor:.2f} (many different questions reach it)" if factor < 0.995 else ""
+
+
+def memory_detail(rows: Sequence[MemoryRow], content: Optional[str]) -> str:
+    """Markdown for one clicked row of the table: the memory, its score and what it is made
+    of, and every link that pulled it in, with the memory at the other end in full."""
+    row = next((row for row in rows if row.hit.content == content), None)
+    if row is None:
+        if content is None:
+            return "Click a memory in the table to see why it is in context."
+        return "No details for that row: they come with an answer written here (not the recorded replay)."
+    hit = row.hit
+    contents = {other.hit.id: other.hit.content for other in rows}
+    lines = [
+        f"**{STATUS_LABELS[row.status]} at token {row.entered_at}** · {html.escape(type_label(hit.type))}",
+        "",
+        f"> {html.escape(hit.content)}",
+        "",
+        f"Score **{hit.score:.3f}** = similarity {hit.similarity:.3f}² × Hebbian multiplier **{hit.multiplier:.2f}**"
+        " (1 to 2: recency, use, emotion and links)" + _habituation(hit) + ".",
+        "",
+    ]
+    if not hit.pulled_by:
+        lines.append("No link pulled it in: its similarity to what was being written chose it.")
+    else:
+        lines.append(f"**Pulled in by {len(hit.pulled_by)} link(s)** from memories picked before it:")
+        lines += [
+            f"- {pull.kind} link ({LINK_KINDS.get(pull.kind, pull.kind)}), weight {pull.weight:.2f}, from"
+            f" “{html.escape(contents.get(pull.id, pull.id))}”"
+            for pull in hit.pulled_by
+        ]
+    return "\n".join(lines)
 
 
 # -- the Hebbian network ---------------------------------------------------------------------
