@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -411,10 +412,21 @@ def build_demo() -> gr.Blocks:
         def leave(request: gr.Request) -> None:
             STOPS.leave(request.session_hash or "")
 
-        def explain_memory(view: Optional[AnswerView], event: gr.SelectData) -> str:
-            """A clicked row of the table: why that memory is in context, links and all."""
-            row = event.row_value or []
-            return viz.memory_detail(view.rows() if view else [], row[1] if len(row) > 1 else None)
+        def explain_memory(
+            view: Optional[AnswerView], pool: MemoryPool, layout: viz.NetworkLayout, event: gr.SelectData
+        ) -> dict:
+            """A clicked row of the table: why that memory is in context, links and all, and
+            the links that pulled it in drawn red in the network."""
+            rows = view.rows() if view else []
+            content = (event.row_value or [None, None])[1]
+            out = {detail: viz.memory_detail(rows, content)}
+            clicked = viz.clicked_row(rows, content)
+            if clicked is not None and clicked.hit.pulled_by:
+                # On a copy of the layout: a live answer may be redrawing the network meanwhile.
+                out[network] = viz.network_figure(
+                    pool, copy.deepcopy(layout), view.current_ids, pulled=clicked.hit
+                )
+            return out
 
         def show_token(position: float, view: Optional[AnswerView]):
             """The timeline cursor: which memories were in context at that token, and the text so far."""
@@ -551,7 +563,10 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=1,
         )  # fmt: skip
         stop.click(stop_answer, None, None, queue=False, api_visibility="undocumented")
-        table.select(explain_memory, view_state, detail, queue=False, api_visibility="private")
+        table.select(
+            explain_memory, [view_state, pool_state, layout_state], [detail, network], queue=False,
+            api_visibility="private",
+        )  # fmt: skip
         demo.unload(leave)
         token.release(
             show_token, [token, view_state], [timeline, token_table, token_text], api_name="timeline",
@@ -596,7 +611,7 @@ def _memory_table(label: str, elem_id: str) -> gr.Dataframe:
         wrap=True,
         elem_id=elem_id,
         max_height=260,
-        column_widths=["11%", "32%", "14%", "11%", "11%", "21%"],
+        column_widths=["12%", "31%", "13%", "11%", "11%", "22%"],
     )
 
 

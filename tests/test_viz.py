@@ -343,6 +343,20 @@ def test_network_styles_encoding_links_apart_from_learned_ones(minilm):
     assert "unlinked (1)" in by_name, "d's encoding links alone do not draw it"
 
 
+def test_a_clicked_memory_shows_in_the_network_the_links_that_pulled_it_in(minilm):
+    day = datetime(2025, 6, 2, 8, 0, tzinfo=timezone.utc)
+    dated = MemoryPool(minilm, seed=0)
+    dated.add_many([{"id": name, "content": f"note {name}", "created_at": day} for name in "abcd"])
+    clicked = Hit(dated.get("d"), 0.3, 0.5, 1.2, 1, pulled_by=(Pull("a", "encoding", 1.0), Pull("gone", "learned", 0.5)))
+    assert viz.PULLED_NAME not in traces(viz.network_figure(dated, in_context=["b"]))
+    by_name = traces(viz.network_figure(dated, in_context=["b"], pulled=clicked))
+    pulled = by_name[viz.PULLED_NAME]
+    assert pulled["line"]["color"] == viz.PULLED_COLOUR and len(pulled["x"]) == 3, "one segment: d to a"
+    assert "unlinked (1)" in by_name, "a and d are drawn to show the link (c is not)"
+    drawn = {(x, y) for name, t in by_name.items() if t.get("mode") == "markers+text" for x, y in zip(t["x"], t["y"])}
+    assert {(pulled["x"][0], pulled["y"][0]), (pulled["x"][1], pulled["y"][1])} <= drawn, "it ends on both memories"
+
+
 def test_network_labels_the_linked_and_in_context_memories_with_their_text(pool):
     figure = viz.network_figure(pool, viz.NetworkLayout(), in_context=["z"])
     labels = [text for trace in figure.data if trace.mode == "markers+text" for text in trace.text if text]

@@ -43,6 +43,8 @@ IN_CONTEXT_COLOUR = "#f5b700"
 FORMING_COLOUR = "#f5b700"
 LINK_COLOUR = "#6b7280"
 ENCODING_COLOUR = "#60a5fa"
+PULLED_COLOUR = "#dc2626"
+PULLED_NAME = "pulled the clicked memory in"
 LEARNED_NAME = "learned link (used together)"
 ENCODING_NAME = "encoding link (written together)"
 UNLINKED_COLOUR = "#9ca3af"
@@ -126,10 +128,16 @@ def _habituation(hit: Hit) -> str:
     return f" × habituation {factor:.2f} (many different questions reach it)" if factor < 0.995 else ""
 
 
+def clicked_row(rows: Sequence[MemoryRow], content: Optional[str]) -> Optional[MemoryRow]:
+    """The row of the answer's view that a click on the table's row showing `content` means
+    (the table may be sorted by a column, so its row index is not the view's)."""
+    return next((row for row in rows if row.hit.content == content), None)
+
+
 def memory_detail(rows: Sequence[MemoryRow], content: Optional[str]) -> str:
     """Markdown for one clicked row of the table: the memory, its score and what it is made
     of, and every link that pulled it in, with the memory at the other end in full."""
-    row = next((row for row in rows if row.hit.content == content), None)
+    row = clicked_row(rows, content)
     if row is None:
         if content is None:
             return "Click a memory in the table to see why it is in context."
@@ -259,15 +267,16 @@ def _hover(memory: Memory, count: float) -> str:
 
 
 def _drawn(
-    links: Sequence[tuple[str, str, float]], in_context: Sequence[str], forming: Mapping[tuple[str, str], float]
+    links: Sequence[tuple[str, str, float]], in_context: Sequence[str], shown: Iterable[tuple[str, str]]
 ) -> list[str]:
-    """The memories drawn large: in context, forming a link now, or linked (the most
-    strongly linked first, up to MAX_LAID_OUT in all)."""
+    """The memories drawn large: in context, at either end of a link `shown` (forming now, or
+    pulling a clicked memory in), or linked (the most strongly linked first, up to
+    MAX_LAID_OUT in all)."""
     strength: dict[str, float] = {}
     for a, b, weight in links:
         strength[a] = strength.get(a, 0.0) + weight
         strength[b] = strength.get(b, 0.0) + weight
-    must = list(dict.fromkeys([*in_context, *(node for pair in forming for node in pair)]))
+    must = list(dict.fromkeys([*in_context, *(node for pair in shown for node in pair)]))
     ranked = sorted((node for node in strength if node not in must), key=lambda node: (-strength[node], node))
     return must + ranked[: max(MAX_LAID_OUT - len(must), 0)]
 
@@ -328,12 +337,14 @@ def network_figure(
     layout: Optional[NetworkLayout] = None,
     in_context: Iterable[str] = (),
     forming: Optional[Mapping[tuple[str, str], float]] = None,
+    pulled: Optional[Hit] = None,
 ) -> go.Figure:
     """The Hebbian network: linked and in-context memories large, labelled and coloured by
     type (size by retrieval count, full text on hover), learned co-retrieval links as solid
     grey edges (width by strength, no hover), encoding links (memories added together on one
     day) as thin dashed blue edges, each kind with its legend entry, the memories in context
-    now ringed, the links the current answer is forming dotted, and every other memory a faint
+    now ringed, the links the current answer is forming dotted, the links that pulled the
+    memory `pulled` in (a row clicked in the table) thick red, and every other memory a faint
     dot on an outer ring.
 
     Learned links choose which memories are drawn; encoding links are drawn only between
@@ -345,7 +356,8 @@ def network_figure(
     by_id = {memory.id: memory for memory in memories}
     in_context = [memory_id for memory_id in in_context if memory_id in by_id]
     links = sorted((a, b, round(w, 4)) for a, b, w in pool.links())
-    drawn = _drawn(links, in_context, forming)
+    pulls = [(pulled.id, pull.id) for pull in pulled.pulled_by if pull.id in by_id] if pulled else []
+    drawn = _drawn(links, in_context, [*forming, *pulls])
     drawn_set = set(drawn)
     drawn_links = [(a, b, w) for a, b, w in links if a in drawn_set and b in drawn_set]
     encoding = _encoding_among(pool, drawn)
@@ -393,6 +405,8 @@ def network_figure(
         figure.add_trace(_edges(((a, b) for a, b, _ in encoding), pos, ENCODING_NAME, line, opacity=0.8))
     if forming:
         figure.add_trace(_edges(forming, pos, "forming now", {"width": 1.5, "color": FORMING_COLOUR, "dash": "dot"}))
+    if pulls:
+        figure.add_trace(_edges(pulls, pos, PULLED_NAME, {"width": 4, "color": PULLED_COLOUR}))
 
     # Those in context first, then the most linked (`drawn`'s order).
     context_set = set(in_context)
