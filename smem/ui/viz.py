@@ -145,7 +145,7 @@ def memory_detail(rows: Sequence[MemoryRow], content: Optional[str]) -> str:
     hit = row.hit
     contents = {other.hit.id: other.hit.content for other in rows}
     lines = [
-        f"**{STATUS_LABELS[row.status]} at token {row.entered_at}** · {html.escape(type_label(hit.type))}",
+        f"**{STATUS_LABELS[row.status]}** · in context from token {row.entered_at} · {html.escape(type_label(hit.type))}",
         "",
         f"> {html.escape(hit.content)}",
         "",
