@@ -15,6 +15,7 @@ from smem.generation.decoding import (
     FALLBACK,
     PROFILES,
     DecodingProfile,
+    NoRepeatedSentence,
     apply_profile,
     model_profile,
     profile_for,
@@ -60,6 +61,42 @@ def test_top_k_keeps_k_tokens_and_the_fallback_adds_nothing():
     out = run(DecodingProfile(1.0, 1.0, 2, 1.0, 0), [], torch.tensor([0.1, 3.0, 2.0, -1.0]))
     assert torch.isfinite(out).tolist() == [False, True, True, False]
     assert profile_processors(FALLBACK) == []
+
+
+def test_a_sentence_of_the_answer_cannot_end_a_second_time():
+    """The n-gram ban misses a short repeated list item; this one stops it at the token that
+    would end it, and leaves every other token and every other sentence alone."""
+    tokenizer = tiny.build_tokenizer()
+    stop = tokenizer.eos_token_id
+    ban = NoRepeatedSentence(tokenizer, [stop])
+    vocabulary = len(tokenizer) + 6  # models often have more logits than tokenizer ids
+    words = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isalpha()]
+    newlines = [i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]
+
+    def step(text: str) -> torch.Tensor:
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+        return ban(ids, torch.zeros(1, vocabulary))[0]
+
+    again = step("- Renée covers Friday pickup\n- Sam drives Monday\n- Renée covers Friday pickup")
+    assert torch.isinf(again[newlines + [stop]]).all(), "no newline, no end of answer: the item would repeat"
+    assert torch.isfinite(again[words]).all() and torch.isfinite(again[len(tokenizer) :]).all()
+    period = tokenizer.encode(".", add_special_tokens=False)[0]
+    assert torch.isinf(again[period]), "nor a closing mark"
+    closed = step("Renée covers Friday pickup. Sam drives. Renée covers Friday pickup.")
+    spaced = [i for i in range(len(tokenizer)) if tokenizer.decode([i])[:1].isspace()]
+    assert torch.isinf(closed[spaced + newlines]).all(), "after its closing mark, no space or newline either"
+    assert torch.isfinite(closed[period]), "a second mark does not end it (only what follows does)"
+    for fresh in ("- Renée covers Friday pickup\n- Sam drives Monday\n- Renée covers Friday", "Yes. No. Yes"):
+        assert torch.isfinite(step(fresh)).all(), f"nothing repeats yet (or too short to count): {fresh!r}"
+
+
+def test_the_default_model_bans_repeated_sentences():
+    assert PROFILES["qwen2.5-coder-0.5b-instruct"].no_repeat_sentence
+    assert not FALLBACK.no_repeat_sentence
+    tokenizer = tiny.build_tokenizer()
+    kinds = [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0])]
+    assert NoRepeatedSentence in kinds
+    assert NoRepeatedSentence not in [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"])]
 
 
 def repeated_bigrams(ids: list[int]) -> int:

@@ -6,7 +6,8 @@ peanut butter for a long time" five times. Two of transformers' own processors s
 `RepetitionPenaltyLogitsProcessor` (CTRL's penalty, applied to tokens already *generated*, not to
 the prompt: a penalty on prompt tokens would push the model away from the names and dates in its
 memories) and `NoRepeatNGramLogitsProcessor` (no n-gram of the answer twice). `TopKLogitsWarper`
-adds the top-k cut the Qwen models ship with.
+adds the top-k cut the Qwen models ship with. One is ours, as transformers has none that works
+on sentences: `NoRepeatedSentence`, for list items too short for the n-gram ban to see.
 
 The settings live on the model's `generation_config`, the place transformers keeps them, so a
 model's checkpoint can bring its own and `load` fills in the table below for the models we know.
@@ -14,15 +15,21 @@ model's checkpoint can bring its own and `load` fills in the table below for the
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Collection
 
+import numpy as np
+import torch
 from transformers import (
     LogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TopKLogitsWarper,
 )
+
+from smem.generation import degenerate
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class DecodingProfile:
     repetition_penalty: float
     no_repeat_ngram_size: int
     prompted_reasoning: bool = False
+    no_repeat_sentence: bool = False
 
 
 NO_REPEAT_NGRAM = 10
@@ -50,7 +58,11 @@ PROFILES: dict[str, DecodingProfile] = {
     # temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.1). The reasoning phase is the
     # 1.5B's only: with it, its LoCoMo RAG F1 went 0.190 -> 0.232, where the 0.5B's fell
     # 0.168 -> 0.112 (docs/benchmarks.md, issue 10).
-    "qwen2.5-coder-0.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM),
+    # No repeated sentence: at the app's CPU settings 4 of 30 example answers of the 0.5B
+    # repeated a list item shorter than the n-gram ban, 0 of 30 with it, and its LoCoMo answers
+    # did not change (docs/benchmarks.md). Not measured on the 1.5B, whose figures were taken
+    # without it (its facts phase is a list the ban would act on), so it stays off there.
+    "qwen2.5-coder-0.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, no_repeat_sentence=True),
     "qwen2.5-coder-1.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, prompted_reasoning=True),
     # Qwen3's model card, thinking mode: temperature 0.6, top_p 0.95, top_k 20, and no
     # repetition penalty (the card suggests a presence penalty only if it loops; an 8B rarely does).
@@ -82,14 +94,64 @@ def model_profile(model: Any) -> DecodingProfile:
     return DecodingProfile(**{key: default if values[key] is None else values[key] for key, default in asdict(FALLBACK).items()})
 
 
-def profile_processors(profile: DecodingProfile) -> list[LogitsProcessor]:
+def profile_processors(
+    profile: DecodingProfile, tokenizer: Any = None, stop_ids: Collection[int] = ()
+) -> list[LogitsProcessor]:
     """The profile's repetition controls and top-k cut, for the engine's token picker, which
-    shows them the answer's ids only (never the prompt)."""
+    shows them the answer's ids only (never the prompt). The sentence ban reads text, so it
+    needs the `tokenizer` (and the `stop_ids` that would end the answer)."""
     processors: list[LogitsProcessor] = []
     if profile.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(profile.repetition_penalty))
     if profile.no_repeat_ngram_size > 0:
         processors.append(NoRepeatNGramLogitsProcessor(profile.no_repeat_ngram_size))
+    if profile.no_repeat_sentence and tokenizer is not None:
+        processors.append(NoRepeatedSentence(tokenizer, stop_ids))
     if profile.top_k > 0:
         processors.append(TopKLogitsWarper(profile.top_k))
     return processors
+
+
+_CLOSED = re.compile(r"[.!?]\s*$")
+"""A sentence that already has its closing mark: the next whitespace or newline ends it."""
+
+
+@functools.lru_cache(maxsize=8)
+def _sentence_enders(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per vocabulary id: would it end a sentence still open ("pickup" + "." or "\n"), and would
+    it end one already closed by . ! ? ("pickup." + " " or "\n")? Decoded once per tokenizer
+    (about 0.8 s for Qwen's 151,936 ids)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    newline = np.array(["\n" in text for text in texts])
+    closing = np.array([any(mark in text for mark in ".!?") for text in texts])
+    spaced = np.array([text[:1].isspace() for text in texts])
+    return torch.from_numpy(newline | closing), torch.from_numpy(newline | spaced)
+
+
+class NoRepeatedSentence(LogitsProcessor):
+    """No sentence of the answer twice, by the degenerate-answer detector's own definition
+    (`smem.generation.degenerate`: its words, lower-cased, `MIN_SENTENCE_WORDS` or more).
+
+    When the sentence being written has the words of an earlier one, every token that would
+    end it (a closing mark, a newline, the end of the answer) is banned, so the model must add
+    a word or turn the sentence. The 10-token n-gram ban cannot see shorter repeats: list items
+    such as "- Renée covers Friday pickup" written twice. The text is decoded at each step
+    (the answer so far, a few hundred tokens), and only ids that end a sentence are touched."""
+
+    def __init__(self, tokenizer: Any, stop_ids: Collection[int] = ()) -> None:
+        self.tokenizer = tokenizer
+        opened, closed = _sentence_enders(tokenizer)
+        stops = torch.zeros_like(opened)
+        stops[[i for i in stop_ids if 0 <= i < len(stops)]] = True
+        self.end_open, self.end_closed = opened | stops, closed | stops
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        sentences = degenerate.sentences(self.tokenizer.decode(input_ids[0].tolist()))
+        words = degenerate.sentence_words(sentences[-1])
+        if words is None or words not in {degenerate.sentence_words(s) for s in sentences[:-1]}:
+            return scores
+        ends = self.end_closed if _CLOSED.search(sentences[-1]) else self.end_open
+        banned = torch.zeros(scores.shape[-1], dtype=torch.bool)  # the logits may have more ids than the tokenizer
+        width = min(len(ends), len(banned))
+        banned[:width] = ends[:width]
+        return scores.masked_fill(banned.to(scores.device), -float("inf"))

@@ -79,12 +79,25 @@ def copied_instruction(answer: str, instructions: Iterable[str]) -> Optional[str
     return None
 
 
+def sentences(text: str) -> list[str]:
+    """`text` cut into sentences: after . ! ? and whitespace, and at every newline (a list item
+    is a sentence). The last one may still be being written."""
+    return _SENTENCE_END.split(text)
+
+
+def sentence_words(sentence: str) -> Optional[tuple[str, ...]]:
+    """What makes two sentences one sentence written twice: the same words, lower-cased.
+    None for a sentence too short to count (`MIN_SENTENCE_WORDS`)."""
+    words = tuple(_words(sentence))
+    return words if len(words) >= MIN_SENTENCE_WORDS else None
+
+
 def repeated_sentence(answer: str) -> Optional[str]:
     """A sentence (of `MIN_SENTENCE_WORDS` or more words) written twice, compared by its words."""
     seen: set[tuple[str, ...]] = set()
-    for sentence in _SENTENCE_END.split(answer):
-        words = tuple(_words(sentence))
-        if len(words) < MIN_SENTENCE_WORDS:
+    for sentence in sentences(answer):
+        words = sentence_words(sentence)
+        if words is None:
             continue
         if words in seen:
             return sentence.strip()
