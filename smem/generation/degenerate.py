@@ -3,8 +3,9 @@
 These are the failures seen on the small local model (issue 10): answers that began by echoing
 the prompt's memory heading, looped "I'm sorry, but I can't help with that either" six times, or
 said the same sentence five times. The answer benchmark reports the share of answers this flags
-(`degenerate_rate`) and a test fails the default model on any flagged answer, so both use this
-one definition.
+(`degenerate_rate`), a test fails the default model on any flagged answer, and the default
+model's decoding will not end a sentence twice (`decoding.NoRepeatedSentence`), so all three use
+this one definition.
 
 Tokens here are words and single punctuation marks (as LoCoMo's SimpleTokenizer splits: runs of
 word characters, else one non-space character), so the rule does not depend on a model's
