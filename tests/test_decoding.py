@@ -10,18 +10,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import LogitsProcessorList
 
-from smem.generation import sampling, tiny
+from smem.generation import degenerate, sampling, tiny
 from smem.generation.decoding import (
     FALLBACK,
     PROFILES,
     DecodingProfile,
     NoRepeatedSentence,
+    NoRestatedEnding,
     apply_profile,
     model_profile,
     profile_for,
     profile_processors,
 )
 from smem.generation.engine import StreamingEngine
+from smem.generation.events import Token
 from smem.memory.pool import MemoryPool
 
 
@@ -97,6 +99,82 @@ def test_the_default_model_bans_repeated_sentences():
     kinds = [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0])]
     assert NoRepeatedSentence in kinds
     assert NoRepeatedSentence not in [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"])]
+
+
+REQUEST = "Can you pull together everyone's holiday gift ideas, including something for my mom?"
+
+
+def test_an_ending_that_restates_the_request_is_found_and_one_that_answers_is_not():
+    restated = "Yes, I can pull together everyone's holiday gift ideas, including something for my mom."
+    assert degenerate.restated_ending(restated, REQUEST) == restated
+    assert degenerate.restated_ending(restated + "\n\n", REQUEST) == restated, "blank lines after it change nothing"
+    assert degenerate.restated_ending(restated + " Here are", REQUEST) is None, "the answer went on"
+    question = "When Gina has lost her job at Door Dash?"
+    assert degenerate.restated_ending("Gina has lost her job at Door Dash.", question)
+    pet = "What was the name of the pet that John had to say goodbye to on 3 June, 2023?"
+    assert degenerate.restated_ending("The pet that John had to say goodbye to on 3 June, 2023 was Max.", pet) is None
+    assert degenerate.restated_ending("Something for my mom.", REQUEST) is None, "fewer words than RESTATED_WORDS"
+    assert degenerate.restated_ending("", REQUEST) is None and degenerate.restated_ending(restated, "") is None
+    assert not degenerate.degenerate(restated), "not a degenerate answer by the issue's definition"
+
+
+def test_an_answer_cannot_end_on_a_restatement_of_the_request():
+    tokenizer = tiny.build_tokenizer()
+    stop, other = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ban = NoRestatedEnding(tokenizer, REQUEST, [stop, other])
+    vocabulary = len(tokenizer) + 6  # models often have more logits than tokenizer ids
+
+    def step(text: str) -> torch.Tensor:
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+        return ban(ids, torch.zeros(1, vocabulary))[0]
+
+    restated = step("Yes, I can pull together everyone's holiday gift ideas, including something for my mom.\n")
+    assert torch.isinf(restated[[stop, other]]).all(), "no end of answer here"
+    assert torch.isfinite(restated[[i for i in range(vocabulary) if i not in (stop, other)]]).all(), "any other token"
+    assert torch.isfinite(step("Here are the ideas: a drawing tablet for Maya, a scarf for your mom.")).all()
+
+
+def test_the_default_model_will_not_end_on_a_restated_request():
+    assert PROFILES["qwen2.5-coder-0.5b-instruct"].no_restated_ending and not FALLBACK.no_restated_ending
+    tokenizer = tiny.build_tokenizer()
+    kinds = [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0], REQUEST)]
+    assert NoRestatedEnding in kinds
+    assert NoRestatedEnding not in [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0])]
+
+
+class Script:
+    """A caller's processor that makes the model write `text` and then end, by adding to the
+    scripted token's logit (a token another processor banned stays banned)."""
+
+    def __init__(self, tokenizer, text: str) -> None:
+        self.ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        written = input_ids.shape[-1]
+        if written < len(self.ids):
+            scores = scores.clone()
+            scores[..., self.ids[written]] += 1e4
+        return scores
+
+
+def test_the_engine_goes_on_past_a_restated_request(keyed):
+    """Through the engine: a model that restates the message and ends stops there without the
+    ban and writes on with it, given the message as the user wrote it."""
+    model, tokenizer = tiny.build(seed=2)
+    pool = MemoryPool(embedder=keyed())
+    restated = "I can pull together everyone's holiday gift ideas, including something for my mom."
+
+    def answer() -> str:
+        engine = StreamingEngine(model, tokenizer, pool)
+        events = engine.stream(
+            REQUEST, max_new_tokens=100, temperature=0.0, learn=False, logits_processor=[Script(tokenizer, restated)]
+        )
+        return "".join(event.text for event in events if isinstance(event, Token))
+
+    assert answer() == restated
+    apply_profile(model, DecodingProfile(0.7, 1.0, 0, 1.0, 0, no_restated_ending=True))
+    longer = answer()
+    assert longer.startswith(restated) and len(longer) > len(restated)
 
 
 def repeated_bigrams(ids: list[int]) -> int:

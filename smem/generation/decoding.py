@@ -6,8 +6,9 @@ peanut butter for a long time" five times. Two of transformers' own processors s
 `RepetitionPenaltyLogitsProcessor` (CTRL's penalty, applied to tokens already *generated*, not to
 the prompt: a penalty on prompt tokens would push the model away from the names and dates in its
 memories) and `NoRepeatNGramLogitsProcessor` (no n-gram of the answer twice). `TopKLogitsWarper`
-adds the top-k cut the Qwen models ship with. One is ours, as transformers has none that works
-on sentences: `NoRepeatedSentence`, for list items too short for the n-gram ban to see.
+adds the top-k cut the Qwen models ship with. Two are ours, as transformers has none that works
+on sentences: `NoRepeatedSentence`, for list items too short for the n-gram ban to see, and
+`NoRestatedEnding`, for answers that restate the request and stop.
 
 The settings live on the model's `generation_config`, the place transformers keeps them, so a
 model's checkpoint can bring its own and `load` fills in the table below for the models we know.
@@ -45,6 +46,7 @@ class DecodingProfile:
     no_repeat_ngram_size: int
     prompted_reasoning: bool = False
     no_repeat_sentence: bool = False
+    no_restated_ending: bool = False
 
 
 NO_REPEAT_NGRAM = 10
@@ -62,7 +64,12 @@ PROFILES: dict[str, DecodingProfile] = {
     # repeated a list item shorter than the n-gram ban, 0 of 30 with it, and its LoCoMo answers
     # did not change (docs/benchmarks.md). Not measured on the 1.5B, whose figures were taken
     # without it (its facts phase is a list the ban would act on), so it stays off there.
-    "qwen2.5-coder-0.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, no_repeat_sentence=True),
+    # No restated ending: at the same settings 2 of 30 example answers restated the request and
+    # stopped ("Yes, I can pull together everyone's holiday gift ideas, including something for
+    # my mom."); measured on the 0.5B only, like the sentence ban (docs/benchmarks.md).
+    "qwen2.5-coder-0.5b-instruct": DecodingProfile(
+        0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, no_repeat_sentence=True, no_restated_ending=True
+    ),
     "qwen2.5-coder-1.5b-instruct": DecodingProfile(0.7, 0.8, 20, 1.1, NO_REPEAT_NGRAM, prompted_reasoning=True),
     # Qwen3's model card, thinking mode: temperature 0.6, top_p 0.95, top_k 20, and no
     # repetition penalty (the card suggests a presence penalty only if it loops; an 8B rarely does).
@@ -95,11 +102,12 @@ def model_profile(model: Any) -> DecodingProfile:
 
 
 def profile_processors(
-    profile: DecodingProfile, tokenizer: Any = None, stop_ids: Collection[int] = ()
+    profile: DecodingProfile, tokenizer: Any = None, stop_ids: Collection[int] = (), message: str = ""
 ) -> list[LogitsProcessor]:
     """The profile's repetition controls and top-k cut, for the engine's token picker, which
-    shows them the answer's ids only (never the prompt). The sentence ban reads text, so it
-    needs the `tokenizer` (and the `stop_ids` that would end the answer)."""
+    shows them the answer's ids only (never the prompt). The sentence bans read text, so they
+    need the `tokenizer` (and the `stop_ids` that would end the answer); the restated-ending
+    ban also needs the user's `message`."""
     processors: list[LogitsProcessor] = []
     if profile.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(profile.repetition_penalty))
@@ -107,6 +115,8 @@ def profile_processors(
         processors.append(NoRepeatNGramLogitsProcessor(profile.no_repeat_ngram_size))
     if profile.no_repeat_sentence and tokenizer is not None:
         processors.append(NoRepeatedSentence(tokenizer, stop_ids))
+    if profile.no_restated_ending and tokenizer is not None and stop_ids and message:
+        processors.append(NoRestatedEnding(tokenizer, message, stop_ids))
     if profile.top_k > 0:
         processors.append(TopKLogitsWarper(profile.top_k))
     return processors
@@ -155,3 +165,27 @@ class NoRepeatedSentence(LogitsProcessor):
         width = min(len(ends), len(banned))
         banned[:width] = ends[:width]
         return scores.masked_fill(banned.to(scores.device), -float("inf"))
+
+
+class NoRestatedEnding(LogitsProcessor):
+    """The answer may not end while its last sentence restates the user's message
+    (`degenerate.restated_ending`: it ends on `RESTATED_WORDS` consecutive words of it).
+
+    The small model sometimes answers a request by repeating it as a promise and stopping:
+    "Sure, I can help plan Thursday's algebra session with Alex. He keeps dropping minus signs
+    and I want an approach that actually sticks." Only the end-of-answer ids are banned there,
+    so the model goes on to what was asked ("Here are some options: …") and every sentence it
+    writes is its own choice; an answer that puts something after the restated words
+    ("… was Max.") ends as it would have."""
+
+    def __init__(self, tokenizer: Any, message: str, stop_ids: Collection[int]) -> None:
+        self.tokenizer = tokenizer
+        self.message = message
+        self.stop_ids = sorted(set(stop_ids))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if degenerate.restated_ending(self.tokenizer.decode(input_ids[0].tolist()), self.message) is None:
+            return scores
+        banned = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        banned[[i for i in self.stop_ids if i < len(banned)]] = True
+        return scores.masked_fill(banned, -float("inf"))

@@ -5,7 +5,8 @@ the prompt's memory heading, looped "I'm sorry, but I can't help with that eithe
 said the same sentence five times. The answer benchmark reports the share of answers this flags
 (`degenerate_rate`), a test fails the default model on any flagged answer, and the default
 model's decoding will not end a sentence twice (`decoding.NoRepeatedSentence`), so all three use
-this one definition.
+this one definition. One more failure is defined here for the decoder alone: an answer that
+ends on a restatement of the request (`restated_ending`).
 
 Tokens here are words and single punctuation marks (as LoCoMo's SimpleTokenizer splits: runs of
 word characters, else one non-space character), so the rule does not depend on a model's
@@ -33,6 +34,16 @@ MIN_COPY_WORDS = 3
 
 MIN_SENTENCE_WORDS = 3
 """A repeated sentence must have at least this many words: "Yes." twice is not a loop."""
+
+RESTATED_WORDS = 8
+"""An answer whose last sentence ends on this many consecutive words of the user's message has
+restated the request instead of answering it. Where it came from (docs/benchmarks.md, "An answer
+may not end on the question"): the endings that only restated the message ended on 8 to 13 of
+its words ("Yes, I can pull together everyone's holiday gift ideas, including something for my
+mom."; LoCoMo's "When Gina has lost her job at Door Dash?" answered "Gina has lost her job at
+Door Dash."), every ending that answered on at most 7 ("John felt a sense of joy and excitement
+during the small party with the veterans."), over 60 example answers and 420 LoCoMo answers of
+the packaged 0.5B."""
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -91,6 +102,20 @@ def sentence_words(sentence: str) -> Optional[tuple[str, ...]]:
     None for a sentence too short to count (`MIN_SENTENCE_WORDS`)."""
     words = tuple(_words(sentence))
     return words if len(words) >= MIN_SENTENCE_WORDS else None
+
+
+def restated_ending(answer: str, message: str) -> Optional[str]:
+    """The answer's last sentence (ignoring blank lines after it) when it ends on
+    `RESTATED_WORDS` consecutive words of `message`, else None. Not a degenerate answer by the
+    issue's definition (`degenerate` does not count it), but no answer either: the decoder will
+    not end an answer there (`decoding.NoRestatedEnding`)."""
+    written = [sentence for sentence in sentences(answer) if _WORD.search(sentence)]
+    if not written:
+        return None
+    tail = _words(written[-1])[-RESTATED_WORDS:]
+    if len(tail) < RESTATED_WORDS:
+        return None
+    return written[-1].strip() if f" {' '.join(tail)} " in f" {' '.join(_words(message))} " else None
 
 
 def repeated_sentence(answer: str) -> Optional[str]:

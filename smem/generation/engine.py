@@ -588,7 +588,7 @@ class StreamingEngine:
         )
         temperature = self.decoding.temperature if temperature is None else temperature
         top_p = self.decoding.top_p if top_p is None else top_p
-        processors = [*profile_processors(self.decoding, self.tokenizer, self.stop_ids), *logits_processor]
+        processors = [*profile_processors(self.decoding, self.tokenizer, self.stop_ids, message), *logits_processor]
         picker = functools.partial(
             TokenPicker,
             temperature=temperature,
