@@ -226,6 +226,27 @@ def test_a_swap_inside_a_word_shows_after_the_word(pool):
     assert texts == ["Plan for Thursday's", " session."], texts
 
 
+def test_whitespace_between_two_swaps_is_kept_with_the_next_words(pool):
+    """Two swaps with only a space between them: the space must not be dropped, or the chat
+    (and the history the model reads next turn) glues the words on either side, and a later
+    frame no longer starts with what an earlier one showed."""
+    view = AnswerView()
+    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    view.apply(Memories([x]))
+    view.apply(Token("Alex plays"))
+    view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=2))
+    view.apply(Token(" "))
+    earlier = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
+    view.apply(MemoryUpdate(memories=[z], added=[z], removed=[y], at_token=3))
+    view.apply(Token("soccer."))
+    messages = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
+    texts = [answer_view.message_text(m["content"]) for m in messages[1:] if not m.get("metadata")]
+    assert texts == ["Alex plays", " soccer."], texts
+    assert sum(bool(m.get("metadata")) for m in messages) == 2, "both swaps are shown"
+    assert answer_view.model_history(messages)[-1]["content"] == "Alex plays soccer."
+    assert "".join(texts).startswith(answer_view.model_history(earlier)[-1]["content"])
+
+
 def test_swaps_show_inline_where_they_happened_and_history_reads_one_answer(pool):
     view = AnswerView()
     x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")

@@ -414,8 +414,11 @@ def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView)
     shown = 0
     for swap in view.swaps:
         end = max(shown, _word_end(view.answer, swap.answer_chars))
-        messages += _answer_piece(view, view.answer[shown:end])
-        shown = end
+        # Whitespace alone between two swaps is no bubble of its own: it goes with the next
+        # piece. Dropped, the words on either side were read back glued ("wordthen").
+        if view.answer[shown:end].strip():
+            messages += _answer_piece(view, view.answer[shown:end])
+            shown = end
         messages.append(swap_message(swap))
     messages += _answer_piece(view, view.answer[shown:])
     return messages
