@@ -14,16 +14,16 @@ softmax), one answer per prompt, seed and condition:
   exact_budget  stream, exact swaps rationed by the CPU swap budget
 
 The example prompts have no gold answers, so the measure is unlabelled: **grounded words**, the
-answer's content words (3+ letters, not one of scikit-learn's English stopwords) that occur in a memory the
-answer had in context and not in the prompt, i.e. words the answer can only have taken from its
-memories. Its share of the answer's content words is reported too. It counts use, not truth: a
-memory's word used wrongly counts, and a condition that holds more distinct memories has more
-words to match (streaming holds 8-13 distinct memories an answer, `once` 5; the random tiny
-model "grounds" more words the more memories it sees). So each answer is also scored against the
-same memories for every condition: all that any condition had in context for that prompt and
-seed (`grounded_common`). Per condition: means, paired differences with
-95% bootstrap intervals over the (prompt, seed) pairs, swaps, degenerate answers, and time per
-token (wall and CPU). Every answer is in the JSON.
+answer's content words (3+ letters, not one of scikit-learn's English stopwords) that occur in a
+memory the answer had in context and not in the prompt, i.e. words the answer can only have
+taken from its memories. Its share of the answer's content words is reported too. It counts use,
+not truth: a memory's word used wrongly counts, and a condition that holds more distinct
+memories has more words to match (streaming holds 8-13 distinct memories an answer, `once` 5;
+the random tiny model "grounds" more words the more memories it sees). So each answer is also
+scored against the same memories for every condition: all that any condition had in context for
+that prompt and seed (`grounded_common`). Per condition: means, paired differences with 95%
+bootstrap intervals over the (prompt, seed) pairs, swaps, degenerate answers, and time per token
+(wall and CPU). Every answer is in the JSON.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def add_common_grounding(records: dict[str, list[dict[str, Any]]]) -> None:
     for row in itertools.chain.from_iterable(records.values()):
         union.setdefault((row["seed"], row["prompt"]), set()).update(row["memories"])
     for row in itertools.chain.from_iterable(records.values()):
-        row["grounded_common"] = len(grounded_words(row["answer"], sorted(union[row["seed"], row["prompt"]]), row["prompt"]))
+        memories = sorted(union[row["seed"], row["prompt"]])
+        row["grounded_common"] = len(grounded_words(row["answer"], memories, row["prompt"]))
 
 
 def summarise(records: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, Any]:
@@ -153,7 +154,10 @@ def summarise(records: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, 
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print("\n| condition | grounded words [95% CI] | share | against every condition's memories [95% CI] | distinct memories | swaps | tokens | degenerate | ms/token (CPU) |")
+    print(
+        "\n| condition | grounded words [95% CI] | share | against every condition's memories [95% CI] "
+        "| distinct memories | swaps | tokens | degenerate | ms/token (CPU) |"
+    )
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for name, row in result["conditions"].items():
         low, high = row["grounded_words_ci"]
@@ -196,7 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 plan = CONDITIONS[condition]
                 engine = StreamingEngine(model, tokenizer, sets.pool(name), **plan["engine"])
                 options = {**defaults.stream_kwargs(), "seed": seed, "learn": False, **plan["stream"]}
-                row = {"seed": seed, "set": name, "prompt": prompt, "condition": condition, **answer_once(engine, prompt, options)}
+                row = {"seed": seed, "set": name, "prompt": prompt, "condition": condition}
+                row.update(answer_once(engine, prompt, options))
                 records[condition].append(row)
                 print(
                     f"seed {seed} {name} {condition}: {row['grounded_words']} grounded of {row['content_words']} "

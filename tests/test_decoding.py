@@ -139,7 +139,8 @@ def test_the_default_model_will_not_end_on_a_restated_request():
     tokenizer = tiny.build_tokenizer()
     kinds = [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0], REQUEST)]
     assert NoRestatedEnding in kinds
-    assert NoRestatedEnding not in [type(p) for p in profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0])]
+    without_message = profile_processors(PROFILES["qwen2.5-coder-0.5b-instruct"], tokenizer, [0])
+    assert NoRestatedEnding not in [type(p) for p in without_message]
 
 
 class Script:

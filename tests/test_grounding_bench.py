@@ -18,9 +18,12 @@ def test_a_grounded_word_is_in_a_memory_and_not_in_the_prompt():
 
 
 def test_every_condition_is_also_scored_against_the_same_memories():
+    def row(answer: str, memory: str) -> dict:
+        return {"seed": 1, "prompt": "Plan the trip?", "answer": answer, "memories": [memory]}
+
     rows = {
-        "once": [{"seed": 1, "prompt": "Plan the trip?", "answer": "Book the kennel for Biscuit.", "memories": ["Book the kennel."]}],
-        "splice": [{"seed": 1, "prompt": "Plan the trip?", "answer": "Biscuit goes to Renée.", "memories": ["Biscuit stays with Renée."]}],
+        "once": [row("Book the kennel for Biscuit.", "Book the kennel.")],
+        "splice": [row("Biscuit goes to Renée.", "Biscuit stays with Renée.")],
     }
     grounding.add_common_grounding(rows)
     assert rows["once"][0]["grounded_common"] == 3, "book, kennel, biscuit: Biscuit is in the other condition's memory"
@@ -29,10 +32,12 @@ def test_every_condition_is_also_scored_against_the_same_memories():
 
 def test_the_benchmark_writes_its_table_and_every_answer(tmp_path, capsys):
     out = tmp_path / "grounding.json"
-    result = grounding.main(["--model", "tiny", "--seeds", "1", "--sets", "tutor", "--conditions", "once", "splice", "--json", str(out)])
+    arguments = ["--model", "tiny", "--seeds", "1", "--sets", "tutor", "--conditions", "once", "splice"]
+    result = grounding.main([*arguments, "--json", str(out)])
     written = json.loads(out.read_text(encoding="utf-8"))
     assert set(written["conditions"]) == {"once", "splice"} and set(written["paired"]) == {"once - splice"}
-    assert written["conditions"]["once"]["swaps_per_answer"] == 0 and written["conditions"]["once"]["distinct_memories"] == 5
+    once = written["conditions"]["once"]
+    assert once["swaps_per_answer"] == 0 and once["distinct_memories"] == 5, "retrieved once, five memories"
     answers = written["answers"]["splice"]
     assert len(answers) == len(written["answers"]["once"]) > 0 and all(row["tokens"] > 0 for row in answers)
     assert all(0 <= row["grounded_words"] <= row["content_words"] for row in answers)
