@@ -65,6 +65,12 @@ def test_top_k_keeps_k_tokens_and_the_fallback_adds_nothing():
     assert profile_processors(FALLBACK) == []
 
 
+def one_step(processor, tokenizer, text: str, vocabulary: int) -> torch.Tensor:
+    """`processor`'s logits for the next token after the answer `text`, from all-zero logits."""
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    return processor(ids, torch.zeros(1, vocabulary))[0]
+
+
 def test_a_sentence_of_the_answer_cannot_end_a_second_time():
     """The n-gram ban misses a short repeated list item; this one stops it at the token that
     would end it, and leaves every other token and every other sentence alone."""
@@ -76,8 +82,7 @@ def test_a_sentence_of_the_answer_cannot_end_a_second_time():
     newlines = [i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]
 
     def step(text: str) -> torch.Tensor:
-        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
-        return ban(ids, torch.zeros(1, vocabulary))[0]
+        return one_step(ban, tokenizer, text, vocabulary)
 
     again = step("- Renée covers Friday pickup\n- Sam drives Monday\n- Renée covers Friday pickup")
     assert torch.isinf(again[newlines + [stop]]).all(), "no newline, no end of answer: the item would repeat"
@@ -125,8 +130,7 @@ def test_an_answer_cannot_end_on_a_restatement_of_the_request():
     vocabulary = len(tokenizer) + 6  # models often have more logits than tokenizer ids
 
     def step(text: str) -> torch.Tensor:
-        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
-        return ban(ids, torch.zeros(1, vocabulary))[0]
+        return one_step(ban, tokenizer, text, vocabulary)
 
     restated = step("Yes, I can pull together everyone's holiday gift ideas, including something for my mom.\n")
     assert torch.isinf(restated[[stop, other]]).all(), "no end of answer here"
