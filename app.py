@@ -25,7 +25,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import spaces  # noqa: E402  (before torch: on ZeroGPU it patches CUDA at import)
 
 import contextlib  # noqa: E402
-import copy  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -417,16 +416,8 @@ def build_demo() -> gr.Blocks:
         ) -> dict:
             """A clicked row of the table: why that memory is in context, links and all, and
             the links that pulled it in drawn red in the network."""
-            rows = view.rows() if view else []
-            content = (event.row_value or [None, None])[1]
-            out = {detail: viz.memory_detail(rows, content)}
-            clicked = viz.clicked_row(rows, content)
-            if clicked is not None and clicked.hit.pulled_by:
-                # On a copy of the layout: a live answer may be redrawing the network meanwhile.
-                out[network] = viz.network_figure(
-                    pool, copy.deepcopy(layout), view.current_ids, pulled=clicked.hit
-                )
-            return out
+            text, figure = viz.explain_click(view, (event.row_value or [None, None])[1], pool, layout)
+            return {detail: text} if figure is None else {detail: text, network: figure}
 
         def show_token(position: float, view: Optional[AnswerView]):
             """The timeline cursor: which memories were in context at that token, and the text so far."""

@@ -378,6 +378,25 @@ def test_a_clicked_memory_shows_in_the_network_the_links_that_pulled_it_in(minil
     assert {(pulled["x"][0], pulled["y"][0]), (pulled["x"][1], pulled["y"][1])} <= drawn, "it ends on both memories"
 
 
+def test_a_click_redraws_the_network_only_for_a_memory_a_link_pulled_in(minilm):
+    """What the app shows for a clicked row: the detail always; a network with the pulling links
+    in red only when links pulled that memory in, drawn on a copy of the visitor's layout."""
+    day = datetime(2025, 6, 2, 8, 0, tzinfo=timezone.utc)
+    dated = MemoryPool(minilm, seed=0)
+    dated.add_many([{"id": name, "content": f"note {name}", "created_at": day} for name in "abcd"])
+    pulled = Hit(dated.get("d"), 0.3, 0.5, 1.2, 1, pulled_by=(Pull("a", "encoding", 1.0),))
+    alone = Hit(dated.get("a"), 0.6, 0.8, 1.0, 0)
+    view = AnswerView()
+    view.apply(Memories([alone, pulled]))
+    layout = viz.NetworkLayout()
+    text, figure = viz.explain_click(view, "note d", dated, layout)
+    assert text == viz.memory_detail(view.rows(), "note d") and "Pulled in by 1 link" in text
+    assert figure is not None and viz.PULLED_NAME in traces(figure)
+    assert layout == viz.NetworkLayout(), "the visitor's layout is not moved by a click"
+    assert viz.explain_click(view, "note a", dated, layout) == (viz.memory_detail(view.rows(), "note a"), None)
+    assert viz.explain_click(None, None, dated, layout) == (viz.memory_detail([], None), None)
+
+
 def test_network_labels_the_linked_and_in_context_memories_with_their_text(pool):
     figure = viz.network_figure(pool, viz.NetworkLayout(), in_context=["z"])
     labels = [text for trace in figure.data if trace.mode == "markers+text" for text in trace.text if text]

@@ -13,6 +13,7 @@ and none changes what is retrieved. The layout constants below say where theirs 
 from __future__ import annotations
 
 import bisect
+import copy
 import html
 import math
 import textwrap
@@ -137,7 +138,25 @@ def clicked_row(rows: Sequence[MemoryRow], content: Optional[str]) -> Optional[M
 def memory_detail(rows: Sequence[MemoryRow], content: Optional[str]) -> str:
     """Markdown for one clicked row of the table: the memory, its score and what it is made
     of, and every link that pulled it in, with the memory at the other end in full."""
+    return _detail(clicked_row(rows, content), rows, content)
+
+
+def explain_click(
+    view: Optional[AnswerView], content: Optional[str], pool: MemoryPool, layout: NetworkLayout
+) -> tuple[str, Optional[go.Figure]]:
+    """What a click on the table's row showing `content` shows: `memory_detail`, and the network
+    with the links that pulled that memory in drawn red, or None where no link did (the network
+    stays as drawn). The figure lays out a copy of `layout`: a live answer may be redrawing the
+    network from it meanwhile."""
+    rows = view.rows() if view else []
     row = clicked_row(rows, content)
+    detail = _detail(row, rows, content)
+    if view is None or row is None or not row.hit.pulled_by:
+        return detail, None
+    return detail, network_figure(pool, copy.deepcopy(layout), view.current_ids, pulled=row.hit)
+
+
+def _detail(row: Optional[MemoryRow], rows: Sequence[MemoryRow], content: Optional[str]) -> str:
     if row is None:
         if content is None:
             return "Click a memory in the table to see why it is in context."
