@@ -10,6 +10,11 @@ softmax), one answer per prompt, seed and condition:
 
   once          retrieve once (no re-retrieval)
   splice        stream, splice swaps (the CPU default)
+  splice_refresh  stream, splice swaps that re-read the block's instruction and the header
+  splice_last16 / splice_last48  the same, re-reading the answer's last 16 / 48 tokens too
+  splice_all    the same, re-reading the whole answer
+  splice_nostore / splice_all_nostore  splice / splice_all reading every newcomer's line (no store)
+  splice_kept   splice, reading again the lines that stay after a cut one
   exact         stream, exact swaps, unrationed
   exact_budget  stream, exact swaps rationed by the CPU swap budget
 
@@ -61,6 +66,16 @@ ONCE_EVERY_N = 1_000_000
 CONDITIONS: dict[str, dict[str, Any]] = {
     "once": {"engine": {}, "stream": {"update_every_n": ONCE_EVERY_N}},
     "splice": {"engine": {}, "stream": {"swap": "splice"}},
+    "splice_refresh": {"engine": {"refresh_prompt": True}, "stream": {"swap": "splice"}},
+    "splice_last16": {"engine": {"refresh_prompt": True, "reread_answer": 16}, "stream": {"swap": "splice"}},
+    "splice_last48": {"engine": {"refresh_prompt": True, "reread_answer": 48}, "stream": {"swap": "splice"}},
+    "splice_all": {"engine": {"refresh_prompt": True, "reread_answer": None}, "stream": {"swap": "splice"}},
+    "splice_nostore": {"engine": {"reuse_lines": False}, "stream": {"swap": "splice"}},
+    "splice_kept": {"engine": {"reread_kept": True}, "stream": {"swap": "splice"}},
+    "splice_all_nostore": {
+        "engine": {"refresh_prompt": True, "reread_answer": None, "reuse_lines": False},
+        "stream": {"swap": "splice"},
+    },
     "exact": {"engine": {"swap_budget": None}, "stream": {"swap": "exact"}},
     "exact_budget": {"engine": {"swap_budget": "auto"}, "stream": {"swap": "exact"}},
 }

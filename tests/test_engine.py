@@ -538,12 +538,18 @@ def test_pool_counts_rendered_lines_in_model_tokens_once(tiny_model, pool):
 # -- splice swaps ----------------------------------------------------------------------------
 
 
-def splice_context(tiny_model, hits, fuse: bool = False, reuse: bool = True) -> tuple[SpliceContext, StreamingEngine]:
+def splice_context(
+    tiny_model, hits, fuse: bool = False, reuse: bool = True, refresh: bool = False, reread: int | None = 0,
+    kept: bool = False,
+) -> tuple[SpliceContext, StreamingEngine]:
     model, tokenizer = tiny_model
     engine = StreamingEngine(model, tokenizer, MemoryPool(embedder=default_embedder()))
     builder = PromptBuilder(tokenizer, MESSAGE, HISTORY)
     store = LineStore() if reuse else None
-    context = SpliceContext(engine._forward, builder, hits, model.config, rotation=engine.rotation, fuse=fuse, store=store)
+    context = SpliceContext(
+        engine._forward, builder, hits, model.config, rotation=engine.rotation, fuse=fuse, store=store,
+        refresh_prompt=refresh, reread_answer=reread, reread_kept=kept,
+    )
     return context, engine
 
 
@@ -687,6 +693,120 @@ def test_splice_cuts_appends_empties_and_refills_the_block(tiny_model, pool):
     assert context.memory_tokens == len(expected_tokens(context, [d], [])) - context.prompt_tokens
     logits = context.step(12)
     assert torch.isfinite(logits).all()
+
+
+def test_a_refreshing_splice_re_reads_the_instruction_and_header_over_the_new_block(tiny_model, pool):
+    """With `refresh_prompt` a swap re-reads the block's instruction and the header too: the
+    entries from the first line read to the answer are a forward pass over the cache before
+    them, as a prefill would give. Without it the instruction keeps the entries it had."""
+    model, _ = tiny_model
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    for fuse in (False, True):
+        (stale, _), (context, engine) = (
+            splice_context(tiny_model, [a, b, c], fuse=fuse, refresh=refresh) for refresh in (False, True)
+        )
+        fed = [11, 12, 13]
+        for each in (stale, context):
+            each.prefill()
+            for token in fed:
+                each.step(token)
+        header, frame = len(context._builder.header), len(context._tail) + len(context._builder.header)
+        line = {hit.id: len(context._builder.line_ids(hit)) for hit in (a, b, c, d)}
+        block_of_b = len(context._head) + line[b.id] + len(context._tail)
+        cases = [([a, d, c], line[d.id] + frame), ([a, c], frame), ([], header), ([b], block_of_b + header)]
+        for hits, reads in cases:
+            assert context.swap(hits) == reads
+            stale.swap(hits)
+            fed.append(len(fed) + 11)
+            assert torch.isfinite(context.step(fed[-1])).all()
+            stale.step(fed[-1])
+            assert context.tokens == stale.tokens == expected_tokens(context, context.hits, fed)
+            answer = len(context.tokens) - len(fed)
+            gap = answer - reads
+            reference = DynamicCache(config=model.config)
+            for index, layer in enumerate(context.cache.layers):
+                reference.update(layer.keys[:, :, :gap], layer.values[:, :, :gap], index)
+            engine._forward(context.tokens[gap:answer], reference)
+            for layer, fresh in zip(context.cache.layers, reference.layers):
+                torch.testing.assert_close(layer.keys[:, :, gap:answer], fresh.keys[:, :, gap:], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(
+                    layer.values[:, :, gap:answer], fresh.values[:, :, gap:], atol=1e-4, rtol=1e-4
+                )
+            instruction = slice(answer - frame, answer)
+            if hits == [a, d, c]:  # without refresh the instruction still has the entries that saw b
+                assert not torch.allclose(stale.cache.layers[-1].values[:, :, instruction],
+                                          context.cache.layers[-1].values[:, :, instruction], atol=1e-3)
+
+
+def test_a_splice_that_re_reads_the_prompt_and_the_answer_leaves_nothing_stale_after_the_lines(tiny_model, pool):
+    """`refresh_prompt` with `reread_answer=None` re-reads everything after the new lines, so
+    where no line stays after a cut one and none comes from the store (as in these swaps) the
+    cache and the logits are a fresh forward's over the same tokens. With `reread_answer=2` the
+    answer's last two entries are a forward over the cache before them; with 0 they are not."""
+    model, _ = tiny_model
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    for fuse in (False, True):
+        exact, engine = splice_context(tiny_model, [a, b, c], fuse=fuse, refresh=True, reread=None)
+        recent, _ = splice_context(tiny_model, [a, b, c], fuse=fuse, refresh=True, reread=2)
+        plain, _ = splice_context(tiny_model, [a, b, c], fuse=fuse, refresh=True)
+        fed = [11, 12, 13, 14]
+        for each in (exact, recent, plain):
+            each.prefill()
+            for token in fed:
+                each.step(token)
+        for hits in ([a, d], [a], [], [c, b]):
+            counts = [each.swap(hits) for each in (exact, recent, plain)]
+            assert counts[0] == counts[2] + len(fed) and counts[1] == counts[2] + 2
+            fed.append(len(fed) + 11)
+            logits = [each.step(fed[-1]) for each in (exact, recent, plain)]
+            fresh = DynamicCache(config=model.config)
+            torch.testing.assert_close(logits[0], engine._forward(exact.tokens, fresh), atol=1e-4, rtol=1e-4)
+            for layer, reference in zip(exact.cache.layers, fresh.layers):
+                torch.testing.assert_close(layer.keys, reference.keys, atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(layer.values, reference.values, atol=1e-4, rtol=1e-4)
+            cut = len(recent.tokens) - 3  # the two tokens re-read and the new one
+            reference = DynamicCache(config=model.config)
+            for index, layer in enumerate(recent.cache.layers):
+                reference.update(layer.keys[:, :, :cut], layer.values[:, :, :cut], index)
+            torch.testing.assert_close(logits[1], engine._forward(recent.tokens[cut:], reference), atol=1e-4, rtol=1e-4)
+            for layer, fresh_layer in zip(recent.cache.layers, reference.layers):
+                torch.testing.assert_close(
+                    layer.values[:, :, cut:], fresh_layer.values[:, :, cut:], atol=1e-4, rtol=1e-4
+                )
+            assert exact.tokens == recent.tokens == plain.tokens
+        stale = plain.cache.layers[-1].values[:, :, -len(fed) : -1]
+        answer = fresh.layers[-1].values[:, :, -len(fed) : -1]
+        assert not torch.allclose(stale, answer, atol=1e-3), "reread_answer=0: the answer keeps its entries"
+
+
+def test_a_splice_can_read_again_the_lines_that_stay_after_a_cut_one(tiny_model, pool):
+    """With `reread_kept`, cutting b from [a, b, c] reads c again (after a, as a prefill would)
+    with the newcomer d, instead of sliding c back with the entries that saw b."""
+    model, _ = tiny_model
+    a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
+    for fuse in (False, True):
+        (slid, _), (context, engine) = (splice_context(tiny_model, [a, b, c], fuse=fuse, kept=k) for k in (False, True))
+        for each in (slid, context):
+            each.prefill()
+            each.step(11)
+        line = {hit.id: len(context._builder.line_ids(hit)) for hit in (a, b, c, d)}
+        assert slid.swap([a, c, d]) == line[d.id]
+        assert context.swap([a, c, d]) == line[c.id] + line[d.id]
+        for each in (slid, context):
+            each.step(12)
+        assert context.hits == slid.hits == [a, c, d] and context.tokens == slid.tokens
+        c_start = context.start + len(context._head) + line[a.id]
+        c_end = c_start + line[c.id]
+        reference = DynamicCache(config=model.config)
+        for index, layer in enumerate(context.cache.layers):
+            reference.update(layer.keys[:, :, :c_start], layer.values[:, :, :c_start], index)
+        engine._forward(context.tokens[c_start:c_end], reference)
+        for layer, fresh in zip(context.cache.layers, reference.layers):
+            torch.testing.assert_close(
+                layer.values[:, :, c_start:c_end], fresh.values[:, :, c_start:], atol=1e-4, rtol=1e-4
+            )
+        assert not torch.allclose(slid.cache.layers[-1].values[:, :, c_start:c_end],
+                                  reference.layers[-1].values[:, :, c_start:], atol=1e-3), "slid, c still saw b"
 
 
 def test_splice_mode_runs_every_re_retrieval_without_deferring(tiny_model, pool):

@@ -144,7 +144,10 @@ class StreamingEngine:
     elsewhere; `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice
     puts back a memory line read before instead of reading it again
     (`smem.generation.line_store`): from `line_store`, shared by a session's engines so that
-    later answers reuse earlier answers' lines, or else from a store of this answer's own. The
+    later answers reuse earlier answers' lines, or else from a store of this answer's own. With
+    `refresh_prompt` a splice also re-reads the block's instruction and the assistant header,
+    with `reread_answer` the answer's last tokens, and with `reread_kept` the lines that stay
+    after a cut one (`SpliceContext`). The
     pool counts its memories in this model's tokens (`line_tokens`, shared by engines of one
     model), so token budgets mean prompt tokens; a pool already counted costs nothing.
     """
@@ -165,6 +168,9 @@ class StreamingEngine:
         line_tokens: Optional[MemoryLineTokens] = None,
         reuse_lines: bool = True,
         line_store: Optional[LineStore] = None,
+        refresh_prompt: bool = False,
+        reread_answer: Optional[int] = 0,
+        reread_kept: bool = False,
         reasoning: Union[PromptedReasoning, None, Literal["auto"]] = "auto",
     ) -> None:
         self.model = model
@@ -194,6 +200,9 @@ class StreamingEngine:
         self.slot_tokens = slot_tokens
         self.reuse_lines = reuse_lines
         self.line_store = line_store
+        self.refresh_prompt = refresh_prompt
+        self.reread_answer = reread_answer
+        self.reread_kept = reread_kept
         self._pool_lock = threading.RLock()
         with self._pool_lock:
             pool.count_tokens_with(line_tokens or MemoryLineTokens(tokenizer))
@@ -247,7 +256,17 @@ class StreamingEngine:
         if mode == "splice":
             assert self.rotation is not None  # _check_swap refused it otherwise
             store = (LineStore() if self.line_store is None else self.line_store) if self.reuse_lines else None
-            return SpliceContext(self._forward, builder, hits, config, rotation=self.rotation, store=store)
+            return SpliceContext(
+                self._forward,
+                builder,
+                hits,
+                config,
+                rotation=self.rotation,
+                store=store,
+                refresh_prompt=self.refresh_prompt,
+                reread_answer=self.reread_answer,
+                reread_kept=self.reread_kept,
+            )
         return SlotContext(
             self._forward,
             builder,

@@ -212,6 +212,15 @@ class SpliceContext:
     sees everything), so a swap costs the weights' read once, not twice: on a CPU a decode step
     is bound by reading the weights, and a 25-token line costs about as much again
     (docs/benchmarks.md, "Swap modes"). Without `fuse` the lines are read at once.
+
+    Three re-reads a splice skips can be asked for, each off by default because none of them
+    alone brought long answers closer to exact swaps (docs/benchmarks.md, "What an exact swap
+    does that a splice does not"): with `refresh_prompt` a swap that changes the block also
+    re-reads what follows the lines up to the answer (the block's instruction and the assistant
+    header) in the same gap; with `reread_answer` n it re-reads the answer's last n tokens (all
+    of them with None) at the end of the same forward pass, over everything before them; with
+    `reread_kept` the lines that stay after a cut one are read again instead of sliding back
+    with the entries they were read with. Lines put back from the store keep theirs.
     """
 
     exact = False
@@ -227,11 +236,17 @@ class SpliceContext:
         rotation: KeyRotation,
         fuse: bool = True,
         store: Optional[LineStore] = None,
+        refresh_prompt: bool = False,
+        reread_answer: Optional[int] = 0,
+        reread_kept: bool = False,
     ) -> None:
         self._forward = forward
         self._builder = builder
         self._rotation = rotation
         self.fuse = fuse
+        self.refresh_prompt = refresh_prompt
+        self.reread_answer = reread_answer
+        self.reread_kept = reread_kept
         self.store = store
         """Where lines read are kept and looked up (None: every newcomer's line is read)."""
         self.reused = 0
@@ -246,6 +261,8 @@ class SpliceContext:
         self._gap: Optional[tuple[int, list[int], list[tuple[Hit, list[int]]], int]] = None
         """(position, ids, the memory lines among them, where the first starts in ids) of lines
         spliced into `tokens` whose cache entries are not read yet."""
+        self._suffix: list[int] = []
+        """The answer's last tokens, cut from the cache by a swap and read again with the gap."""
 
     def _block(self) -> list[int]:
         """Head + lines + tail; no memories, no block (as `PromptBuilder.memory_block`)."""
@@ -280,9 +297,13 @@ class SpliceContext:
 
     def step(self, token: int) -> torch.Tensor:
         self.tokens.append(token)
-        if self._gap is not None:
+        if self._pending:
             return self._fill(token)
         return self._forward([token], self.cache)
+
+    @property
+    def _pending(self) -> bool:
+        return self._gap is not None or bool(self._suffix)
 
     def rewind(self, tokens: int) -> None:
         """Forget the last `tokens` read after the prompt (a look-ahead draft; no swap is
@@ -295,19 +316,28 @@ class SpliceContext:
         return 1
 
     def swap(self, hits: Sequence[Hit], fed: Sequence[int] = ()) -> int:
-        """Put `hits` in context; return the tokens to read (the newcomers' lines). Memories
-        that stay keep their line; the newcomers' lines go after the last of them, so the
-        block's order is `keep_order`'s, as in an exact swap. `fed` (the generated text in the
-        cache) is never re-read: its entries slide with re-rotated keys."""
-        if self._gap is not None:
+        """Put `hits` in context; return the tokens to read (the newcomers' lines and any
+        re-reads). Memories that stay keep their line; the newcomers' lines go after the last
+        of them, so the block's order is `keep_order`'s, as in an exact swap. `fed` (the generated text in the
+        cache) is not used: its entries slide with re-rotated keys, and `reread_answer` reads
+        them from `tokens`."""
+        if self._pending:
             self._fill(None)
+        after = [*self._builder.header] if self.refresh_prompt else []
         if not self.lines or not hits:  # the block appears or disappears as a whole
             before = len(self._block())
             self.lines = [(hit, self._builder.line_ids(hit)) for hit in hits]
             block = self._block()
-            self._move(self.start, self.start + before, block, self.lines, len(self._head))
-            return len(block)
+            self._move(self.start, self.start + before + len(after), [*block, *after], self.lines, len(self._head))
+            return len(block) + len(after) + self._cut_answer()
+        old = [hit.id for hit, _ in self.lines]
         wanted = {hit.id: hit for hit in hits}
+        cut = next((index for index, hit_id in enumerate(old) if hit_id not in wanted), len(old))
+        reread = (  # lines that stay after a cut one: cut too, and read again below
+            [(wanted.pop(hit_id), ids) for hit_id, (_, ids) in zip(old[cut:], self.lines[cut:]) if hit_id in wanted]
+            if self.reread_kept
+            else []
+        )
         first = self.start + len(self._head)
         starts = [first, *(first + n for n in itertools.accumulate(len(ids) for _, ids in self.lines))]
         for index in reversed(range(len(self.lines))):  # last first: earlier starts stay valid
@@ -318,7 +348,7 @@ class SpliceContext:
                 self._move(starts[index], starts[index + 1], [])
                 del self.lines[index]
         end = first + sum(len(ids) for _, ids in self.lines)
-        fresh = []
+        fresh = reread
         for hit in (hit for hit in hits if hit.id in wanted):  # stored lines first, then the ones to read
             line = self._builder.line_ids(hit)
             stored = self.store.get(hit.id, line) if self.store is not None else None
@@ -330,9 +360,24 @@ class SpliceContext:
             end += len(line)
         self.lines += fresh
         ids = [token for _, line in fresh for token in line]
-        if ids:
-            self._move(end, end, ids, fresh)
-        return len(ids)
+        if [hit.id for hit, _ in self.lines] == old:
+            return 0  # the same memories, fresh scores: nothing to read
+        after = [*self._tail, *after] if self.refresh_prompt else []
+        if ids or after:
+            self._move(end, end + len(after), [*ids, *after], fresh)
+        return len(ids) + len(after) + self._cut_answer()
+
+    def _cut_answer(self) -> int:
+        """Cut the answer's last `reread_answer` tokens from the cache, to be read again after the
+        gap's lines by the next forward pass (`_fill`); return how many."""
+        written = len(self.tokens) - (self.start + len(self._block()) + len(self._builder.header))
+        count = written if self.reread_answer is None else min(self.reread_answer, written)
+        if count:
+            self._suffix = self.tokens[len(self.tokens) - count :]
+            _crop(self.cache, count)
+            if not self.fuse:
+                self._fill(None)
+        return count
 
     def _put_back(self, stored: StoredLine, ids: list[int], at: int) -> None:
         """Insert a stored line at position `at`: its keys re-rotated from where it was read,
@@ -366,14 +411,14 @@ class SpliceContext:
 
     def _fill(self, token: Optional[int]) -> torch.Tensor:
         """Read the gap's lines at their positions, seeing only what precedes the gap (and each
-        other, causally), plus `token` at the end of the sequence seeing everything; then put
-        the lines' entries in order. Returns the logits after the last id read."""
-        assert self._gap is not None
-        at, ids, lines, offset = self._gap
-        self._gap = None
+        other, causally), then the answer tokens a swap cut (`_cut_answer`) and `token` at the
+        end of the sequence, seeing everything; then put the lines' entries in order. Returns
+        the logits after the last id read."""
         kept = self.cache.get_seq_length()
-        reads = [*ids, *([token] if token is not None else [])]
-        positions = [*range(at, at + len(ids)), *([kept + len(ids)] if token is not None else [])]
+        at, ids, lines, offset = self._gap or (kept, [], [], 0)
+        suffix, self._gap, self._suffix = self._suffix, None, []
+        reads = [*ids, *suffix, *([token] if token is not None else [])]
+        positions = [*range(at, at + len(ids)), *range(kept + len(ids), kept + len(reads))]
         dtype, device = self.cache.layers[0].keys.dtype, self.cache.layers[0].keys.device
         blocked = torch.finfo(dtype).min
         mask = torch.zeros(1, 1, len(reads), kept + len(reads), dtype=dtype, device=device)
