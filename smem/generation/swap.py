@@ -318,9 +318,9 @@ class SpliceContext:
     def swap(self, hits: Sequence[Hit], fed: Sequence[int] = ()) -> int:
         """Put `hits` in context; return the tokens to read (the newcomers' lines and any
         re-reads). Memories that stay keep their line; the newcomers' lines go after the last
-        of them, so the block's order is `keep_order`'s, as in an exact swap. `fed` (the generated text in the
-        cache) is not used: its entries slide with re-rotated keys, and `reread_answer` reads
-        them from `tokens`."""
+        of them, so the block's order is `keep_order`'s, as in an exact swap. `fed` (the
+        generated text in the cache) is not used: its entries slide with re-rotated keys, and
+        `reread_answer` takes the tokens to re-read from `tokens`."""
         if self._pending:
             self._fill(None)
         after = [*self._builder.header] if self.refresh_prompt else []
