@@ -553,6 +553,15 @@ def splice_context(
     return context, engine
 
 
+def read_over(engine: StreamingEngine, cache: DynamicCache, keep: int, ids) -> tuple[torch.Tensor, DynamicCache]:
+    """`ids` read by a plain forward pass over the first `keep` entries of `cache` (a copy): the
+    entries and logits a prefill would give them there. Returns (logits, the copy)."""
+    reference = DynamicCache(config=engine.model.config)
+    for index, layer in enumerate(cache.layers):
+        reference.update(layer.keys[:, :, :keep], layer.values[:, :, :keep], index)
+    return engine._forward(list(ids), reference), reference
+
+
 def expected_tokens(context: SpliceContext, hits, fed) -> list[int]:
     builder = context._builder
     head, tail = builder.block_frame()
@@ -574,7 +583,6 @@ def test_key_rotation_moves_a_key_as_the_models_rotary_embedding_would(tiny_mode
 
 
 def test_splice_reads_only_the_new_line_and_slides_the_rest_by_rotation(tiny_model, pool):
-    model, _ = tiny_model
     a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
     context, engine = splice_context(tiny_model, [a, b, c])
     fed = [11, 12, 13, 14, 15]
@@ -592,10 +600,8 @@ def test_splice_reads_only_the_new_line_and_slides_the_rest_by_rotation(tiny_mod
     assert context.hits == [a, c, d] and context.tokens == expected_tokens(context, [a, c, d], fed)
     assert context.cache.get_seq_length() == len(context.tokens)  # positions stay contiguous
     d_start = c_end - b_len
-    reference = DynamicCache(config=model.config)
-    for index, layer in enumerate(context.cache.layers):
-        reference.update(layer.keys[:, :, :d_start], layer.values[:, :, :d_start], index)
-    engine._forward(context._builder.line_ids(d), reference)  # d's line over what precedes it
+    # d's line over what precedes it
+    _, reference = read_over(engine, context.cache, d_start, context._builder.line_ids(d))
     for layer, fresh, (keys, values) in zip(context.cache.layers, reference.layers, old):
         assert torch.equal(layer.keys[:, :, :b_start], keys[:, :, :b_start])  # before b: untouched
         # c slides back by b's length, the header and the answer forward by d's minus b's.
@@ -699,7 +705,6 @@ def test_a_refreshing_splice_re_reads_the_instruction_and_header_over_the_new_bl
     """With `refresh_prompt` a swap re-reads the block's instruction and the header too: the
     entries from the first line read to the answer are a forward pass over the cache before
     them, as a prefill would give. Without it the instruction keeps the entries it had."""
-    model, _ = tiny_model
     a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
     for fuse in (False, True):
         (stale, _), (context, engine) = (
@@ -723,10 +728,7 @@ def test_a_refreshing_splice_re_reads_the_instruction_and_header_over_the_new_bl
             assert context.tokens == stale.tokens == expected_tokens(context, context.hits, fed)
             answer = len(context.tokens) - len(fed)
             gap = answer - reads
-            reference = DynamicCache(config=model.config)
-            for index, layer in enumerate(context.cache.layers):
-                reference.update(layer.keys[:, :, :gap], layer.values[:, :, :gap], index)
-            engine._forward(context.tokens[gap:answer], reference)
+            _, reference = read_over(engine, context.cache, gap, context.tokens[gap:answer])
             for layer, fresh in zip(context.cache.layers, reference.layers):
                 torch.testing.assert_close(layer.keys[:, :, gap:answer], fresh.keys[:, :, gap:], atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(
@@ -765,10 +767,8 @@ def test_a_splice_that_re_reads_the_prompt_and_the_answer_leaves_nothing_stale_a
                 torch.testing.assert_close(layer.keys, reference.keys, atol=1e-4, rtol=1e-4)
                 torch.testing.assert_close(layer.values, reference.values, atol=1e-4, rtol=1e-4)
             cut = len(recent.tokens) - 3  # the two tokens re-read and the new one
-            reference = DynamicCache(config=model.config)
-            for index, layer in enumerate(recent.cache.layers):
-                reference.update(layer.keys[:, :, :cut], layer.values[:, :, :cut], index)
-            torch.testing.assert_close(logits[1], engine._forward(recent.tokens[cut:], reference), atol=1e-4, rtol=1e-4)
+            read, reference = read_over(engine, recent.cache, cut, recent.tokens[cut:])
+            torch.testing.assert_close(logits[1], read, atol=1e-4, rtol=1e-4)
             for layer, fresh_layer in zip(recent.cache.layers, reference.layers):
                 torch.testing.assert_close(
                     layer.values[:, :, cut:], fresh_layer.values[:, :, cut:], atol=1e-4, rtol=1e-4
@@ -782,7 +782,6 @@ def test_a_splice_that_re_reads_the_prompt_and_the_answer_leaves_nothing_stale_a
 def test_a_splice_can_read_again_the_lines_that_stay_after_a_cut_one(tiny_model, pool):
     """With `reread_kept`, cutting b from [a, b, c] reads c again (after a, as a prefill would)
     with the newcomer d, instead of sliding c back with the entries that saw b."""
-    model, _ = tiny_model
     a, b, c, d = pool.retrieve(MESSAGE, max_memories=4, learn=False)
     for fuse in (False, True):
         (slid, _), (context, engine) = (splice_context(tiny_model, [a, b, c], fuse=fuse, kept=k) for k in (False, True))
@@ -797,10 +796,7 @@ def test_a_splice_can_read_again_the_lines_that_stay_after_a_cut_one(tiny_model,
         assert context.hits == slid.hits == [a, c, d] and context.tokens == slid.tokens
         c_start = context.start + len(context._head) + line[a.id]
         c_end = c_start + line[c.id]
-        reference = DynamicCache(config=model.config)
-        for index, layer in enumerate(context.cache.layers):
-            reference.update(layer.keys[:, :, :c_start], layer.values[:, :, :c_start], index)
-        engine._forward(context.tokens[c_start:c_end], reference)
+        _, reference = read_over(engine, context.cache, c_start, context.tokens[c_start:c_end])
         for layer, fresh in zip(context.cache.layers, reference.layers):
             torch.testing.assert_close(
                 layer.values[:, :, c_start:c_end], fresh.values[:, :, c_start:], atol=1e-4, rtol=1e-4

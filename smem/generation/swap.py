@@ -323,13 +323,13 @@ class SpliceContext:
         `reread_answer` takes the tokens to re-read from `tokens`."""
         if self._pending:
             self._fill(None)
-        after = [*self._builder.header] if self.refresh_prompt else []
+        header = [*self._builder.header] if self.refresh_prompt else []  # read again with the lines
         if not self.lines or not hits:  # the block appears or disappears as a whole
             before = len(self._block())
             self.lines = [(hit, self._builder.line_ids(hit)) for hit in hits]
             block = self._block()
-            self._move(self.start, self.start + before + len(after), [*block, *after], self.lines, len(self._head))
-            return len(block) + len(after) + self._cut_answer()
+            self._move(self.start, self.start + before + len(header), [*block, *header], self.lines, len(self._head))
+            return len(block) + len(header) + self._cut_answer()
         old = [hit.id for hit, _ in self.lines]
         wanted = {hit.id: hit for hit in hits}
         cut = next((index for index, hit_id in enumerate(old) if hit_id not in wanted), len(old))
@@ -362,10 +362,10 @@ class SpliceContext:
         ids = [token for _, line in fresh for token in line]
         if [hit.id for hit, _ in self.lines] == old:
             return 0  # the same memories, fresh scores: nothing to read
-        after = [*self._tail, *after] if self.refresh_prompt else []
-        if ids or after:
-            self._move(end, end + len(after), [*ids, *after], fresh)
-        return len(ids) + len(after) + self._cut_answer()
+        frame = [*self._tail, *header] if self.refresh_prompt else []  # what follows the lines, up to the answer
+        if ids or frame:
+            self._move(end, end + len(frame), [*ids, *frame], fresh)
+        return len(ids) + len(frame) + self._cut_answer()
 
     def _cut_answer(self) -> int:
         """Cut the answer's last `reread_answer` tokens from the cache, to be read again after the
