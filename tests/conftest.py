@@ -44,6 +44,19 @@ class KeyedEmbedder:
         return len(text.split())
 
 
+# Where the tiny model of the engine tests runs: the CPU, unless $SMEM_TEST_DEVICE names another
+# ("cuda" on a machine with a GPU), so the same tests check the Space's own path where one is
+# lent. CI has no GPU and leaves it unset.
+TEST_DEVICE = os.environ.get("SMEM_TEST_DEVICE", "cpu")
+
+
+def build_tiny(seed: int = 0):
+    """`tiny.build(seed)` on the test device."""
+    from smem.generation import tiny
+
+    return tiny.build(seed=seed, device=TEST_DEVICE)
+
+
 @pytest.fixture
 def keyed() -> type[KeyedEmbedder]:
     return KeyedEmbedder

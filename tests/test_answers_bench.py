@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import answers
-from smem.generation import tiny
+from conftest import TEST_DEVICE, build_tiny
 from smem.generation.degenerate import degenerate
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import DoneStats, Done, Memories, MemoryUpdate, Thinking, Token
@@ -18,6 +18,10 @@ from smem.generation.reasoning import PromptedReasoning
 
 GOLD = "Zanzibar marmalade"
 """A gold answer whose words occur nowhere in the dialog, so any trace of it is a leak."""
+
+
+# The in-process tiny model, on the test device (conftest.TEST_DEVICE).
+TINY = ("--model", "tiny", "--device", TEST_DEVICE)
 
 
 def locomo_file(path: Path, conversations: int = 2, questions: int = 3) -> Path:
@@ -225,7 +229,7 @@ def test_evidence_at_answer_is_taken_at_the_final_answers_first_token(tokens, re
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return tiny.build(seed=0)
+    return build_tiny(seed=0)
 
 
 def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm):
@@ -262,14 +266,14 @@ def test_labels_never_reach_the_pool_or_the_prompt(tmp_path, tiny_model, minilm)
 
 def test_force_answer_needs_reasoning(tmp_path):
     with pytest.raises(SystemExit):
-        answers.main(["--data", str(locomo_file(tmp_path / "d.json")), "--model", "tiny", "--force-answer"])
+        answers.main(["--data", str(locomo_file(tmp_path / "d.json")), *TINY, "--force-answer"])
 
 
 def test_cli_writes_the_contracted_json(tmp_path, minilm):
     out = tmp_path / "out.json"
     result = answers.main(
         ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
-         "--model", "tiny", "--max-new-tokens", "4", "--all"]
+         *TINY, "--max-new-tokens", "4", "--all"]
     )
     written = json.loads(out.read_text())
     assert written["model"] and written["settings"]["questions"] == 2
@@ -289,7 +293,7 @@ def test_cli_n1_conditions_wide_from_n1_and_splice_against_the_reference(tmp_pat
     out = tmp_path / "out.json"
     answers.main(
         ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
-         "--model", "tiny", "--max-new-tokens", "4", "--conditions", "rag", "stream_n1", "stream_n1_splice",
+         *TINY, "--max-new-tokens", "4", "--conditions", "rag", "stream_n1", "stream_n1_splice",
          "rag_wide_n1", "--splice-margin", "0.5"]
     )
     written = json.loads(out.read_text())
@@ -316,7 +320,7 @@ def test_cli_draws_memories_as_the_app_does_when_asked(tmp_path, minilm, monkeyp
         out = tmp_path / f"out{len(flag)}.json"
         answers.main(
             ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
-             "--model", "tiny", "--max-new-tokens", "4", "--conditions", "rag", "stream", *flag]
+             *TINY, "--max-new-tokens", "4", "--conditions", "rag", "stream", *flag]
         )
         assert json.loads(out.read_text())["settings"].get("sample_memories", False) is bool(flag)
     assert [call.get("sample_memories", False) for call in asked] == [False] * 4 + [True] * 4
@@ -327,7 +331,7 @@ def test_cli_reasoning_mode(tmp_path, minilm, force):
     out = tmp_path / "out.json"
     answers.main(
         ["--data", str(locomo_file(tmp_path / "d.json")), "--questions", "2", "--seed", "0", "--json", str(out),
-         "--model", "tiny", "--max-new-tokens", "6", "--reasoning", "--conditions", "rag", "stream"]
+         *TINY, "--max-new-tokens", "6", "--reasoning", "--conditions", "rag", "stream"]
         + (["--force-answer"] if force else [])
     )
     written = json.loads(out.read_text())
@@ -345,7 +349,7 @@ def test_cli_reasoning_mode(tmp_path, minilm, force):
 
 def test_only_asks_the_same_sampled_questions(tmp_path, minilm):
     data = locomo_file(tmp_path / "d.json", conversations=2, questions=3)
-    common = ["--data", str(data), "--questions", "4", "--seed", "0", "--model", "tiny", "--max-new-tokens", "2",
+    common = ["--data", str(data), "--questions", "4", "--seed", "0", *TINY, "--max-new-tokens", "2",
               "--conditions", "rag"]
     full = answers.main(common)["answers"]["rag"]
     part = answers.main([*common, "--only", "conv-1"])["answers"]["rag"]

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import LogitsProcessorList
 
+from conftest import build_tiny
 from smem.generation import degenerate, sampling, tiny
 from smem.generation.decoding import (
     FALLBACK,
@@ -165,7 +166,7 @@ class Script:
 def test_the_engine_goes_on_past_a_restated_request(keyed):
     """Through the engine: a model that restates the message and ends stops there without the
     ban and writes on with it, given the message as the user wrote it."""
-    model, tokenizer = tiny.build(seed=2)
+    model, tokenizer = build_tiny(seed=2)
     pool = MemoryPool(embedder=keyed())
     restated = "I can pull together everyone's holiday gift ideas, including something for my mom."
 
@@ -207,7 +208,7 @@ def greedy_ids(model, tokenizer, pool) -> list[int]:
 def test_the_engine_applies_the_models_profile(keyed):
     """Greedy decoding of the random tiny model (seed 2) repeats bigrams; with no-repeat
     2-grams in its profile it cannot."""
-    model, tokenizer = tiny.build(seed=2)
+    model, tokenizer = build_tiny(seed=2)
     pool = MemoryPool(embedder=keyed())
     assert repeated_bigrams(greedy_ids(model, tokenizer, pool)) > 0
     apply_profile(model, DecodingProfile(0.7, 1.0, 0, 1.0, 2))

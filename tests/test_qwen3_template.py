@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from conftest import build_tiny
 from smem import MemoryPool, load_memories
 from smem.generation import sampling, tiny
 from smem.generation.engine import StreamingEngine
@@ -125,7 +126,7 @@ class Reading(torch.nn.Module):
 def test_thinking_is_split_and_re_retrieval_swaps_inside_it(tokenizer, monkeypatch):
     """Qwen3 on the Space thinks first; re-retrieval during the thinking must keep the real
     template's prompt intact and the thinking/answer split right."""
-    model, _ = tiny.build(seed=0)
+    model, _ = build_tiny(seed=0)
     pool = MemoryPool(embedder=default_embedder(), seed=0)
     pool.add_many(load_memories(ROOT / "memories" / "tutor.json")[:24])  # enough to swap, quick to embed
     think, end_think, im_end = tokenizer.convert_tokens_to_ids(["<think>", "</think>", "<|im_end|>"])

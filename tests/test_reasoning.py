@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import build_tiny
 from smem import MemoryPool, load_memories
 from smem.generation import tiny
 from smem.generation.decoding import PROFILES, apply_profile, profile_for
@@ -28,7 +29,7 @@ MESSAGE = "How should I help Alex with fractions?"
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return tiny.build(seed=0)
+    return build_tiny(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_the_decoding_profile_decides_who_reasons(tiny_model, pool):
     assert profile_for("qwen2.5-coder-1.5b-instruct").prompted_reasoning
     assert not profile_for("qwen2.5-coder-0.5b-instruct").prompted_reasoning
     assert not profile_for("Qwen/Qwen3-8B").prompted_reasoning
-    model, tokenizer = tiny.build(seed=0)
+    model, tokenizer = build_tiny(seed=0)
     assert StreamingEngine(model, tokenizer, pool.copy()).reasoning is None
     apply_profile(model, PROFILES["qwen2.5-coder-1.5b-instruct"])
     assert StreamingEngine(model, tokenizer, pool.copy()).reasoning == PromptedReasoning()

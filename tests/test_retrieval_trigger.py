@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
+from conftest import build_tiny
 from smem import MemoryPool, load_memories
-from smem.generation import tiny
 from smem.generation.engine import StreamingEngine
 from smem.generation.events import Done, Memories, MemoryUpdate, Thinking, Token
 from smem.generation.swap import SwapPolicy, keep_order
@@ -25,7 +25,7 @@ MESSAGE = "How should I help Alex stop dropping minus signs before his algebra q
 def engine_parts():
     pool = MemoryPool(embedder=default_embedder(), seed=0)
     pool.add_many(load_memories(ROOT / "memories" / "tutor.json"))
-    return tiny.build(seed=0), pool
+    return build_tiny(seed=0), pool
 
 
 def squash(text: str) -> str:
