@@ -103,9 +103,14 @@ def answer_once(engine: StreamingEngine, prompt: str, options: dict[str, Any]) -
     seen: dict[str, str] = {}
     swaps = 0
     wall, cpu = time.perf_counter(), time.process_time()
+    last: Optional[float] = None
+    pause = 0.0  # the longest wait between two tokens: what a visitor sees of a swap late in an answer
     for event in engine.stream(message=prompt, **options):
         if isinstance(event, Token):
             tokens.append(event.text)
+            now = time.perf_counter()
+            pause = max(pause, now - last) if last is not None else pause
+            last = now
         elif isinstance(event, (Memories, MemoryUpdate)):
             seen.update((hit.id, hit.content) for hit in event.memories)
             swaps += isinstance(event, MemoryUpdate)
@@ -126,6 +131,7 @@ def answer_once(engine: StreamingEngine, prompt: str, options: dict[str, Any]) -
         "tokens": len(engine.tokenizer(answer, add_special_tokens=False).input_ids),
         "seconds": round(wall, 3),
         "cpu_seconds": round(cpu, 3),
+        "longest_pause_ms": round(1000 * pause, 1),
     }
 
 
@@ -159,6 +165,8 @@ def summarise(records: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, 
             "degenerate": sum(bool(row["degenerate"]) for row in rows),
             "ms_per_token": round(1000 * sum(row["seconds"] for row in rows) / tokens, 1),
             "cpu_ms_per_token": round(1000 * sum(row["cpu_seconds"] for row in rows) / tokens, 1),
+            "longest_pause_ms": round(float(np.mean([row["longest_pause_ms"] for row in rows])), 1),
+            "longest_pause_ms_max": max(row["longest_pause_ms"] for row in rows),
         }
     for a, b in itertools.combinations(records, 2):
         out["paired"][f"{a} - {b}"] = {
@@ -171,9 +179,9 @@ def summarise(records: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, 
 def print_table(result: dict[str, Any]) -> None:
     print(
         "\n| condition | grounded words [95% CI] | share | against every condition's memories [95% CI] "
-        "| distinct memories | swaps | tokens | degenerate | ms/token (CPU) |"
+        "| distinct memories | swaps | tokens | degenerate | ms/token (CPU) | longest pause, ms (mean / max) |"
     )
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name, row in result["conditions"].items():
         low, high = row["grounded_words_ci"]
         common_low, common_high = row["grounded_common_ci"]
@@ -181,7 +189,8 @@ def print_table(result: dict[str, Any]) -> None:
             f"| {name} | {row['grounded_words']:.1f} [{low:.1f}, {high:.1f}] | {row['grounded_share']:.3f} | "
             f"{row['grounded_common']:.1f} [{common_low:.1f}, {common_high:.1f}] | "
             f"{row['distinct_memories']:.1f} | {row['swaps_per_answer']:.1f} | {row['tokens_per_answer']:.0f} | "
-            f"{row['degenerate']}/{row['answers']} | {row['ms_per_token']:.0f} ({row['cpu_ms_per_token']:.0f}) |"
+            f"{row['degenerate']}/{row['answers']} | {row['ms_per_token']:.0f} ({row['cpu_ms_per_token']:.0f}) | "
+            f"{row['longest_pause_ms']:.0f} / {row['longest_pause_ms_max']:.0f} |"
         )
     for pair, metrics in result["paired"].items():
         words, share, common = metrics["grounded_words"], metrics["grounded_share"], metrics["grounded_common"]

@@ -22,7 +22,12 @@ def print_run_config(args: argparse.Namespace) -> dict:
     config = {
         "args": vars(args),
         "settings": Settings().as_log(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_kind": cpu_kind()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_kind": cpu_kind(),
+            # The kernels torch runs, which ATEN_CPU_CAPABILITY can lower (AVX2 code on an AVX-512 CPU).
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
     }
     print("config:", json.dumps(config, default=str), flush=True)
     return config

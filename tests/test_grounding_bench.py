@@ -41,5 +41,6 @@ def test_the_benchmark_writes_its_table_and_every_answer(tmp_path, capsys):
     answers = written["answers"]["splice"]
     assert len(answers) == len(written["answers"]["once"]) > 0 and all(row["tokens"] > 0 for row in answers)
     assert all(0 <= row["grounded_words"] <= row["content_words"] for row in answers)
+    assert all(0 <= row["longest_pause_ms"] <= 1000 * row["seconds"] for row in answers)
     assert written["settings"]["update_every_n"] == result["settings"]["update_every_n"] == 5, "the app's CPU settings"
     assert "| splice |" in capsys.readouterr().out
