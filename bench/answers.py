@@ -604,8 +604,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--swap-budget", default="auto",
-        help="exact swaps' re-read tokens per generated token: auto (the engine's: rationed on a CPU), "
-        "none (every swap runs: the reference against slot swaps) or a number",
+        help="exact swaps' re-read tokens per generated token: auto (the engine's: rationed only for a model that "
+        "cannot splice, on a CPU; until 2026-11-28 auto rationed every exact swap on a CPU at 6, so pass 6 to "
+        "reproduce runs of that time), none (every swap runs: the reference against slot swaps) or a number",
     )
     args = parser.parse_args(argv)
     if args.force_answer and not args.reasoning:

@@ -4,8 +4,8 @@ Same model, same prompt (system prompt + history + question + the first memory b
 number of new tokens, greedy. The ways to produce them:
   (a) `model.generate`, no memory updates (the floor);
   (b) smem, re-retrieving after every token (`update_every_n=1`), once per swap mode
-      (`--swap-modes`; exact swaps on a CPU are rationed by the swap budget, splice and slot
-      swaps never);
+      (`--swap-modes`; exact swaps run in full unless `--swap-budget` rations them, splice and
+      slot swaps are never rationed);
   (c) smem, re-retrieving every 10 tokens (the engine's default mode);
   (d) the naive loop: re-retrieve every 10 tokens and call `generate` on the whole sequence
       again (what the original Streaming Memory did: every chunk re-reads everything);
@@ -376,7 +376,9 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, default=60)
     parser.add_argument("--margin", type=float, default=None, help="incumbent margin (default: the engine's)")
     parser.add_argument(
-        "--swap-budget", default="auto", help="exact swaps' re-read tokens per generated token: auto, none or a number"
+        "--swap-budget", default="auto",
+        help="exact swaps' re-read tokens per generated token: auto (the engine's: rationed only for a model that "
+        "cannot splice, on a CPU; until 2026-11-28 every exact swap on a CPU, at 6), none or a number",
     )
     parser.add_argument("--swap-modes", nargs="+", default=list(SWAP_MODES), choices=SWAP_MODES)
     parser.add_argument("--sample-memories", action="store_true", help="also run (b) with sampled memory draws")

@@ -56,6 +56,7 @@ from smem.generation.degenerate import degenerate  # noqa: E402
 from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import Memories, MemoryUpdate, Token  # noqa: E402
 from smem.generation.prompt import FIXED_TEXTS  # noqa: E402
+from smem.generation.swap import CPU_SWAP_BUDGET  # noqa: E402
 from smem.memory.memory_sets import MemorySets  # noqa: E402
 from smem.memory.settings import MemorySettings  # noqa: E402
 from smem.ui.actions import app_defaults  # noqa: E402
@@ -77,7 +78,7 @@ CONDITIONS: dict[str, dict[str, Any]] = {
         "stream": {"swap": "splice"},
     },
     "exact": {"engine": {"swap_budget": None}, "stream": {"swap": "exact"}},
-    "exact_budget": {"engine": {"swap_budget": "auto"}, "stream": {"swap": "exact"}},
+    "exact_budget": {"engine": {"swap_budget": CPU_SWAP_BUDGET}, "stream": {"swap": "exact"}},
 }
 """Engine and `stream` keywords of each condition, on top of the app's settings."""
 

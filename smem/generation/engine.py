@@ -57,7 +57,6 @@ from smem.generation.prompt import (
 from smem.generation.sampling import MemoryDraws, TokenPicker, answer_seed
 from smem.generation.stats import AnswerStats, Segment
 from smem.generation.swap import (
-    CPU_SWAP_BUDGET,
     DEFAULT_SLOT_TOKENS,
     DEFAULT_UNCERTAINTY_THRESHOLD,
     READ_AHEAD_CHUNK_TOKENS,
@@ -70,6 +69,7 @@ from smem.generation.swap import (
     SpliceContext,
     SwapMode,
     SwapPolicy,
+    default_swap_budget,
     default_swap_mode,
     keep_order,
     read_ahead,
@@ -139,12 +139,13 @@ class StreamingEngine:
 
     Each `stream()` call keeps its own cache and state; the pool is only touched under a lock,
     so several streams (threads) can share one engine. `swap` is the default swap mode ("auto":
-    exact on accelerators, splice on CPUs; see `default_swap_mode`); `swap_budget` (re-read tokens per generated token
-    for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET` on a CPU, unlimited
-    elsewhere; `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice
-    puts back a memory line read before instead of reading it again
-    (`smem.generation.line_store`): from `line_store`, shared by a session's engines so that
-    later answers reuse earlier answers' lines, or else from a store of this answer's own. With
+    exact on accelerators, splice on CPUs; see `default_swap_mode`); `swap_budget` (re-read
+    tokens per generated token for exact swaps, None = unlimited) defaults to `CPU_SWAP_BUDGET`
+    on a CPU for a model that cannot splice, unlimited otherwise (`default_swap_budget`);
+    `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice puts back a
+    memory line read before instead of reading it again (`smem.generation.line_store`): from
+    `line_store`, shared by a session's engines so that later answers reuse earlier answers'
+    lines, or else from a store of this answer's own. With
     `refresh_prompt` a splice also re-reads the block's instruction and the assistant header,
     with `reread_answer` the answer's last tokens, and with `reread_kept` the lines that stay
     after a cut one (`SpliceContext`; all off, measured not to help). The pool counts its
@@ -193,7 +194,7 @@ class StreamingEngine:
         self.swap: SwapMode = default_swap_mode(self.device, self.rotation) if swap == "auto" else swap
         self._check_swap(self.swap)
         if swap_budget == "auto":
-            swap_budget = CPU_SWAP_BUDGET if self.device.type == "cpu" else None
+            swap_budget = default_swap_budget(self.device, self.rotation)
         self.swap_budget: Optional[float] = swap_budget
         if slot_tokens < 2:
             raise ValueError("slot_tokens must be >= 2 (a memory's first token and its newline)")

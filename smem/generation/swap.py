@@ -51,9 +51,10 @@ SwapChoice = Literal["auto", "exact", "splice", "slots"]
 SWAP_CHOICES: tuple[str, ...] = get_args(SwapChoice)
 
 CPU_SWAP_BUDGET = 6.0
-"""Re-read tokens per generated token that exact swaps may spend on a CPU. Here a decode step of
-the 0.5B model costs as much as prefilling ~35 tokens, so 6 keeps swaps near 15% of decode time.
-On an accelerator prefill is nearly free next to a decode step and swaps are not rationed."""
+"""Re-read tokens per generated token that exact swaps may spend on a CPU where they are the only
+mode (`default_swap_budget`). Here a decode step of the 0.5B model costs as much as prefilling
+~35 tokens, so 6 keeps swaps near 15% of decode time. On an accelerator prefill is nearly free
+next to a decode step and swaps are not rationed."""
 
 DEFAULT_SLOT_TOKENS = 40
 """Tokens per memory slot: the 99th percentile of a rendered memory line (tags included) in
@@ -101,6 +102,16 @@ def default_swap_mode(device: torch.device, rotation: Optional[KeyRotation]) -> 
     where an exact swap late in an answer re-reads hundreds of tokens, if the model's position
     embedding can be re-rotated (else exact)."""
     return "splice" if device.type == "cpu" and rotation is not None else "exact"
+
+
+def default_swap_budget(device: torch.device, rotation: Optional[KeyRotation]) -> Optional[float]:
+    """`CPU_SWAP_BUDGET` where exact swaps are a CPU's default (a model whose keys cannot be
+    re-rotated, so no splice), else None: every swap runs. A RoPE model on a CPU splices by
+    default, and exact swaps asked for there run in full, because rationed they gave no more of
+    the memories' words than splice for more time (long answers: 15.4 grounded words against
+    splice's 15.7 and unrationed exact's 20.6; docs/benchmarks.md, "Do long answers use their
+    memories?")."""
+    return CPU_SWAP_BUDGET if device.type == "cpu" and rotation is None else None
 
 
 def _common_prefix(cached: Sequence[int], sequence: Sequence[int]) -> int:
