@@ -270,7 +270,9 @@ def chat_request_model(
             "everything generated so far (exact; cost grows with the answer); `splice` cuts the leaving memories' lines, "
             "reads only the newcomers' lines and slides what follows by re-rotating its keys (approximate: text already "
             "written keeps its cache; cost independent of the answer's length); `slots` rewrites fixed-size slots "
-            "(approximate, kept for comparison). `auto`: exact on a GPU, splice on a CPU.",
+            "(approximate, kept for comparison). `auto`: exact on a GPU, splice on a CPU. On a CPU exact swaps took "
+            "1.2-1.5x splice's time per token and pause the stream for seconds late in a long answer; long answers "
+            "used more of their memories' words with them (docs/benchmarks.md).",
         )
         # The streaming-query variants issue 10 tried, kept as settings with the engine's defaults
         # (docs/benchmarks.md: none beat the fixed interval on F1); their ranges are the app's.
