@@ -114,7 +114,7 @@ def test_chat_streams_growing_text_with_memories_graph_and_chart(app_server):
     assert len(graphs) < len(frames), "the network is not re-sent on every token"
     streaming = trace(final[CONTEXT], "streaming memory")
     assert streaming["x"][-1] >= 100
-    assert "done" in final[STATUS] and "tokens" in final[STATUS] and "memory swaps" in final[STATUS]
+    assert "done" in final[STATUS] and "tokens" in final[STATUS] and "memory swap" in final[STATUS]
     assert final[TOKEN]["maximum"] >= 100 and final[TOKEN]["interactive"] is True
     assert rows(final[TOKEN_TABLE]) and final[TOKEN_TEXT]
 
@@ -144,8 +144,8 @@ def test_the_chat_gives_the_model_back_its_answer_word_for_word():
 def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     c = client(app_server)
     _, first = ask(c)
-    assert re.search(r"\*\*tutor\*\* · 151 memories · [1-9]\d* learned links", first[SET_STATUS])
-    links_after_first = int(re.search(r"(\d+) learned links", first[SET_STATUS]).group(1))
+    assert re.search(r"\*\*tutor\*\* · 151 memories · [1-9]\d* learned links?", first[SET_STATUS])
+    links_after_first = int(re.search(r"(\d+) learned links?", first[SET_STATUS]).group(1))
     assert first[RING]["current"] == "tutor" and first[RING]["sessions"]["tutor"], "the answer's learning is stored"
     sizes = [
         size
@@ -158,14 +158,14 @@ def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
 
     _, second = ask(c, "And what about his reading?", chat=first[CHAT])
     assert [m["role"] for m in second[CHAT]][:2] == ["user", "assistant"], "the second turn keeps the first"
-    assert int(re.search(r"(\d+) learned links", second[SET_STATUS]).group(1)) >= links_after_first
+    assert int(re.search(r"(\d+) learned links?", second[SET_STATUS]).group(1)) >= links_after_first
 
     saved = downloaded(c.predict(api_name="/save_learned"))
     pool = MemoryPool.load(saved, default_embedder())
     assert len(pool) == 151 and len(pool.links()) >= links_after_first
 
     status = c.predict(handle_file(saved), api_name="/upload_set")[SET["status"]]
-    restored = int(re.search(r"(\d+) learned links", status).group(1))
+    restored = int(re.search(r"(\d+) learned links?", status).group(1))
     assert "Loaded your file" in status and restored == len(pool.links()), "the download uploads back, links and all"
 
     status, network, _ = c.predict(api_name="/reset_learning")

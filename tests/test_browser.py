@@ -124,7 +124,7 @@ def test_a_message_streams_and_fills_table_graph_and_chart(page, test_output):
     page.get_by_role("tab", name="Timeline and tokens").click()
     page.wait_for_selector("#timeline .js-plotly-plot")
     assert plot_traces(page, "timeline") >= 1, "the timeline rendered"
-    assert "learned links" in page.inner_text("#set-status")
+    assert "learned link" in page.inner_text("#set-status")
     page.screenshot(path=str(test_output / "browser-chat.png"), full_page=True)
 
 
@@ -232,7 +232,7 @@ def watch_status(page) -> None:
 
 
 def links_learned(page) -> int:
-    return int(page.inner_text("#set-status").split(" learned links")[0].split("·")[-1].strip())
+    return int(page.inner_text("#set-status").split(" learned link")[0].split("·")[-1].strip())
 
 
 def choose_set(page, name: str) -> None:

@@ -19,7 +19,7 @@ from smem.generation.events import ContextStats, Done, DoneStats, Memories, Memo
 from smem.memory.records import Hit, Memory, MemoryFileError, Pull
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
-from smem.ui.answer_view import AnswerView, Changed, Throttle
+from smem.ui.answer_view import AnswerView, Changed, Throttle, counted
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
@@ -284,7 +284,7 @@ def test_status_line_follows_the_phases_and_counts():
     assert view.phase == "stopped" and "stopped" in view.status_line(now=2.0)
     finished = AnswerView()
     finished.apply(done(10))
-    assert finished.phase == "done" and "10 tokens in 1.2 s · 1 memory swaps" in finished.status_line()
+    assert finished.phase == "done" and "10 tokens in 1.2 s · 1 memory swap (3 retrievals)" in finished.status_line()
     assert "the model finished" in finished.status_line()
 
 
@@ -562,6 +562,12 @@ def test_saved_learned_state_loads_back_and_old_downloads_are_pruned(pool, minil
 def test_status_line_escapes_the_label(pool):
     line = actions.describe(pool, "<b>mine</b>")
     assert "&lt;b&gt;mine&lt;/b&gt;" in line and "4 memories" in line and "2 learned links" in line
+    assert "3 answers learned from" in line
+
+
+def test_counts_take_the_right_number():
+    assert [counted(n, "memory") for n in (0, 1, 2)] == ["0 memories", "1 memory", "2 memories"]
+    assert counted(1, "answer") == "1 answer" and counted(3, "learned link") == "3 learned links"
 
 
 def test_labels_that_would_overlap_are_left_to_the_hover_text():

@@ -39,6 +39,7 @@ from smem.memory.pool import MemoryPool
 from smem.memory.settings import MemorySettings
 from smem.serving import uploads
 from smem.serving.api_schema import ApiSettings
+from smem.ui.answer_view import counted
 
 MEMORY_SETTINGS = MemorySettings()
 """Read from the environment once, so `SMEM_*` retrieval knobs set the sliders' defaults as they
@@ -368,6 +369,6 @@ def describe(pool: MemoryPool, label: str) -> str:
     """A Markdown status line about the visitor's pool; `label` may be an uploaded file's
     name, so it is escaped."""
     return (
-        f"**{html.escape(label)}** · {len(pool)} memories · {len(pool.links())} learned links · "
-        f"{pool.learning.answers} answers learned from"
+        f"**{html.escape(label)}** · {counted(len(pool), 'memory')} · {counted(len(pool.links()), 'learned link')} · "
+        f"{counted(pool.learning.answers, 'answer')} learned from"
     )

@@ -170,7 +170,7 @@ class AnswerView:
         phase = self.phase
         if self.done:
             return f"{PHASE_ICONS[phase]} **{phase}** · {summary(self.done)}"
-        parts = [f"{PHASE_ICONS[phase]} **{phase}**", f"{self.tokens} tokens", f"{len(self.swaps)} swaps"]
+        parts = [f"{PHASE_ICONS[phase]} **{phase}**", counted(self.tokens, "token"), counted(len(self.swaps), "swap")]
         if self.started is not None and self.tokens:
             elapsed = (time.monotonic() if now is None else now) - self.started
             if elapsed > 0:
@@ -436,12 +436,20 @@ def _word_end(text: str, at: int) -> int:
     return WORD_REST.match(text, at).end()
 
 
+def counted(count: int, noun: str) -> str:
+    """"1 memory", "2 memories": a count with its noun in the right number (English plurals)."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
+
+
 def summary(stats: DoneStats) -> str:
     """One line of what the answer cost, for the status bar."""
     stops = {"eos": "the model finished", "max_tokens": "max new tokens reached", "cancelled": "stopped"}
     return (
-        f"{stats.tokens} tokens in {stats.total_s:.1f} s · "
-        f"{stats.swaps} memory swaps ({stats.retrievals} retrievals) · {stats.tokens_per_s:.1f} tokens/s · "
+        f"{counted(stats.tokens, 'token')} in {stats.total_s:.1f} s · "
+        f"{counted(stats.swaps, 'memory swap')} ({counted(stats.retrievals, 'retrieval')}) · "
+        f"{stats.tokens_per_s:.1f} tokens/s · "
         f"first token after {stats.ttft_s:.2f} s · "
         f"{stops.get(stats.stop_reason, stats.stop_reason)}"
     )

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from smem.generation.events import ContextStats
 from smem.memory.records import Hit, Memory
 from smem.memory.pool import MemoryPool
-from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
+from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow, counted
 
 TYPE_COLOURS: dict[str, str] = {
     "current_state": "#1f77b4",
@@ -175,7 +175,7 @@ def _detail(row: Optional[MemoryRow], rows: Sequence[MemoryRow], content: Option
     if not hit.pulled_by:
         lines.append("No link pulled it in: its similarity to what was being written chose it.")
     else:
-        lines.append(f"**Pulled in by {len(hit.pulled_by)} link(s)** from memories picked before it:")
+        lines.append(f"**Pulled in by {counted(len(hit.pulled_by), 'link')}** from memories picked before it:")
         lines += [
             f"- {pull.kind} link ({LINK_KINDS.get(pull.kind, pull.kind)}), weight {pull.weight:.2f}, from"
             f" “{html.escape(contents.get(pull.id, pull.id))}”"
@@ -471,7 +471,7 @@ def network_figure(
         _placeholder(figure, "Links form here as memories are used together")
     figure.update_layout(
         title={
-            "text": f"Hebbian network · {len(memories)} memories · {len(links)} learned links",
+            "text": f"Hebbian network · {counted(len(memories), 'memory')} · {counted(len(links), 'learned link')}",
             "x": 0.01,
         },
         showlegend=True,
