@@ -145,12 +145,12 @@ class StreamingEngine:
     `slot_tokens` is the slot length of the slot mode. With `reuse_lines` a splice puts back a
     memory line read before instead of reading it again (`smem.generation.line_store`): from
     `line_store`, shared by a session's engines so that later answers reuse earlier answers'
-    lines, or else from a store of this answer's own. With
-    `refresh_prompt` a splice also re-reads the block's instruction and the assistant header,
-    with `reread_answer` the answer's last tokens, and with `reread_kept` the lines that stay
-    after a cut one (`SpliceContext`; all off, measured not to help). The pool counts its
-    memories in this model's tokens (`line_tokens`, shared by engines of one model), so token
-    budgets mean prompt tokens; a pool already counted costs nothing.
+    lines, or else from a store of this answer's own. With `refresh_prompt` a splice also
+    re-reads the block's instruction and the assistant header, with `reread_answer` the answer's
+    last tokens, and with `reread_kept` the lines that stay after a cut one (`SpliceContext`; all
+    off, measured not to help). The pool counts its memories in this model's tokens
+    (`line_tokens`, shared by engines of one model), so token budgets mean prompt tokens; a pool
+    already counted costs nothing.
     """
 
     def __init__(

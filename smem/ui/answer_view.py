@@ -437,7 +437,7 @@ def _word_end(text: str, at: int) -> int:
 
 
 def counted(count: int, noun: str) -> str:
-    """"1 memory", "2 memories": a count with its noun in the right number (English plurals)."""
+    """A count with its noun in the right number: "1 memory", "2 memories" (English plurals)."""
     if count == 1:
         return f"1 {noun}"
     return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
