@@ -568,6 +568,7 @@ def test_status_line_escapes_the_label(pool):
 def test_counts_take_the_right_number():
     assert [counted(n, "memory") for n in (0, 1, 2)] == ["0 memories", "1 memory", "2 memories"]
     assert counted(1, "answer") == "1 answer" and counted(3, "learned link") == "3 learned links"
+    assert counted(2, "day") == "2 days"
 
 
 def test_labels_that_would_overlap_are_left_to_the_hover_text():

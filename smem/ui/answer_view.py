@@ -440,7 +440,8 @@ def counted(count: int, noun: str) -> str:
     """A count with its noun in the right number: "1 memory", "2 memories" (English plurals)."""
     if count == 1:
         return f"1 {noun}"
-    return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
+    consonant_y = len(noun) > 1 and noun[-1] == "y" and noun[-2] not in "aeiou"  # memory -> memories, day -> days
+    return f"{count} {noun[:-1]}ies" if consonant_y else f"{count} {noun}s"
 
 
 def summary(stats: DoneStats) -> str:
