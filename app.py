@@ -353,7 +353,7 @@ def build_demo() -> gr.Blocks:
                 else ""
             )
             if waiting or trimmed:
-                note = f"⏳ Waiting for the model ({waiting} request(s) ahead)…" if waiting else view.status_line()
+                note = f"⏳ Waiting for the model ({answer_view.counted(waiting, 'request')} ahead)…" if waiting else view.status_line()
                 yield {status: note + trimmed}
             throttle = answer_view.Throttle()
             with RUNTIME.queue.slot():
