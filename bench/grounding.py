@@ -110,7 +110,8 @@ def answer_once(engine: StreamingEngine, prompt: str, options: dict[str, Any]) -
         if isinstance(event, Token):
             tokens.append(event.text)
             now = time.perf_counter()
-            pause = max(pause, now - last) if last is not None else pause
+            if last is not None:
+                pause = max(pause, now - last)
             last = now
         elif isinstance(event, (Memories, MemoryUpdate)):
             seen.update((hit.id, hit.content) for hit in event.memories)
