@@ -33,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from smem.memory.pages import back_with_huge_pages
 from smem.memory.scoring import dot_rows
 
 log = logging.getLogger("smem")
@@ -212,11 +213,20 @@ class VectorIndex:
                 if self._lists is not None:
                     self._list_rows(rows, codes)
         if not trial:
+            self._back_codes_with_huge_pages()
             self._coded = end
             self._sample = self._buffer[: end : max(end // SAMPLE, 1)].copy()
             self.error = max(self.error, worst)
         return worst
 
+
+    def _back_codes_with_huge_pages(self) -> None:
+        """After every append (which may move faiss's buffer): the scan reads all of it, cold
+        when a decode step has streamed the model's weights in between (`smem.memory.pages`)."""
+        import faiss
+
+        codes = faiss.downcast_InvertedLists(self._codes.invlists)
+        back_with_huge_pages(int(codes.get_codes(0)), codes.list_size(0) * codes.code_size)
 
     def _encode(self, rows: np.ndarray) -> np.ndarray:
         """Signed 8-bit codes of `rows` (as float32 integers, the form faiss takes)."""
