@@ -44,6 +44,7 @@ from locomo import load as load_locomo  # noqa: E402  (bench/ is on sys.path whe
 from runlog import print_run_config  # noqa: E402
 
 from smem import MemoryPool  # noqa: E402
+from smem.memory import pages  # noqa: E402
 from smem.memory.embedder import default_embedder, embed_documents  # noqa: E402
 
 DIM = 384
@@ -248,6 +249,12 @@ def code_paths() -> dict[str, str]:
     }
 
 
+def transparent_huge_pages() -> str:
+    """The kernel's mode (`always`, `madvise` or `never`): only `madvise` makes the pool's hint matter."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return mode.read_text().split("[")[1].split("]")[0] if mode.exists() else "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
@@ -260,10 +267,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--approximate", action="store_true", help="also time approximate=True and measure its recall")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
+    parser.add_argument(
+        "--no-huge-pages", action="store_true", help="leave faiss's codes in 4 KiB pages, to measure the hint (smem.memory.pages)"
+    )
     args = parser.parse_args()
     config = vars(args)
+    pages.enabled = not args.no_huge_pages
     print_run_config(args)
-    print({"simd": simd(), "code paths": code_paths(), "numpy": np.__version__, "load_average": os.getloadavg()})
+    print(
+        {
+            "simd": simd(),
+            "code paths": code_paths(),
+            "transparent huge pages": transparent_huge_pages(),
+            "numpy": np.__version__,
+            "load_average": os.getloadavg(),
+        }
+    )
     print(
         "\n| shape | memories | retrieve CPU | brute force CPU | CPU ratio | retrieve wall median (p95) | brute force wall median (p95) "
         "| identical to exact | candidates scored (median, max) | rounds | memory used | build (quantisation) |"
