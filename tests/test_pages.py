@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from smem.memory import pages
+from smem.memory import index as vector_index
 from smem.memory.index import VectorIndex
 
 
@@ -37,21 +38,31 @@ def test_the_hint_can_be_switched_off(monkeypatch):
     assert pages.back_with_huge_pages(buffer.ctypes.data, buffer.nbytes) is False
 
 
+def coded(vectors: np.ndarray) -> tuple[VectorIndex, np.ndarray, int]:
+    """An index built over `vectors`, a copy of its codes and their address (alive while the index is)."""
+    import faiss
+
+    index = VectorIndex(vectors.shape[1], quantized_threshold=20_000)
+    index.add(vectors)
+    index.build()
+    codes = faiss.downcast_InvertedLists(index._codes.invlists)
+    size = codes.list_size(0) * codes.code_size
+    return index, faiss.rev_swig_ptr(codes.get_codes(0), size).copy(), int(codes.get_codes(0))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
-def test_the_codes_keep_their_bytes_and_sit_in_huge_pages_where_linux_takes_the_hint():
+def test_the_index_puts_its_codes_in_huge_pages_where_linux_takes_the_hint_and_changes_no_byte(monkeypatch):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((30_000, 384)).astype(np.float32)  # 11 MB of codes: five whole huge pages
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = VectorIndex(384, quantized_threshold=20_000)
-    index.add(vectors)
-    index.build()
-    import faiss
-
-    codes = faiss.downcast_InvertedLists(index._codes.invlists)
-    size = codes.list_size(0) * codes.code_size
-    address = int(codes.get_codes(0))
-    before = faiss.rev_swig_ptr(codes.get_codes(0), size).copy()
-    taken = pages.back_with_huge_pages(address, size)
-    assert np.array_equal(faiss.rev_swig_ptr(codes.get_codes(0), size), before), "a hint changes no byte"
-    if taken:  # the kernel may refuse (THP off, Linux before 6.1): then nothing is claimed
-        assert huge_kib_around(address + size // 2) >= pages.HUGE_PAGE // 1024
+    monkeypatch.setattr(pages, "enabled", False)
+    _, plain, _ = coded(vectors)
+    monkeypatch.setattr(pages, "enabled", True)
+    taken: list[bool] = []
+    hint = vector_index.back_with_huge_pages
+    monkeypatch.setattr(vector_index, "back_with_huge_pages", lambda *args: taken.append(hint(*args)) or taken[-1])
+    index, hinted, address = coded(vectors)  # `index` holds the codes at `address` until the test ends
+    assert taken, "the index gives the hint after coding"
+    assert np.array_equal(hinted, plain), "a hint changes no byte"
+    if taken[-1]:  # the kernel may refuse (THP off, Linux before 6.1): then nothing is claimed
+        assert huge_kib_around(address + len(hinted) // 2) >= pages.HUGE_PAGE // 1024

@@ -219,7 +219,6 @@ class VectorIndex:
             self.error = max(self.error, worst)
         return worst
 
-
     def _back_codes_with_huge_pages(self) -> None:
         """After every append (which may move faiss's buffer): the scan reads all of it, cold
         when a decode step has streamed the model's weights in between (`smem.memory.pages`)."""
