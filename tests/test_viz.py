@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from datetime import datetime, timezone
 
+import plotly.graph_objects as go
 import pytest
 
 from smem.serving.api_schema import ApiSettings
@@ -608,3 +609,18 @@ def test_the_recorded_example_replays_whole(minilm):
     assert len(view.swaps) == done["swaps"] and view.current_ids
     assert set(view.current_ids) <= {memory.id for memory in pool.memories}
     assert "done" in view.status_line()
+
+
+def test_timeline_sets_its_marks_in_one_go(monkeypatch):
+    """`Figure.add_vline` re-validates every shape before it, so one call per swap made a
+    redraw quadratic in the swaps (130 swaps: 5.2 s a redraw against 32 ms in one list, and a
+    600-token answer streamed at 4 tokens/s instead of 23 on the tiny model)."""
+
+    def one_at_a_time(*args, **kwargs):
+        raise AssertionError("marks added one at a time")
+
+    monkeypatch.setattr(go.Figure, "add_vline", one_at_a_time)
+    monkeypatch.setattr(go.Figure, "add_shape", one_at_a_time)
+    figure = viz.timeline_figure(streamed_view(), at_token=6)
+    assert [shape.x0 for shape in figure.layout.shapes] == [6, 4, 8]
+    assert {shape.yref for shape in figure.layout.shapes} == {"y domain"}, "each mark spans the plot's height"
