@@ -348,12 +348,13 @@ def build_demo() -> gr.Blocks:
             cancel = STOPS.arm(request.session_hash or "")
             waiting = RUNTIME.queue.waiting
             trimmed = (
-                f" (the oldest {fitted.trimmed.dropped} messages were left out to fit the prompt budget)"
+                f" (the oldest {answer_view.counted(fitted.trimmed.dropped, 'message')} left out to fit the prompt budget)"
                 if fitted.trimmed is not None
                 else ""
             )
             if waiting or trimmed:
-                note = f"⏳ Waiting for the model ({answer_view.counted(waiting, 'request')} ahead)…" if waiting else view.status_line()
+                ahead = answer_view.counted(waiting, "request")
+                note = f"⏳ Waiting for the model ({ahead} ahead)…" if waiting else view.status_line()
                 yield {status: note + trimmed}
             throttle = answer_view.Throttle()
             with RUNTIME.queue.slot():

@@ -141,6 +141,20 @@ def test_the_chat_gives_the_model_back_its_answer_word_for_word():
     assert answered["content"] == view.answer, "no glued words at the swap, no lost indents"
 
 
+def test_a_history_over_the_prompt_budget_is_trimmed_and_the_status_says_how_much(app_server):
+    long_turn = "word " * 5_000  # over the 4,096-token prompt budget on its own
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": long_turn}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Noted."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And now?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Still here."}]},
+    ]
+    frames, final = ask(client(app_server), chat=history)
+    notes = [frame[STATUS] for frame in frames if isinstance(frame[STATUS], str)]
+    assert any("the oldest 2 messages left out to fit the prompt budget" in note for note in notes), notes[:3]
+    assert "tokens in" in final[STATUS], "the answer still runs on the history that fits"
+
+
 def test_learning_persists_across_turns_and_downloads(app_server, tmp_path):
     c = client(app_server)
     _, first = ask(c)
