@@ -268,7 +268,9 @@ def main() -> None:
     parser.add_argument("--approximate", action="store_true", help="also time approximate=True and measure its recall")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
     parser.add_argument(
-        "--no-huge-pages", action="store_true", help="leave faiss's codes in 4 KiB pages, to measure the hint (smem.memory.pages)"
+        "--no-huge-pages",
+        action="store_true",
+        help="leave faiss's codes in 4 KiB pages, to measure the hint (smem.memory.pages)",
     )
     args = parser.parse_args()
     config = vars(args)
