@@ -1,6 +1,7 @@
 """State kept between or inside queries for speed never changes a selection.
 
-The per-slot query statistics (`LearningState.query_stats`), the all-memory scores of an
+The per-slot query statistics (`LearningState.query_stats`), the positions with learned
+state (`LearningState.learned_positions`), the all-memory scores of an
 unquantised pool (`MemoryPool._score_everything`) and the batched learned-link slots must
 give, after any mix of learning, adding, copying, pickling and state swaps, the very bits a
 pool rebuilt from scratch gives.
@@ -83,6 +84,8 @@ def test_cached_state_retrieves_what_a_rebuilt_pool_retrieves(keyed, data):
             exact = other.retrieve(asked, exact=True, **ask)
             assert hits(pool.retrieve(asked, exact=True, **ask)) == hits(exact)
             assert hits(pool.retrieve(asked, **ask)) == hits(exact)
+        state = pool.learning
+        assert np.array_equal(state.learned_positions(), np.flatnonzero((state.query_slot >= 0) | (state.counts > 0)))
     state = pool.learning
     if state._specificity is not None:
         specificity, norms = fresh_stats(state)

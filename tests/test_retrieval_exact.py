@@ -209,6 +209,36 @@ def test_the_8bit_query_and_the_range_search_are_bounded(keyed):
             assert set(ids[approx > radius]) <= set(scan._ids.tolist())
 
 
+def test_cosine_bounds_hold_without_reading_the_rows(keyed):
+    """`Scan.cosine_bounds` (the learned memories' ceilings in `_choose`) is an upper bound
+    on every cosine, exact on the float32 tail, tight where the range search returned the
+    code, and it reads no row of the coded part."""
+    rng = np.random.default_rng(8)
+    dim = 64
+    centres = unit(rng.standard_normal((5, dim)))
+    pool = MemoryPool(keyed(dim=dim), quantized_threshold=100)
+    vectors = unit(centres[rng.integers(0, 5, 2000)] + 0.5 * rng.standard_normal((2000, dim)) / np.sqrt(dim))
+    pool.add_many([{"content": "x"}] * 2000, embeddings=vectors)
+    pool.build_index()
+    pool.add_many([{"content": "y"}] * 50, embeddings=unit(rng.standard_normal((50, dim))))  # the exact tail
+    index = pool._index
+    for query in unit(centres + 0.3 * rng.standard_normal((5, dim))):
+        scan = index.scan(query)
+        with mock.patch.object(vector_index, "FIRST_RESULTS", 100):  # a range search that leaves codes out
+            scan.top(20)
+        positions = rng.permutation(len(pool))
+        exact = dot_rows(index.vectors[positions], query)  # the bits the pool scores with
+        with mock.patch.object(vector_index.Scan, "cosines", side_effect=AssertionError("read rows")):
+            upper = scan.cosine_bounds(positions)
+        assert (upper >= exact).all()
+        tail = positions >= index._coded
+        assert tail.any() and (upper[tail] == exact[tail]).all()
+        returned = np.isin(positions, scan._ids)
+        assert returned.any() and (~returned & ~tail).any()
+        assert (upper[returned] - exact[returned]).max() <= 2 * scan._margin
+        assert (upper[~returned & ~tail] == scan._floor + scan._margin).all()
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_lazy_damping_selects_as_damping_everything_after_every_pick(data):
@@ -268,7 +298,7 @@ def test_boost_bound_covers_every_memory_after_learning(keyed):
     for query in unit(rng.standard_normal((5, DIM))):
         boost = pool._boost(np.arange(300), query, 1.75e9, named)
         assert boost.max() <= pool._boost_bound(named, learned=True)
-        untouched = np.setdiff1d(np.arange(300), pool._learned())
+        untouched = np.setdiff1d(np.arange(300), pool.learning.learned_positions())
         assert len(untouched) and boost[untouched].max() <= pool._boost_bound(named, learned=False)
 
 

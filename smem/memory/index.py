@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from smem.memory.pages import back_with_huge_pages
-from smem.memory.scoring import dot_rows
+from smem.memory.scoring import dot_rows, sorted_lookup
 
 log = logging.getLogger("smem")
 
@@ -323,6 +323,24 @@ class Scan:
         if self._all is not None:
             return self._all[positions]
         return dot_rows(self._index.vectors[positions] if rows is None else rows, self.query)
+
+    def cosine_bounds(self, positions: np.ndarray) -> np.ndarray:
+        """Upper bounds on the cosines of the memories at `positions`, without reading their
+        vectors: a gather of scattered rows misses the cache on every row once a decode step
+        has streamed the model's weights through. Exact where the scan already has it (an
+        unquantised pool, the exact tail); the coded score plus the margin for a code the
+        search returned; the search's floor plus the margin for any other code. Call after
+        `top`, `above` or `bounds` (a search must have run)."""
+        if self._all is not None:
+            return self._all[positions]
+        coded = self._index._coded
+        upper = np.full(len(positions), self._floor + self._margin)
+        order = np.argsort(self._ids)
+        where, returned = sorted_lookup(self._ids[order], positions)
+        upper[returned] = self._approx[order[where[returned]]] + self._margin
+        tail = positions >= coded
+        upper[tail] = self._tail_cosines()[positions[tail] - coded]
+        return upper
 
     def gathered(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The vectors and exact cosines of the memories at `positions`: the ones `remember`

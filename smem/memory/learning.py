@@ -77,6 +77,10 @@ class LearningState:
     of recomputed for every candidate of every query (two thirds of a 1k query's boost terms)."""
     _norms: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     """Per query slot: |query sum| (float32), the denominator of `scoring.query_alignment`."""
+    _learned: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    """Sorted positions with learned state (`learned_positions`), built on demand and grown
+    by `reinforce`: learned state only ever grows, and finding it afresh is two passes over
+    N per query (0.12 ms of a 5 ms query at 100k, measured on the latency bench's pools)."""
 
     @classmethod
     def empty(cls, size: int, dim: int) -> "LearningState":
@@ -96,7 +100,7 @@ class LearningState:
         state = self.__dict__.copy()
         state["_graph"] = None
         state["_encoding_graph"] = None
-        state["_specificity"] = state["_norms"] = None
+        state["_specificity"] = state["_norms"] = state["_learned"] = None
         return state
 
     def copy(self) -> "LearningState":
@@ -122,6 +126,7 @@ class LearningState:
             _slot=dict(self._slot),
             _specificity=None if self._specificity is None else self._specificity.copy(),
             _norms=None if self._norms is None else self._norms.copy(),
+            _learned=self._learned,
         )
 
     def grow(self, extra: int) -> None:
@@ -188,6 +193,14 @@ class LearningState:
             )
         return self._graph
 
+    def learned_positions(self) -> np.ndarray:
+        """Sorted positions with learned state (a query association or a count): every other
+        memory's boost is recency, emotion and the time match alone. Never written in place,
+        so a copy of the state may share it."""
+        if self._learned is None:
+            self._learned = np.flatnonzero((self.query_slot >= 0) | (self.counts > 0))
+        return self._learned
+
     def query_stats(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(specificity float64, |query sum| float32) of query slots, from the per-slot cache.
         Each row is computed alone (row by row, as `scoring.specificity` and a row norm are),
@@ -237,6 +250,9 @@ class LearningState:
             self.last_retrieved[positions] = now
         if query is not None:
             self._add_query(positions, weights, query)
+        if self._learned is not None:
+            now_learned = positions[(self.query_slot[positions] >= 0) | (self.counts[positions] > 0)]
+            self._learned = np.union1d(self._learned, now_learned)
         if link_strength > 0 and len(positions) > 1:
             # Per pair of one selection (at most max_memories² / 2), never per memory of the pool.
             pairs = list(itertools.combinations(positions.tolist(), 2))  # (a, b), a < b

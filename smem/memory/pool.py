@@ -407,7 +407,7 @@ class MemoryPool:
 
     def _boost_bound(self, named: Sequence[tuple[float, float]], *, learned: bool) -> float:
         """An upper bound on `_boost` of any memory; with `learned=False`, of any memory
-        outside `_learned()`. Links are not included: see `_choose`.
+        outside `learned_positions()`. Links are not included: see `_choose`.
 
         Each term at its largest: recency ≤ 1, emotion ≤ the pool's largest, the time match
         ≤ 1; specificity, confidence and query alignment ≤ 1 and frequency at the largest
@@ -422,12 +422,6 @@ class MemoryPool:
             frequency = float(scoring.frequency(state.counts.max(keepdims=True), state.mean_active_count())[0])
             bound += max(max(w.frequency, 0.0) * frequency + max(self.association_weight, 0.0), 0.0)
         return bound
-
-    def _learned(self) -> np.ndarray:
-        """Positions with learned state (a query association or a count): every other
-        memory's boost is recency, emotion and the time match alone."""
-        state = self.learning
-        return np.flatnonzero((state.query_slot >= 0) | (state.counts > 0))
 
     def _similarity(self, index: np.ndarray, cosine: np.ndarray, lexical: Optional[np.ndarray]) -> np.ndarray:
         """(C,) float64 hybrid similarity of the memories at `index` (C,), from their cosines (C,)
@@ -516,9 +510,9 @@ class MemoryPool:
         activation) until no pick links outside, so a memory left out is never lent a link
         and its ranked score is ≤ gate(similarity bound) × (1 + tanh(boost bound)); favour
         and damping only lower it, and incumbents are always candidates. Memories with
-        learned state are bounded one by one (their exact similarity and boost), the rest
-        share the closed-form bound. A softmax draw weighs every memory, so sampling
-        scores them all.
+        learned state are bounded one by one (their exact boost, and their cosine bounded by
+        the scan without reading their rows), the rest share the closed-form bound. A softmax
+        draw weighs every memory, so sampling scores them all.
         """
         size = len(self)
         if exact or query.sample:
@@ -526,17 +520,19 @@ class MemoryPool:
         if query.scores is not None:
             return self._choose_by_reach(query)
         scan, lexical, named = query.scan, query.lexical, query.named
-        learned = self._learned()
+        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
+        found, bound = scan.top(count)  # (≥count,) pool positions; cosine of all others ≤ bound
+        learned = self.learning.learned_positions()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
-            # (L,) the exact ranked-score ceiling of each memory with learned state, `learned` (L,)
-            reach = scoring.gate(self._similarity(learned, scan.cosines(learned), lexical))
+            # (L,) a ceiling on the ranked score of each memory with learned state, `learned` (L,):
+            # its exact boost, and its cosine bounded by the scan (its row is read only if it
+            # joins the candidates).
+            reach = scoring.gate(self._similarity(learned, scan.cosine_bounds(learned), lexical))
             reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
         else:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
             learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
-        count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
-        found, bound = scan.top(count)  # (≥count,) pool positions; cosine of all others ≤ bound
         if lexical is not None:
             lexical_bound = 0.0  # normalised BM25 ≥ 0, so this bounds every memory when all are found
             if count < size:
@@ -639,7 +635,7 @@ class MemoryPool:
         to the picks (spreading, as in `_choose`); nothing is proven about the memories left out."""
         count = APPROXIMATE_CANDIDATES_PER_PICK * max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
         found = query.scan.nearest(count)
-        learned = self._learned()
+        learned = self.learning.learned_positions()
         if len(learned) <= len(self) // LEARNED_EXACT_FRACTION:
             found = np.concatenate([found, learned])
         if query.lexical is not None and count < len(self):
