@@ -43,6 +43,7 @@ from smem.serving.api import create_api, not_found  # noqa: E402
 from smem.generation.events import Event  # noqa: E402
 from smem.memory.records import MemoryFileError  # noqa: E402
 from smem.memory.pool import MemoryPool  # noqa: E402
+from smem.memory.wording import counted  # noqa: E402
 from smem.serving import prompt_budget  # noqa: E402
 from smem.serving.runtime import Runtime  # noqa: E402
 from smem.serving.session_store import SQLiteSessionStore  # noqa: E402
@@ -348,12 +349,12 @@ def build_demo() -> gr.Blocks:
             cancel = STOPS.arm(request.session_hash or "")
             waiting = RUNTIME.queue.waiting
             trimmed = (
-                f" (the oldest {answer_view.counted(fitted.trimmed.dropped, 'message')} left out to fit the prompt budget)"
+                f" (the oldest {counted(fitted.trimmed.dropped, 'message')} left out to fit the prompt budget)"
                 if fitted.trimmed is not None
                 else ""
             )
             if waiting or trimmed:
-                ahead = answer_view.counted(waiting, "request")
+                ahead = counted(waiting, "request")
                 note = f"⏳ Waiting for the model ({ahead} ahead)…" if waiting else view.status_line()
                 yield {status: note + trimmed}
             throttle = answer_view.Throttle()

@@ -333,6 +333,7 @@ def test_a_full_queue_is_refused_with_503(tiny_runtime: Runtime) -> None:
         response = client.post("/chat/stream", json={"message": MESSAGE, "memory_set": "tutor"})
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert response.json()["error"]["status"] == 503
+    assert "(1 answer waiting)" in response.json()["error"]["message"]  # counted, not "1 answers"
 
 
 def test_a_waiting_client_is_told_its_place_in_line(live: str, tiny_runtime: Runtime) -> None:
@@ -496,6 +497,7 @@ def test_one_client_cannot_fill_the_queue(tiny_runtime: Runtime) -> None:
         waiter.join(5)
     assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
     assert refused.json()["error"]["status"] == 429
+    assert "already has 1 answer generating" in refused.json()["error"]["message"]
 
 
 def test_history_is_trimmed_to_the_token_budget_and_the_stream_says_so(tiny_runtime: Runtime) -> None:

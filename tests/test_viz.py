@@ -20,7 +20,8 @@ from smem.generation.events import ContextStats, Done, DoneStats, Memories, Memo
 from smem.memory.records import Hit, Memory, MemoryFileError, Pull
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
-from smem.ui.answer_view import AnswerView, Changed, Throttle, counted
+from smem.memory.wording import counted
+from smem.ui.answer_view import AnswerView, Changed, Throttle
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 

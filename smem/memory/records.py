@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from smem.memory.wording import counted
+
 MAX_CONTENT_CHARS = 2000
 """Longest memory, in characters. Chosen with headroom: the sample sets' longest memory has 151
 characters and the longest LoCoMo dev turn, worded as a memory with its caption, 474; a note
@@ -91,7 +93,7 @@ def parse_records(data: Any, max_records: Optional[int] = None) -> list[MemoryRe
     if not data:
         raise MemoryFileError("the memory set is empty")
     if max_records is not None and len(data) > max_records:
-        raise MemoryFileError(f"the memory set holds {len(data)} records; at most {max_records} are accepted")
+        raise MemoryFileError(f"the memory set holds {counted(len(data), 'record')}; at most {max_records} are accepted")
     try:
         records = _RECORDS.validate_python(data)
     except ValidationError as exc:

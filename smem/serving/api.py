@@ -65,6 +65,7 @@ from smem.generation.events import Done, Event
 from smem.generation.settings import ModelSettings
 from smem.memory.pool import MemoryPool
 from smem.memory.records import MemoryFileError
+from smem.memory.wording import counted
 from smem.serving.queueing import Cancelled
 from smem.serving.runtime import Runtime
 from smem.serving import prompt_budget, uploads
@@ -361,9 +362,9 @@ def admit(state: ApiState, http: Request, request: Any) -> Admitted:
         raise ApiError(422, "message", str(exc)) from None
     client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
     if runtime.queue.waiting >= settings.max_queue:
-        raise ApiError(503, None, f"{runtime.queue.waiting} answers are queued; try again shortly", headers={"Retry-After": RETRY_AFTER_S})
+        raise ApiError(503, None, f"the queue is full ({counted(runtime.queue.waiting, 'answer')} waiting); try again shortly", headers={"Retry-After": RETRY_AFTER_S})
     if runtime.queue.held_by(client) >= settings.max_queue_per_client:
-        message = f"this client already has {settings.max_queue_per_client} answers generating or queued; wait for one to finish"
+        message = f"this client already has {counted(settings.max_queue_per_client, 'answer')} generating or queued; wait for one to finish"
         raise ApiError(429, None, message, headers={"Retry-After": RETRY_AFTER_S})
     return request, client, fitted
 

@@ -17,6 +17,7 @@ from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.memory.records import MemoryFileError
 from smem.memory.store import PoolFileError
+from smem.memory.wording import counted
 from smem.serving.api_schema import ApiSettings
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -26,7 +27,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 def check_size(pool: MemoryPool, settings: ApiSettings, adding: int = 0) -> None:
     """Refuse a pool that would hold more memories than one visitor or session may."""
     if len(pool) + adding > settings.max_pool_memories:
-        raise MemoryFileError(f"a pool holds at most {settings.max_pool_memories} memories; this one would hold {len(pool) + adding}")
+        raise MemoryFileError(f"a pool holds at most {counted(settings.max_pool_memories, 'memory')}; this one would hold {len(pool) + adding}")
 
 
 def load_upload(sets: MemorySets, raw: bytes | str | None, settings: ApiSettings) -> MemoryPool:

@@ -37,9 +37,9 @@ from smem.memory.records import MemoryFileError, MemoryType
 from smem.memory.memory_sets import MemorySets
 from smem.memory.pool import MemoryPool
 from smem.memory.settings import MemorySettings
+from smem.memory.wording import counted
 from smem.serving import uploads
 from smem.serving.api_schema import ApiSettings
-from smem.ui.answer_view import counted
 
 MEMORY_SETTINGS = MemorySettings()
 """Read from the environment once, so `SMEM_*` retrieval knobs set the sliders' defaults as they

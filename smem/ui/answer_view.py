@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from smem.generation.events import ContextStats, Done, DoneStats, Event, Memories, MemoryUpdate, Thinking, Token
 from smem.memory.records import Hit
+from smem.memory.wording import counted
 
 THINKING_TITLE = "💭 Thinking"
 SWAP_TITLE = "🔄 Memories swapped at token {at_token}"
@@ -434,14 +435,6 @@ def _word_end(text: str, at: int) -> int:
     if at <= 0 or at >= len(text) or text[at - 1].isspace():
         return at
     return WORD_REST.match(text, at).end()
-
-
-def counted(count: int, noun: str) -> str:
-    """A count with its noun in the right number: "1 memory", "2 memories" (English plurals)."""
-    if count == 1:
-        return f"1 {noun}"
-    consonant_y = len(noun) > 1 and noun[-1] == "y" and noun[-2] not in "aeiou"  # memory -> memories, day -> days
-    return f"{count} {noun[:-1]}ies" if consonant_y else f"{count} {noun}s"
 
 
 def summary(stats: DoneStats) -> str:

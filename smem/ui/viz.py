@@ -27,7 +27,8 @@ import plotly.graph_objects as go
 from smem.generation.events import ContextStats
 from smem.memory.records import Hit, Memory
 from smem.memory.pool import MemoryPool
-from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow, counted
+from smem.memory.wording import counted
+from smem.ui.answer_view import ADDED, KEPT, REMOVED, AnswerView, MemoryRow
 
 TYPE_COLOURS: dict[str, str] = {
     "current_state": "#1f77b4",
