@@ -228,8 +228,9 @@ def test_cosine_bounds_hold_without_reading_the_rows(keyed):
             scan.top(20)
         positions = rng.permutation(len(pool))
         exact = dot_rows(index.vectors[positions], query)  # the bits the pool scores with
-        with mock.patch.object(vector_index.Scan, "cosines", side_effect=AssertionError("read rows")):
-            upper = scan.cosine_bounds(positions)
+        unread = mock.PropertyMock(side_effect=AssertionError("read the pool's rows"))
+        with mock.patch.object(vector_index.VectorIndex, "vectors", new_callable=lambda: unread):
+            upper = scan.cosine_bounds(positions)  # the tail's cosines were kept by `top`
         assert (upper >= exact).all()
         tail = positions >= index._coded
         assert tail.any() and (upper[tail] == exact[tail]).all()

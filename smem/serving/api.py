@@ -362,7 +362,8 @@ def admit(state: ApiState, http: Request, request: Any) -> Admitted:
         raise ApiError(422, "message", str(exc)) from None
     client = f"session:{request.session}" if request.session else f"address:{http.client.host if http.client else '?'}"
     if runtime.queue.waiting >= settings.max_queue:
-        raise ApiError(503, None, f"the queue is full ({counted(runtime.queue.waiting, 'answer')} waiting); try again shortly", headers={"Retry-After": RETRY_AFTER_S})
+        message = f"the queue is full ({counted(runtime.queue.waiting, 'answer')} waiting); try again shortly"
+        raise ApiError(503, None, message, headers={"Retry-After": RETRY_AFTER_S})
     if runtime.queue.held_by(client) >= settings.max_queue_per_client:
         message = f"this client already has {counted(settings.max_queue_per_client, 'answer')} generating or queued; wait for one to finish"
         raise ApiError(429, None, message, headers={"Retry-After": RETRY_AFTER_S})
