@@ -21,6 +21,10 @@ interleaved query by query, with the same one-thread BLAS pinning. Both are time
 clock and by this thread's CPU time: on a shared, overloaded machine the CPU time is the
 figure that still says what a query costs.
 
+Every timed query learns (learn=True), so a pool starts empty of learned state and ends with
+~k per query of it; `--used-queries N` has it learn from N other queries first, as a pool in use
+has (the last column counts its memories with learned state at the first and last timed query).
+
     nice -n 10 python bench/retrieval_latency.py --sizes 1000 100000 --queries 50
 """
 
@@ -112,6 +116,17 @@ def real(size: int, queries: int, rng: np.random.Generator, data: Path):
     return vectors, [texts[i] for i in source], list(unit(embedder.encode(asked))), asked
 
 
+def used_queries(pool: MemoryPool, config: dict) -> np.ndarray:
+    """`--used-queries` queries the pool learns from before the timed ones: each near a random
+    memory of the pool (cosine ≈ 0.9), drawn from their own seed, so the timed queries are the
+    same with or without them. They give the timed queries a pool in use: hundreds of memories
+    with learned state, each bounded one by one in `MemoryPool._choose`."""
+    rng = np.random.default_rng(config["seed"] + 1)
+    vectors = pool._index.vectors
+    picked = rng.integers(0, len(vectors), config["used_queries"])
+    return unit(vectors[picked] + 0.5 * rng.standard_normal((len(picked), DIM), dtype=np.float32) / np.float32(np.sqrt(DIM)))
+
+
 def rss() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
@@ -154,6 +169,9 @@ def measure(shape: str, size: int, config: dict) -> dict:
 
     # One fixed `now`: recency moves with the clock, and exact and fast must see one state.
     options = dict(max_memories=config["k"], token_budget=config["token_budget"], now=time.time())
+    for q in used_queries(pool, config):
+        pool.retrieve(q, **options, learn=True)
+    learned_before = len(pool.learning.learned_positions())
     ask = lambda q, t, **kw: pool.retrieve(q if t is None else t, query_vector=None if t is None else q, **options, **kw)  # noqa: E731
     for q, t in list(zip(query_vectors, text_queries))[:5]:
         ask(q, t, learn=False)
@@ -220,6 +238,7 @@ def measure(shape: str, size: int, config: dict) -> dict:
         "max_candidates": max(candidates, default=0),
         "rounds": float(np.mean(rounds)) if rounds else float("nan"),
         "rss_mb": used / 2**20,
+        "learned": (learned_before, len(pool.learning.learned_positions())),
         "build_s": build_s,
         "index_s": index_s,
     }
@@ -267,6 +286,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--approximate", action="store_true", help="also time approximate=True and measure its recall")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
+    parser.add_argument("--used-queries", type=int, default=0, help="queries the pool learns from before timing")
     parser.add_argument(
         "--no-huge-pages",
         action="store_true",
@@ -287,9 +307,10 @@ def main() -> None:
     )
     print(
         "\n| shape | memories | retrieve CPU | brute force CPU | CPU ratio | retrieve wall median (p95) | brute force wall median (p95) "
-        "| identical to exact | candidates scored (median, max) | rounds | memory used | build (quantisation) |"
+        "| identical to exact | candidates scored (median, max) | rounds | memory used | build (quantisation) "
+        "| memories with learned state (first, last query) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for size in config["sizes"]:
         for shape in config["shapes"]:
@@ -299,7 +320,8 @@ def main() -> None:
                 f"{r['cpu_ms'] / r['brute_cpu_ms']:.2f} | {r['median_ms']:.2f} ({r['p95_ms']:.2f}) ms | "
                 f"{r['brute_median_ms']:.2f} ({r['brute_p95_ms']:.2f}) ms | "
                 f"{r['identical']} | {r['candidates']:.0f}, {r['max_candidates']} | {r['rounds']:.2f} | "
-                f"{r['rss_mb']:.0f} MB | {r['build_s']:.1f} s ({r['index_s']:.1f} s) |",
+                f"{r['rss_mb']:.0f} MB | {r['build_s']:.1f} s ({r['index_s']:.1f} s) | "
+                f"{r['learned'][0]:,}, {r['learned'][1]:,} |",
                 flush=True,
             )
             rows.append(r)
