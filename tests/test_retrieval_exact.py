@@ -283,6 +283,8 @@ def test_lazy_damping_selects_as_damping_everything_after_every_pick(data):
 
 
 def test_boost_bound_covers_every_memory_after_learning(keyed):
+    """The pool-wide bounds, and each memory's own bound with no query (`_boost(…, None, …)`,
+    the association at its largest), hold for every memory and every query, to the last bit."""
     rng = np.random.default_rng(3)
     weights = ScoringWeights(time=0.3, learned_links=0.5, encoding_window=2)
     pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0, weights=weights)
@@ -296,8 +298,10 @@ def test_boost_bound_covers_every_memory_after_learning(keyed):
         pool.retrieve(unit(vectors[rng.integers(300)] + 0.1 * rng.standard_normal(DIM)), max_memories=8, learn=True)
     named = timeref.named_intervals("what happened in May 2023?")
     assert named
-    for query in unit(rng.standard_normal((5, DIM))):
+    own = pool._boost(np.arange(300), None, 1.75e9, named)
+    for query in [*unit(rng.standard_normal((5, DIM))), *vectors[pool.learning.learned_positions()[:20]]]:
         boost = pool._boost(np.arange(300), query, 1.75e9, named)
+        assert (boost <= own).all()
         assert boost.max() <= pool._boost_bound(named, learned=True)
         untouched = np.setdiff1d(np.arange(300), pool.learning.learned_positions())
         assert len(untouched) and boost[untouched].max() <= pool._boost_bound(named, learned=False)

@@ -356,22 +356,28 @@ class MemoryPool:
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
     def _boost(
-        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+        self, index: np.ndarray, query: Optional[np.ndarray], now: float, named: Sequence[tuple[float, float]] = ()
     ) -> np.ndarray:
         """Boost terms that do not depend on other picks (links are added during selection).
-        `named` are the time intervals the query text names (see `timeref`).
+        `named` are the time intervals the query text names (see `timeref`). With no `query`,
+        an upper bound on them: the association at its largest, no past query read.
 
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
         return self._terms(index, query, now, named)[0]
 
     def _terms(
-        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
+        self, index: np.ndarray, query: Optional[np.ndarray], now: float, named: Sequence[tuple[float, float]] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """`_boost`'s terms and the habituation factor on the gate (`scoring.habituation`) of the
         memories at `index`, from one gather of their learned rows. The factor is below 1 only
         for memories some query retrieved, since it needs the queries' specificity, and never
-        above 1, so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
+        above 1, so the candidate bounds of `_choose` (which leave it out) stay upper bounds.
+
+        With no `query` the boost is bounded instead: the query alignment at 1, the top of its
+        range (every factor it meets is ≥ 0 and float rounding is monotone, so the bound holds
+        to the last bit). That reads no past query's sum: in a pool in use, 1.5 kB per memory
+        with learned state per query (docs/benchmarks.md, "A pool in use")."""
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]  # (C,) float64 epoch seconds, NaN if never retrieved
         reference = np.where(np.isnan(last), self._created[index], last)
@@ -390,13 +396,16 @@ class MemoryPool:
             counts = state.query_count[slots]  # (K,) float32 summed query weights
             confidence = counts / (counts + w.confidence_queries)
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
-            if len(slots) == state.slots_used:
+            if query is None:
+                alignment = 1.0  # its largest; the association weight is never negative
+            elif len(slots) == state.slots_used:
                 # Every memory a query reached is here (a pass over all memories): the used
                 # block of query sums is scanned in place, not gathered row by row first.
                 dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
+                alignment = scoring.query_alignment(dots, norms, w.association_threshold)
             else:
                 dots = scoring.dot_rows(state.query_sum[slots], query)
-            alignment = scoring.query_alignment(dots, norms, w.association_threshold)
+                alignment = scoring.query_alignment(dots, norms, w.association_threshold)
             learned += self.association_weight * confidence * alignment
             boost[known] += specificity * learned
             if w.habituation > 0:
@@ -510,9 +519,8 @@ class MemoryPool:
         activation) until no pick links outside, so a memory left out is never lent a link
         and its ranked score is ≤ gate(similarity bound) × (1 + tanh(boost bound)); favour
         and damping only lower it, and incumbents are always candidates. Memories with
-        learned state are bounded one by one (their exact boost, and their cosine bounded by
-        the scan without reading their rows), the rest share the closed-form bound. A softmax
-        draw weighs every memory, so sampling scores them all.
+        learned state are bounded one by one (`_LearnedReach`), the rest share the closed-form
+        bound. A softmax draw weighs every memory, so sampling scores them all.
         """
         size = len(self)
         if exact or query.sample:
@@ -525,14 +533,10 @@ class MemoryPool:
         learned = self.learning.learned_positions()
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
-            # (L,) a ceiling on the ranked score of each memory with learned state, `learned` (L,):
-            # its exact boost, and its cosine bounded by the scan (its row is read only if it
-            # joins the candidates).
-            reach = scoring.gate(self._similarity(learned, scan.cosine_bounds(learned), lexical))
-            reach = reach * scoring.multiplier(self._boost(learned, scan.query, query.now, named))
         else:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
-            learned, reach = np.zeros(0, dtype=np.int64), np.zeros(0)
+            learned = np.zeros(0, dtype=np.int64)
+        reach = _LearnedReach(self, query, learned, self._similarity(learned, scan.cosine_bounds(learned), lexical))
         if lexical is not None:
             lexical_bound = 0.0  # normalised BM25 ≥ 0, so this bounds every memory when all are found
             if count < size:
@@ -546,7 +550,7 @@ class MemoryPool:
                 break
             # `bound`: the hybrid similarity of every memory left out is at most this.
             ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
-            left = reach[~scoring.sorted_lookup(index, learned)[1]]
+            left = reach.above(ceiling)[~scoring.sorted_lookup(index, learned)[1]]
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
             selection = self._select(index, query, ceiling=ceiling * CEILING_SLACK)
@@ -567,7 +571,8 @@ class MemoryPool:
                 found, bound = self._hybrid_above(scan, lexical, target)
             # Scored whatever their similarity: incumbents, memories linked to a pick, and
             # memories with learned state whose own ceiling reaches the weakest pick.
-            kept = _union(learned[reach >= selection.weakest * WIDENING_HEADROOM**2], joined)
+            level = selection.weakest * WIDENING_HEADROOM**2
+            kept = _union(learned[reach.above(level) >= level], joined)
             index = _union(found, kept)
             # The bound lets in every memory that *may* pass it: for broad topics about half
             # only through the 8-bit codes' margin. Their exact similarity says which do; the
@@ -938,6 +943,39 @@ class _Scores:
 
 _NONE = np.zeros(0, dtype=np.int64)
 _NONE.flags.writeable = False
+
+
+class _LearnedReach:
+    """Ceilings on the ranked score of the memories with learned state, (L,) for `learned` (L,),
+    tightened only where they matter.
+
+    Each starts from bounds that read no row: the scan's bound on the memory's cosine
+    (`Scan.cosine_bounds`) and its boost with the query alignment at its largest
+    (`MemoryPool._boost` with no query). `above(level)` replaces every ceiling above `level`
+    by the one with the exact boost (its past queries' sum read), which can only lower it;
+    ceilings below a level stay below it. So whatever `_choose` asks of them (the largest
+    ceiling left out, the memories that may reach the weakest pick) comes out as exact boosts
+    would give it, while a pool in use reads the query sums of the few memories near a level
+    instead of all of them (docs/benchmarks.md, "A pool in use")."""
+
+    def __init__(self, pool: MemoryPool, query: "_Query", learned: np.ndarray, similarity: np.ndarray) -> None:
+        self._exact = lambda rows: pool._boost(learned[rows], query.scan.query, query.now, query.named)
+        self._gate = scoring.gate(similarity)
+        self._values = self._gate * scoring.multiplier(pool._boost(learned, None, query.now, query.named))
+        self._tight = np.zeros(len(learned), dtype=bool)
+
+    def above(self, level: float) -> np.ndarray:
+        """The ceilings, each one at or above `level` computed with the exact boost."""
+        loose = np.flatnonzero(~self._tight & (self._values >= level))
+        if 2 * len(loose) > len(self._values):
+            # Past half, all of them: the past queries' sums of every memory with learned state
+            # are read in place (`_terms`), where a subset is copied row by row first and then
+            # read again, at least twice the cost per row.
+            loose = np.arange(len(self._values))
+        if len(loose):
+            self._values[loose] = self._gate[loose] * scoring.multiplier(self._exact(loose))
+            self._tight[loose] = True
+        return self._values
 
 
 def _lexical_top(lexical: np.ndarray, count: int) -> tuple[np.ndarray, float]:
