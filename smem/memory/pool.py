@@ -398,13 +398,13 @@ class MemoryPool:
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
             if query is None:
                 alignment = 1.0  # its largest; the association weight is never negative
-            elif len(slots) == state.slots_used:
-                # Every memory a query reached is here (a pass over all memories): the used
-                # block of query sums is scanned in place, not gathered row by row first.
-                dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
-                alignment = scoring.query_alignment(dots, norms, w.association_threshold)
             else:
-                dots = scoring.dot_rows(state.query_sum[slots], query)
+                if len(slots) == state.slots_used:
+                    # Every memory a query reached is here (a pass over all memories): the used
+                    # block of query sums is scanned in place, not gathered row by row first.
+                    dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
+                else:
+                    dots = scoring.dot_rows(state.query_sum[slots], query)
                 alignment = scoring.query_alignment(dots, norms, w.association_threshold)
             learned += self.association_weight * confidence * alignment
             boost[known] += specificity * learned
@@ -951,8 +951,8 @@ class _LearnedReach:
 
     Each starts from bounds that read no row: the scan's bound on the memory's cosine
     (`Scan.cosine_bounds`) and its boost with the query alignment at its largest
-    (`MemoryPool._boost` with no query). `above(level)` replaces every ceiling above `level`
-    by the one with the exact boost (its past queries' sum read), which can only lower it;
+    (`MemoryPool._boost` with no query). `above(level)` replaces every ceiling at or above
+    `level` by the one with the exact boost (its past queries' sum read), which can only lower it;
     ceilings below a level stay below it. So whatever `_choose` asks of them (the largest
     ceiling left out, the memories that may reach the weakest pick) comes out as exact boosts
     would give it, while a pool in use reads the query sums of the few memories near a level
