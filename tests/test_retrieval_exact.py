@@ -9,6 +9,7 @@ same ids in the same order with the same score, similarity and multiplier, bit f
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from smem import MemoryPool
 from smem.memory import index as vector_index
 from smem.memory import pool as pool_module
-from smem.memory import selection, timeref
+from smem.memory import scoring, selection, timeref
 from smem.memory.scoring import dot_rows, sorted_lookup
 from smem.memory.scoring import ScoringWeights
 from smem.memory.selection import Candidates, select
@@ -305,6 +306,32 @@ def test_boost_bound_covers_every_memory_after_learning(keyed):
         assert boost.max() <= pool._boost_bound(named, learned=True)
         untouched = np.setdiff1d(np.arange(300), pool.learning.learned_positions())
         assert len(untouched) and boost[untouched].max() <= pool._boost_bound(named, learned=False)
+
+
+def test_learned_ceilings_are_exact_wherever_a_level_asks(keyed):
+    """`_LearnedReach` starts from ceilings that read no past query and makes exact every one
+    at or above a level asked, so what `_choose` reads of it (which ceilings reach a level, the
+    largest of them) is what exact boosts give, whatever the order of the levels, by the
+    subset path (few above a level) or the whole pass (more than half)."""
+    rng = np.random.default_rng(9)
+    pool = MemoryPool(keyed(dim=DIM), association_weight=1.0, seed=0)
+    vectors = unit(rng.standard_normal((400, DIM)))
+    pool.add_many([{"content": f"m {i}"} for i in range(400)], embeddings=vectors)
+    for _ in range(40):
+        pool.retrieve(unit(vectors[rng.integers(400)] + 0.1 * rng.standard_normal(DIM)), max_memories=8, learn=True)
+    learned = pool.learning.learned_positions()
+    query = unit(vectors[learned[0]] + 0.05 * rng.standard_normal(DIM))
+    similarity = rng.uniform(0.2, 0.9, len(learned))
+    exact = scoring.gate(similarity) * scoring.multiplier(pool._boost(learned, query, 1.75e9))
+    asked = SimpleNamespace(scan=SimpleNamespace(query=query), now=1.75e9, named=[])
+    reach = pool_module._LearnedReach(pool, asked, learned, similarity)
+    assert (reach.above(np.inf) >= exact).all() and (reach.above(np.inf) > exact).any(), "a bound, not the value"
+    for quantile in (0.95, 0.8, 0.99, 0.1):
+        level = float(np.quantile(exact, quantile))
+        values = reach.above(level)
+        assert (values >= exact).all()
+        assert np.array_equal(values >= level, exact >= level)
+        assert np.array_equal(values[values >= level], exact[exact >= level])
 
 
 def test_cosines_are_the_same_bits_in_any_company():
