@@ -198,8 +198,12 @@ class LearningState:
         memory's boost is recency, emotion and the time match alone. Never written in place,
         so a copy of the state may share it."""
         if self._learned is None:
-            self._learned = np.flatnonzero((self.query_slot >= 0) | (self.counts > 0))
+            self._learned = np.flatnonzero(self._has_learned(slice(None)))
         return self._learned
+
+    def _has_learned(self, index: np.ndarray | slice) -> np.ndarray:
+        """Whether the memories at `index` have learned state: a query association or a count."""
+        return (self.query_slot[index] >= 0) | (self.counts[index] > 0)
 
     def query_stats(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(specificity float64, |query sum| float32) of query slots, from the per-slot cache.
@@ -253,7 +257,7 @@ class LearningState:
         if self._learned is not None:
             # `positions` are sorted and unique: insert the new ones in place (np.union1d hashes
             # the whole array again, 0.48 ms per update at 5,000 learned memories, measured here).
-            now_learned = positions[(self.query_slot[positions] >= 0) | (self.counts[positions] > 0)]
+            now_learned = positions[self._has_learned(positions)]
             new = now_learned[~scoring.sorted_lookup(self._learned, now_learned)[1]]
             self._learned = np.insert(self._learned, np.searchsorted(self._learned, new), new)
         if link_strength > 0 and len(positions) > 1:
