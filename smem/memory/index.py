@@ -333,6 +333,8 @@ class Scan:
         `top`, `above` or `bounds` (a search must have run)."""
         if self._all is not None:
             return self._all[positions]
+        if not len(positions):  # a pool with no learned state yet: no search results to sort
+            return np.zeros(0)
         coded = self._index._coded
         upper = np.full(len(positions), self._floor + self._margin)
         order = np.argsort(self._ids)
