@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from smem.memory.pages import back_with_huge_pages
-from smem.memory.scoring import dot_rows, sorted_lookup
+from smem.memory.scoring import dot_rows
 
 log = logging.getLogger("smem")
 
@@ -123,6 +123,8 @@ class VectorIndex:
         self._trained_error = 0.0
         self.error = 0.0
         """Largest measured |dequantised − original| (L2) over every coded vector."""
+        self._watch: Optional[WatchList] = None
+        """A second copy of some memories' codes (`watched`), dropped whenever the codes are retrained."""
 
     def __len__(self) -> int:
         return self._size
@@ -130,7 +132,7 @@ class VectorIndex:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_buffer"] = self.vectors.copy()
-        state.update(_codes=None, _lists=None, _coded=0, _trained_error=0.0, error=0.0)  # rebuilt on first use
+        state.update(_codes=None, _lists=None, _watch=None, _coded=0, _trained_error=0.0, error=0.0)  # rebuilt on first use
         state["_sample"] = np.zeros((0, self.dim), dtype=np.float32)
         return state
 
@@ -178,14 +180,9 @@ class VectorIndex:
         self._centre = ((low + high) / 2.0).astype(np.float32)
         # A dimension every vector shares needs no step: its codes are all 0, exactly.
         self._step = np.where(width > 0, width / (2 * CODE_LEVEL), 1.0).astype(np.float32)
-        everything = faiss.IndexFlatIP(self.dim)
-        everything.add(np.zeros((1, self.dim), dtype=np.float32))
-        codes = faiss.IndexIVFScalarQuantizer(
-            everything, self.dim, 1, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT, False
-        )
-        codes.is_trained = True  # one list, no residuals, direct codes: nothing to train
-        self._codes = codes
+        self._codes = _one_list(self.dim)
         self._lists = None
+        self._watch = None
         self._coded = 0
         self.error = 0.0
         self._trained_error = self._code_rows(self._size)
@@ -227,6 +224,23 @@ class VectorIndex:
         codes = faiss.downcast_InvertedLists(self._codes.invlists)
         back_with_huge_pages(int(codes.get_codes(0)), codes.list_size(0) * codes.code_size)
 
+    def watched(self, positions: np.ndarray) -> "WatchList":
+        """The watch list holding the codes of exactly the coded ones among `positions`
+        (sorted, unique). It grows by the new ones when it already holds a subset of them (the
+        memories with learned state, which only grow), and is built afresh otherwise (and after
+        a fold, which codes more memories); a memory's row is read once, when it joins."""
+        coded = positions[: np.searchsorted(positions, self._coded)]
+        watch = self._watch
+        if watch is not None and len(watch.member) == self._coded:
+            new = coded[~watch.member[coded]]
+            if len(coded) - len(new) == len(watch):
+                if len(new):
+                    watch.add(new, self._encode(self.vectors[new]))
+                return watch
+        self._watch = watch = WatchList(self.dim, self._coded)
+        watch.add(coded, self._encode(self.vectors[coded]))
+        return watch
+
     def _encode(self, rows: np.ndarray) -> np.ndarray:
         """Signed 8-bit codes of `rows` (as float32 integers, the form faiss takes)."""
         return np.clip(np.rint((rows - self._centre) / self._step), -CODE_LEVEL, CODE_LEVEL).astype(np.float32)
@@ -263,6 +277,52 @@ class VectorIndex:
         _, nearest = centres.search(np.ascontiguousarray(rows), 1)
         assigned = np.ascontiguousarray(nearest[:, 0], dtype=np.int64)
         self._lists.add_core(len(rows), faiss.swig_ptr(codes), None, faiss.swig_ptr(assigned))
+
+
+def _one_list(dim: int):
+    """A faiss inverted file with one list of signed 8-bit codes (see `VectorIndex._codes`)."""
+    import faiss
+
+    everything = faiss.IndexFlatIP(dim)
+    everything.add(np.zeros((1, dim), dtype=np.float32))
+    codes = faiss.IndexIVFScalarQuantizer(
+        everything, dim, 1, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT, False
+    )
+    codes.is_trained = True  # one list, no residuals, direct codes: nothing to train
+    return codes
+
+
+class WatchList:
+    """A contiguous second copy of the codes of a few memories that every query must bound
+    (the pool's memories with learned state), so that one short pass scores them all.
+
+    Their cosines were bounded from the main scan before: the coded score where the range
+    search returned the code, else the search's floor, the same loose bound for every memory
+    it left out. With broad topics that let nearly all of a used pool's ~5,000 learned memories
+    reach the weakest pick, and each then had its exact boost computed (docs/benchmarks.md,
+    "Learned memories watched"). This pass costs ~0.2 ms for 5,000 codes (1.9 MB)."""
+
+    def __init__(self, dim: int, size: int) -> None:
+        self._codes = _one_list(dim)
+        self.member = np.zeros(size, dtype=bool)
+        """(N,) whether each coded memory is watched."""
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, positions: np.ndarray, codes: np.ndarray) -> None:
+        """Watch the memories at `positions` (none watched yet), given their codes."""
+        self._codes.add_with_ids(np.ascontiguousarray(codes), positions.astype(np.int64))
+        self.member[positions] = True
+        self._count += len(positions)
+
+    def scores(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every watched memory's position and integer score against the query's `units`, in
+        the list's order: one range search that lets every code through."""
+        lowest = -(CODE_LEVEL**2) * units.shape[1] - 1  # below any code's integer score
+        _, integer, ids = self._codes.range_search(units, float(lowest))
+        return ids.astype(np.int64), integer.astype(np.float64)
 
 
 class Scan:
@@ -324,25 +384,25 @@ class Scan:
             return self._all[positions]
         return dot_rows(self._index.vectors[positions] if rows is None else rows, self.query)
 
-    def cosine_bounds(self, positions: np.ndarray) -> np.ndarray:
-        """Upper bounds on the cosines of the memories at `positions`, without reading their
-        vectors: a gather of scattered rows misses the cache on every row once a decode step
-        has streamed the model's weights through. Exact where the scan already has it (an
-        unquantised pool, the exact tail); the coded score plus the margin for a code the
-        search returned; the search's floor plus the margin for any other code. Call after
-        `top`, `above` or `bounds` (a search must have run)."""
+    def cosine_bounds(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Upper bounds on the cosines of the memories at `positions` (sorted, unique) without
+        reading their vectors: a gather of scattered rows misses the cache on every row once a
+        decode step has streamed the model's weights through. Returns the same positions in
+        the order of their bounds, and the bounds. Exact where the scan has them (an unquantised
+        pool, the exact tail); else the coded score plus the margin, from one pass over the
+        index's `WatchList` of these memories (kept from query to query)."""
         if self._all is not None:
-            return self._all[positions]
-        if not len(positions):  # a pool with no learned state yet: no search results to sort
-            return np.zeros(0)
+            return positions, self._all[positions]
+        if not len(positions):  # a pool with no learned state yet
+            return positions, np.zeros(0)
         coded = self._index._coded
-        upper = np.full(len(positions), self._floor + self._margin)
-        order = np.argsort(self._ids)
-        where, returned = sorted_lookup(self._ids[order], positions)
-        upper[returned] = self._approx[order[where[returned]]] + self._margin
-        tail = positions >= coded
-        upper[tail] = self._tail_cosines()[positions[tail] - coded]
-        return upper
+        tail = positions[np.searchsorted(positions, coded) :]
+        watched, integer = self._index.watched(positions).scores(self._units)
+        upper = self._offset + self._scale * integer + self._margin
+        return (
+            np.concatenate([watched, tail]),
+            np.concatenate([upper, self._tail_cosines()[tail - coded]]),
+        )
 
     def gathered(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The vectors and exact cosines of the memories at `positions`: the ones `remember`

@@ -356,28 +356,22 @@ class MemoryPool:
         return _unit_rows(np.asarray(query).reshape(1, -1), self.dim, "the query vector")[0]
 
     def _boost(
-        self, index: np.ndarray, query: Optional[np.ndarray], now: float, named: Sequence[tuple[float, float]] = ()
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
     ) -> np.ndarray:
         """Boost terms that do not depend on other picks (links are added during selection).
-        `named` are the time intervals the query text names (see `timeref`). With no `query`,
-        an upper bound on them: the association at its largest, no past query read.
+        `named` are the time intervals the query text names (see `timeref`).
 
         Keep `_boost_bound` in step: it must stay above every term added here.
         """
         return self._terms(index, query, now, named)[0]
 
     def _terms(
-        self, index: np.ndarray, query: Optional[np.ndarray], now: float, named: Sequence[tuple[float, float]] = ()
+        self, index: np.ndarray, query: np.ndarray, now: float, named: Sequence[tuple[float, float]] = ()
     ) -> tuple[np.ndarray, np.ndarray]:
         """`_boost`'s terms and the habituation factor on the gate (`scoring.habituation`) of the
         memories at `index`, from one gather of their learned rows. The factor is below 1 only
         for memories some query retrieved, since it needs the queries' specificity, and never
-        above 1, so the candidate bounds of `_choose` (which leave it out) stay upper bounds.
-
-        With no `query` the boost is bounded instead: the query alignment at 1, the top of its
-        range (every factor it meets is ≥ 0 and float rounding is monotone, so the bound holds
-        to the last bit). That reads no past query's sum: in a pool in use, 1.5 kB per memory
-        with learned state per query (docs/benchmarks.md, "A pool in use")."""
+        above 1, so the candidate bounds of `_choose` (which leave it out) stay upper bounds."""
         w, state = self.weights, self.learning
         last = state.last_retrieved[index]  # (C,) float64 epoch seconds, NaN if never retrieved
         reference = np.where(np.isnan(last), self._created[index], last)
@@ -396,16 +390,13 @@ class MemoryPool:
             counts = state.query_count[slots]  # (K,) float32 summed query weights
             confidence = counts / (counts + w.confidence_queries)
             learned = w.frequency * scoring.frequency(state.counts[rows], state.mean_active_count())
-            if query is None:
-                alignment = 1.0  # its largest; the association weight is never negative
+            if len(slots) == state.slots_used:
+                # Every memory a query reached is here (a pass over all memories): the used
+                # block of query sums is scanned in place, not gathered row by row first.
+                dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
             else:
-                if len(slots) == state.slots_used:
-                    # Every memory a query reached is here (a pass over all memories): the used
-                    # block of query sums is scanned in place, not gathered row by row first.
-                    dots = scoring.dot_rows(state.query_sum[: state.slots_used], query)[slots]
-                else:
-                    dots = scoring.dot_rows(state.query_sum[slots], query)
-                alignment = scoring.query_alignment(dots, norms, w.association_threshold)
+                dots = scoring.dot_rows(state.query_sum[slots], query)
+            alignment = scoring.query_alignment(dots, norms, w.association_threshold)
             learned += self.association_weight * confidence * alignment
             boost[known] += specificity * learned
             if w.habituation > 0:
@@ -531,12 +522,14 @@ class MemoryPool:
         count = max(CANDIDATES_PER_PICK * query.max_memories, MIN_CANDIDATES)
         found, bound = scan.top(count)  # (≥count,) pool positions; cosine of all others ≤ bound
         learned = self.learning.learned_positions()
+        learned_multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
         if len(learned) <= size // LEARNED_EXACT_FRACTION:
             multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=False)]))[0])
         else:
-            multiplier = float(scoring.multiplier(np.array([self._boost_bound(named, learned=True)]))[0])
+            multiplier = learned_multiplier
             learned = np.zeros(0, dtype=np.int64)
-        reach = _LearnedReach(self, query, learned, self._similarity(learned, scan.cosine_bounds(learned), lexical))
+        learned, cosines = scan.cosine_bounds(learned)  # the same positions, in the order of their bounds
+        reach = _LearnedReach(self, query, learned, self._similarity(learned, cosines, lexical), learned_multiplier)
         if lexical is not None:
             lexical_bound = 0.0  # normalised BM25 ≥ 0, so this bounds every memory when all are found
             if count < size:
@@ -950,20 +943,21 @@ class _LearnedReach:
     tightened only where they matter.
 
     Each starts from bounds that read no row: the scan's bound on the memory's cosine
-    (`Scan.cosine_bounds`) and its boost with the query alignment at its largest
-    (`MemoryPool._boost` with no query). `above(level)` replaces every ceiling at or above
-    `level` by the one with the exact boost (its past queries' sum read), which can only lower it;
-    ceilings below a level stay below it. So whatever `_choose` asks of them (the largest
-    ceiling left out, the memories that may reach the weakest pick) comes out as exact boosts
-    would give it, while a pool in use reads the query sums of the few memories near a level
-    instead of all of them (docs/benchmarks.md, "A pool in use")."""
+    (`Scan.cosine_bounds`, from its code) and the pool-wide bound on a learned memory's boost
+    (`multiplier`). `above(level)` replaces every ceiling at or above `level` by the one with
+    the exact boost (its past queries' sum read), which can only lower it; ceilings below a
+    level stay below it. So whatever `_choose` asks of them (the largest ceiling left out, the
+    memories that may reach the weakest pick) comes out as exact boosts would give it, while a
+    pool in use reads the query sums of the few memories near a level instead of all of them
+    (docs/benchmarks.md, "A pool in use" and "Learned memories watched")."""
 
-    def __init__(self, pool: MemoryPool, query: "_Query", learned: np.ndarray, similarity: np.ndarray) -> None:
+    def __init__(
+        self, pool: MemoryPool, query: "_Query", learned: np.ndarray, similarity: np.ndarray, multiplier: float
+    ) -> None:
         self._exact = lambda rows: pool._boost(learned[rows], query.scan.query, query.now, query.named)
         self._gate = scoring.gate(similarity)
-        self._values = self._gate * scoring.multiplier(pool._boost(learned, None, query.now, query.named))
+        self._values = self._gate * multiplier
         self._tight = np.zeros(len(learned), dtype=bool)
-
     def above(self, level: float) -> np.ndarray:
         """The ceilings, each one at or above `level` computed with the exact boost."""
         loose = np.flatnonzero(~self._tight & (self._values >= level))
