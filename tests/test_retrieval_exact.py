@@ -370,6 +370,38 @@ def test_learned_ceilings_are_exact_wherever_a_level_asks(keyed):
         assert np.array_equal(values[values >= level], exact[exact >= level])
 
 
+def test_spreading_along_a_chain_of_links_ends_in_a_proof_not_a_full_pass(keyed):
+    """Each pick of a chain of linked memories lends the next ones enough to be picked, so the
+    chain joins the candidates a link round at a time. Those rounds have their own budget:
+    when they spent the widenings' budget, this query scored every memory. Both paths (the
+    codes, and the unquantised pool that knows every score) select what exact scoring does."""
+    rng = np.random.default_rng(11)
+    dim = 64
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+
+    def at(cosine, count):
+        other = rng.standard_normal((count, dim))
+        other[:, 0] = 0.0
+        return unit(cosine * query + np.sqrt(1.0 - cosine**2) * unit(other))
+
+    # The chain: one day, so each is linked to its next two; the rest: a day apart each, unlinked.
+    records = [{"content": f"chain {i}", "created_at": "2024-05-01T12:00:00Z"} for i in range(24)]
+    records += [{"content": f"other {i}", "created_at": f"{np.datetime64('2020-01-01') + np.timedelta64(2 * i, 'D')}T12:00:00Z"} for i in range(2000)]
+    vectors = np.concatenate([at(0.9, 1), at(0.5, 23), at(0.6, 300), unit(rng.standard_normal((1700, dim)))])
+    for threshold in (100, 20_000):
+        pool = MemoryPool(keyed(dim=dim), seed=0, quantized_threshold=threshold)
+        pool.add_many(records, embeddings=vectors)
+        pool.build_index()
+        scored = []
+        choose = pool._select
+        with mock.patch.object(pool, "_select", side_effect=lambda index, *a, **k: scored.append(len(index)) or choose(index, *a, **k)):
+            hits = pool.retrieve(query, max_memories=14, now=1.75e9, learn=False)
+        assert [hit.memory.content for hit in hits] == [f"chain {i}" for i in range(14)]
+        assert_same(hits, pool.retrieve(query, max_memories=14, now=1.75e9, learn=False, exact=True))
+        assert len(scored) > pool_module.MAX_WIDENINGS and max(scored) < len(pool), scored
+
+
 def test_cosines_are_the_same_bits_in_any_company():
     """A memory's cosine must not depend on which other rows are scored with it (BLAS gemv
     blocks rows: at 384-d, 425 of ~300k subset rows differed in the last bits)."""

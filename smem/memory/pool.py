@@ -51,6 +51,12 @@ MAX_WIDENINGS = 4
 """After this many unproven rounds, score every memory (chosen: the latency bench's worst shape
 needs 2.2 rounds on average, docs/benchmarks.md "Retrieval latency"; four keeps a pathological
 query from scanning more than a few times before the one full pass)."""
+MAX_SPREADS = 16
+"""Rounds that only add the memories linked to a pick (spreading activation) and select again,
+counted apart from the widenings: each costs one selection over the candidates (~0.3 ms at
+100k), the full pass they would otherwise end in ~35 ms. When they shared the widenings'
+budget, 8% of the queries of a dated 100k pool (20 broad topics, encoding links) spent it on
+spreading and scored every memory (docs/benchmarks.md, "Links at retrieval")."""
 LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
@@ -538,9 +544,8 @@ class MemoryPool:
             bound = (1.0 - self.lexical_weight) * bound + self.lexical_weight * lexical_bound
         joined = query.favoured
         index = _union(found, joined)
-        for _ in range(MAX_WIDENINGS):
-            if len(index) == size:
-                break
+        widenings = spreads = 0
+        while len(index) < size:
             # `bound`: the hybrid similarity of every memory left out is at most this.
             ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
             left = reach.above(ceiling)[~scoring.sorted_lookup(index, learned)[1]]
@@ -549,11 +554,17 @@ class MemoryPool:
             selection = self._select(index, query, ceiling=ceiling * CEILING_SLACK)
             linked = _linked_outside(query, index, selection)
             if len(linked):
+                spreads += 1
+                if spreads > MAX_SPREADS:
+                    break
                 joined = _union(joined, linked)
                 index = _union(index, linked)
                 continue
             if selection.proven:
                 return index, selection
+            widenings += 1
+            if widenings == MAX_WIDENINGS:
+                break
             # Everything whose score could reach the weakest pick, with headroom.
             target = np.sqrt(selection.weakest / multiplier) * WIDENING_HEADROOM
             if target <= 0.0:
@@ -607,7 +618,8 @@ class MemoryPool:
         found = np.argpartition(-reach, count)[:count] if count < size else np.arange(size)
         joined = query.favoured
         outside = np.empty(size, dtype=bool)  # (N,) left out of this round's candidates
-        for _ in range(MAX_WIDENINGS):
+        widenings = spreads = 0
+        while True:
             index = _union(found, joined)
             if len(index) == size:
                 break
@@ -616,10 +628,16 @@ class MemoryPool:
             selection = self._select(index, query, ceiling=float(reach[outside].max()) * CEILING_SLACK)
             linked = _linked_outside(query, index, selection)
             if len(linked):
+                spreads += 1
+                if spreads > MAX_SPREADS:
+                    break
                 joined = _union(joined, linked)
                 continue
             if selection.proven:
                 return index, selection
+            widenings += 1
+            if widenings == MAX_WIDENINGS:
+                break
             target = selection.weakest * WIDENING_HEADROOM**2
             if target <= 0.0:
                 break
@@ -639,7 +657,7 @@ class MemoryPool:
         if query.lexical is not None and count < len(self):
             found = np.concatenate([found, _lexical_top(query.lexical, count)[0]])
         joined = query.favoured
-        for _ in range(MAX_WIDENINGS):
+        for _ in range(1 + MAX_SPREADS):
             index = _union(found, joined)
             selection = self._select(index, query, ceiling=0.0)
             linked = _linked_outside(query, index, selection)
@@ -1003,7 +1021,11 @@ def _union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> np.ndarray:
-    """Pool positions outside `index` linked to a pick (they must join before a proof)."""
+    """Pool positions outside `index` linked to a pick, which must join before a proof, and
+    those linked to them: a memory that joins is lent by the pick's link and may be picked
+    next, and then its own links must join in one more round. Two steps at once saved that
+    round in a pool with encoding links (docs/benchmarks.md, "Links at retrieval")."""
     if query.graph is None or not selection.picks:
         return _NONE
-    return np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
+    linked = query.graph.neighbours(index[[pick.position for pick in selection.picks]])
+    return np.setdiff1d(_union(linked, query.graph.neighbours(linked)), index)
