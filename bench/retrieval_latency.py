@@ -24,6 +24,9 @@ figure that still says what a query costs.
 Every timed query learns (learn=True), so a pool starts empty of learned state and ends with
 ~k per query of it; `--used-queries N` has it learn from N other queries first, as a pool in use
 has (the last column counts its memories with learned state at the first and last timed query).
+`--sessions S` dates the memories in sessions of S (LoCoMo's dev sessions: 21.6 turns on
+average, median 20), so the pool links neighbours at encoding and spreading activation joins
+the candidates, as in a real pool; without it the pool has no links.
 
     nice -n 10 python bench/retrieval_latency.py --sizes 1000 100000 --queries 50
 """
@@ -127,6 +130,18 @@ def used_queries(pool: MemoryPool, config: dict) -> np.ndarray:
     return unit(vectors[picked] + 0.5 * rng.standard_normal((len(picked), DIM), dtype=np.float32) / np.float32(np.sqrt(DIM)))
 
 
+def dated(records: list[dict], sessions: int) -> list[dict]:
+    """With `sessions` > 0, each run of that many consecutive memories shares a day (from
+    2024-01-01), so the pool links each memory to its next two at encoding, as it links the
+    turns of one conversation session; with 0, undated memories and no links."""
+    if sessions <= 0:
+        return records
+    return [
+        {**record, "created_at": f"{np.datetime64('2024-01-01') + np.timedelta64(number // sessions, 'D')}T12:00:00Z"}
+        for number, record in enumerate(records)
+    ]
+
+
 def rss() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
@@ -148,7 +163,7 @@ def measure(shape: str, size: int, config: dict) -> dict:
     before = rss()
     started = time.perf_counter()
     pool = MemoryPool(FixedEmbedder(), seed=config["seed"], quantized_threshold=config["quantized_threshold"])
-    pool.add_many([{"content": text} for text in texts], embeddings=vectors)
+    pool.add_many(dated([{"content": text} for text in texts], config["sessions"]), embeddings=vectors)
     del texts, vectors
     index_s = pool.build_index() or 0.0
     build_s = time.perf_counter() - started
@@ -287,6 +302,13 @@ def main() -> None:
     parser.add_argument("--approximate", action="store_true", help="also time approximate=True and measure its recall")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "locomo-dev.json"))
     parser.add_argument("--used-queries", type=int, default=0, help="queries the pool learns from before timing")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=0,
+        help="date memories in sessions of this many (one day each), so encoding links join neighbours "
+        "as in a conversation (LoCoMo's dev sessions: median 20 turns); 0: undated, no links",
+    )
     parser.add_argument(
         "--no-huge-pages",
         action="store_true",
