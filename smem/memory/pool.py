@@ -552,16 +552,17 @@ class MemoryPool:
             if len(left):
                 ceiling = max(ceiling, float(left.max()))
             selection = self._select(index, query, ceiling=ceiling * CEILING_SLACK)
-            linked = _linked_outside(query, index, selection)
-            if len(linked):
+            linked = self._spread(query, index, selection)
+            joined = _union(joined, linked)
+            if selection.proven:
+                if not len(linked):
+                    return index, selection
                 spreads += 1
                 if spreads > MAX_SPREADS:
                     break
-                joined = _union(joined, linked)
                 index = _union(index, linked)
                 continue
-            if selection.proven:
-                return index, selection
+            # Unproven: they join the widened candidates below, with no round of their own.
             widenings += 1
             if widenings == MAX_WIDENINGS:
                 break
@@ -626,15 +627,15 @@ class MemoryPool:
             outside.fill(True)
             outside[index] = False
             selection = self._select(index, query, ceiling=float(reach[outside].max()) * CEILING_SLACK)
-            linked = _linked_outside(query, index, selection)
-            if len(linked):
+            linked = self._spread(query, index, selection)  # as in `_choose`
+            joined = _union(joined, linked)
+            if selection.proven:
+                if not len(linked):
+                    return index, selection
                 spreads += 1
                 if spreads > MAX_SPREADS:
                     break
-                joined = _union(joined, linked)
                 continue
-            if selection.proven:
-                return index, selection
             widenings += 1
             if widenings == MAX_WIDENINGS:
                 break
@@ -643,6 +644,45 @@ class MemoryPool:
                 break
             found = np.flatnonzero(reach >= target)
         return self._select_all(query)
+
+    def _spread(self, query: "_Query", index: np.ndarray, selection: Selection) -> np.ndarray:
+        """Spreading activation: the memories outside `index` linked to a pick that must join
+        the candidates before the selection can be proven, with their own neighbours (once
+        picked, they lend in turn: joining those too saved most third rounds). While the
+        selection is short of `max_memories` every linked memory must (it would go on to take a
+        left-out memory that fits); once full, only those whose lent ceiling reaches the
+        weakest pick.
+
+        A memory left out is lent by each pick it is linked to, and lending only grows as picks
+        are added, so its ranked score at any step is at most gate × habituation ×
+        multiplier(boost + what every pick lends it at once); favour is 1 (incumbents are
+        always candidates) and damping ≤ 1. Below the weakest pick it was never the argmax,
+        and the selection stands without it. Its similarity and boost are computed exactly:
+        it is one of a few neighbours of ≤ k picks. Joining every neighbour instead cost a
+        dated 100k pool 3.8 selections a query (docs/benchmarks.md, "Links at retrieval")."""
+        linked = _linked_outside(query, index, selection)
+        if not len(linked) or len(selection.picks) < query.max_memories:
+            return linked
+        graph = query.graph
+        rows = [graph.row(int(index[pick.position])) for pick in selection.picks]
+        neighbours = np.concatenate([row[0] for row in rows])  # (P,) pool positions
+        weights = np.concatenate([row[1] for row in rows])  # (P,) link weights
+        at, hit = scoring.sorted_lookup(linked, neighbours)
+        lent = np.zeros(len(linked))  # (L,) summed weight every pick lends each linked memory
+        np.add.at(lent, at[hit], weights[hit])
+        if query.scores is not None:
+            similarity, boost, habituation = (
+                query.scores.similarity[linked], query.scores.boost[linked], query.scores.habituation[linked]
+            )
+        else:
+            boost, habituation = self._terms(linked, query.scan.query, query.now, query.named)
+            similarity = self._similarity(linked, query.scan.cosines(linked), query.lexical)
+        gate = scoring.gate(similarity.astype(np.float64)) * habituation
+        ceiling = gate * scoring.multiplier(boost + self.weights.links * scoring.link_strength(lent))
+        reached = linked[ceiling * CEILING_SLACK >= selection.weakest]
+        if not len(reached):
+            return reached
+        return np.setdiff1d(_union(reached, graph.neighbours(reached)), index)
 
     def _choose_approximately(self, query: "_Query") -> tuple[np.ndarray, Selection]:
         """Select over the approximate nearest candidates (`Scan.nearest`, and BM25's best for
@@ -1021,11 +1061,7 @@ def _union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> np.ndarray:
-    """Pool positions outside `index` linked to a pick, which must join before a proof, and
-    those linked to them: a memory that joins is lent by the pick's link and may be picked
-    next, and then its own links must join in one more round. Two steps at once saved that
-    round in a pool with encoding links (docs/benchmarks.md, "Links at retrieval")."""
+    """Pool positions outside `index` linked to a pick (sorted)."""
     if query.graph is None or not selection.picks:
         return _NONE
-    linked = query.graph.neighbours(index[[pick.position for pick in selection.picks]])
-    return np.setdiff1d(_union(linked, query.graph.neighbours(linked)), index)
+    return np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
