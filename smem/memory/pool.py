@@ -52,11 +52,12 @@ MAX_WIDENINGS = 4
 needs 2.2 rounds on average, docs/benchmarks.md "Retrieval latency"; four keeps a pathological
 query from scanning more than a few times before the one full pass)."""
 MAX_SPREADS = 16
-"""Rounds that only add the memories linked to a pick (spreading activation) and select again,
-counted apart from the widenings: each costs one selection over the candidates (~0.3 ms at
-100k), the full pass they would otherwise end in ~35 ms. When they shared the widenings'
-budget, 8% of the queries of a dated 100k pool (20 broad topics, encoding links) spent it on
-spreading and scored every memory (docs/benchmarks.md, "Links at retrieval")."""
+"""Rounds that only add memories linked to a pick (spreading activation) and select again,
+counted apart from the widenings. Chosen so that a query spending them all still costs far less
+than the full pass it would end in: 16 selections of ~1,000 candidates (~0.5 ms each at 100k)
+against ~35 ms. When they shared the widenings' budget, 4 of 50 queries of a 100k pool whose
+memories all share one day (20 broad topics, encoding links) spent it on spreading and scored
+every memory (docs/benchmarks.md, "Links at retrieval")."""
 LEARNED_EXACT_FRACTION = 8
 """Memories with learned state are bounded one by one while they are ≤ 1/8 of the pool
 (an eighth of a float32 pass); beyond, one closed-form bound covers every memory."""
