@@ -661,13 +661,13 @@ class MemoryPool:
         and the selection stands without it. Its similarity and boost are computed exactly:
         it is one of a few neighbours of ≤ k picks. Joining every neighbour instead cost a
         dated 100k pool 3.8 selections a query (docs/benchmarks.md, "Links at retrieval")."""
-        linked = _linked_outside(query, index, selection)
+        graph = query.graph
+        if graph is None or not selection.picks:
+            return _NONE
+        neighbours, weights = graph.edges(index[[pick.position for pick in selection.picks]])  # (P,), (P,)
+        linked = np.setdiff1d(neighbours[weights > 0], index)  # sorted, unique: as `_linked_outside`
         if not len(linked) or len(selection.picks) < query.max_memories:
             return linked
-        graph = query.graph
-        rows = [graph.row(int(index[pick.position])) for pick in selection.picks]
-        neighbours = np.concatenate([row[0] for row in rows])  # (P,) pool positions
-        weights = np.concatenate([row[1] for row in rows])  # (P,) link weights
         at, hit = scoring.sorted_lookup(linked, neighbours)
         lent = np.zeros(len(linked))  # (L,) summed weight every pick lends each linked memory
         np.add.at(lent, at[hit], weights[hit])
