@@ -1017,6 +1017,7 @@ class _LearnedReach:
         self._gate = scoring.gate(similarity)
         self._values = self._gate * multiplier
         self._tight = np.zeros(len(learned), dtype=bool)
+
     def above(self, level: float) -> np.ndarray:
         """The ceilings, each one at or above `level` computed with the exact boost."""
         loose = np.flatnonzero(~self._tight & (self._values >= level))
