@@ -545,7 +545,7 @@ class MemoryPool:
             bound = (1.0 - self.lexical_weight) * bound + self.lexical_weight * lexical_bound
         joined = query.favoured
         index = _union(found, joined)
-        widenings = spreads = 0
+        rounds = _Rounds()
         while len(index) < size:
             # `bound`: the hybrid similarity of every memory left out is at most this.
             ceiling = float(scoring.gate(np.array([bound]))[0]) * multiplier
@@ -558,14 +558,12 @@ class MemoryPool:
             if selection.proven:
                 if not len(linked):
                     return index, selection
-                spreads += 1
-                if spreads > MAX_SPREADS:
+                if not rounds.spread():
                     break
                 index = _union(index, linked)
                 continue
             # Unproven: they join the widened candidates below, with no round of their own.
-            widenings += 1
-            if widenings == MAX_WIDENINGS:
+            if not rounds.widen():
                 break
             # Everything whose score could reach the weakest pick, with headroom.
             target = np.sqrt(selection.weakest / multiplier) * WIDENING_HEADROOM
@@ -620,7 +618,7 @@ class MemoryPool:
         found = np.argpartition(-reach, count)[:count] if count < size else np.arange(size)
         joined = query.favoured
         outside = np.empty(size, dtype=bool)  # (N,) left out of this round's candidates
-        widenings = spreads = 0
+        rounds = _Rounds()
         while True:
             index = _union(found, joined)
             if len(index) == size:
@@ -633,12 +631,10 @@ class MemoryPool:
             if selection.proven:
                 if not len(linked):
                     return index, selection
-                spreads += 1
-                if spreads > MAX_SPREADS:
+                if not rounds.spread():
                     break
                 continue
-            widenings += 1
-            if widenings == MAX_WIDENINGS:
+            if not rounds.widen():
                 break
             target = selection.weakest * WIDENING_HEADROOM**2
             if target <= 0.0:
@@ -995,6 +991,25 @@ class _Scores:
 
 _NONE = np.zeros(0, dtype=np.int64)
 _NONE.flags.writeable = False
+
+
+class _Rounds:
+    """What a fast-path selection may still spend before it scores every memory: rounds that
+    only add memories a pick's links reach (`MAX_SPREADS`) and widenings (`MAX_WIDENINGS`),
+    counted apart."""
+
+    def __init__(self) -> None:
+        self._spreads = self._widenings = 0
+
+    def spread(self) -> bool:
+        """Count a link round; False once past the budget."""
+        self._spreads += 1
+        return self._spreads <= MAX_SPREADS
+
+    def widen(self) -> bool:
+        """Count an unproven round; False at the last one (its widening would go unscored)."""
+        self._widenings += 1
+        return self._widenings < MAX_WIDENINGS
 
 
 class _LearnedReach:
