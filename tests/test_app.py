@@ -284,7 +284,7 @@ def test_stream_coalesces_frames_of_a_long_answer(app_server):
     frames, final = ask(client(app_server), max_new_tokens=600, update_every_n=2)
     tokens = int(re.search(r"(\d+) tokens in", final[STATUS]).group(1))
     assert len(frames) < tokens, "frames are coalesced, not one per token"
-    # Answer text only: a swap's block waits for the word it fell in to end (`_word_end`), so
+    # Answer text only: a swap's block waits for its sentence to end (`_sentence_end`), so
     # in a later frame text may come before a block that ended an earlier frame.
     answer, earlier = chat_text(final[CHAT], swaps=False), chat_text(frames[-2][CHAT], swaps=False)
     assert answer.startswith(earlier), "no text is lost by coalescing"

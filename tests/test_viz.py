@@ -217,21 +217,58 @@ def test_chat_puts_thinking_in_a_collapsible_message_above_the_answer():
     ], "Gradio 6 content blocks are flattened and thinking is left out"
 
 
-def test_a_swap_inside_a_word_shows_after_the_word(pool):
+def test_a_swap_shows_at_the_end_of_its_sentence_never_inside_a_word(pool):
+    """A swap lands between two tokens, often inside a word: its block waits for the sentence
+    to end, and the next sentence follows it. Until then the frame is the text alone, so each
+    frame only grows at its end (the front end applies streamed frames as diffs)."""
     view = AnswerView()
     x, y = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xy")
     view.apply(Memories([x]))
     view.apply(Token("Plan for Thursda"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=4))
-    view.apply(Token("y's session."))
-    texts = [answer_view.message_text(m["content"]) for m in answer_view.chat_messages([], view) if not m.get("metadata")]
-    assert texts == ["Plan for Thursday's", " session."], texts
+    live = answer_view.chat_messages([], view)
+    assert live == [{"role": "assistant", "content": {"type": "text", "text": "Plan for Thursda"}}]
+    view.apply(Token("y's session. Bring the worksheet."))
+    messages = answer_view.chat_messages([], view)
+    assert messages[0] == {"role": "assistant", "content": {"type": "text", "text": "Plan for Thursday's session. "}}
+    assert messages[1]["metadata"]["title"] == "🔄 Memories swapped at token 4"
+    assert messages[2:] == [{"role": "assistant", "content": {"type": "text", "text": "Bring the worksheet."}}]
+
+
+def test_a_swap_in_an_unfinished_last_sentence_shows_once_the_answer_ends(pool):
+    view = AnswerView()
+    x, y = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xy")
+    view.apply(Memories([x]))
+    view.apply(Token("Done. And then"))
+    view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=5))
+    assert not any(m.get("metadata") for m in answer_view.chat_messages([], view))
+    view.stop()
+    messages = answer_view.chat_messages([], view)
+    assert [answer_view.message_text(m["content"]) for m in messages if not m.get("metadata")] == ["Done. And then"]
+    assert messages[-1]["metadata"]["title"] == "🔄 Memories swapped at token 5"
+
+
+def test_list_numbers_do_not_end_a_sentence_and_line_breaks_do(pool):
+    """A block goes after a line break too, and the next piece begins at the next word: a
+    piece that began with a nested list line's indent was drawn as a code block."""
+    view = AnswerView()
+    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    view.apply(Memories([x]))
+    view.apply(Token("7. Encourage"))
+    view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=3))
+    view.apply(Token(" her to rest\n8. Ask"))
+    view.apply(MemoryUpdate(memories=[z], added=[z], removed=[y], at_token=9))
+    view.apply(Token(" for help.\n    - with homework"))
+    messages = answer_view.chat_messages([], view)
+    texts = [answer_view.message_text(m["content"]) for m in messages if not m.get("metadata")]
+    assert texts == ["7. Encourage her to rest\n", "8. Ask for help.\n    ", "- with homework"], texts
 
 
 def test_whitespace_between_two_swaps_is_kept_with_the_next_words(pool):
     """Two swaps with only a space between them: the space must not be dropped, or the chat
     (and the history the model reads next turn) glues the words on either side, and a later
-    frame no longer starts with what an earlier one showed."""
+    frame no longer starts with what an earlier one showed. Both are in one sentence, so one
+    block shows them."""
     view = AnswerView()
     x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
     view.apply(Memories([x]))
@@ -240,12 +277,13 @@ def test_whitespace_between_two_swaps_is_kept_with_the_next_words(pool):
     view.apply(Token(" "))
     earlier = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
     view.apply(MemoryUpdate(memories=[z], added=[z], removed=[y], at_token=3))
-    view.apply(Token("soccer."))
+    view.apply(Token("soccer. Then"))
     messages = answer_view.chat_messages([{"role": "user", "content": "Q"}], view)
     texts = [answer_view.message_text(m["content"]) for m in messages[1:] if not m.get("metadata")]
-    assert texts == ["Alex plays", " soccer."], texts
-    assert sum(bool(m.get("metadata")) for m in messages) == 2, "both swaps are shown"
-    assert answer_view.model_history(messages)[-1]["content"] == "Alex plays soccer."
+    assert texts == ["Alex plays soccer. ", "Then"], texts
+    blocks = [m for m in messages if m.get("metadata")]
+    assert [m["metadata"]["title"] for m in blocks] == ["🔄 Memories swapped at tokens 2, 3"], "both swaps, one block"
+    assert answer_view.model_history(messages)[-1]["content"] == "Alex plays soccer. Then"
     assert "".join(texts).startswith(answer_view.model_history(earlier)[-1]["content"])
 
 

@@ -12,6 +12,7 @@ Nothing here imports Gradio: the app, tests and notebooks share it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import textwrap
 import time
@@ -25,6 +26,8 @@ from smem.memory.wording import counted
 
 THINKING_TITLE = "💭 Thinking"
 SWAP_TITLE = "🔄 Memories swapped at token {at_token}"
+SWAPS_TITLE = "🔄 Memories swapped at tokens {at_tokens}"
+"""One block for the swaps of one sentence (the title begins as `SWAP_TITLE` does)."""
 
 RETRIEVING, THINKING, ANSWERING, STOPPED, DONE = "retrieving", "thinking", "answering", "stopped", "done"
 PHASE_ICONS = {RETRIEVING: "🔎", THINKING: "💭", ANSWERING: "✍️", STOPPED: "⏹", DONE: "✅"}
@@ -370,14 +373,17 @@ def _short(hits: Sequence[Hit], width: int = 70) -> str:
     return "; ".join(textwrap.shorten(hit.content, width=width, placeholder="…") for hit in hits) or "none"
 
 
-def swap_message(swap: Swap) -> dict[str, Any]:
-    """A collapsed chat block for one swap: "swapped in …, out …, at token 37"."""
-    content = f"**in:** {_short(swap.added)}\n\n**out:** {_short(swap.removed)}"
-    return {
-        "role": "assistant",
-        "content": content,
-        "metadata": {"title": SWAP_TITLE.format(at_token=swap.at_token), "status": "done"},
-    }
+def swap_message(swaps: Sequence[Swap]) -> dict[str, Any]:
+    """A collapsed chat block for the swaps of one sentence: "swapped in …, out …, at token 37"."""
+    if len(swaps) == 1:
+        content = f"**in:** {_short(swaps[0].added)}\n\n**out:** {_short(swaps[0].removed)}"
+        title = SWAP_TITLE.format(at_token=swaps[0].at_token)
+    else:
+        content = "\n\n".join(
+            f"**token {swap.at_token}** · in: {_short(swap.added)} · out: {_short(swap.removed)}" for swap in swaps
+        )
+        title = SWAPS_TITLE.format(at_tokens=", ".join(str(swap.at_token) for swap in swaps))
+    return {"role": "assistant", "content": content, "metadata": {"title": title, "status": "done"}}
 
 
 def text_block(text: str) -> dict[str, str]:
@@ -400,8 +406,12 @@ def _answer_piece(view: AnswerView, text: str) -> list[dict[str, Any]]:
 
 def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView) -> list[dict[str, Any]]:
     """The chat as it should look now: past turns (ending with the question), then the answer
-    so far: its thinking in a collapsible message, and each memory swap as a collapsed block
-    at the place in the answer where it happened."""
+    so far: its thinking in a collapsible message, and the memory swaps as collapsed blocks
+    where they happened, one block at the end of each sentence that had any. A block at every
+    swap cut the default model's answers into pieces of 5 tokens (a re-retrieval every 5), too
+    short to read in Chromium. A sentence still being written shows its block when it ends (or
+    the answer does), so a frame only ever grows at its end: earlier messages keep their place,
+    which the front end's streamed diffs rely on."""
     messages: list[dict[str, Any]] = [dict(item) for item in chat or ()]
     if view.thinking:
         status = "done" if view.answer or view.finished or view.stopped else "pending"
@@ -413,28 +423,41 @@ def chat_messages(chat: Optional[Sequence[Mapping[str, Any]]], view: AnswerView)
             }
         )
     shown = 0
-    for swap in view.swaps:
-        end = max(shown, _word_end(view.answer, swap.answer_chars))
-        # Whitespace alone between two swaps is no bubble of its own: it goes with the next
-        # piece. Dropped, the words on either side were read back glued ("wordthen").
+    ends = [_sentence_end(view.answer, swap.answer_chars) for swap in view.swaps]
+    for end, group in itertools.groupby(zip(ends, view.swaps), key=lambda pair: pair[0]):
+        if end is None:
+            if not (view.finished or view.stopped):
+                break  # its sentence is still being written: the block comes when it ends
+            end = len(view.answer)
+        end = max(shown, end)
+        # The whitespace before a block stays with the words before it: dropped, the words on
+        # either side were read back glued ("wordthen").
         if view.answer[shown:end].strip():
             messages += _answer_piece(view, view.answer[shown:end])
             shown = end
-        messages.append(swap_message(swap))
+        messages.append(swap_message([swap for _, swap in group]))
     messages += _answer_piece(view, view.answer[shown:])
     return messages
 
 
-WORD_REST = re.compile(r"\S*")
-"""The rest of a word from some position: what a swap block waits for (`_word_end`)."""
+SENTENCE_END = re.compile(r"(?<!\d)[.!?](?=\s)|\n")
+"""A sentence or line ends: . ! or ? before whitespace (not a list number's "7. "), or a line break."""
 
 
-def _word_end(text: str, at: int) -> int:
-    """Where the word that position `at` falls in ends: a swap lands between two tokens, often
-    inside a word ("Thursda|y"), and its block must not cut the word in two on screen."""
-    if at <= 0 or at >= len(text) or text[at - 1].isspace():
-        return at
-    return WORD_REST.match(text, at).end()
+def _sentence_end(text: str, at: int) -> Optional[int]:
+    """Where the block of a swap at position `at` goes: after the end of its sentence (or at
+    `at` if it is between sentences already) and the whitespace that follows, so the next piece
+    begins with a word; None until such a word is written. A swap lands between two tokens,
+    often inside a word ("Thursda|y"): its block never cuts one. A piece must not begin with
+    whitespace: one that begins with a nested list line's indent is drawn as a code block."""
+    before = text[:at].rstrip()
+    if before and "\n" not in text[len(before) : at] and not SENTENCE_END.match(before + " ", len(before) - 1):
+        found = SENTENCE_END.search(text, at)
+        if found is None:
+            return None
+        at = found.end()
+    word = len(text) - len(text[at:].lstrip())
+    return word if word < len(text) else None
 
 
 def summary(stats: DoneStats) -> str:
