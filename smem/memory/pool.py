@@ -657,11 +657,8 @@ class MemoryPool:
         and the selection stands without it. Its similarity and boost are computed exactly:
         it is one of a few neighbours of ≤ k picks. Joining every neighbour instead cost a
         dated 100k pool 3.8 selections a query (docs/benchmarks.md, "Links at retrieval")."""
-        graph = query.graph
-        if graph is None or not selection.picks:
-            return _NONE
-        neighbours, weights = graph.edges(index[[pick.position for pick in selection.picks]])  # (P,), (P,)
-        linked = np.setdiff1d(neighbours[weights > 0], index)  # sorted, unique: as `_linked_outside`
+        neighbours, weights = _pick_edges(query, index, selection)  # (P,), (P,)
+        linked = _linked_outside(index, neighbours, weights)
         if not len(linked) or len(selection.picks) < query.max_memories:
             return linked
         at, hit = scoring.sorted_lookup(linked, neighbours)
@@ -679,7 +676,7 @@ class MemoryPool:
         reached = linked[ceiling * CEILING_SLACK >= selection.weakest]
         if not len(reached):
             return reached
-        return np.setdiff1d(_union(reached, graph.neighbours(reached)), index)
+        return np.setdiff1d(_union(reached, query.graph.neighbours(reached)), index)
 
     def _choose_approximately(self, query: "_Query") -> tuple[np.ndarray, Selection]:
         """Select over the approximate nearest candidates (`Scan.nearest`, and BM25's best for
@@ -697,7 +694,7 @@ class MemoryPool:
         for _ in range(1 + MAX_SPREADS):
             index = _union(found, joined)
             selection = self._select(index, query, ceiling=0.0)
-            linked = _linked_outside(query, index, selection)
+            linked = _linked_outside(index, *_pick_edges(query, index, selection))
             if not len(linked):
                 break
             joined = _union(joined, linked)
@@ -1077,8 +1074,14 @@ def _union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return merged[np.concatenate(([True], merged[1:] != merged[:-1]))]
 
 
-def _linked_outside(query: _Query, index: np.ndarray, selection: Selection) -> np.ndarray:
-    """Pool positions outside `index` linked to a pick (sorted)."""
+def _pick_edges(query: _Query, index: np.ndarray, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    """(linked pool position, weight) of every link from a pick (`LinkGraph.edges`); none while
+    the pool has no links or nothing was picked."""
     if query.graph is None or not selection.picks:
-        return _NONE
-    return np.setdiff1d(query.graph.neighbours(index[[pick.position for pick in selection.picks]]), index)
+        return _NONE, np.zeros(0)
+    return query.graph.edges(index[[pick.position for pick in selection.picks]])
+
+
+def _linked_outside(index: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pool positions outside `index` that links of weight > 0 reach (sorted, unique)."""
+    return np.setdiff1d(neighbours[weights > 0], index)
