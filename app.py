@@ -235,7 +235,7 @@ def build_demo() -> gr.Blocks:
                             list(actions.EXTRA_MEMORY_CHOICES),
                             value=DEFAULTS.extra_memories,
                             label="Anchored extra memories",
-                            info="Keep the memories the answer starts with; re-retrievals fill this many more slots (auto: 2 while reasoning, else 0)",
+                            info="Keep the memories the answer starts with; re-retrievals fill this many more slots (auto: the engine's choice, 2; 0: re-retrievals replace them)",
                         )
                     )
             with gr.Tab("Memory set", elem_id="tab-set"):

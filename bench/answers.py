@@ -80,7 +80,7 @@ from locomo import CATEGORIES, Conversation, build_pool, load  # noqa: E402
 from nltk.stem import PorterStemmer  # noqa: E402
 from runlog import print_run_config  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
-from smem.generation.engine import StreamingEngine  # noqa: E402
+from smem.generation.engine import ANCHORED_EXTRA_MEMORIES, StreamingEngine  # noqa: E402
 from smem.generation.events import ContextStats, Done, Memories, MemoryUpdate, Thinking, Token  # noqa: E402
 from smem.generation.line_store import LineStore  # noqa: E402
 from smem.generation.swap import READ_AHEAD_RUN_LINES  # noqa: E402
@@ -123,10 +123,6 @@ _FACTS_LABEL = re.compile(r"^[*_\s]*facts?[*_]*\s*:[*_]*", re.IGNORECASE)
 LOOKAHEAD_TOKENS = 32
 """Longest look-ahead draft: FLARE drafts the next sentence; a LoCoMo answer here is ~14 words
 (~20 tokens), so 32 holds one. The draft stops at the first sentence end anyway."""
-EXTRA_MEMORIES = 2
-"""Slots the anchored conditions' re-retrievals fill beside the 5 first memories (chosen before
-any run: at most 7 memories, 40% more than `rag`; enough for a multi-hop question's second
-piece of evidence and one more)."""
 ANSWER_MAX_NEW_TOKENS = 64
 """LoCoMo asks for a short phrase (its runs allow 32 tokens); 64 leaves room for a sentence."""
 REASONING_MAX_NEW_TOKENS = 128
@@ -376,7 +372,7 @@ def conditions(
     threshold: Optional[float] = None,
     splice_margin: Optional[float] = None,
     lookahead: int = LOOKAHEAD_TOKENS,
-    extra: int = EXTRA_MEMORIES,
+    extra: int = ANCHORED_EXTRA_MEMORIES,
 ) -> list[Condition]:
     known = {
         "none": Condition("none", 0, 0),
@@ -578,7 +574,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                         help="token probability under which `flare` re-retrieves (default: the engine's)")
     parser.add_argument("--lookahead-tokens", type=int, default=LOOKAHEAD_TOKENS,
                         help="longest draft of the look-ahead conditions (it stops at the first sentence end)")
-    parser.add_argument("--extra-memories", type=int, default=EXTRA_MEMORIES,
+    parser.add_argument("--extra-memories", type=int, default=ANCHORED_EXTRA_MEMORIES,
                         help="slots the anchored conditions' re-retrievals fill beside the first 5 memories")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default 64: LoCoMo asks for a short phrase (its runs allow 32 tokens), room for a "

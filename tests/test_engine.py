@@ -210,7 +210,7 @@ def test_anchored_streaming_keeps_the_first_memories_and_fills_only_the_extra_sl
     _, tokenizer = tiny_model
     answer = "Color-code minus signs in red. He loves soccer: goals per game. Timed quizzes make him anxious."
     script = [answer, ids(tokenizer, "<|im_end|>")[0]]
-    plain = run(scripted_engine(tiny_model, pool, script), max_memories=3, learn=False)
+    plain = run(scripted_engine(tiny_model, pool, script), max_memories=3, extra_memories=0, learn=False)
     anchored = run(scripted_engine(tiny_model, pool, script), max_memories=3, extra_memories=2, learn=False)
     first = [hit.id for hit in anchored[0].memories]
     assert first == [hit.id for hit in plain[0].memories]
@@ -436,7 +436,7 @@ def test_events_convert_to_the_sse_shapes(tiny_model, pool):
             assert set(payload) == {"type", "t"} and payload["t"]
         elif payload["type"] == "memory_update":
             assert {"memories", "added", "removed", "at_token"} <= set(payload)
-            assert payload["added"] and payload["removed"]
+            assert payload["added"] or payload["removed"]  # anchored: filling an extra slot removes nothing
         elif payload["type"] == "context":
             assert {
                 "prompt_tokens",

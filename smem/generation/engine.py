@@ -111,12 +111,19 @@ def stream_keywords(knobs: Any) -> dict[str, Any]:
     return {name: None if value == "auto" else value for name, value in values.items()}
 
 
-REASONING_EXTRA_MEMORIES = 2
-"""Anchored slots of an answer with prompted reasoning: every LoCoMo run where streaming beat
-retrieving once with an interval above zero paired the reasoning phase with anchoring at 2
-extra slots (the packaged 1.5B, +0.044 F1 at N=10 over 120 answers, +0.032 at N=1 over 240,
-both while the repetition controls also saw the facts; +0.024 at N=1 over the same 240 since;
-docs/benchmarks.md, "Every paired comparison so far"). 2 was chosen before those runs: at most 7
+ANCHORED_EXTRA_MEMORIES = 2
+"""Anchored slots of every answer (unless the caller asks otherwise): the memories an answer
+starts with stay, and re-retrievals fill up to 2 more slots instead of replacing the set.
+
+Why every answer: every LoCoMo run where streaming beat retrieving once with an interval above
+zero paired the packaged 1.5B's reasoning phase with anchoring at 2 slots (+0.044 F1 at N=10
+over 120 answers, +0.032 and later +0.024 at N=1 over 240); and on the default 0.5B, at the
+decoding the app and the API sample with, unanchored re-retrieval cost F1 against retrieving
+once (−0.017 [−0.033, −0.005] at N=10, −0.027 [−0.047, −0.008] at N=1, 60 questions), where
+anchored it ties (−0.003, −0.008; anchored − unanchored +0.014 [+0.001, +0.031] at N=10): a
+re-retrieval from the answer's first words swapped out the memory the question had found. Greedy,
+the two tie within 0.001 (180 answers), and long answers take as many words from their memories
+(docs/benchmarks.md, "Anchored by default"). 2 was chosen before any of these runs: at most 7
 memories, room for a multi-hop question's second piece of evidence and one more."""
 
 HISTORY_QUERY_WEIGHT = 0.25
@@ -571,9 +578,8 @@ class StreamingEngine:
         memories the message + draft retrieve (FLARE's look-ahead, `_look_ahead`). `extra_memories`
         > 0 anchors the stream: the memories in context when the answer starts stay for the whole
         answer, and re-retrievals fill up to that many more slots instead of replacing the set
-        (docs/benchmarks.md, "Anchored streaming"); unset, it is `REASONING_EXTRA_MEMORIES` for an
-        answer with prompted reasoning (`enable_thinking` on a model whose profile asks for it)
-        and 0 otherwise. `logits_processor` (transformers'
+        (docs/benchmarks.md, "Anchored streaming"); unset, it is `ANCHORED_EXTRA_MEMORIES`; 0
+        lets re-retrievals replace the whole set. `logits_processor` (transformers'
         `LogitsProcessor`s, e.g. a repetition penalty) see the ids of the segment being written
         (after a thinking phase, the answer's; `TokenPicker`) and run before temperature and top-p. `min_new_tokens` holds off end-of-answer tokens (benchmarks
         compare equal lengths). Setting `cancel` stops at the next token; closing the generator
@@ -581,7 +587,7 @@ class StreamingEngine:
         """
         reasoning = self.reasoning if enable_thinking else None
         if extra_memories is None:
-            extra_memories = REASONING_EXTRA_MEMORIES if reasoning else 0
+            extra_memories = ANCHORED_EXTRA_MEMORIES
         counts = (update_every_n, max_new_tokens, max_memories, lookahead_tokens, extra_memories)
         if min(counts) < 0 or lookback_tokens < 1:
             raise ValueError(

@@ -79,8 +79,8 @@ with the 15-memory maximum at most 25 notes; the memory token budget bounds thei
 (`with_anchors`)."""
 
 ExtraMemories = Union[int, Literal["auto"]]
-"""Anchored extra slots of an answer, or "auto": the engine's choice, 2 while the model writes
-a prompted reasoning phase and 0 otherwise (`engine.REASONING_EXTRA_MEMORIES`)."""
+"""Anchored extra slots of an answer, or "auto": the engine's choice, 2
+(`engine.ANCHORED_EXTRA_MEMORIES`)."""
 
 
 def parse_extra_memories(value: Any) -> ExtraMemories:

@@ -295,8 +295,8 @@ def chat_request_model(
         extra_memories: ExtraMemoriesField = Field(
             default="auto",
             description="Anchoring: the memories in context when the answer starts stay for the whole answer, and "
-            "re-retrievals fill up to this many more slots instead of replacing the set (0: they replace it). `auto`: 2 "
-            "while the model writes a prompted reasoning phase (the packaged 1.5B with `enable_thinking`), else 0.",
+            "re-retrievals fill up to this many more slots instead of replacing the set (0: they replace it). `auto`: the "
+            "engine's choice, 2.",
         )
 
         @field_validator("message")
