@@ -9,9 +9,10 @@ on a CPU temperature 0.3, 256 new tokens, re-retrieval every 5 tokens, memories 
 softmax), one answer per prompt, seed and condition:
 
   once          retrieve once (no re-retrieval)
-  splice        stream, splice swaps (the CPU default)
-  splice_anchored  splice, anchored: the memories the answer starts with stay, re-retrievals fill
-                2 more slots (the engine's extra_memories, as for a model that reasons first)
+  splice        stream, splice swaps (the CPU default), anchored as every answer is since 28 Nov:
+                the memories the answer starts with stay, re-retrievals fill 2 more slots
+  splice_replace  the same, with re-retrievals replacing the whole set (extra_memories 0, the
+                default before 28 Nov)
   splice_refresh  stream, splice swaps that re-read the block's instruction and the header
   splice_last16 / splice_last48  the same, re-reading the answer's last 16 / 48 tokens too
   splice_all    the same, re-reading the whole answer
@@ -55,7 +56,7 @@ from answers import bootstrap_ci, paired_difference  # noqa: E402
 from runlog import print_run_config  # noqa: E402
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS  # noqa: E402
 from smem.generation.degenerate import degenerate  # noqa: E402
-from smem.generation.engine import ANCHORED_EXTRA_MEMORIES, StreamingEngine  # noqa: E402
+from smem.generation.engine import StreamingEngine  # noqa: E402
 from smem.generation.events import Memories, MemoryUpdate, Token  # noqa: E402
 from smem.generation.prompt import FIXED_TEXTS  # noqa: E402
 from smem.generation.swap import CPU_SWAP_BUDGET  # noqa: E402
@@ -69,7 +70,7 @@ ONCE_EVERY_N = 1_000_000
 CONDITIONS: dict[str, dict[str, Any]] = {
     "once": {"engine": {}, "stream": {"update_every_n": ONCE_EVERY_N}},
     "splice": {"engine": {}, "stream": {"swap": "splice"}},
-    "splice_anchored": {"engine": {}, "stream": {"swap": "splice", "extra_memories": ANCHORED_EXTRA_MEMORIES}},
+    "splice_replace": {"engine": {}, "stream": {"swap": "splice", "extra_memories": 0}},
     "splice_refresh": {"engine": {"refresh_prompt": True}, "stream": {"swap": "splice"}},
     "splice_last16": {"engine": {"refresh_prompt": True, "reread_answer": 16}, "stream": {"swap": "splice"}},
     "splice_last48": {"engine": {"refresh_prompt": True, "reread_answer": 48}, "stream": {"swap": "splice"}},

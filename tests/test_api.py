@@ -169,7 +169,7 @@ def test_stream_events_in_order_with_their_fields(client: TestClient) -> None:
         if event["type"] in ("token", "thinking"):
             assert isinstance(event["t"], str) and event["t"]
         if event["type"] == "memory_update":
-            # anchored (the default): filling an extra slot adds and removes nothing
+            # anchored (the default): filling an extra slot adds without removing
             assert (event["added"] or event["removed"]) and 0 < event["at_token"] <= 8
         if event["type"] == "context":
             assert event["prompt_tokens"] > 0 and event["memory_tokens"] >= 0

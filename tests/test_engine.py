@@ -436,7 +436,7 @@ def test_events_convert_to_the_sse_shapes(tiny_model, pool):
             assert set(payload) == {"type", "t"} and payload["t"]
         elif payload["type"] == "memory_update":
             assert {"memories", "added", "removed", "at_token"} <= set(payload)
-            assert payload["added"] or payload["removed"]  # anchored: filling an extra slot removes nothing
+            assert payload["added"] or payload["removed"]  # anchored: filling an extra slot adds without removing
         elif payload["type"] == "context":
             assert {
                 "prompt_tokens",
