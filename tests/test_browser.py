@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -258,7 +259,8 @@ def test_status_line_shows_phase_tokens_swaps_and_speed_and_stop_says_stopped(pa
     seen = " | ".join(statuses_seen(page))
     assert "retrieving" in seen, seen
     live = next(s for s in statuses_seen(page) if "answering" in s or "thinking" in s)
-    assert "tokens" in live and "swaps" in live and "tokens/s" in live, live
+    # counts are singular at 1 ("1 swap"): anchored answers often show one swap early
+    assert re.search(r"\d+ tokens? · \d+ swaps? .*[\d.]+ tokens/s", live), live
     page.wait_for_timeout(1500)
     assert "stopped" in page.inner_text("#status"), "nothing overwrites the stopped status"
 
