@@ -39,6 +39,12 @@ def hit(memory_id: str, content: str = "", memory_type: str | None = "insight", 
     return Hit(memory=memory, score=score, similarity=score, multiplier=1.0, rank=0)
 
 
+def pool_hits(pool: MemoryPool, ids: str) -> list[Hit]:
+    """Equal hits on the pool's memories named by each character of `ids`: the chat view tests
+    follow swaps and text, not scores."""
+    return [Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in ids]
+
+
 def stats(generated: int, memory: int = 20, rag: int = 20) -> ContextStats:
     return ContextStats(
         prompt_tokens=100,
@@ -222,7 +228,7 @@ def test_a_swap_shows_at_the_end_of_its_sentence_never_inside_a_word(pool):
     to end, and the next sentence follows it. Until then the frame is the text alone, so each
     frame only grows at its end (the front end applies streamed frames as diffs)."""
     view = AnswerView()
-    x, y = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xy")
+    x, y = pool_hits(pool, "xy")
     view.apply(Memories([x]))
     view.apply(Token("Plan for Thursda"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=4))
@@ -237,7 +243,7 @@ def test_a_swap_shows_at_the_end_of_its_sentence_never_inside_a_word(pool):
 
 def test_a_swap_in_an_unfinished_last_sentence_shows_once_the_answer_ends(pool):
     view = AnswerView()
-    x, y = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xy")
+    x, y = pool_hits(pool, "xy")
     view.apply(Memories([x]))
     view.apply(Token("Done. And then"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=5))
@@ -252,7 +258,7 @@ def test_list_numbers_do_not_end_a_sentence_and_line_breaks_do(pool):
     """A block goes after a line break too, and the next piece begins at the next word: a
     piece that began with a nested list line's indent was drawn as a code block."""
     view = AnswerView()
-    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    x, y, z = pool_hits(pool, "xyz")
     view.apply(Memories([x]))
     view.apply(Token("7. Encourage"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=3))
@@ -270,7 +276,7 @@ def test_whitespace_between_two_swaps_is_kept_with_the_next_words(pool):
     frame no longer starts with what an earlier one showed. Both are in one sentence, so one
     block shows them."""
     view = AnswerView()
-    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    x, y, z = pool_hits(pool, "xyz")
     view.apply(Memories([x]))
     view.apply(Token("Alex plays"))
     view.apply(MemoryUpdate(memories=[y], added=[y], removed=[x], at_token=2))
@@ -289,7 +295,7 @@ def test_whitespace_between_two_swaps_is_kept_with_the_next_words(pool):
 
 def test_swaps_show_inline_where_they_happened_and_history_reads_one_answer(pool):
     view = AnswerView()
-    x, y, z = (Hit(memory=pool.get(i), score=0.5, similarity=0.5, multiplier=1.0, rank=0) for i in "xyz")
+    x, y, z = pool_hits(pool, "xyz")
     view.apply(Memories([x, y]))
     view.apply(Token("Before the swap. "))
     view.apply(MemoryUpdate(memories=[y, z], added=[z], removed=[x], at_token=37))
